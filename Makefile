@@ -1,0 +1,29 @@
+# archforge developer commands. `make test` is what CI runs (.ci/run).
+CARGO ?= cargo
+ARCHFORGE = $(CARGO) run -q -p archforge --
+
+.PHONY: test fmt-check clippy unit crds golden render
+
+## The whole test suite: formatting, lints, unit and integration tests.
+test: fmt-check clippy unit
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --workspace
+
+## Regenerate the committed CRD from operator/src/api.rs.
+crds:
+	$(ARCHFORGE) crd > crds/imagebuilds.archforge.dev.yaml
+
+## Regenerate the golden rendered Jobs (review the diff by eye before committing).
+golden:
+	ARCHFORGE_UPDATE_GOLDEN=1 $(CARGO) test -p archforge --test render
+
+## Print the Jobs the sample ImageBuild would create (a dry run, no cluster needed).
+render:
+	$(ARCHFORGE) render config/samples/imagebuild.yaml

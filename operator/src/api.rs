@@ -1,0 +1,397 @@
+//! The `ImageBuild` custom resource (`archforge.dev/v1alpha1`).
+//!
+//! Every rule is enforced in three places on purpose: the OpenAPI schema (patterns, enums,
+//! list types; enforced by every supported API server), CEL `x-kubernetes-validations`
+//! (enforced from Kubernetes 1.25, or 1.24 with a feature gate), and [`ImageBuildSpec::validate`]
+//! in Rust, which the controller and the CLI run because CEL may not have run at all.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every archforge resource.
+pub const GROUP: &str = "archforge.dev";
+
+/// The platforms archforge knows how to place on native nodes, as `os/arch[/variant]`.
+pub const KNOWN_PLATFORMS: &[&str] = &[
+    "linux/amd64",
+    "linux/arm64",
+    "linux/arm/v7",
+    "linux/arm/v6",
+    "linux/s390x",
+    "linux/ppc64le",
+    "linux/riscv64",
+    "linux/386",
+];
+
+/// A pushable image reference with an explicit registry host and a tag.
+///
+/// The tag is capped at 110 characters so that the per-platform suffix
+/// (`-linux-arm-v7` at most) still fits the 128-character tag limit.
+pub const IMAGE_REF_PATTERN: &str = r"^(localhost|[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)+|\[[0-9a-fA-F:]+\])(:[0-9]{1,5})?(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)+:[A-Za-z0-9_][A-Za-z0-9_.-]{0,109}$";
+/// A repository with an explicit registry host and no tag or digest (used for the build cache).
+pub const REPOSITORY_PATTERN: &str = r"^(localhost|[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)+|\[[0-9a-fA-F:]+\])(:[0-9]{1,5})?(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)+$";
+/// An RFC 1123 DNS label, the form the issue asks of secret names.
+pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// A git URL git-sync and git accept. A leading `-` could be read as an option, so the
+/// scheme (or `user@host:` for scp-like SSH) is required.
+pub const GIT_URL_PATTERN: &str =
+    r"^((https?|ssh|git)://[^\s]+|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+)$";
+/// A branch, tag or commit SHA. Never starts with `-` (git would read it as an option).
+pub const GIT_REF_PATTERN: &str = r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$";
+/// A relative path inside the repository: no leading `/` or `-`.
+pub const RELATIVE_PATH_PATTERN: &str = r"^[A-Za-z0-9._][A-Za-z0-9._/-]*$";
+/// A build argument name, as a Dockerfile `ARG` accepts it.
+pub const BUILD_ARG_NAME_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]*$";
+/// A multi-stage target name.
+pub const TARGET_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9._-]*$";
+/// A positive duration in whole hours, minutes and seconds (`90s`, `30m`, `1h30m`).
+pub const DURATION_PATTERN: &str = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$";
+/// The longest per-platform build archforge accepts.
+pub const MAX_TIMEOUT_SECONDS: u64 = 24 * 3600;
+/// Node selector keys archforge sets itself from the platform.
+pub const RESERVED_NODE_SELECTOR_KEYS: &[&str] = &["kubernetes.io/arch", "kubernetes.io/os"];
+
+/// Desired state of an ImageBuild: what to build, for which platforms, and where to push it.
+// Several `printcolumn(...)` entries legitimately repeat `type_ = "string"`.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "archforge.dev",
+    version = "v1alpha1",
+    kind = "ImageBuild",
+    namespaced,
+    shortname = "ib",
+    category = "archforge",
+    status = "ImageBuildStatus",
+    doc = "ImageBuild builds a multi-architecture container image from a git repository: one native, rootless builder Job per platform, then one image index pushed to the output tag.",
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Where the current run is"
+    ),
+    printcolumn(
+        name = "Platforms",
+        type_ = "string",
+        json_path = ".status.progress",
+        description = "Platforms built out of platforms requested"
+    ),
+    printcolumn(
+        name = "Image",
+        type_ = "string",
+        json_path = ".spec.output.image",
+        description = "Tag the image index is pushed to"
+    ),
+    printcolumn(
+        name = "Digest",
+        type_ = "string",
+        json_path = ".status.digest",
+        description = "Digest of the pushed image index",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageBuildSpec {
+    /// Where the build context comes from.
+    pub source: Source,
+
+    /// Platforms to build, as os/arch or os/arch/variant (for example linux/amd64,
+    /// linux/arm64, linux/arm/v7). Each platform is built natively on a node of that
+    /// architecture. At least one; no duplicates.
+    #[schemars(length(min = 1, max = 8))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(extend("items" = {"type": "string", "enum": ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/arm/v6", "linux/s390x", "linux/ppc64le", "linux/riscv64", "linux/386"]}))]
+    pub platforms: Vec<String>,
+
+    /// Where the finished image index goes.
+    pub output: Output,
+
+    /// Build arguments passed to the Dockerfile's ARG instructions. Values are passed
+    /// verbatim as single arguments; they are never interpreted by a shell.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub build_args: Vec<BuildArg>,
+
+    /// Name of the multi-stage build target to stop at. Empty builds the last stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = TARGET_PATTERN), length(max = 128))]
+    pub target: Option<String>,
+
+    /// Optional registry-backed layer cache shared by all runs and platforms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<Cache>,
+
+    /// Compute resources of the builder container (requests and limits). The fuse
+    /// device limit is added by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Longest time one platform's build may run, as whole hours, minutes and seconds
+    /// (for example 30m or 1h30m). Becomes the Job's activeDeadlineSeconds. At most 24h.
+    /// Defaults to the operator's default timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(min = 2, max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s') && duration(self) <= duration('24h')").message("spec.timeout: must be a positive duration of at most 24h"))]
+    pub timeout: Option<String>,
+
+    /// How many times a failed build pod is retried before the platform fails
+    /// (the Job's backoffLimit). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10))]
+    pub retries: Option<i32>,
+
+    /// Extra node labels the builder pods must match. The kubernetes.io/arch and
+    /// kubernetes.io/os keys are set by archforge from the platform and may not be given here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!('kubernetes.io/arch' in self) && !('kubernetes.io/os' in self)").message("spec.nodeSelector: kubernetes.io/arch and kubernetes.io/os are set by archforge from spec.platforms"))]
+    pub node_selector: Option<BTreeMap<String, String>>,
+
+    /// Tolerations added to the builder pods, for example to reach tainted arm64 nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+}
+
+/// Where the build context comes from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Source {
+    /// The git repository holding the build context.
+    pub git: GitSource,
+
+    /// Directory inside the repository used as the build context. Relative, without "..".
+    #[serde(default = "default_context_dir")]
+    #[schemars(regex(pattern = RELATIVE_PATH_PATTERN), length(max = 1024))]
+    #[x_kube(validation = Rule::new("!self.matches('(^|/)[.][.](/|$)')").message("spec.source.contextDir: must stay inside the repository (no '..')"))]
+    pub context_dir: String,
+
+    /// Path of the Dockerfile (or Containerfile), relative to contextDir.
+    #[serde(default = "default_dockerfile")]
+    #[schemars(regex(pattern = RELATIVE_PATH_PATTERN), length(max = 1024))]
+    #[x_kube(validation = Rule::new("!self.matches('(^|/)[.][.](/|$)')").message("spec.source.dockerfile: must stay inside the repository (no '..')"))]
+    pub dockerfile: String,
+}
+
+fn default_context_dir() -> String {
+    ".".to_string()
+}
+
+fn default_dockerfile() -> String {
+    "Dockerfile".to_string()
+}
+
+/// A git repository and the revision to build.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GitSource {
+    /// Repository URL: https://, http://, ssh://, git:// or user@host:path.
+    #[schemars(regex(pattern = GIT_URL_PATTERN), length(max = 2048))]
+    pub url: String,
+
+    /// Branch, tag or full commit SHA to build. A branch or tag is resolved to a commit
+    /// once per run, so every platform builds the same tree. Changing it starts a new run.
+    #[serde(default = "default_git_ref")]
+    #[schemars(regex(pattern = GIT_REF_PATTERN), length(max = 255))]
+    pub r#ref: String,
+
+    /// History depth to fetch; 0 fetches the full history. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub depth: Option<i32>,
+
+    /// Secret in the ImageBuild's namespace with git credentials: keys username and
+    /// password (kubernetes.io/basic-auth) for HTTP(S), or ssh-privatekey and known_hosts
+    /// for SSH URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_LABEL_PATTERN), length(max = 63))]
+    pub credentials_secret: Option<String>,
+}
+
+fn default_git_ref() -> String {
+    "main".to_string()
+}
+
+/// Where the finished image index is pushed.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Output {
+    /// Image reference with registry host and tag, for example
+    /// registry.example.com/team/app:v1. Each platform's image is pushed to the same
+    /// repository under the tag suffixed with -os-arch[-variant]; the index gets this tag.
+    #[schemars(regex(pattern = IMAGE_REF_PATTERN), length(max = 255))]
+    pub image: String,
+
+    /// kubernetes.io/dockerconfigjson Secret in the ImageBuild's namespace with push
+    /// credentials for the output (and cache) registry. Anonymous when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_LABEL_PATTERN), length(max = 63))]
+    pub push_secret: Option<String>,
+
+    /// Manifest format: oci (OCI image index, the default) or docker (Docker manifest list v2).
+    #[serde(default)]
+    pub media_type: MediaType,
+}
+
+/// The manifest format of the pushed images and index.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaType {
+    /// OCI image index referencing OCI image manifests.
+    #[default]
+    Oci,
+    /// Docker manifest list v2 referencing Docker v2 schema 2 manifests.
+    Docker,
+}
+
+/// A Dockerfile build argument.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct BuildArg {
+    /// Argument name, as declared by ARG in the Dockerfile.
+    #[schemars(regex(pattern = BUILD_ARG_NAME_PATTERN), length(max = 128))]
+    pub name: String,
+    /// Argument value, passed verbatim.
+    #[serde(default)]
+    #[schemars(length(max = 4096))]
+    pub value: String,
+}
+
+/// A registry-backed layer cache.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Cache {
+    /// Repository (registry host and path, no tag) that stores cached layers, for
+    /// example registry.example.com/team/app-cache. Uses the push secret's credentials.
+    #[schemars(regex(pattern = REPOSITORY_PATTERN), length(max = 255))]
+    pub image: String,
+}
+
+/// Observed state of an ImageBuild.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageBuildStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Where the current run is: Pending, Building, Assembling, Succeeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// Platforms built out of platforms requested in the current run, for example 1/2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+
+    /// kstatus-compatible conditions: Ready, Reconciling and Stalled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The source revision the current run builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceStatus>,
+
+    /// The value of the archforge.dev/rebuild annotation the current run was started for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<String>,
+
+    /// One entry per requested platform of the current run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["platform"]))]
+    pub platforms: Vec<PlatformStatus>,
+
+    /// The image index reference that was pushed (the output tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// Digest of the pushed image index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+
+    /// The most recent finished runs, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<RunRecord>,
+}
+
+/// Where a run (or one platform of it) is.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting to start: resolving the commit or waiting for a node of each architecture.
+    Pending,
+    /// Builder Jobs are running.
+    Building,
+    /// Every platform is built; the image index is being assembled and pushed.
+    Assembling,
+    /// The image index was pushed.
+    Succeeded,
+    /// A platform failed or the spec is invalid.
+    Failed,
+}
+
+/// The exact source revision of a run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SourceStatus {
+    /// Full commit SHA every platform of the run builds.
+    pub commit: String,
+}
+
+/// One platform of the current run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlatformStatus {
+    /// The platform, as written in spec.platforms.
+    pub platform: String,
+    /// Name of the builder Job of this platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Pending, Building, Succeeded or Failed.
+    pub phase: Phase,
+    /// Digest of this platform's pushed image manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// When the builder Job started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// When the builder Job finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+    /// Why the platform is where it is; on failure, the end of the builder's log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A finished run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    /// The metadata.generation the run built.
+    pub generation: i64,
+    /// The rebuild annotation value the run was started for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<String>,
+    /// The commit the run built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Digest of the pushed image index, when the run succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Succeeded or Failed.
+    pub result: Phase,
+    /// When the run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// When the run finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+    /// Why the run failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

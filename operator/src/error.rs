@@ -1,0 +1,37 @@
+//! The one error type of archforge.
+
+use crate::validation::InvalidSpec;
+
+/// Everything that can go wrong, named by the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid ImageBuild: {0}")]
+    InvalidSpec(#[from] InvalidSpec),
+
+    #[error("cannot read {path}: {source}")]
+    ReadFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path} is not an ImageBuild: {message}")]
+    ParseManifest { path: String, message: String },
+
+    #[error("cannot serialize {what}: {message}")]
+    Serialize { what: &'static str, message: String },
+}
+
+impl Error {
+    /// A stable, low-cardinality name for metrics and condition reasons.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec(_) => "invalid_spec",
+            Error::ReadFile { .. } => "read_file",
+            Error::ParseManifest { .. } => "parse_manifest",
+            Error::Serialize { .. } => "serialize",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

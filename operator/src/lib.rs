@@ -1,0 +1,12 @@
+//! archforge: builds multi-architecture container images natively and rootless, one
+//! Kubernetes Job per platform, and assembles them into one image index.
+
+pub mod api;
+pub mod cli;
+pub mod error;
+pub mod manifest;
+pub mod plan;
+pub mod render;
+pub mod validation;
+
+pub use error::{Error, Result};

@@ -1,0 +1,571 @@
+//! From an ImageBuild to a build plan: what each platform builds, with which command line,
+//! under which name. Pure: no client, no clock, no I/O. The Job renderer and the local
+//! executor both consume this plan, so there is one place that decides the builder's argv.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::api::{ImageBuild, ImageBuildSpec, MediaType};
+use crate::validation::{InvalidSpec, parse_timeout};
+
+/// Annotation whose new value starts a new run of an unchanged spec.
+pub const REBUILD_ANNOTATION: &str = "archforge.dev/rebuild";
+/// The tag buildah gives the image it has just built, before pushing it.
+pub const LOCAL_IMAGE: &str = "localhost/archforge-build:latest";
+
+/// A target platform: `os/arch[/variant]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// `linux-arm64`, `linux-arm-v7`: the form used in tags, names and labels.
+    pub fn slug(&self) -> String {
+        self.to_string().replace('/', "-")
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(variant) = &self.variant {
+            write!(f, "/{variant}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Platform {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let valid_part = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric());
+        match parts.as_slice() {
+            [os, arch] if [os, arch].iter().all(|p| valid_part(p)) => Ok(Platform {
+                os: os.to_string(),
+                architecture: arch.to_string(),
+                variant: None,
+            }),
+            [os, arch, variant] if [os, arch, variant].iter().all(|p| valid_part(p)) => {
+                Ok(Platform {
+                    os: os.to_string(),
+                    architecture: arch.to_string(),
+                    variant: Some(variant.to_string()),
+                })
+            }
+            _ => Err(format!(
+                "{s:?} is not a platform of the form os/arch[/variant]"
+            )),
+        }
+    }
+}
+
+/// The Kubernetes API server's version, which decides which pod fields may be set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KubeVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl KubeVersion {
+    /// The oldest server archforge supports.
+    pub const OLDEST: KubeVersion = KubeVersion {
+        major: 1,
+        minor: 24,
+    };
+
+    /// `securityContext.appArmorProfile` exists from 1.30; an older server rejects it.
+    pub fn has_apparmor_field(self) -> bool {
+        self >= KubeVersion {
+            major: 1,
+            minor: 30,
+        }
+    }
+
+    /// From the `major`/`minor` strings of `/version` (which may carry a `+` suffix).
+    pub fn from_info(major: &str, minor: &str) -> Option<Self> {
+        let digits = |s: &str| -> Option<u32> {
+            s.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        };
+        Some(KubeVersion {
+            major: digits(major)?,
+            minor: digits(minor)?,
+        })
+    }
+}
+
+impl FromStr for KubeVersion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim_start_matches('v');
+        let mut parts = s.split('.');
+        let (Some(major), Some(minor)) = (parts.next(), parts.next()) else {
+            return Err(format!("{s:?} is not a Kubernetes version like 1.30"));
+        };
+        KubeVersion::from_info(major, minor)
+            .ok_or_else(|| format!("{s:?} is not a Kubernetes version like 1.30"))
+    }
+}
+
+impl fmt::Display for KubeVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// The seccomp profile of builder pods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SeccompProfile {
+    /// No syscall filter. The default: rootless buildah calls `unshare(CLONE_NEWUSER)` and
+    /// `mount` inside its user namespace, which the container runtimes' default profiles
+    /// refuse to a container without CAP_SYS_ADMIN.
+    Unconfined,
+    /// The container runtime's default profile; works where the runtime allows user namespaces.
+    RuntimeDefault,
+    /// A profile file under the kubelet's seccomp directory.
+    Localhost(String),
+}
+
+impl FromStr for SeccompProfile {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "Unconfined" => Ok(SeccompProfile::Unconfined),
+            "RuntimeDefault" => Ok(SeccompProfile::RuntimeDefault),
+            _ => match s.strip_prefix("localhost/") {
+                Some(path) if !path.is_empty() => Ok(SeccompProfile::Localhost(path.to_string())),
+                _ => Err(format!(
+                    "{s:?} is not a seccomp profile: use Unconfined, RuntimeDefault or localhost/<path>"
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Display for SeccompProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SeccompProfile::Unconfined => f.write_str("Unconfined"),
+            SeccompProfile::RuntimeDefault => f.write_str("RuntimeDefault"),
+            SeccompProfile::Localhost(path) => write!(f, "localhost/{path}"),
+        }
+    }
+}
+
+/// Operator-wide settings that shape every builder Job. Flags with environment fallbacks;
+/// the Helm chart's values map one to one onto them.
+#[derive(clap::Args, Clone, Debug, PartialEq)]
+pub struct BuilderSettings {
+    /// Image of the builder container (buildah, run as a non-root user).
+    #[arg(
+        long,
+        env = "ARCHFORGE_BUILDER_IMAGE",
+        default_value = "quay.io/buildah/stable:v1.38.0"
+    )]
+    pub builder_image: String,
+
+    /// Image of the git-sync v4 init container that fetches the source.
+    #[arg(
+        long,
+        env = "ARCHFORGE_GIT_SYNC_IMAGE",
+        default_value = "registry.k8s.io/git-sync/git-sync:v4.4.0"
+    )]
+    pub git_sync_image: String,
+
+    /// Name of the AppArmor profile loaded on the nodes for the builder container.
+    #[arg(
+        long,
+        env = "ARCHFORGE_APPARMOR_PROFILE",
+        default_value = "archforge-builder"
+    )]
+    pub apparmor_profile: String,
+
+    /// Extended resource that gives the builder /dev/fuse (from a fuse device plugin).
+    #[arg(
+        long,
+        env = "ARCHFORGE_FUSE_RESOURCE",
+        default_value = "github.com/fuse"
+    )]
+    pub fuse_resource: String,
+
+    /// How many of the fuse resource each builder requests.
+    #[arg(long, env = "ARCHFORGE_FUSE_QUANTITY", default_value = "1")]
+    pub fuse_quantity: String,
+
+    /// Seccomp profile of builder pods: Unconfined, RuntimeDefault or localhost/<path>.
+    #[arg(long, env = "ARCHFORGE_SECCOMP_PROFILE", default_value = "Unconfined")]
+    pub seccomp_profile: SeccompProfile,
+
+    /// Timeout of one platform's build when spec.timeout is not set.
+    #[arg(long, env = "ARCHFORGE_DEFAULT_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub default_timeout: Duration,
+
+    /// How long finished builder Jobs are kept before Kubernetes deletes them.
+    #[arg(long, env = "ARCHFORGE_JOB_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub job_ttl: Duration,
+
+    /// UID (and GID) the builder runs as; must have subordinate ID ranges in the builder image.
+    #[arg(long, env = "ARCHFORGE_BUILDER_UID", default_value_t = 1000)]
+    pub builder_uid: i64,
+}
+
+impl Default for BuilderSettings {
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            settings: BuilderSettings,
+        }
+        // Parsing no arguments yields exactly the documented defaults (ignoring the
+        // environment would need clap's `env` to be switched off; tests set none).
+        <Defaults as clap::Parser>::parse_from(["archforge"]).settings
+    }
+}
+
+/// What the build of one platform does, independent of where it runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlatformPlan {
+    pub platform: Platform,
+    /// Name of this platform's Job (and the stem of its pod names).
+    pub job_name: String,
+    /// Where this platform's image is pushed: the output tag plus `-os-arch[-variant]`.
+    pub push_target: String,
+    /// Arguments to `buildah` (starting with `build`), run from the repository root.
+    pub build_argv: Vec<String>,
+}
+
+/// Everything one run of an ImageBuild does, per platform.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BuildPlan {
+    /// Prefix shared by the names of this run's Jobs.
+    pub run_name: String,
+    pub generation: i64,
+    pub rebuild: Option<String>,
+    /// Commit SHA (or, before it was resolved, the ref) every platform checks out.
+    pub revision: String,
+    pub media_type: MediaType,
+    pub timeout: Duration,
+    pub retries: i32,
+    pub platforms: Vec<PlatformPlan>,
+}
+
+/// Where the builder reads registry credentials from, if anywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFile<'a> {
+    None,
+    Path(&'a str),
+}
+
+/// Kubernetes object names are at most 63 characters where they become label values.
+const MAX_NAME: usize = 63;
+
+fn short_hash(input: &str) -> String {
+    let digest = Sha256::digest(input.as_bytes());
+    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A DNS-1123 label of at most `max` characters derived from `input`. When the input had
+/// to be changed (truncated, or characters replaced), a hash of the whole input is appended
+/// so that two different inputs never map to the same label.
+pub fn dns_label(input: &str, max: usize) -> String {
+    let mut clean: String = input
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    if clean == input && clean.len() <= max && !clean.starts_with('-') && !clean.ends_with('-') {
+        return clean;
+    }
+    let hash = short_hash(input);
+    clean.truncate(max.saturating_sub(hash.len() + 1));
+    let trimmed = clean.trim_matches('-');
+    if trimmed.is_empty() {
+        hash
+    } else {
+        format!("{trimmed}-{hash}")
+    }
+}
+
+/// The prefix of every Job name of one run: `<name>-<generation>[-r<hash of rebuild>]`.
+pub fn run_name(name: &str, generation: i64, rebuild: Option<&str>) -> String {
+    let suffix = match rebuild {
+        Some(token) => format!("-{generation}-r{}", &short_hash(token)[..6]),
+        None => format!("-{generation}"),
+    };
+    // Leave room for the longest platform slug ("-linux-ppc64le", 14 characters).
+    let budget = MAX_NAME - suffix.len() - 14;
+    format!("{}{suffix}", dns_label(name, budget))
+}
+
+/// The Job name of one platform of a run; deterministic, so a restart finds it again.
+pub fn job_name(run_name: &str, platform: &Platform) -> String {
+    format!("{run_name}-{}", platform.slug())
+}
+
+/// The tag of one platform's image: the output tag with the platform slug appended.
+pub fn platform_tag(image: &str, platform: &Platform) -> String {
+    format!("{image}-{}", platform.slug())
+}
+
+fn join_path(dir: &str, file: &str) -> String {
+    let dir = dir.trim_end_matches('/');
+    if dir.is_empty() || dir == "." {
+        file.to_string()
+    } else {
+        format!("{dir}/{file}")
+    }
+}
+
+/// The `buildah` arguments that build one platform. The same vector is the Job's builder
+/// argv and the local executor's; only the working directory (the checkout) differs.
+/// User values are separate elements: nothing here is ever joined into a shell string.
+pub fn build_argv(spec: &ImageBuildSpec, platform: &Platform, auth: AuthFile<'_>) -> Vec<String> {
+    let format = match spec.output.media_type {
+        MediaType::Oci => "oci",
+        MediaType::Docker => "docker",
+    };
+    let context = spec.source.context_dir.trim_end_matches('/');
+    let context = if context.is_empty() { "." } else { context };
+    let mut argv: Vec<String> = [
+        "build",
+        "--platform",
+        &platform.to_string(),
+        "--isolation",
+        "chroot",
+        "--format",
+        format,
+        "--layers",
+        "--file",
+        &join_path(context, &spec.source.dockerfile),
+        "--tag",
+        LOCAL_IMAGE,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let AuthFile::Path(path) = auth {
+        argv.extend(["--authfile".to_string(), path.to_string()]);
+    }
+    for arg in &spec.build_args {
+        argv.extend([
+            "--build-arg".to_string(),
+            format!("{}={}", arg.name, arg.value),
+        ]);
+    }
+    if let Some(target) = spec.target.as_deref().filter(|t| !t.is_empty()) {
+        argv.extend(["--target".to_string(), target.to_string()]);
+    }
+    if let Some(cache) = &spec.cache {
+        argv.extend([
+            "--cache-from".to_string(),
+            cache.image.clone(),
+            "--cache-to".to_string(),
+            cache.image.clone(),
+        ]);
+    }
+    // "--" ends the options, so a context path can never be read as one.
+    argv.extend(["--".to_string(), context.to_string()]);
+    argv
+}
+
+/// The `buildah push` arguments that push the built image to one platform's tag and write
+/// the pushed manifest digest to `digest_file`.
+pub fn push_argv(
+    media_type: MediaType,
+    push_target: &str,
+    digest_file: &str,
+    auth: AuthFile<'_>,
+) -> Vec<String> {
+    let format = match media_type {
+        MediaType::Oci => "oci",
+        MediaType::Docker => "v2s2",
+    };
+    let mut argv: Vec<String> = ["push", "--format", format, "--digestfile", digest_file]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if let AuthFile::Path(path) = auth {
+        argv.extend(["--authfile".to_string(), path.to_string()]);
+    }
+    argv.extend([
+        "--".to_string(),
+        LOCAL_IMAGE.to_string(),
+        format!("docker://{push_target}"),
+    ]);
+    argv
+}
+
+/// Plans one run of `build` at `revision` (a resolved commit SHA, or the spec's ref when
+/// no resolution happened, as in a dry run). Fails on an invalid spec.
+pub fn plan(
+    build: &ImageBuild,
+    settings: &BuilderSettings,
+    revision: &str,
+    auth: AuthFile<'_>,
+) -> Result<BuildPlan, InvalidSpec> {
+    let spec = &build.spec;
+    spec.validate()?;
+    let name = build.metadata.name.as_deref().unwrap_or("imagebuild");
+    let generation = build.metadata.generation.unwrap_or(1);
+    let rebuild = build
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REBUILD_ANNOTATION))
+        .cloned();
+    let run_name = run_name(name, generation, rebuild.as_deref());
+    let platforms = spec
+        .platforms
+        .iter()
+        .map(|p| {
+            let platform: Platform = p.parse().expect("validated platforms parse");
+            PlatformPlan {
+                job_name: job_name(&run_name, &platform),
+                push_target: platform_tag(&spec.output.image, &platform),
+                build_argv: build_argv(spec, &platform, auth),
+                platform,
+            }
+        })
+        .collect();
+    Ok(BuildPlan {
+        run_name,
+        generation,
+        rebuild,
+        revision: revision.to_string(),
+        media_type: spec.output.media_type,
+        timeout: spec
+            .timeout
+            .as_deref()
+            .and_then(parse_timeout)
+            .unwrap_or(settings.default_timeout),
+        retries: spec.retries.unwrap_or(1),
+        platforms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_dns_label(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    }
+
+    fn arm64() -> Platform {
+        "linux/arm64".parse().unwrap()
+    }
+
+    #[test]
+    fn short_names_are_readable() {
+        assert_eq!(
+            job_name(&run_name("guestbook", 3, None), &arm64()),
+            "guestbook-3-linux-arm64"
+        );
+        let v7: Platform = "linux/arm/v7".parse().unwrap();
+        assert_eq!(v7.slug(), "linux-arm-v7");
+        assert_eq!(platform_tag("r.io/a/b:v1", &v7), "r.io/a/b:v1-linux-arm-v7");
+    }
+
+    #[test]
+    fn long_names_are_bounded_and_distinct() {
+        let long_a = format!("{}a", "x".repeat(252));
+        let long_b = format!("{}b", "x".repeat(252));
+        let ppc: Platform = "linux/ppc64le".parse().unwrap();
+        let a = job_name(&run_name(&long_a, i64::MAX, Some("token")), &ppc);
+        let b = job_name(&run_name(&long_b, i64::MAX, Some("token")), &ppc);
+        assert!(is_dns_label(&a), "{a}");
+        assert!(is_dns_label(&b), "{b}");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn dotted_names_do_not_collide_with_dashed_ones() {
+        let dotted = dns_label("app.v2", 63);
+        let dashed = dns_label("app-v2", 63);
+        assert!(is_dns_label(&dotted));
+        assert_eq!(dashed, "app-v2");
+        assert_ne!(dotted, dashed);
+    }
+
+    #[test]
+    fn rebuild_token_changes_the_run_name() {
+        let plain = run_name("app", 2, None);
+        let first = run_name("app", 2, Some("2026-11-23T10:00"));
+        let second = run_name("app", 2, Some("2026-11-23T11:00"));
+        assert_eq!(plain, "app-2");
+        assert!(first.starts_with("app-2-r"));
+        assert_ne!(first, second);
+        assert_eq!(
+            first,
+            run_name("app", 2, Some("2026-11-23T10:00")),
+            "deterministic"
+        );
+    }
+
+    #[test]
+    fn platforms_parse_and_print() {
+        for text in ["linux/amd64", "linux/arm/v7"] {
+            assert_eq!(text.parse::<Platform>().unwrap().to_string(), text);
+        }
+        for bad in [
+            "linux",
+            "linux/",
+            "/amd64",
+            "linux/arm/v7/x",
+            "linux/am d64",
+        ] {
+            assert!(bad.parse::<Platform>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn kube_versions() {
+        assert_eq!(
+            KubeVersion::from_info("1", "24+"),
+            Some(KubeVersion {
+                major: 1,
+                minor: 24
+            })
+        );
+        assert_eq!(
+            "v1.30.2".parse::<KubeVersion>().unwrap(),
+            KubeVersion {
+                major: 1,
+                minor: 30
+            }
+        );
+        assert!(!KubeVersion::OLDEST.has_apparmor_field());
+        assert!("1.30".parse::<KubeVersion>().unwrap().has_apparmor_field());
+        assert!("one.two".parse::<KubeVersion>().is_err());
+    }
+
+    #[test]
+    fn seccomp_profiles_parse() {
+        assert_eq!(
+            "Unconfined".parse::<SeccompProfile>().unwrap(),
+            SeccompProfile::Unconfined
+        );
+        assert_eq!(
+            "localhost/p.json".parse::<SeccompProfile>().unwrap(),
+            SeccompProfile::Localhost("p.json".into())
+        );
+        assert!("localhost/".parse::<SeccompProfile>().is_err());
+        assert!("unconfined".parse::<SeccompProfile>().is_err());
+    }
+}

@@ -1,0 +1,333 @@
+//! From a build plan to `batch/v1` Jobs, one per platform. Pure: the same inputs always give
+//! the same Jobs, which is what makes server-side apply of them idempotent.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::Resource;
+use serde_json::{Value, json};
+
+use crate::api::ImageBuild;
+use crate::plan::{
+    BuildPlan, BuilderSettings, KubeVersion, LOCAL_IMAGE, PlatformPlan, SeccompProfile,
+};
+
+/// Name of the builder container; the AppArmor annotation is keyed on it.
+pub const BUILDER_CONTAINER: &str = "builder";
+/// Name of the git-sync init container.
+pub const GIT_SYNC_CONTAINER: &str = "git-sync";
+
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_IMAGEBUILD: &str = "archforge.dev/imagebuild";
+pub const LABEL_PLATFORM: &str = "archforge.dev/platform";
+pub const LABEL_GENERATION: &str = "archforge.dev/generation";
+pub const ANNOTATION_PLATFORM: &str = "archforge.dev/platform";
+pub const ANNOTATION_REVISION: &str = "archforge.dev/revision";
+pub const MANAGER: &str = "archforge";
+
+/// Where git-sync puts the checkout and the builder reads it.
+const WORKSPACE: &str = "/workspace";
+/// The link git-sync points at the checked-out worktree, relative to the workspace.
+const SOURCE_LINK: &str = "source";
+/// Where the push secret's docker config is mounted in the builder.
+pub const PUSH_AUTH_DIR: &str = "/var/run/archforge/push";
+pub const PUSH_AUTH_FILE: &str = "/var/run/archforge/push/config.json";
+const GIT_SECRET_DIR: &str = "/etc/git-secret";
+/// git-sync's own non-root user (from its image).
+const GIT_SYNC_UID: i64 = 65533;
+
+/// The builder's entrypoint. It is a constant: every user value reaches it as a positional
+/// argument (`"$@"`, the buildah build argv) or as an environment variable expanded inside
+/// double quotes, so no user string is ever parsed as shell syntax.
+///
+/// The link git-sync made is read rather than followed because `fs.protected_symlinks`
+/// can refuse to follow a link owned by another user (git-sync runs as its own UID).
+pub const BUILDER_SCRIPT: &str = r#"set -eu
+cd "$ARCHFORGE_WORKSPACE"
+cd "$(readlink source)"
+buildah "$@"
+set -- push --format "$ARCHFORGE_PUSH_FORMAT" --digestfile /dev/termination-log
+if [ -n "${ARCHFORGE_AUTHFILE:-}" ]; then set -- "$@" --authfile "$ARCHFORGE_AUTHFILE"; fi
+exec buildah "$@" -- "$ARCHFORGE_LOCAL_IMAGE" "docker://$ARCHFORGE_PUSH_TARGET"
+"#;
+
+/// The labels every object of one run carries; also the selector for finding them.
+pub fn run_labels(imagebuild: &str, generation: i64) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_MANAGED_BY.to_string(), MANAGER.to_string()),
+        (
+            LABEL_IMAGEBUILD.to_string(),
+            crate::plan::dns_label(imagebuild, 63),
+        ),
+        (LABEL_GENERATION.to_string(), generation.to_string()),
+    ])
+}
+
+fn seccomp(profile: &SeccompProfile) -> Value {
+    match profile {
+        SeccompProfile::Unconfined => json!({"type": "Unconfined"}),
+        SeccompProfile::RuntimeDefault => json!({"type": "RuntimeDefault"}),
+        SeccompProfile::Localhost(path) => json!({"type": "Localhost", "localhostProfile": path}),
+    }
+}
+
+fn git_sync_container(build: &ImageBuild, plan: &BuildPlan, settings: &BuilderSettings) -> Value {
+    let git = &build.spec.source.git;
+    // `--flag=value` keeps every value bound to its flag, whatever it starts with.
+    let mut args = vec![
+        format!("--repo={}", git.url),
+        format!("--ref={}", plan.revision),
+        format!("--root={WORKSPACE}"),
+        format!("--link={SOURCE_LINK}"),
+        "--one-time".to_string(),
+        format!("--depth={}", git.depth.unwrap_or(1)),
+    ];
+    let mut env = vec![json!({"name": "HOME", "value": "/tmp"})];
+    let mut mounts = vec![
+        json!({"name": "workspace", "mountPath": WORKSPACE}),
+        json!({"name": "git-tmp", "mountPath": "/tmp"}),
+    ];
+    if let Some(secret) = &git.credentials_secret {
+        if is_ssh_url(&git.url) {
+            args.push(format!("--ssh-key-file={GIT_SECRET_DIR}/ssh-privatekey"));
+            args.push(format!(
+                "--ssh-known-hosts-file={GIT_SECRET_DIR}/known_hosts"
+            ));
+            mounts.push(
+                json!({"name": "git-credentials", "mountPath": GIT_SECRET_DIR, "readOnly": true}),
+            );
+        } else {
+            for (var, key) in [
+                ("GITSYNC_USERNAME", "username"),
+                ("GITSYNC_PASSWORD", "password"),
+            ] {
+                env.push(json!({
+                    "name": var,
+                    "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}
+                }));
+            }
+        }
+    }
+    json!({
+        "name": GIT_SYNC_CONTAINER,
+        "image": settings.git_sync_image,
+        "args": args,
+        "env": env,
+        "volumeMounts": mounts,
+        "securityContext": {
+            "runAsUser": GIT_SYNC_UID,
+            "runAsGroup": GIT_SYNC_UID,
+            "runAsNonRoot": true,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "64Mi"},
+            "limits": {"memory": "256Mi"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    })
+}
+
+/// Whether git would reach this URL over SSH (ssh:// or the scp-like user@host:path form).
+pub fn is_ssh_url(url: &str) -> bool {
+    url.starts_with("ssh://") || !url.contains("://")
+}
+
+fn builder_container(
+    build: &ImageBuild,
+    plan: &BuildPlan,
+    platform: &PlatformPlan,
+    settings: &BuilderSettings,
+    version: KubeVersion,
+) -> Value {
+    let spec = &build.spec;
+    let mut resources = spec
+        .resources
+        .as_ref()
+        .map(|r| serde_json::to_value(r).expect("resources serialize"))
+        .unwrap_or_else(|| json!({}));
+    // A device plugin's extended resource must be a limit; Kubernetes copies it to requests.
+    resources["limits"][&settings.fuse_resource] = json!(settings.fuse_quantity);
+    if let Some(requests) = resources.get_mut("requests").and_then(Value::as_object_mut) {
+        requests.remove(&settings.fuse_resource);
+    }
+
+    let format = match plan.media_type {
+        crate::api::MediaType::Oci => "oci",
+        crate::api::MediaType::Docker => "v2s2",
+    };
+    let mut env = vec![
+        json!({"name": "BUILDAH_ISOLATION", "value": "chroot"}),
+        json!({"name": "STORAGE_DRIVER", "value": "overlay"}),
+        json!({"name": "HOME", "value": "/home/build"}),
+        json!({"name": "ARCHFORGE_WORKSPACE", "value": WORKSPACE}),
+        json!({"name": "ARCHFORGE_LOCAL_IMAGE", "value": LOCAL_IMAGE}),
+        json!({"name": "ARCHFORGE_PUSH_TARGET", "value": platform.push_target}),
+        json!({"name": "ARCHFORGE_PUSH_FORMAT", "value": format}),
+    ];
+    let mut mounts = vec![
+        json!({"name": "workspace", "mountPath": WORKSPACE, "readOnly": true}),
+        json!({"name": "containers", "mountPath": "/home/build/.local/share/containers"}),
+    ];
+    if spec.output.push_secret.is_some() {
+        env.push(json!({"name": "ARCHFORGE_AUTHFILE", "value": PUSH_AUTH_FILE}));
+        mounts.push(
+            json!({"name": "push-credentials", "mountPath": PUSH_AUTH_DIR, "readOnly": true}),
+        );
+    }
+
+    let mut security = json!({
+        "runAsUser": settings.builder_uid,
+        "runAsGroup": settings.builder_uid,
+        "runAsNonRoot": true,
+        "privileged": false,
+        // newuidmap/newgidmap are setuid helpers that map the builder's subordinate IDs
+        // into its user namespace; no_new_privs would stop them, and they need SETUID and
+        // SETGID in the bounding set. Every other capability is dropped.
+        "allowPrivilegeEscalation": true,
+        "capabilities": {"drop": ["ALL"], "add": ["SETUID", "SETGID"]},
+        "seccompProfile": seccomp(&settings.seccomp_profile),
+    });
+    if version.has_apparmor_field() {
+        security["appArmorProfile"] =
+            json!({"type": "Localhost", "localhostProfile": settings.apparmor_profile});
+    }
+
+    let mut command = vec![
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        BUILDER_SCRIPT.to_string(),
+        "archforge-builder".to_string(),
+    ];
+    command.extend(platform.build_argv.iter().cloned());
+    json!({
+        "name": BUILDER_CONTAINER,
+        "image": settings.builder_image,
+        "command": command,
+        "env": env,
+        "volumeMounts": mounts,
+        "resources": resources,
+        "securityContext": security,
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    })
+}
+
+/// The Job that builds one platform of one run.
+pub fn render_job(
+    build: &ImageBuild,
+    plan: &BuildPlan,
+    platform: &PlatformPlan,
+    settings: &BuilderSettings,
+    version: KubeVersion,
+) -> Job {
+    let name = build.metadata.name.as_deref().unwrap_or("imagebuild");
+    let spec = &build.spec;
+    let mut labels = run_labels(name, plan.generation);
+    labels.insert(LABEL_PLATFORM.to_string(), platform.platform.slug());
+    let annotations = BTreeMap::from([
+        (
+            ANNOTATION_PLATFORM.to_string(),
+            platform.platform.to_string(),
+        ),
+        (ANNOTATION_REVISION.to_string(), plan.revision.clone()),
+    ]);
+
+    let mut node_selector: BTreeMap<String, String> =
+        spec.node_selector.clone().unwrap_or_default();
+    node_selector.insert(
+        "kubernetes.io/arch".to_string(),
+        platform.platform.architecture.clone(),
+    );
+    node_selector.insert("kubernetes.io/os".to_string(), platform.platform.os.clone());
+
+    let mut volumes = vec![
+        json!({"name": "workspace", "emptyDir": {}}),
+        json!({"name": "git-tmp", "emptyDir": {}}),
+        json!({"name": "containers", "emptyDir": {}}),
+    ];
+    if let Some(secret) = &spec.output.push_secret {
+        volumes.push(json!({
+            "name": "push-credentials",
+            "secret": {"secretName": secret, "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}
+        }));
+    }
+    if let Some(secret) = &spec.source.git.credentials_secret
+        && is_ssh_url(&spec.source.git.url)
+    {
+        volumes.push(json!({
+            "name": "git-credentials",
+            "secret": {"secretName": secret, "defaultMode": 0o400}
+        }));
+    }
+
+    let pod_annotations = BTreeMap::from([(
+        format!("container.apparmor.security.beta.kubernetes.io/{BUILDER_CONTAINER}"),
+        format!("localhost/{}", settings.apparmor_profile),
+    )]);
+
+    let owner = build
+        .controller_owner_ref(&())
+        .map(|o| serde_json::to_value(vec![o]).expect("owner reference serializes"));
+
+    let job = json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": platform.job_name,
+            "namespace": build.metadata.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": owner,
+        },
+        "spec": {
+            "backoffLimit": plan.retries,
+            "activeDeadlineSeconds": plan.timeout.as_secs(),
+            "ttlSecondsAfterFinished": settings.job_ttl.as_secs(),
+            "template": {
+                "metadata": {"labels": labels, "annotations": pod_annotations},
+                "spec": {
+                    "restartPolicy": "Never",
+                    // The builder talks to git and the registry, never to the API server.
+                    "automountServiceAccountToken": false,
+                    "enableServiceLinks": false,
+                    "nodeSelector": node_selector,
+                    "tolerations": spec.tolerations,
+                    "securityContext": {"seccompProfile": seccomp(&settings.seccomp_profile)},
+                    "initContainers": [git_sync_container(build, plan, settings)],
+                    "containers": [builder_container(build, plan, platform, settings, version)],
+                    "volumes": volumes,
+                },
+            },
+        },
+    });
+    serde_json::from_value(strip_nulls(job)).expect("a rendered Job is a valid Job")
+}
+
+/// All Jobs of one run, in the order of `spec.platforms`.
+pub fn render_jobs(
+    build: &ImageBuild,
+    plan: &BuildPlan,
+    settings: &BuilderSettings,
+    version: KubeVersion,
+) -> Vec<Job> {
+    plan.platforms
+        .iter()
+        .map(|p| render_job(build, plan, p, settings, version))
+        .collect()
+}
+
+fn strip_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, strip_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(strip_nulls).collect()),
+        other => other,
+    }
+}

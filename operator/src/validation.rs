@@ -1,0 +1,238 @@
+//! The Rust twin of the CRD's schema and CEL rules.
+//!
+//! Kubernetes 1.24 does not enforce CEL, and `archforge build --local` and `archforge render`
+//! read files no API server has seen, so every rule of the schema exists here as well, with
+//! a message that names the field. Tests check both layers reject the same inputs.
+
+use std::fmt;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use regex::Regex;
+
+use crate::api::{
+    BUILD_ARG_NAME_PATTERN, DNS_LABEL_PATTERN, DURATION_PATTERN, GIT_REF_PATTERN, GIT_URL_PATTERN,
+    IMAGE_REF_PATTERN, ImageBuildSpec, KNOWN_PLATFORMS, MAX_TIMEOUT_SECONDS, RELATIVE_PATH_PATTERN,
+    REPOSITORY_PATTERN, RESERVED_NODE_SELECTOR_KEYS, TARGET_PATTERN,
+};
+
+/// One broken rule: the field it concerns and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    /// JSON path of the field, for example `spec.platforms[1]`.
+    pub field: String,
+    /// What is wrong, in words a user can act on.
+    pub message: String,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every broken rule of a spec, in field order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidSpec(pub Vec<Invalid>);
+
+impl fmt::Display for InvalidSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let all: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&all.join("; "))
+    }
+}
+
+impl std::error::Error for InvalidSpec {}
+
+fn compiled(pattern: &str) -> Regex {
+    Regex::new(pattern).expect("archforge's own patterns compile")
+}
+
+static IMAGE_REF: LazyLock<Regex> = LazyLock::new(|| compiled(IMAGE_REF_PATTERN));
+static REPOSITORY: LazyLock<Regex> = LazyLock::new(|| compiled(REPOSITORY_PATTERN));
+static DNS_LABEL: LazyLock<Regex> = LazyLock::new(|| compiled(DNS_LABEL_PATTERN));
+static GIT_URL: LazyLock<Regex> = LazyLock::new(|| compiled(GIT_URL_PATTERN));
+static GIT_REF: LazyLock<Regex> = LazyLock::new(|| compiled(GIT_REF_PATTERN));
+static RELATIVE_PATH: LazyLock<Regex> = LazyLock::new(|| compiled(RELATIVE_PATH_PATTERN));
+static BUILD_ARG_NAME: LazyLock<Regex> = LazyLock::new(|| compiled(BUILD_ARG_NAME_PATTERN));
+static TARGET: LazyLock<Regex> = LazyLock::new(|| compiled(TARGET_PATTERN));
+static DURATION: LazyLock<Regex> = LazyLock::new(|| compiled(DURATION_PATTERN));
+
+/// Parses a timeout in the `1h30m` form the schema allows.
+pub fn parse_timeout(value: &str) -> Option<Duration> {
+    if value.is_empty() || !DURATION.is_match(value) {
+        return None;
+    }
+    humantime::parse_duration(value).ok()
+}
+
+#[derive(Default)]
+struct Problems(Vec<Invalid>);
+
+impl Problems {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Invalid {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn check_pattern(&mut self, field: &str, value: &str, re: &Regex, max: usize, what: &str) {
+        if value.chars().count() > max {
+            self.add(field, format!("must be at most {max} characters"));
+        } else if !re.is_match(value) {
+            self.add(field, format!("{value:?} is not {what}"));
+        }
+    }
+
+    fn check_relative_path(&mut self, field: &str, value: &str) {
+        self.check_pattern(
+            field,
+            value,
+            &RELATIVE_PATH,
+            1024,
+            "a relative path (letters, digits, '.', '_', '-', '/'; not starting with '/' or '-')",
+        );
+        if value.split('/').any(|segment| segment == "..") {
+            self.add(field, "must stay inside the repository (no '..')");
+        }
+    }
+}
+
+impl ImageBuildSpec {
+    /// Checks every rule the CRD schema and its CEL rules express.
+    pub fn validate(&self) -> Result<(), InvalidSpec> {
+        let mut p = Problems::default();
+        let git = &self.source.git;
+        p.check_pattern(
+            "spec.source.git.url",
+            &git.url,
+            &GIT_URL,
+            2048,
+            "a git URL (https://, http://, ssh://, git:// or user@host:path)",
+        );
+        p.check_pattern(
+            "spec.source.git.ref",
+            &git.r#ref,
+            &GIT_REF,
+            255,
+            "a branch, tag or commit SHA",
+        );
+        if git.depth.is_some_and(|d| d < 0) {
+            p.add("spec.source.git.depth", "must be 0 (full history) or more");
+        }
+        if let Some(secret) = &git.credentials_secret {
+            p.check_pattern(
+                "spec.source.git.credentialsSecret",
+                secret,
+                &DNS_LABEL,
+                63,
+                "a valid Secret name (lowercase DNS label)",
+            );
+        }
+        p.check_relative_path("spec.source.contextDir", &self.source.context_dir);
+        p.check_relative_path("spec.source.dockerfile", &self.source.dockerfile);
+
+        if self.platforms.is_empty() {
+            p.add("spec.platforms", "at least one platform is required");
+        }
+        if self.platforms.len() > 8 {
+            p.add("spec.platforms", "at most 8 platforms may be requested");
+        }
+        for (i, platform) in self.platforms.iter().enumerate() {
+            if !KNOWN_PLATFORMS.contains(&platform.as_str()) {
+                p.add(
+                    format!("spec.platforms[{i}]"),
+                    format!(
+                        "unsupported platform {platform:?}; supported: {}",
+                        KNOWN_PLATFORMS.join(", ")
+                    ),
+                );
+            } else if self.platforms[..i].contains(platform) {
+                p.add(
+                    format!("spec.platforms[{i}]"),
+                    format!("{platform} is listed more than once"),
+                );
+            }
+        }
+
+        p.check_pattern(
+            "spec.output.image",
+            &self.output.image,
+            &IMAGE_REF,
+            255,
+            "an image reference with a registry host and a tag (registry.example.com/team/app:v1; tag at most 110 characters)",
+        );
+        if let Some(secret) = &self.output.push_secret {
+            p.check_pattern(
+                "spec.output.pushSecret",
+                secret,
+                &DNS_LABEL,
+                63,
+                "a valid Secret name (lowercase DNS label)",
+            );
+        }
+
+        if self.build_args.len() > 64 {
+            p.add("spec.buildArgs", "at most 64 build arguments");
+        }
+        for (i, arg) in self.build_args.iter().enumerate() {
+            let field = format!("spec.buildArgs[{i}].name");
+            p.check_pattern(&field, &arg.name, &BUILD_ARG_NAME, 128, "a valid ARG name");
+            if self.build_args[..i].iter().any(|a| a.name == arg.name) {
+                p.add(field, format!("{} is given more than once", arg.name));
+            }
+            if arg.value.chars().count() > 4096 {
+                p.add(
+                    format!("spec.buildArgs[{i}].value"),
+                    "must be at most 4096 characters",
+                );
+            }
+        }
+        if let Some(target) = &self.target {
+            p.check_pattern("spec.target", target, &TARGET, 128, "a build stage name");
+        }
+        if let Some(cache) = &self.cache {
+            p.check_pattern(
+                "spec.cache.image",
+                &cache.image,
+                &REPOSITORY,
+                255,
+                "a repository with a registry host and no tag (registry.example.com/team/app-cache)",
+            );
+        }
+        if let Some(timeout) = &self.timeout {
+            match parse_timeout(timeout) {
+                Some(d) if !d.is_zero() && d.as_secs() <= MAX_TIMEOUT_SECONDS => {}
+                _ => p.add(
+                    "spec.timeout",
+                    format!(
+                        "{timeout:?} is not a positive duration of at most 24h (like 30m or 1h30m)"
+                    ),
+                ),
+            }
+        }
+        if let Some(retries) = self.retries
+            && !(0..=10).contains(&retries)
+        {
+            p.add("spec.retries", "must be between 0 and 10");
+        }
+        if let Some(selector) = &self.node_selector {
+            for key in RESERVED_NODE_SELECTOR_KEYS {
+                if selector.contains_key(*key) {
+                    p.add(
+                        "spec.nodeSelector",
+                        "kubernetes.io/arch and kubernetes.io/os are set by archforge from spec.platforms",
+                    );
+                    break;
+                }
+            }
+        }
+
+        if p.0.is_empty() {
+            Ok(())
+        } else {
+            Err(InvalidSpec(p.0))
+        }
+    }
+}
