@@ -4,8 +4,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::api::MediaType;
 use crate::manifest;
-use crate::plan::{AuthFile, BuilderSettings, KubeVersion, plan};
+use crate::plan::{AuthFile, BuilderSettings, KubeVersion, Platform, plan};
+use crate::registry::{DockerConfig, PlatformImage, Registry, RegistryError, RegistryOptions};
 use crate::render::{PUSH_AUTH_FILE, render_jobs};
 
 #[derive(Parser, Debug)]
@@ -25,6 +27,114 @@ pub enum Command {
     Crd,
     /// Print the Jobs an ImageBuild would create, without a cluster (a dry run).
     Render(Box<RenderArgs>),
+    /// Work with multi-architecture image indexes.
+    #[command(subcommand)]
+    Index(IndexCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IndexCommand {
+    /// Assemble per-platform images (already pushed to the target repository) into one
+    /// image index, push it by tag and print its digest.
+    Create(IndexCreateArgs),
+}
+
+/// How to reach registries; shared by every command that talks to one.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RegistryArgs {
+    /// Docker config JSON with registry credentials (the format of ~/.docker/config.json
+    /// and of kubernetes.io/dockerconfigjson Secrets). Anonymous when omitted.
+    #[arg(long, env = "ARCHFORGE_DOCKER_CONFIG")]
+    pub docker_config: Option<String>,
+
+    /// PEM file of CA certificates to trust in addition to the system's (repeatable).
+    #[arg(long = "ca-file")]
+    pub ca_files: Vec<String>,
+
+    /// Registry (HOST:PORT) reached over plain HTTP instead of HTTPS (repeatable).
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+}
+
+impl RegistryArgs {
+    pub fn options(&self) -> Result<RegistryOptions, RegistryError> {
+        let mut options = RegistryOptions {
+            insecure: self.insecure_registries.clone(),
+            ..Default::default()
+        };
+        if let Some(path) = &self.docker_config {
+            options.credentials = DockerConfig::from_file(path)?;
+        }
+        for path in &self.ca_files {
+            options.add_ca_file(path)?;
+        }
+        Ok(options)
+    }
+}
+
+fn parse_source(text: &str) -> Result<PlatformImage, String> {
+    let (platform, digest) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not PLATFORM=DIGEST (linux/arm64=sha256:...)"))?;
+    let platform: Platform = platform.parse()?;
+    let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        return Err(format!("{digest:?} is not a sha256:<64 hex> digest"));
+    }
+    Ok(PlatformImage {
+        platform,
+        digest: digest.to_string(),
+    })
+}
+
+fn parse_annotation(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}
+
+fn parse_media_type(text: &str) -> Result<MediaType, String> {
+    match text {
+        "oci" => Ok(MediaType::Oci),
+        "docker" => Ok(MediaType::Docker),
+        _ => Err(format!("{text:?} is not oci or docker")),
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct IndexCreateArgs {
+    /// Tag to push the index to: HOST/REPO:TAG. The platform images must be in HOST/REPO.
+    #[arg(long)]
+    pub image: String,
+
+    /// A platform image: PLATFORM=DIGEST, e.g. linux/arm64=sha256:... (repeatable).
+    #[arg(long = "source", required = true, value_parser = parse_source)]
+    pub sources: Vec<PlatformImage>,
+
+    /// oci (OCI image index) or docker (Docker manifest list v2).
+    #[arg(long, default_value = "oci", value_parser = parse_media_type)]
+    pub media_type: MediaType,
+
+    /// Annotation on the index, KEY=VALUE (repeatable; OCI indexes only).
+    #[arg(long = "annotation", value_parser = parse_annotation)]
+    pub annotations: Vec<(String, String)>,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+async fn index_create(args: &IndexCreateArgs) -> Result<String, RegistryError> {
+    let registry = Registry::new(args.registry.options()?);
+    let annotations = args.annotations.iter().cloned().collect();
+    let pushed = registry
+        .assemble_index(&args.image, &args.sources, args.media_type, &annotations)
+        .await?;
+    Ok(pushed.digest)
 }
 
 #[derive(clap::Args, Debug)]
@@ -84,6 +194,10 @@ pub async fn run(cli: Cli) -> ExitCode {
             Ok(())
         }
         Command::Render(args) => render(&args).map(|yaml| print!("{yaml}")),
+        Command::Index(IndexCommand::Create(args)) => index_create(&args)
+            .await
+            .map(|digest| println!("{digest}"))
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,6 +18,9 @@ pub enum Error {
     #[error("{path} is not an ImageBuild: {message}")]
     ParseManifest { path: String, message: String },
 
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+
     #[error("cannot serialize {what}: {message}")]
     Serialize { what: &'static str, message: String },
 }
@@ -30,6 +33,7 @@ impl Error {
             Error::ReadFile { .. } => "read_file",
             Error::ParseManifest { .. } => "parse_manifest",
             Error::Serialize { .. } => "serialize",
+            Error::Registry(_) => "registry",
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod error;
 pub mod manifest;
 pub mod plan;
+pub mod registry;
 pub mod render;
 pub mod validation;
 

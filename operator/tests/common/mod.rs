@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use archforge::api::ImageBuild;
 use kube::CustomResourceExt;
 use regex::Regex;
