@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARCHFORGE = $(CARGO) run -q -p archforge --
 
-.PHONY: test fmt-check clippy unit crds golden render
+.PHONY: test fmt-check clippy unit crds golden render bench-index
 
 ## The whole test suite: formatting, lints, unit and integration tests.
 test: fmt-check clippy unit
@@ -27,3 +27,7 @@ golden:
 ## Print the Jobs the sample ImageBuild would create (a dry run, no cluster needed).
 render:
 	$(ARCHFORGE) render config/samples/imagebuild.yaml
+
+## Benchmark index assembly against buildah's manifest commands (needs docker-registry, buildah).
+bench-index:
+	$(CARGO) bench -p archforge --bench index

@@ -8,6 +8,7 @@ pub mod manifest;
 pub mod plan;
 pub mod registry;
 pub mod render;
+pub mod source;
 pub mod validation;
 
 pub use error::{Error, Result};

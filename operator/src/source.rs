@@ -1,0 +1,253 @@
+//! Pinning a git ref to a commit, so that every platform of a run builds the same tree.
+//!
+//! Asks the git server directly over the smart HTTP protocol (the ref advertisement of
+//! `info/refs?service=git-upload-pack`), so the operator needs no git binary. Shared by the
+//! controller and the local executor.
+
+use std::time::Duration;
+
+/// Credentials for an HTTP(S) git server.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GitCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for GitCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GitCredentials({}, <redacted>)", self.username)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("git server {url} unreachable: {message}")]
+    Unreachable { url: String, message: String },
+
+    #[error("{url} has no branch or tag {reference:?}")]
+    RefNotFound { url: String, reference: String },
+
+    #[error(
+        "git server {url} refused the credentials (HTTP {status}); check the credentials secret"
+    )]
+    Credentials { url: String, status: u16 },
+
+    #[error(
+        "cannot resolve {reference:?} of {url} without cloning: only http(s) URLs are resolved; give a full commit SHA as ref for SSH and git:// repositories"
+    )]
+    UnsupportedScheme { url: String, reference: String },
+
+    #[error("git server {url} answered unexpectedly: {message}")]
+    Protocol { url: String, message: String },
+}
+
+impl SourceError {
+    /// Whether trying again later could succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SourceError::Unreachable { .. })
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SourceError::Unreachable { .. } => "GitUnreachable",
+            SourceError::RefNotFound { .. } => "GitRefNotFound",
+            SourceError::Credentials { .. } => "GitCredentials",
+            SourceError::UnsupportedScheme { .. } => "GitRefUnresolvable",
+            SourceError::Protocol { .. } => "GitProtocolError",
+        }
+    }
+}
+
+/// A full SHA-1 (40) or SHA-256 (64) object name, which needs no lookup.
+pub fn is_full_sha(reference: &str) -> bool {
+    matches!(reference.len(), 40 | 64)
+        && reference
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Parses a smart-HTTP (protocol v0/v1) ref advertisement into `(sha, refname)` pairs.
+pub fn parse_advertisement(body: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let mut refs = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        if rest.len() < 4 {
+            return Err("truncated pkt-line".to_string());
+        }
+        let len_hex = std::str::from_utf8(&rest[..4]).map_err(|_| "bad pkt-line length")?;
+        let len = usize::from_str_radix(len_hex, 16).map_err(|_| "bad pkt-line length")?;
+        if len == 0 {
+            rest = &rest[4..];
+            continue;
+        }
+        if len < 4 || len > rest.len() {
+            return Err(format!("pkt-line length {len} out of range"));
+        }
+        let line = &rest[4..len];
+        rest = &rest[len..];
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        if line.starts_with(b"#") {
+            continue;
+        }
+        // The first ref carries the capabilities after a NUL.
+        let line = line.split(|b| *b == 0).next().unwrap_or_default();
+        let text = std::str::from_utf8(line).map_err(|_| "ref line is not UTF-8")?;
+        if let Some((sha, name)) = text.split_once(' ')
+            && is_full_sha(sha)
+        {
+            refs.push((sha.to_string(), name.to_string()));
+        }
+    }
+    Ok(refs)
+}
+
+/// The commit a branch, tag or full ref name points at. Annotated tags are peeled to
+/// their commit; a branch wins over a tag of the same name, as in git.
+pub fn pick_commit(refs: &[(String, String)], reference: &str) -> Option<String> {
+    let find = |name: &str| {
+        refs.iter()
+            .find(|(_, n)| n == name)
+            .map(|(sha, _)| sha.clone())
+    };
+    let candidates = if reference.starts_with("refs/") || reference == "HEAD" {
+        vec![reference.to_string()]
+    } else {
+        vec![
+            format!("refs/heads/{reference}"),
+            format!("refs/tags/{reference}"),
+        ]
+    };
+    candidates
+        .iter()
+        .find_map(|name| find(&format!("{name}^{{}}")).or_else(|| find(name)))
+}
+
+/// Resolves `reference` of the repository at `url` to a commit SHA.
+pub async fn resolve_commit(
+    url: &str,
+    reference: &str,
+    credentials: Option<&GitCredentials>,
+) -> Result<String, SourceError> {
+    if is_full_sha(reference) {
+        return Ok(reference.to_string());
+    }
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(SourceError::UnsupportedScheme {
+            url: url.to_string(),
+            reference: reference.to_string(),
+        });
+    }
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .user_agent(concat!("git/archforge-", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| SourceError::Protocol {
+            url: url.to_string(),
+            message: e.to_string(),
+        })?;
+    let endpoint = format!(
+        "{}/info/refs?service=git-upload-pack",
+        url.trim_end_matches('/')
+    );
+    let mut request = client.get(&endpoint);
+    if let Some(c) = credentials {
+        request = request.basic_auth(&c.username, Some(&c.password));
+    }
+    let response = request.send().await.map_err(|e| SourceError::Unreachable {
+        url: url.to_string(),
+        message: e.to_string(),
+    })?;
+    let status = response.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        return Err(SourceError::Credentials {
+            url: url.to_string(),
+            status: status.as_u16(),
+        });
+    }
+    if status.is_server_error() {
+        return Err(SourceError::Unreachable {
+            url: url.to_string(),
+            message: format!("HTTP {status}"),
+        });
+    }
+    if !status.is_success() {
+        return Err(SourceError::Protocol {
+            url: url.to_string(),
+            message: format!("HTTP {status} for {endpoint}"),
+        });
+    }
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| SourceError::Unreachable {
+            url: url.to_string(),
+            message: e.to_string(),
+        })?;
+    let refs = parse_advertisement(&body).map_err(|message| SourceError::Protocol {
+        url: url.to_string(),
+        message,
+    })?;
+    pick_commit(&refs, reference).ok_or_else(|| SourceError::RefNotFound {
+        url: url.to_string(),
+        reference: reference.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkt(line: &str) -> String {
+        format!("{:04x}{line}", line.len() + 4)
+    }
+
+    #[test]
+    fn parses_and_picks() {
+        let a = "a".repeat(40);
+        let b = "b".repeat(40);
+        let c = "c".repeat(40);
+        let body = [
+            pkt("# service=git-upload-pack\n"),
+            "0000".to_string(),
+            pkt(&format!(
+                "{a} HEAD\0multi_ack symref=HEAD:refs/heads/main\n"
+            )),
+            pkt(&format!("{a} refs/heads/main\n")),
+            pkt(&format!("{b} refs/tags/v1\n")),
+            pkt(&format!("{c} refs/tags/v1^{{}}\n")),
+            pkt(&format!("{b} refs/heads/v1\n")),
+            "0000".to_string(),
+        ]
+        .concat();
+        let refs = parse_advertisement(body.as_bytes()).unwrap();
+        assert_eq!(refs.len(), 5);
+        assert_eq!(pick_commit(&refs, "main"), Some(a.clone()));
+        assert_eq!(pick_commit(&refs, "HEAD"), Some(a));
+        assert_eq!(
+            pick_commit(&refs, "refs/tags/v1"),
+            Some(c),
+            "annotated tags are peeled"
+        );
+        assert_eq!(
+            pick_commit(&refs, "v1"),
+            Some(b),
+            "a branch wins over a tag"
+        );
+        assert_eq!(pick_commit(&refs, "nope"), None);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(parse_advertisement(b"zzzz").is_err());
+        assert!(parse_advertisement(b"00ffshort").is_err());
+    }
+
+    #[test]
+    fn full_shas_need_no_lookup() {
+        assert!(is_full_sha(&"0".repeat(40)));
+        assert!(is_full_sha(&"f".repeat(64)));
+        assert!(!is_full_sha(&"F".repeat(40)));
+        assert!(!is_full_sha("main"));
+    }
+}
