@@ -1,6 +1,6 @@
-//! Benchmark: `archforge index create` against `buildah manifest create` + `manifest add` (x2)
-//! + `manifest push --all`, in one run, against the same local registry and the same two
-//! images. Prints wall time and the HTTP requests the registry served (from its access log)
+//! Benchmark: `archforge index create` against buildah's `manifest create`, two
+//! `manifest add` and `manifest push --all`, in one run, against the same local registry and
+//! the same two images. Prints wall time and the HTTP requests the registry served (from its access log)
 //! for each, and the ratios. Run with `make bench-index`.
 
 #[path = "../tests/common/registry.rs"]
