@@ -2,10 +2,21 @@
 CARGO ?= cargo
 ARCHFORGE = $(CARGO) run -q -p archforge --
 
-.PHONY: test fmt-check clippy unit crds golden render bench-index
+.PHONY: demo setup test fmt-check clippy unit crds golden render bench-index
 
-## The whole test suite: formatting, lints, unit and integration tests.
-test: fmt-check clippy unit
+## A real two-platform build on this machine into a throwaway local registry (needs root
+## for apt-get and binfmt_misc; see scripts/setup-host.sh).
+demo: setup
+	$(CARGO) build -q -p archforge --bin archforge --example demo
+	target/debug/examples/demo target/debug/archforge
+
+## Installs and prepares what builds and tests need (idempotent).
+setup:
+	bash scripts/setup-host.sh
+
+## The whole test suite: formatting, lints, unit and integration tests against real
+## registries, git servers, buildah and qemu.
+test: setup fmt-check clippy unit
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

@@ -30,6 +30,64 @@ pub enum Command {
     /// Work with multi-architecture image indexes.
     #[command(subcommand)]
     Index(IndexCommand),
+    /// Run an ImageBuild on this machine with git, buildah and qemu-user-static: the same
+    /// plan and builder command line as the cluster's Jobs, no cluster needed.
+    Build(Box<BuildArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BuildArgs {
+    /// Build on this machine (the only mode so far; in a cluster, apply the ImageBuild).
+    #[arg(long, required = true)]
+    pub local: bool,
+
+    /// ImageBuild manifest (YAML).
+    pub file: String,
+
+    /// Platforms built at once (default: all of them).
+    #[arg(long, default_value_t = 0)]
+    pub jobs: usize,
+
+    /// Directory for buildah's images and layers; kept between runs so layers are reused.
+    /// A temporary directory, removed afterwards, when omitted.
+    #[arg(long)]
+    pub storage: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+async fn build(args: &BuildArgs) -> crate::Result<()> {
+    let build = manifest::read_imagebuild(&args.file)?;
+    let options = crate::local::LocalOptions {
+        jobs: args.jobs,
+        storage: args.storage.clone(),
+        docker_config: args.registry.docker_config.clone(),
+        ca_files: args.registry.ca_files.clone(),
+        insecure_registries: args.registry.insecure_registries.clone(),
+        registry: args.registry.options()?,
+    };
+    let (stop, cancel) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: stopping every builder process");
+            let _ = stop.send(true);
+        }
+    });
+    let outcome = crate::local::build_local(&build, &options, cancel).await?;
+    println!("image   {}", outcome.index.reference);
+    println!("digest  {}", outcome.index.digest);
+    println!("commit  {}", outcome.commit);
+    for p in &outcome.platforms {
+        println!(
+            "  {:<14} {}  ({:.1}s)  {}",
+            p.platform.to_string(),
+            p.digest,
+            p.elapsed.as_secs_f64(),
+            p.reference
+        );
+    }
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -194,6 +252,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             Ok(())
         }
         Command::Render(args) => render(&args).map(|yaml| print!("{yaml}")),
+        Command::Build(args) => build(&args).await,
         Command::Index(IndexCommand::Create(args)) => index_create(&args)
             .await
             .map(|digest| println!("{digest}"))

@@ -21,6 +21,9 @@ pub enum Error {
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
 
+    #[error(transparent)]
+    Local(Box<crate::local::LocalError>),
+
     #[error("cannot serialize {what}: {message}")]
     Serialize { what: &'static str, message: String },
 }
@@ -34,8 +37,18 @@ impl Error {
             Error::ParseManifest { .. } => "parse_manifest",
             Error::Serialize { .. } => "serialize",
             Error::Registry(_) => "registry",
+            Error::Local(_) => "local_build",
         }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<crate::local::LocalError> for Error {
+    fn from(e: crate::local::LocalError) -> Self {
+        match e {
+            crate::local::LocalError::Spec(inner) => inner,
+            other => Error::Local(Box::new(other)),
+        }
+    }
+}

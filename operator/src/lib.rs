@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod error;
+pub mod local;
 pub mod manifest;
 pub mod plan;
 pub mod registry;

@@ -54,10 +54,8 @@ async fn push_two(registry: &Registry, repo: &str, media_type: MediaType) -> Vec
 
 fn skopeo_raw(reg: &TestRegistry, reference: &str) -> (Value, String) {
     let raw = reg.skopeo_inspect(reference, &["--raw"]);
-    // skopeo ends its output with a newline of its own.
-    let raw = raw.strip_suffix('\n').unwrap_or(&raw);
     (
-        serde_json::from_str(raw).unwrap(),
+        serde_json::from_str(&raw).unwrap(),
         sha256_digest(raw.as_bytes()),
     )
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod fixtures;
+pub mod git;
 pub mod registry;
 
 use archforge::api::ImageBuild;

@@ -1,0 +1,124 @@
+//! A real git smart-HTTP server on loopback: `git http-backend` behind Python's CGI server.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct GitServer {
+    pub dir: tempfile::TempDir,
+    pub base_url: String,
+    child: Child,
+}
+
+fn git(cwd: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(cwd)
+        .env("GIT_AUTHOR_NAME", "archforge test")
+        .env("GIT_AUTHOR_EMAIL", "test@archforge.dev")
+        .env("GIT_COMMITTER_NAME", "archforge test")
+        .env("GIT_COMMITTER_EMAIL", "test@archforge.dev")
+        .env("GIT_AUTHOR_DATE", "2026-11-23T10:00:00Z")
+        .env("GIT_COMMITTER_DATE", "2026-11-23T10:00:00Z")
+        .output()
+        .expect("git is installed");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+impl GitServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let repos = dir.path().join("repos");
+        let cgi = dir.path().join("www/cgi-bin");
+        std::fs::create_dir_all(&repos).unwrap();
+        std::fs::create_dir_all(&cgi).unwrap();
+        // The CGI server drops to user nobody, so git must accept repositories it does not own.
+        let script = format!(
+            "#!/bin/sh\nexport GIT_PROJECT_ROOT='{}'\nexport GIT_HTTP_EXPORT_ALL=1\nexport GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0='*'\nexec git http-backend\n",
+            repos.display()
+        );
+        let script_path = cgi.join("git");
+        std::fs::write(&script_path, script).unwrap();
+        std::fs::set_permissions(&script_path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--cgi",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(dir.path().join("www"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 is installed");
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "git server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        GitServer {
+            base_url: format!("http://{addr}/cgi-bin/git"),
+            dir,
+            child,
+        }
+    }
+
+    fn bare(&self, name: &str) -> PathBuf {
+        self.dir.path().join("repos").join(format!("{name}.git"))
+    }
+
+    /// Commits `files` (path, content) on branch `main` of repository `name`, creating it
+    /// if needed, and returns (clone URL, commit SHA).
+    pub fn commit(&self, name: &str, files: &[(&str, &str)], message: &str) -> (String, String) {
+        let bare = self.bare(name);
+        let work = self.dir.path().join("work").join(name);
+        if !bare.exists() {
+            std::fs::create_dir_all(&bare).unwrap();
+            git(&bare, &["init", "-q", "--bare", "-b", "main"]);
+            std::fs::create_dir_all(&work).unwrap();
+            git(&work, &["init", "-q", "-b", "main"]);
+            git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+        }
+        for (path, content) in files {
+            let file = work.join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, content).unwrap();
+        }
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "--allow-empty", "-m", message]);
+        git(&work, &["push", "-q", "origin", "main"]);
+        let sha = git(&work, &["rev-parse", "HEAD"]);
+        (format!("{}/{name}.git", self.base_url), sha)
+    }
+
+    /// Tags the current commit of repository `name`.
+    pub fn tag(&self, name: &str, tag: &str) {
+        let work = self.dir.path().join("work").join(name);
+        git(&work, &["tag", "-a", "-m", tag, tag]);
+        git(&work, &["push", "-q", "origin", tag]);
+    }
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

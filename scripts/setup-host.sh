@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Prepares a Debian machine for archforge's local builds, tests and demo:
+#  - installs the real tools (registry, buildah, skopeo, qemu-user-static, git, ...);
+#  - downloads Debian's busybox-static for arm64, the base of the test and demo images,
+#    into target/fixtures/arm64/busybox (nothing is pulled from a container registry);
+#  - mounts binfmt_misc and registers qemu-aarch64, so arm64 builds run under emulation.
+# Idempotent: does nothing that is already done. Needs root (apt-get, mount).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DEBIAN_FRONTEND=noninteractive
+packages=(
+  docker-registry   # the real registry tests and the demo push to
+  skopeo            # the independent client that checks what was pushed
+  buildah           # the builder, the same one the Jobs run
+  qemu-user-static  # runs arm64 RUN steps on amd64
+  binfmt-support    # registers qemu with the kernel
+  busybox-static    # the amd64 base image's only binary
+  git
+  python3           # its CGI server hosts git http-backend for the tests and the demo
+  apache2-utils     # htpasswd, for the registry's basic-auth mode
+  openssl           # certificates for the registry's TLS mode
+)
+need_update=0
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  dpkg --add-architecture arm64
+  need_update=1
+fi
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+fixtures=target/fixtures/arm64
+if ((${#missing[@]})) || ((need_update)) || [ ! -x "$fixtures/busybox" ]; then
+  apt-get update -qq
+fi
+if ((${#missing[@]})); then
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The package's own service would hold port 5000; tests and the demo start their own.
+systemctl disable --now docker-registry >/dev/null 2>&1 || true
+
+if [ ! -x "$fixtures/busybox" ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq busybox-static:arm64 2>/dev/null)
+  dpkg-deb -x "$tmp"/busybox-static_*_arm64.deb "$tmp/x"
+  mkdir -p "$fixtures"
+  cp "$tmp/x/bin/busybox" "$fixtures/busybox"
+  rm -rf "$tmp"
+fi
+
+if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
+  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+fi
+if [ "$(uname -m)" != aarch64 ]; then
+  update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
+  grep -q enabled /proc/sys/fs/binfmt_misc/qemu-aarch64 || {
+    echo "qemu-aarch64 is not registered with binfmt_misc; arm64 builds cannot run" >&2
+    exit 1
+  }
+fi
