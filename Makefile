@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARCHFORGE = $(CARGO) run -q -p archforge --
 
-.PHONY: demo setup test fmt-check clippy unit crds golden render bench-index
+.PHONY: demo setup test fmt-check clippy unit crds golden render bench-index bench-local
 
 ## A real two-platform build on this machine into a throwaway local registry (needs root
 ## for apt-get and binfmt_misc; see scripts/setup-host.sh).
@@ -42,3 +42,7 @@ render:
 ## Benchmark index assembly against buildah's manifest commands (needs docker-registry, buildah).
 bench-index:
 	$(CARGO) bench -p archforge --bench index
+
+## Benchmark a two-platform local build against buildah bud --platform ... --manifest.
+bench-local: setup
+	$(CARGO) bench -p archforge --bench local

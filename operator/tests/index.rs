@@ -69,22 +69,9 @@ fn skopeo_digest_for_arch(reg: &TestRegistry, reference: &str, arch: &str) -> St
     );
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["Architecture"], arch);
-    let dir = tempfile::tempdir().unwrap();
-    let copied = Command::new("skopeo")
-        .args(["copy", "--override-os", "linux", "--override-arch", arch])
-        .args(
-            reg.skopeo_tls_args()
-                .iter()
-                .map(|a| a.replacen("--", "--src-", 1)),
-        )
-        .arg(format!("docker://{reference}"))
-        .arg(format!("dir:{}", dir.path().display()))
-        .output()
-        .unwrap();
-    assert!(
-        copied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&copied.stderr)
+    let dir = reg.skopeo_copy_to_dir(
+        reference,
+        &["--override-os", "linux", "--override-arch", arch],
     );
     sha256_digest(&std::fs::read(dir.path().join("manifest.json")).unwrap())
 }

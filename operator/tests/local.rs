@@ -62,23 +62,7 @@ fn archforge_build(file: &str, registry: &TestRegistry) -> Output {
 
 /// Copies one image out of the registry and returns (config, the file `name` from its top layer).
 fn read_file_from_image(reg: &TestRegistry, reference: &str, name: &str) -> (Value, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new("skopeo")
-        .arg("copy")
-        .args(
-            reg.skopeo_tls_args()
-                .iter()
-                .map(|a| a.replacen("--", "--src-", 1)),
-        )
-        .arg(format!("docker://{reference}"))
-        .arg(format!("dir:{}", dir.path().display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dir = reg.skopeo_copy_to_dir(reference, &[]);
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
     let blob = |digest: &str| dir.path().join(digest.trim_start_matches("sha256:"));
@@ -275,4 +259,78 @@ async fn tags_are_pinned_to_their_commit() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("commit  {first}")));
     let (_, v) = read_file_from_image(&s.registry, &format!("{image}-linux-arm64"), "v.txt");
     assert_eq!(v.trim(), "one");
+}
+
+/// The processes whose command line mentions `marker`.
+fn processes_mentioning(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(marker) {
+                found.push(format!("{}: {text}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn ctrl_c_stops_every_builder_process() {
+    let s = setup().await;
+    let marker = format!("archforge-cancel-{}", std::process::id());
+    let dockerfile = format!("FROM {}\nRUN sleep 120 && echo {marker}\n", s.base);
+    let (url, _) = s
+        .git
+        .commit("slow", &[("app/Dockerfile", &dockerfile)], "slow");
+    let file = imagebuild(
+        &s.work.path().join("ib.yaml"),
+        &url,
+        "main",
+        &s.registry.image("team/slow:v1"),
+        "",
+    );
+    let storage = s.work.path().join(format!("storage-{marker}"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_archforge"))
+        .args([
+            "build",
+            "--local",
+            &file,
+            "--insecure-registry",
+            &s.registry.addr,
+        ])
+        .arg("--storage")
+        .arg(&storage)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until both platforms' RUN steps are running.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while processes_mentioning(&marker).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the RUN steps never started: {:?}",
+            processes_mentioning(&marker)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let storage_text = storage.display().to_string();
+    let leftovers: Vec<String> = processes_mentioning(&marker)
+        .into_iter()
+        .chain(processes_mentioning(&storage_text))
+        .collect();
+    assert_eq!(
+        leftovers,
+        Vec::<String>::new(),
+        "processes outlived the run"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&storage_text), "mounts outlived the run");
 }

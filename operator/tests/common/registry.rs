@@ -272,6 +272,32 @@ impl TestRegistry {
     }
 }
 
+impl TestRegistry {
+    /// `skopeo copy` of `reference` into a fresh `dir:` directory (manifest.json plus blobs
+    /// named by their hex digest), with extra arguments such as `--override-arch`.
+    pub fn skopeo_copy_to_dir(&self, reference: &str, extra: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("skopeo")
+            .arg("copy")
+            .args(extra)
+            .args(
+                self.skopeo_tls_args()
+                    .iter()
+                    .map(|a| a.replacen("--", "--src-", 1)),
+            )
+            .arg(format!("docker://{reference}"))
+            .arg(format!("dir:{}", dir.path().display()))
+            .output()
+            .expect("skopeo is installed");
+        assert!(
+            out.status.success(),
+            "skopeo copy {reference}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    }
+}
+
 impl Drop for TestRegistry {
     fn drop(&mut self) {
         self.stop();
