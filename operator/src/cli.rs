@@ -30,9 +30,77 @@ pub enum Command {
     /// Work with multi-architecture image indexes.
     #[command(subcommand)]
     Index(IndexCommand),
+    /// Run the controller: watch ImageBuilds and build them in the cluster.
+    Run(Box<RunArgs>),
     /// Run an ImageBuild on this machine with git, buildah and qemu-user-static: the same
     /// plan and builder command line as the cluster's Jobs, no cluster needed.
     Build(Box<BuildArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Namespace to watch (repeatable); all namespaces when omitted.
+    #[arg(
+        long = "namespace",
+        env = "ARCHFORGE_WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
+
+    /// Address of the /healthz, /readyz and /metrics endpoints.
+    #[arg(
+        long,
+        env = "ARCHFORGE_METRICS_ADDRESS",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub metrics_address: std::net::SocketAddr,
+
+    /// Log format: text or json.
+    #[arg(long, env = "ARCHFORGE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    /// How many finished runs status.history keeps.
+    #[arg(long, env = "ARCHFORGE_HISTORY_LIMIT", default_value_t = 10)]
+    pub history_limit: usize,
+
+    /// How often an unfinished run is re-examined without a watch event.
+    #[arg(long, env = "ARCHFORGE_RESYNC", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub resync: std::time::Duration,
+
+    #[command(flatten)]
+    pub settings: BuilderSettings,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+async fn run_controller(args: &RunArgs) -> crate::Result<()> {
+    crate::telemetry::init_logging(args.log_format == "json");
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| crate::Error::Kube(e.to_string()))?;
+    let info = client
+        .apiserver_version()
+        .await
+        .map_err(|e| crate::Error::Kube(e.to_string()))?;
+    let version = KubeVersion::from_info(&info.major, &info.minor).unwrap_or(KubeVersion::OLDEST);
+    tracing::info!(%version, "connected to the API server");
+    let metrics = std::sync::Arc::new(crate::telemetry::Metrics::default());
+    let server = tokio::spawn(crate::telemetry::serve(
+        args.metrics_address,
+        metrics.clone(),
+    ));
+    let config = crate::controller::Config {
+        builder: args.settings.clone(),
+        version,
+        history_limit: args.history_limit,
+        registry: args.registry.options()?,
+        resync: args.resync,
+    };
+    crate::controller::run(client, args.namespaces.clone(), config, metrics).await;
+    server.abort();
+    tracing::info!("stopped");
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]
@@ -253,6 +321,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Command::Render(args) => render(&args).map(|yaml| print!("{yaml}")),
         Command::Build(args) => build(&args).await,
+        Command::Run(args) => run_controller(&args).await,
         Command::Index(IndexCommand::Create(args)) => index_create(&args)
             .await
             .map(|digest| println!("{digest}"))

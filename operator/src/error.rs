@@ -24,6 +24,9 @@ pub enum Error {
     #[error(transparent)]
     Local(Box<crate::local::LocalError>),
 
+    #[error("Kubernetes API: {0}")]
+    Kube(String),
+
     #[error("cannot serialize {what}: {message}")]
     Serialize { what: &'static str, message: String },
 }
@@ -38,6 +41,7 @@ impl Error {
             Error::Serialize { .. } => "serialize",
             Error::Registry(_) => "registry",
             Error::Local(_) => "local_build",
+            Error::Kube(_) => "kubernetes",
         }
     }
 }

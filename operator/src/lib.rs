@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod error;
 pub mod local;
 pub mod manifest;
@@ -10,6 +11,8 @@ pub mod plan;
 pub mod registry;
 pub mod render;
 pub mod source;
+pub mod status;
+pub mod telemetry;
 pub mod validation;
 
 pub use error::{Error, Result};

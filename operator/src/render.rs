@@ -23,6 +23,8 @@ pub const LABEL_PLATFORM: &str = "archforge.dev/platform";
 pub const LABEL_GENERATION: &str = "archforge.dev/generation";
 pub const ANNOTATION_PLATFORM: &str = "archforge.dev/platform";
 pub const ANNOTATION_REVISION: &str = "archforge.dev/revision";
+/// The full ImageBuild name (the label may be shortened to fit 63 characters).
+pub const ANNOTATION_IMAGEBUILD: &str = "archforge.dev/imagebuild";
 pub const MANAGER: &str = "archforge";
 
 /// Where git-sync puts the checkout and the builder reads it.
@@ -233,6 +235,7 @@ pub fn render_job(
             platform.platform.to_string(),
         ),
         (ANNOTATION_REVISION.to_string(), plan.revision.clone()),
+        (ANNOTATION_IMAGEBUILD.to_string(), name.to_string()),
     ]);
 
     let mut node_selector: BTreeMap<String, String> =
@@ -263,10 +266,13 @@ pub fn render_job(
         }));
     }
 
-    let pod_annotations = BTreeMap::from([(
-        format!("container.apparmor.security.beta.kubernetes.io/{BUILDER_CONTAINER}"),
-        format!("localhost/{}", settings.apparmor_profile),
-    )]);
+    let pod_annotations = BTreeMap::from([
+        (
+            format!("container.apparmor.security.beta.kubernetes.io/{BUILDER_CONTAINER}"),
+            format!("localhost/{}", settings.apparmor_profile),
+        ),
+        (ANNOTATION_IMAGEBUILD.to_string(), name.to_string()),
+    ]);
 
     let owner = build
         .controller_owner_ref(&())

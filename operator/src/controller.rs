@@ -1,0 +1,801 @@
+//! The controller: takes each ImageBuild through one run (pin the commit, check placement,
+//! create one Job per platform, collect digests, assemble the index) and reports it.
+//!
+//! All state lives in the cluster: the run is identified by the ImageBuild's generation and
+//! rebuild annotation, the commit by the status (or the Jobs' revision annotation), each
+//! platform by its deterministically named Job. A restart at any point resumes the run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::{ImageBuild, ImageBuildStatus, Phase, SourceStatus};
+use crate::plan::{AuthFile, BuildPlan, BuilderSettings, KubeVersion, REBUILD_ANNOTATION, plan};
+use crate::registry::{
+    ANNOTATION_CREATED, ANNOTATION_REVISION, ANNOTATION_SOURCE, DockerConfig, PlatformImage,
+    Registry, RegistryError, RegistryOptions,
+};
+use crate::render::{
+    ANNOTATION_IMAGEBUILD, ANNOTATION_REVISION as JOB_REVISION, LABEL_GENERATION, LABEL_IMAGEBUILD,
+    MANAGER, PUSH_AUTH_FILE, render_job,
+};
+use crate::source::{GitCredentials, SourceError, resolve_commit};
+use crate::status::{
+    self, platform_statuses, pod_report, progress, record_run, run_phase, set_phase_conditions,
+    start_run,
+};
+use crate::telemetry::{Metrics, PlatformLabels, ReasonLabels, ResultLabels};
+use crate::validation::InvalidSpec;
+
+/// What can stop one reconciliation.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("invalid spec: {0}")]
+    InvalidSpec(#[from] InvalidSpec),
+
+    #[error("{step}: {source}")]
+    Kube {
+        step: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("pinning the commit: {0}")]
+    Source(#[from] SourceError),
+
+    #[error("assembling the index: {0}")]
+    Registry(#[from] RegistryError),
+
+    #[error("{0}")]
+    Secret(String),
+}
+
+impl ReconcileError {
+    pub fn metric_label(&self) -> String {
+        match self {
+            ReconcileError::InvalidSpec(_) => "InvalidSpec".into(),
+            ReconcileError::Kube { .. } => "KubernetesAPI".into(),
+            ReconcileError::Source(e) => e.reason().into(),
+            ReconcileError::Registry(e) => e.reason().into(),
+            ReconcileError::Secret(_) => "Secret".into(),
+        }
+    }
+}
+
+type Result<T, E = ReconcileError> = std::result::Result<T, E>;
+
+fn kube_err(step: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
+    let step = step.into();
+    move |source| ReconcileError::Kube { step, source }
+}
+
+/// Controller-wide settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub builder: BuilderSettings,
+    pub version: KubeVersion,
+    pub history_limit: usize,
+    pub registry: RegistryOptions,
+    /// How often an unfinished run is looked at even without a watch event.
+    pub resync: Duration,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Context {
+    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            metrics,
+        }
+    }
+
+    async fn event(
+        &self,
+        build: &ImageBuild,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        self.metrics.api_request("create", "events");
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(status::keep_tail(&note, 1000)),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &build.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "could not publish an event");
+        }
+    }
+}
+
+fn now() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .expect("whole seconds")
+}
+
+fn rebuild_token(build: &ImageBuild) -> Option<String> {
+    build.annotations().get(REBUILD_ANNOTATION).cloned()
+}
+
+async fn patch_status(ctx: &Context, build: &ImageBuild, status: &ImageBuildStatus) -> Result<()> {
+    let api: Api<ImageBuild> =
+        Api::namespaced(ctx.client.clone(), &build.namespace().unwrap_or_default());
+    ctx.metrics.api_request("patch", "imagebuilds/status");
+    let body =
+        json!({"apiVersion": "archforge.dev/v1alpha1", "kind": "ImageBuild", "status": status});
+    api.patch_status(
+        &build.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map_err(kube_err("updating the status"))?;
+    Ok(())
+}
+
+async fn read_secret(ctx: &Context, namespace: &str, name: &str) -> Result<Secret> {
+    ctx.metrics.api_request("get", "secrets");
+    Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+        .get(name)
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(s) if s.code == 404 => {
+                ReconcileError::Secret(format!("secret {namespace}/{name} does not exist"))
+            }
+            other => ReconcileError::Kube {
+                step: format!("reading secret {name}"),
+                source: other,
+            },
+        })
+}
+
+fn secret_value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
+    secret.data.as_ref()?.get(key).map(|v| v.0.clone())
+}
+
+/// Pins the run's commit: from status, from an existing Job of the run, or from the git server.
+async fn pin_commit(
+    ctx: &Context,
+    build: &ImageBuild,
+    status: &ImageBuildStatus,
+    jobs: &[Job],
+) -> Result<String> {
+    if let Some(source) = &status.source {
+        return Ok(source.commit.clone());
+    }
+    if let Some(revision) = jobs
+        .iter()
+        .find_map(|j| j.annotations().get(JOB_REVISION).cloned())
+    {
+        return Ok(revision);
+    }
+    let git = &build.spec.source.git;
+    let credentials = match &git.credentials_secret {
+        Some(name) if git.url.starts_with("http") => {
+            let secret = read_secret(ctx, &build.namespace().unwrap_or_default(), name).await?;
+            let text =
+                |key| secret_value(&secret, key).map(|v| String::from_utf8_lossy(&v).into_owned());
+            match (text("username"), text("password")) {
+                (Some(username), Some(password)) => Some(GitCredentials { username, password }),
+                _ => {
+                    return Err(ReconcileError::Secret(format!(
+                        "secret {name} lacks the username and password keys"
+                    )));
+                }
+            }
+        }
+        _ => None,
+    };
+    Ok(resolve_commit(&git.url, &git.r#ref, credentials.as_ref()).await?)
+}
+
+/// The architectures of nodes that can take a builder pod now.
+async fn schedulable_architectures(ctx: &Context) -> Result<BTreeSet<String>> {
+    ctx.metrics.api_request("list", "nodes");
+    let nodes = Api::<Node>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing nodes"))?;
+    Ok(nodes
+        .items
+        .iter()
+        .filter(|n| {
+            !n.spec
+                .as_ref()
+                .and_then(|s| s.unschedulable)
+                .unwrap_or(false)
+        })
+        .filter(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .filter_map(|n| n.labels().get("kubernetes.io/arch").cloned())
+        .collect())
+}
+
+async fn delete_jobs(ctx: &Context, namespace: &str, names: &[String]) -> Result<()> {
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let params = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..Default::default()
+    };
+    for name in names {
+        ctx.metrics.api_request("delete", "jobs");
+        match api.delete(name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(kube_err(format!("deleting Job {name}"))(e)),
+        }
+    }
+    Ok(())
+}
+
+fn is_finished(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        })
+}
+
+/// Assembles and pushes the index for a run whose platforms all succeeded.
+async fn assemble(
+    ctx: &Context,
+    build: &ImageBuild,
+    status: &ImageBuildStatus,
+    plan: &BuildPlan,
+) -> Result<String> {
+    let mut options = ctx.config.registry.clone();
+    if let Some(name) = &build.spec.output.push_secret {
+        // Only the ImageBuild's own namespace: a spec can never borrow another team's secret.
+        let secret = read_secret(ctx, &build.namespace().unwrap_or_default(), name).await?;
+        let config = secret_value(&secret, ".dockerconfigjson").ok_or_else(|| {
+            ReconcileError::Secret(format!("secret {name} has no .dockerconfigjson key"))
+        })?;
+        options.credentials = DockerConfig::from_json(name, &config)?;
+    }
+    let images: Vec<PlatformImage> = plan
+        .platforms
+        .iter()
+        .zip(&status.platforms)
+        .map(|(p, s)| PlatformImage {
+            platform: p.platform.clone(),
+            digest: s.digest.clone().unwrap_or_default(),
+        })
+        .collect();
+    // Taken from the run, not the clock, so a retried assembly pushes identical bytes.
+    let created = status
+        .platforms
+        .iter()
+        .filter_map(|p| p.completion_time.clone())
+        .max()
+        .unwrap_or_default();
+    let annotations = BTreeMap::from([
+        (
+            ANNOTATION_SOURCE.to_string(),
+            build.spec.source.git.url.clone(),
+        ),
+        (ANNOTATION_REVISION.to_string(), plan.revision.clone()),
+        (ANNOTATION_CREATED.to_string(), created),
+    ]);
+    let started = Instant::now();
+    let pushed = Registry::new(options)
+        .assemble_index(
+            &build.spec.output.image,
+            &images,
+            plan.media_type,
+            &annotations,
+        )
+        .await?;
+    ctx.metrics
+        .assembly_duration
+        .observe(started.elapsed().as_secs_f64());
+    Ok(pushed.digest)
+}
+
+/// Reconciles one ImageBuild. Each step is named; the decisions are in `status` and `plan`.
+pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.metrics.reconciles.inc();
+    let namespace = build.namespace().unwrap_or_default();
+    let name = build.name_any();
+    let generation = build.metadata.generation.unwrap_or(1);
+    let rebuild = rebuild_token(&build);
+    let previous = build.status.clone().unwrap_or_default();
+    let limit = ctx.config.history_limit;
+    let same_run = previous.observed_generation == Some(generation) && previous.rebuild == rebuild;
+    let mut status = if same_run {
+        previous.clone()
+    } else {
+        start_run(&previous, generation, rebuild.clone(), limit, now())
+    };
+
+    // 1. Validate: the schema and CEL may not have run (Kubernetes 1.24 ignores CEL).
+    if let Err(invalid) = build.spec.validate() {
+        let already = previous.conditions.iter().any(|c| {
+            c.type_ == status::STALLED
+                && c.status == "True"
+                && c.reason == "InvalidSpec"
+                && c.observed_generation == Some(generation)
+        });
+        status.platforms.clear();
+        status.progress = None;
+        set_phase_conditions(
+            &mut status,
+            Phase::Failed,
+            "InvalidSpec",
+            &invalid.to_string(),
+            generation,
+            now(),
+        );
+        if !already {
+            ctx.event(
+                &build,
+                EventType::Warning,
+                "InvalidSpec",
+                "Validate",
+                invalid.to_string(),
+            )
+            .await;
+        }
+        patch_status(&ctx, &build, &status).await?;
+        return Err(invalid.into());
+    }
+    if same_run && matches!(previous.phase, Some(Phase::Succeeded | Phase::Failed)) {
+        return Ok(Action::await_change());
+    }
+
+    // 2. Observe this ImageBuild's Jobs (of every run).
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    let selector = format!("{LABEL_IMAGEBUILD}={}", crate::plan::dns_label(&name, 63));
+    ctx.metrics.api_request("list", "jobs");
+    let owned: Vec<Job> = jobs_api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(kube_err("listing Jobs"))?
+        .items
+        .into_iter()
+        .filter(|j| {
+            j.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == build.metadata.uid.as_ref())
+        })
+        .collect();
+
+    // 3. Pin the commit and plan the run.
+    let commit = match pin_commit(&ctx, &build, &status, &owned).await {
+        Ok(commit) => commit,
+        Err(e) => {
+            let transient = matches!(&e, ReconcileError::Source(s) if s.is_transient());
+            let reason = e.metric_label();
+            if transient {
+                set_phase_conditions(
+                    &mut status,
+                    Phase::Pending,
+                    &reason,
+                    &e.to_string(),
+                    generation,
+                    now(),
+                );
+            } else {
+                set_phase_conditions(
+                    &mut status,
+                    Phase::Failed,
+                    &reason,
+                    &e.to_string(),
+                    generation,
+                    now(),
+                );
+                ctx.event(
+                    &build,
+                    EventType::Warning,
+                    &reason,
+                    "PinCommit",
+                    e.to_string(),
+                )
+                .await;
+            }
+            patch_status(&ctx, &build, &status).await?;
+            return Err(e);
+        }
+    };
+    status.source = Some(SourceStatus {
+        commit: commit.clone(),
+    });
+    let auth = if build.spec.output.push_secret.is_some() {
+        AuthFile::Path(PUSH_AUTH_FILE)
+    } else {
+        AuthFile::None
+    };
+    let plan = plan(&build, &ctx.config.builder, &commit, auth)?;
+    let (current, stale): (Vec<Job>, Vec<Job>) = owned.into_iter().partition(|j| {
+        plan.platforms
+            .iter()
+            .any(|p| j.metadata.name.as_deref() == Some(p.job_name.as_str()))
+    });
+
+    // 4. Jobs of an earlier run that are still running are stopped.
+    let stale_running: Vec<String> = stale
+        .iter()
+        .filter(|j| !is_finished(j))
+        .map(|j| j.name_any())
+        .collect();
+    if !stale_running.is_empty() {
+        delete_jobs(&ctx, &namespace, &stale_running).await?;
+    }
+
+    // 5. Placement: every architecture needs a node before the run starts.
+    if current.is_empty() {
+        let arches = schedulable_architectures(&ctx).await?;
+        let missing: Vec<String> = plan
+            .platforms
+            .iter()
+            .filter(|p| !arches.contains(&p.platform.architecture))
+            .map(|p| p.platform.to_string())
+            .collect();
+        if !missing.is_empty() {
+            let message = format!(
+                "no schedulable node with kubernetes.io/arch for {}; the run starts when one is Ready",
+                missing.join(", ")
+            );
+            let already = previous
+                .conditions
+                .iter()
+                .any(|c| c.reason == "NoNodeForPlatform" && c.message == message);
+            set_phase_conditions(
+                &mut status,
+                Phase::Pending,
+                "NoNodeForPlatform",
+                &message,
+                generation,
+                now(),
+            );
+            status.progress = Some(progress(&[]));
+            if !already {
+                ctx.event(
+                    &build,
+                    EventType::Warning,
+                    "NoNodeForPlatform",
+                    "CheckPlacement",
+                    message,
+                )
+                .await;
+            }
+            patch_status(&ctx, &build, &status).await?;
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
+    }
+
+    // 6. Create the Jobs that do not exist yet (server-side apply, one field manager).
+    let mut created = 0;
+    for p in &plan.platforms {
+        if current
+            .iter()
+            .any(|j| j.metadata.name.as_deref() == Some(p.job_name.as_str()))
+        {
+            continue;
+        }
+        let job = render_job(&build, &plan, p, &ctx.config.builder, ctx.config.version);
+        ctx.metrics.api_request("patch", "jobs");
+        jobs_api
+            .patch(
+                &p.job_name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&job),
+            )
+            .await
+            .map_err(kube_err(format!("applying the Job for {}", p.platform)))?;
+        created += 1;
+    }
+    if created == plan.platforms.len() {
+        ctx.metrics.runs_started.inc();
+        let platforms: Vec<String> = plan
+            .platforms
+            .iter()
+            .map(|p| p.platform.to_string())
+            .collect();
+        ctx.event(
+            &build,
+            EventType::Normal,
+            "RunStarted",
+            "CreateJobs",
+            format!("building {} at {commit}", platforms.join(", ")),
+        )
+        .await;
+    }
+
+    // 7. Read each platform's result from its Job and its pods' termination messages.
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    ctx.metrics.api_request("list", "pods");
+    let pods = pods_api
+        .list(&ListParams::default().labels(&format!("{selector},{LABEL_GENERATION}={generation}")))
+        .await
+        .map_err(kube_err("listing builder pods"))?;
+    let reports: Vec<(String, status::PodReport)> = pods
+        .items
+        .iter()
+        .filter_map(|pod| {
+            let job = pod
+                .labels()
+                .get("job-name")
+                .or_else(|| pod.labels().get("batch.kubernetes.io/job-name"))?;
+            Some((job.clone(), pod_report(pod)))
+        })
+        .collect();
+    let platforms = platform_statuses(&plan, &current, &reports, &status.platforms);
+    for p in &platforms {
+        let was = previous
+            .platforms
+            .iter()
+            .find(|b| b.platform == p.platform && same_run)
+            .map(|b| b.phase);
+        if p.phase == Phase::Succeeded && was != Some(Phase::Succeeded) {
+            if let (Some(start), Some(end)) = (&p.start_time, &p.completion_time)
+                && let (Ok(start), Ok(end)) = (
+                    start.parse::<jiff::Timestamp>(),
+                    end.parse::<jiff::Timestamp>(),
+                )
+            {
+                let seconds = end.duration_since(start).as_secs_f64();
+                ctx.metrics
+                    .build_duration
+                    .get_or_create(&PlatformLabels {
+                        platform: p.platform.clone(),
+                    })
+                    .observe(seconds);
+            }
+            ctx.event(
+                &build,
+                EventType::Normal,
+                "PlatformSucceeded",
+                "Build",
+                format!(
+                    "{} pushed {}",
+                    p.platform,
+                    p.digest.clone().unwrap_or_default()
+                ),
+            )
+            .await;
+        }
+    }
+    status.progress = Some(progress(&platforms));
+    status.platforms = platforms;
+    // Every Job of the run exists by now, so the run is building even before a pod starts.
+    let phase = match run_phase(&status.platforms) {
+        Phase::Pending => Phase::Building,
+        phase => phase,
+    };
+
+    // 8. Act on the run's phase.
+    let action = match phase {
+        Phase::Failed => {
+            let failed = status
+                .platforms
+                .iter()
+                .find(|p| p.phase == Phase::Failed)
+                .expect("a failed platform");
+            let message = format!(
+                "{} failed: {}",
+                failed.platform,
+                failed.message.clone().unwrap_or_default()
+            );
+            let unfinished: Vec<String> = current
+                .iter()
+                .filter(|j| !is_finished(j))
+                .map(|j| j.name_any())
+                .collect();
+            delete_jobs(&ctx, &namespace, &unfinished).await?;
+            set_phase_conditions(
+                &mut status,
+                Phase::Failed,
+                "PlatformFailed",
+                &message,
+                generation,
+                now(),
+            );
+            record_run(
+                &mut status,
+                Phase::Failed,
+                Some(message.clone()),
+                limit,
+                now(),
+            );
+            ctx.metrics
+                .runs_finished
+                .get_or_create(&ResultLabels {
+                    result: "failed".into(),
+                })
+                .inc();
+            ctx.event(
+                &build,
+                EventType::Warning,
+                "PlatformFailed",
+                "Build",
+                message,
+            )
+            .await;
+            Action::await_change()
+        }
+        Phase::Assembling => match assemble(&ctx, &build, &status, &plan).await {
+            Ok(digest) => {
+                let message = format!("pushed {} ({digest})", build.spec.output.image);
+                status.image = Some(build.spec.output.image.clone());
+                status.digest = Some(digest);
+                set_phase_conditions(
+                    &mut status,
+                    Phase::Succeeded,
+                    "IndexPushed",
+                    &message,
+                    generation,
+                    now(),
+                );
+                record_run(&mut status, Phase::Succeeded, None, limit, now());
+                ctx.metrics
+                    .runs_finished
+                    .get_or_create(&ResultLabels {
+                        result: "succeeded".into(),
+                    })
+                    .inc();
+                ctx.event(
+                    &build,
+                    EventType::Normal,
+                    "IndexPushed",
+                    "Assemble",
+                    message,
+                )
+                .await;
+                Action::await_change()
+            }
+            Err(ReconcileError::Registry(e)) if e.is_transient() => {
+                // The digests are in status: the retry only repeats the assembly.
+                set_phase_conditions(
+                    &mut status,
+                    Phase::Assembling,
+                    e.reason(),
+                    &e.to_string(),
+                    generation,
+                    now(),
+                );
+                ctx.event(
+                    &build,
+                    EventType::Warning,
+                    e.reason(),
+                    "Assemble",
+                    e.to_string(),
+                )
+                .await;
+                patch_status(&ctx, &build, &status).await?;
+                return Err(ReconcileError::Registry(e));
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let reason = e.metric_label();
+                set_phase_conditions(
+                    &mut status,
+                    Phase::Failed,
+                    &reason,
+                    &message,
+                    generation,
+                    now(),
+                );
+                record_run(
+                    &mut status,
+                    Phase::Failed,
+                    Some(message.clone()),
+                    limit,
+                    now(),
+                );
+                ctx.metrics
+                    .runs_finished
+                    .get_or_create(&ResultLabels {
+                        result: "failed".into(),
+                    })
+                    .inc();
+                ctx.event(&build, EventType::Warning, &reason, "Assemble", message)
+                    .await;
+                Action::await_change()
+            }
+        },
+        phase => {
+            let message = format!(
+                "{} of {} platforms built",
+                status.progress.clone().unwrap_or_default(),
+                plan.platforms.len()
+            );
+            set_phase_conditions(&mut status, phase, "Building", &message, generation, now());
+            Action::requeue(ctx.config.resync)
+        }
+    };
+    patch_status(&ctx, &build, &status).await?;
+    Ok(action)
+}
+
+/// Invalid specs wait for the user to change them; everything else is retried.
+pub fn error_policy(build: Arc<ImageBuild>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ReasonLabels {
+            reason: error.metric_label(),
+        })
+        .inc();
+    match error {
+        ReconcileError::InvalidSpec(_) => Action::await_change(),
+        ReconcileError::Source(e) if !e.is_transient() => Action::await_change(),
+        _ => {
+            tracing::warn!(imagebuild = %build.name_any(), error = %error, "reconcile failed; retrying");
+            Action::requeue(Duration::from_secs(15))
+        }
+    }
+}
+
+/// Runs the controller until SIGTERM/SIGINT, over all namespaces or the given ones.
+pub async fn run(client: Client, namespaces: Vec<String>, config: Config, metrics: Arc<Metrics>) {
+    let ctx = Arc::new(Context::new(client.clone(), config, metrics.clone()));
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
+    };
+    let controllers = scopes.into_iter().map(|namespace| {
+        let (builds, jobs, pods): (Api<ImageBuild>, Api<Job>, Api<Pod>) = match &namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+        let managed = watcher::Config::default()
+            .labels(&format!("{}={MANAGER}", crate::render::LABEL_MANAGED_BY));
+        Controller::new(builds, watcher::Config::default())
+            .owns(jobs, managed.clone())
+            // A builder pod's termination message arrives with a pod update.
+            .watches(pods, managed, |pod: Pod| {
+                let name = pod.annotations().get(ANNOTATION_IMAGEBUILD)?.clone();
+                Some(ObjectRef::<ImageBuild>::new(&name).within(&pod.namespace()?))
+            })
+            .shutdown_on_signal()
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "reconcile result");
+                }
+            })
+    });
+    metrics.set_ready(true);
+    futures::future::join_all(controllers).await;
+}
