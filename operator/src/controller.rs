@@ -120,13 +120,35 @@ impl Context {
         action: &str,
         note: String,
     ) {
+        self.event_about(build, None, type_, reason, action, note)
+            .await;
+    }
+
+    /// An event that also names a related Job, so each platform's event stands on its own
+    /// (the recorder would otherwise fold them into one series).
+    async fn event_about(
+        &self,
+        build: &ImageBuild,
+        job: Option<&str>,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         self.metrics.api_request("create", "events");
+        let secondary = job.map(|name| k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("batch/v1".into()),
+            kind: Some("Job".into()),
+            name: Some(name.into()),
+            namespace: build.namespace(),
+            ..Default::default()
+        });
         let event = Event {
             type_,
             reason: reason.into(),
             note: Some(status::keep_tail(&note, 1000)),
             action: action.into(),
-            secondary: None,
+            secondary,
         };
         if let Err(e) = self.recorder.publish(&event, &build.object_ref(&())).await {
             tracing::warn!(error = %e, reason, "could not publish an event");
@@ -392,8 +414,23 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         })
         .collect();
 
-    // 3. Pin the commit and plan the run.
-    let commit = match pin_commit(&ctx, &build, &status, &owned).await {
+    // 3. Split the Jobs into this run's and earlier runs'. Names do not depend on the commit.
+    let run = crate::plan::run_name(&name, generation, rebuild.as_deref());
+    let names: Vec<String> = build
+        .spec
+        .platforms
+        .iter()
+        .filter_map(|p| p.parse().ok())
+        .map(|p| crate::plan::job_name(&run, &p))
+        .collect();
+    let (current, stale): (Vec<Job>, Vec<Job>) = owned.into_iter().partition(|j| {
+        names
+            .iter()
+            .any(|n| j.metadata.name.as_deref() == Some(n.as_str()))
+    });
+
+    // Pin the commit (from status, this run's Jobs, or the git server) and plan the run.
+    let commit = match pin_commit(&ctx, &build, &status, &current).await {
         Ok(commit) => commit,
         Err(e) => {
             let transient = matches!(&e, ReconcileError::Source(s) if s.is_transient());
@@ -438,11 +475,6 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         AuthFile::None
     };
     let plan = plan(&build, &ctx.config.builder, &commit, auth)?;
-    let (current, stale): (Vec<Job>, Vec<Job>) = owned.into_iter().partition(|j| {
-        plan.platforms
-            .iter()
-            .any(|p| j.metadata.name.as_deref() == Some(p.job_name.as_str()))
-    });
 
     // 4. Jobs of an earlier run that are still running are stopped.
     let stale_running: Vec<String> = stale
@@ -574,8 +606,9 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
                     })
                     .observe(seconds);
             }
-            ctx.event(
+            ctx.event_about(
                 &build,
+                p.job.as_deref(),
                 EventType::Normal,
                 "PlatformSucceeded",
                 "Build",
@@ -604,6 +637,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
                 .iter()
                 .find(|p| p.phase == Phase::Failed)
                 .expect("a failed platform");
+            let failed_job = failed.job.clone();
             let message = format!(
                 "{} failed: {}",
                 failed.platform,
@@ -636,8 +670,9 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
                     result: "failed".into(),
                 })
                 .inc();
-            ctx.event(
+            ctx.event_about(
                 &build,
+                failed_job.as_deref(),
                 EventType::Warning,
                 "PlatformFailed",
                 "Build",

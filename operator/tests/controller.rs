@@ -1,0 +1,675 @@
+//! Reconcile scenarios against kube's `tower-test` mock API server (the controller-rs
+//! `ApiServerVerifier` pattern): every request the controller makes is asserted in order,
+//! by method, path, query and body, and answered. Everything that can run here is real:
+//! commit pinning talks to a real git server, assembly to a real registry.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use archforge::api::{ImageBuild, MediaType};
+use archforge::controller::{Config, Context, ReconcileError, error_policy, reconcile};
+use archforge::plan::{AuthFile, BuilderSettings, KubeVersion, Platform, plan};
+use archforge::registry::{Registry, RegistryOptions};
+use archforge::render::render_job;
+use archforge::telemetry::Metrics;
+use common::git::GitServer;
+use common::registry::{Mode, TestRegistry};
+use http::{Method, Request, Response};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+const UID: &str = "5f3c1a8e-2b7d-4e61-9a0c-7d2e8b4f6a10";
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(
+                std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                16,
+            )
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// The mock API server's side: one expected request at a time.
+struct ApiServer {
+    handle: Handle,
+    build: Value,
+}
+
+impl ApiServer {
+    /// Expects `method path` whose query contains every item of `query`, answers `reply`,
+    /// and returns the request body.
+    async fn expect(&mut self, method: Method, path: &str, query: &[&str], reply: Value) -> Value {
+        self.expect_with(method, path, query, move |_| reply).await
+    }
+
+    /// Like `expect`, with an answer made from the request body.
+    async fn expect_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        query: &[&str],
+        reply: impl FnOnce(&Value) -> Value,
+    ) -> Value {
+        let (request, send) =
+            tokio::time::timeout(Duration::from_secs(10), self.handle.next_request())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
+                .expect("the controller made no further request");
+        let uri = request.uri().clone();
+        if request.method() != method {
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            panic!(
+                "expected {method} {path}, got {uri}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        assert_eq!(
+            (request.method(), uri.path()),
+            (&method, path),
+            "unexpected request {uri}"
+        );
+        let decoded = percent_decode(uri.query().unwrap_or_default());
+        for item in query {
+            assert!(
+                decoded.contains(item),
+                "{method} {path}: query {decoded:?} lacks {item:?}"
+            );
+        }
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let answer = reply(&body);
+        send.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap(),
+        );
+        body
+    }
+
+    async fn list_jobs(&mut self, items: Vec<Value>) {
+        self.expect(
+            Method::GET,
+            "/apis/batch/v1/namespaces/default/jobs",
+            &["labelSelector=archforge.dev/imagebuild=app"],
+            list("JobList", items),
+        )
+        .await;
+    }
+
+    async fn list_nodes(&mut self, arches: &[&str]) {
+        let nodes = arches
+            .iter()
+            .enumerate()
+            .map(|(i, arch)| json!({
+                "metadata": {"name": format!("node-{i}"), "labels": {"kubernetes.io/arch": arch, "kubernetes.io/os": "linux"}},
+                "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+            }))
+            .collect();
+        self.expect(Method::GET, "/api/v1/nodes", &[], list("NodeList", nodes))
+            .await;
+    }
+
+    async fn list_pods(&mut self, generation: i64, items: Vec<Value>) {
+        let selector = format!(
+            "labelSelector=archforge.dev/imagebuild=app,archforge.dev/generation={generation}"
+        );
+        self.expect(
+            Method::GET,
+            "/api/v1/namespaces/default/pods",
+            &[&selector],
+            list("PodList", items),
+        )
+        .await;
+    }
+
+    async fn apply_job(&mut self, name: &str) -> Value {
+        let path = format!("/apis/batch/v1/namespaces/default/jobs/{name}");
+        // The API server answers an apply with the object as stored.
+        self.expect_with(
+            Method::PATCH,
+            &path,
+            &["fieldManager=archforge", "force=true"],
+            |body| body.clone(),
+        )
+        .await
+    }
+
+    async fn event(&mut self, reason: &str, type_: &str) -> Value {
+        let body = self
+            .expect(
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/default/events",
+                &[],
+                json!({}),
+            )
+            .await;
+        assert_eq!(
+            (body["reason"].as_str(), body["type"].as_str()),
+            (Some(reason), Some(type_)),
+            "{body}"
+        );
+        assert_eq!(body["regarding"]["name"], "app");
+        body
+    }
+
+    async fn delete_job(&mut self, name: &str) {
+        let body = self
+            .expect(
+                Method::DELETE,
+                &format!("/apis/batch/v1/namespaces/default/jobs/{name}"),
+                &[],
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+            )
+            .await;
+        assert_eq!(
+            body["propagationPolicy"], "Background",
+            "pods go with their Job"
+        );
+    }
+
+    async fn patch_status(&mut self) -> Value {
+        let stored = self.build.clone();
+        let body = self
+            .expect_with(
+                Method::PATCH,
+                "/apis/archforge.dev/v1alpha1/namespaces/default/imagebuilds/app/status",
+                &["fieldManager=archforge", "force=true"],
+                |body| {
+                    let mut stored = stored;
+                    stored["status"] = body["status"].clone();
+                    stored
+                },
+            )
+            .await;
+        assert_eq!(body["apiVersion"], "archforge.dev/v1alpha1");
+        assert_eq!(body["kind"], "ImageBuild");
+        body["status"].clone()
+    }
+
+    /// Nothing else may be requested.
+    async fn done(mut self) {
+        if let Ok(Some((request, _))) =
+            tokio::time::timeout(Duration::from_millis(200), self.handle.next_request()).await
+        {
+            panic!(
+                "unexpected extra request {} {}",
+                request.method(),
+                request.uri()
+            );
+        }
+    }
+}
+
+fn list(kind: &str, items: Vec<Value>) -> Value {
+    json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+fn imagebuild(url: &str, git_ref: &str, image: &str, generation: i64, status: Value) -> ImageBuild {
+    serde_json::from_value(json!({
+        "apiVersion": "archforge.dev/v1alpha1",
+        "kind": "ImageBuild",
+        "metadata": {"name": "app", "namespace": "default", "uid": UID, "generation": generation},
+        "spec": {
+            "source": {"git": {"url": url, "ref": git_ref}},
+            "platforms": ["linux/amd64", "linux/arm64"],
+            "output": {"image": image}
+        },
+        "status": status
+    }))
+    .unwrap()
+}
+
+fn context(
+    handle_service: tower_test::mock::Mock<Request<Body>, Response<Body>>,
+    registry: RegistryOptions,
+) -> Arc<Context> {
+    let client = kube::Client::new(handle_service, "default");
+    let config = Config {
+        builder: BuilderSettings::default(),
+        version: KubeVersion::OLDEST,
+        history_limit: 10,
+        registry,
+        resync: Duration::from_secs(300),
+    };
+    Arc::new(Context::new(client, config, Arc::new(Metrics::default())))
+}
+
+fn setup(build: &ImageBuild, registry: RegistryOptions) -> (Arc<Context>, ApiServer) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(service, registry);
+    (
+        ctx,
+        ApiServer {
+            handle,
+            build: serde_json::to_value(build).unwrap(),
+        },
+    )
+}
+
+/// The Job the controller renders for `platform` at `commit`, with a Job status added.
+fn job(build: &ImageBuild, platform: &str, commit: &str, status: Value) -> Value {
+    let settings = BuilderSettings::default();
+    let plan = plan(build, &settings, commit, AuthFile::None).unwrap();
+    let p = plan
+        .platforms
+        .iter()
+        .find(|p| p.platform.to_string() == platform)
+        .unwrap();
+    let mut job =
+        serde_json::to_value(render_job(build, &plan, p, &settings, KubeVersion::OLDEST)).unwrap();
+    job["status"] = status;
+    job
+}
+
+fn builder_pod(job_name: &str, generation: i64, exit_code: i32, message: &str) -> Value {
+    json!({
+        "metadata": {"name": format!("{job_name}-x7k2p"), "namespace": "default",
+                     "labels": {"job-name": job_name, "archforge.dev/imagebuild": "app", "archforge.dev/generation": generation.to_string()}},
+        "status": {
+            "initContainerStatuses": [{"name": "git-sync", "image": "", "imageID": "", "ready": false, "restartCount": 0,
+                                        "state": {"terminated": {"exitCode": 0}}}],
+            "containerStatuses": [{"name": "builder", "image": "", "imageID": "", "ready": false, "restartCount": 0,
+                                   "state": {"terminated": {"exitCode": exit_code, "message": message}}}]
+        }
+    })
+}
+
+fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} condition"))
+}
+
+#[tokio::test]
+async fn a_new_imagebuild_pins_its_commit_and_applies_one_job_per_platform() {
+    let git = GitServer::start();
+    let (url, sha) = git.commit("app", &[("Dockerfile", "FROM scratch\n")], "first");
+    let build = imagebuild(
+        &url,
+        "main",
+        "registry.example.com/team/app:v1",
+        1,
+        Value::Null,
+    );
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    let expected_jobs: Vec<Value> = ["linux/amd64", "linux/arm64"]
+        .iter()
+        .map(|p| {
+            let mut j = job(&build, p, &sha, Value::Null);
+            j.as_object_mut().unwrap().remove("status");
+            j
+        })
+        .collect();
+    let verify = async move {
+        server.list_jobs(vec![]).await;
+        server.list_nodes(&["amd64", "arm64"]).await;
+        let amd64 = server.apply_job("app-1-linux-amd64").await;
+        let arm64 = server.apply_job("app-1-linux-arm64").await;
+        assert_eq!(
+            amd64, expected_jobs[0],
+            "the applied body is the rendered Job"
+        );
+        assert_eq!(arm64, expected_jobs[1]);
+        assert!(
+            amd64["spec"]["template"]["spec"]["initContainers"][0]["args"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(format!("--ref={sha}")))
+        );
+        server.event("RunStarted", "Normal").await;
+        server.list_pods(1, vec![]).await;
+        let status = server.patch_status().await;
+        assert_eq!(status["phase"], "Building");
+        assert_eq!(status["observedGeneration"], 1);
+        assert_eq!(status["source"]["commit"], sha.as_str());
+        assert_eq!(status["progress"], "0/2");
+        assert_eq!(status["platforms"][1]["job"], "app-1-linux-arm64");
+        assert_eq!(condition(&status, "Reconciling")["status"], "True");
+        assert_eq!(condition(&status, "Ready")["status"], "False");
+        server.done().await;
+    };
+    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    assert_eq!(
+        format!("{:?}", action.unwrap()),
+        format!("{:?}", Action::requeue(Duration::from_secs(300)))
+    );
+}
+
+// Multi-threaded: the verifier calls skopeo inside block_in_place.
+#[tokio::test(flavor = "multi_thread")]
+async fn all_platforms_succeeded_assembles_and_pushes_the_index() {
+    let reg = TestRegistry::start(Mode::Plain);
+    let registry = Registry::new(reg.options());
+    let image = reg.image("team/app:v1");
+    let mut digests = Vec::new();
+    for p in ["linux/amd64", "linux/arm64"] {
+        let platform: Platform = p.parse().unwrap();
+        digests.push(
+            registry
+                .push_synthetic_image(
+                    &format!("{image}-{}", platform.slug()),
+                    &platform,
+                    MediaType::Oci,
+                    "controller",
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    let status = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA}});
+    let build = imagebuild("https://git.example.com/app.git", "main", &image, 1, status);
+    let (ctx, mut server) = setup(&build, reg.options());
+    let done = json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
+                      "conditions": [{"type": "Complete", "status": "True"}]});
+    let jobs = vec![
+        job(&build, "linux/amd64", SHA, done.clone()),
+        job(&build, "linux/arm64", SHA, done),
+    ];
+    let pods = vec![
+        builder_pod("app-1-linux-amd64", 1, 0, &digests[0]),
+        builder_pod("app-1-linux-arm64", 1, 0, &format!("{}\n", digests[1])),
+    ];
+    let reg_for_check = &reg;
+    let image_for_check = image.clone();
+    let verify = async move {
+        server.list_jobs(jobs).await;
+        server.list_pods(1, pods).await;
+        server.event("PlatformSucceeded", "Normal").await;
+        server.event("PlatformSucceeded", "Normal").await;
+        server.event("IndexPushed", "Normal").await;
+        let status = server.patch_status().await;
+        assert_eq!(status["phase"], "Succeeded");
+        assert_eq!(status["progress"], "2/2");
+        let raw = tokio::task::block_in_place(|| {
+            reg_for_check.skopeo_inspect(&image_for_check, &["--raw"])
+        });
+        assert_eq!(
+            status["digest"],
+            archforge::registry::sha256_digest(raw.as_bytes()),
+            "status names the pushed index"
+        );
+        let index: Value = serde_json::from_str(&raw).unwrap();
+        assert_eq!(
+            index["annotations"]["org.opencontainers.image.revision"],
+            SHA
+        );
+        assert_eq!(index["manifests"][1]["digest"], digests[1].as_str());
+        assert_eq!(status["image"], image_for_check.as_str());
+        assert_eq!(condition(&status, "Ready")["status"], "True");
+        assert_eq!(condition(&status, "Stalled")["status"], "False");
+        assert_eq!(status["history"][0]["result"], "Succeeded");
+        assert_eq!(status["history"][0]["digest"], status["digest"]);
+        server.done().await;
+    };
+    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    assert_eq!(
+        format!("{:?}", action.unwrap()),
+        format!("{:?}", Action::await_change())
+    );
+}
+
+#[tokio::test]
+async fn one_failed_platform_fails_the_run_and_stops_the_other() {
+    let status = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA}});
+    let build = imagebuild(
+        "https://git.example.com/app.git",
+        "main",
+        "registry.example.com/team/app:v1",
+        1,
+        status,
+    );
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    let tail = "STEP 3/5: RUN make\nmake: *** [all] Error 2\nError: building at STEP \"RUN make\": exit status 2";
+    let jobs = vec![
+        job(
+            &build,
+            "linux/amd64",
+            SHA,
+            json!({"active": 1, "startTime": "2026-11-23T10:00:00Z"}),
+        ),
+        job(
+            &build,
+            "linux/arm64",
+            SHA,
+            json!({"failed": 2, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}),
+        ),
+    ];
+    let pods = vec![builder_pod("app-1-linux-arm64", 1, 1, tail)];
+    let verify = async move {
+        server.list_jobs(jobs).await;
+        server.list_pods(1, pods).await;
+        server.delete_job("app-1-linux-amd64").await;
+        let event = server.event("PlatformFailed", "Warning").await;
+        assert!(
+            event["note"]
+                .as_str()
+                .unwrap()
+                .starts_with("linux/arm64 failed"),
+            "{event}"
+        );
+        let status = server.patch_status().await;
+        assert_eq!(status["phase"], "Failed");
+        let stalled = condition(&status, "Stalled");
+        assert_eq!(
+            (stalled["status"].as_str(), stalled["reason"].as_str()),
+            (Some("True"), Some("PlatformFailed"))
+        );
+        assert!(
+            stalled["message"]
+                .as_str()
+                .unwrap()
+                .contains("linux/arm64 failed: building failed:")
+        );
+        let arm64 = &status["platforms"][1];
+        assert_eq!(arm64["phase"], "Failed");
+        assert!(
+            arm64["message"]
+                .as_str()
+                .unwrap()
+                .ends_with("exit status 2"),
+            "the log tail is in status"
+        );
+        assert_eq!(status["history"][0]["result"], "Failed");
+        server.done().await;
+    };
+    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    assert_eq!(
+        format!("{:?}", action.unwrap()),
+        format!("{:?}", Action::await_change())
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_stalls_with_a_warning_and_creates_nothing() {
+    let mut build = imagebuild(
+        "https://git.example.com/app.git",
+        "main",
+        "registry.example.com/team/app:v1",
+        1,
+        Value::Null,
+    );
+    build.spec.node_selector =
+        Some([("kubernetes.io/arch".to_string(), "arm64".to_string())].into());
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    let verify = async move {
+        let event = server.event("InvalidSpec", "Warning").await;
+        assert!(
+            event["note"]
+                .as_str()
+                .unwrap()
+                .contains("spec.nodeSelector")
+        );
+        let status = server.patch_status().await;
+        let stalled = condition(&status, "Stalled");
+        assert_eq!(
+            (stalled["status"].as_str(), stalled["reason"].as_str()),
+            (Some("True"), Some("InvalidSpec"))
+        );
+        assert!(
+            stalled["message"]
+                .as_str()
+                .unwrap()
+                .contains("kubernetes.io/arch and kubernetes.io/os are set by archforge")
+        );
+        assert_eq!(status["phase"], "Failed");
+        server.done().await;
+    };
+    let (result, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx.clone()), verify);
+    let error = result.unwrap_err();
+    assert!(matches!(error, ReconcileError::InvalidSpec(_)));
+    let action = error_policy(Arc::new(build), &error, ctx);
+    assert_eq!(
+        format!("{action:?}"),
+        format!("{:?}", Action::await_change()),
+        "an invalid spec waits for a change"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_mid_run_finds_its_jobs_and_creates_nothing() {
+    let status = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA}});
+    let build = imagebuild(
+        "https://git.example.com/app.git",
+        "main",
+        "registry.example.com/team/app:v1",
+        1,
+        status,
+    );
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    let running = json!({"active": 1, "startTime": "2026-11-23T10:00:00Z"});
+    let jobs = vec![
+        job(&build, "linux/amd64", SHA, running.clone()),
+        job(&build, "linux/arm64", SHA, running),
+    ];
+    let verify = async move {
+        server.list_jobs(jobs).await;
+        server.list_pods(1, vec![]).await;
+        let status = server.patch_status().await;
+        assert_eq!(status["phase"], "Building");
+        assert_eq!(status["platforms"][0]["phase"], "Building");
+        assert_eq!(status["platforms"][0]["startTime"], "2026-11-23T10:00:00Z");
+        server.done().await;
+    };
+    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    action.unwrap();
+}
+
+#[tokio::test]
+async fn a_spec_change_mid_run_stops_the_old_jobs_and_starts_a_new_run() {
+    let new_sha = "89abcdef0123456789abcdef0123456789abcdef";
+    let old_status = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA},
+                            "platforms": [{"platform": "linux/amd64", "phase": "Building", "startTime": "2026-11-23T10:00:00Z"}]});
+    let old_build = imagebuild(
+        "https://git.example.com/app.git",
+        SHA,
+        "registry.example.com/team/app:v1",
+        1,
+        Value::Null,
+    );
+    let build = imagebuild(
+        "https://git.example.com/app.git",
+        new_sha,
+        "registry.example.com/team/app:v1",
+        2,
+        old_status,
+    );
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    let running = json!({"active": 1});
+    let old_jobs = vec![
+        job(&old_build, "linux/amd64", SHA, running.clone()),
+        job(&old_build, "linux/arm64", SHA, running),
+    ];
+    let verify = async move {
+        server.list_jobs(old_jobs).await;
+        server.delete_job("app-1-linux-amd64").await;
+        server.delete_job("app-1-linux-arm64").await;
+        server.list_nodes(&["arm64", "amd64"]).await;
+        let amd64 = server.apply_job("app-2-linux-amd64").await;
+        assert_eq!(
+            amd64["metadata"]["annotations"]["archforge.dev/revision"],
+            new_sha
+        );
+        assert_eq!(amd64["metadata"]["labels"]["archforge.dev/generation"], "2");
+        server.apply_job("app-2-linux-arm64").await;
+        server.event("RunStarted", "Normal").await;
+        server.list_pods(2, vec![]).await;
+        let status = server.patch_status().await;
+        assert_eq!(status["observedGeneration"], 2);
+        assert_eq!(status["source"]["commit"], new_sha);
+        assert_eq!(status["history"][0]["generation"], 1);
+        assert_eq!(status["history"][0]["commit"], SHA);
+        assert_eq!(
+            status["history"][0]["message"],
+            "superseded by generation 2"
+        );
+        server.done().await;
+    };
+    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    action.unwrap();
+}
+
+#[tokio::test]
+async fn no_node_for_an_architecture_waits_without_jobs() {
+    let build = imagebuild(
+        "https://git.example.com/app.git",
+        SHA,
+        "registry.example.com/team/app:v1",
+        1,
+        Value::Null,
+    );
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    let verify = async move {
+        server.list_jobs(vec![]).await;
+        server.list_nodes(&["amd64"]).await;
+        let event = server.event("NoNodeForPlatform", "Warning").await;
+        assert!(event["note"].as_str().unwrap().contains("linux/arm64"));
+        let status = server.patch_status().await;
+        assert_eq!(status["phase"], "Pending");
+        let reconciling = condition(&status, "Reconciling");
+        assert_eq!(reconciling["reason"], "NoNodeForPlatform");
+        assert!(
+            reconciling["message"]
+                .as_str()
+                .unwrap()
+                .contains("linux/arm64")
+        );
+        assert!(
+            !reconciling["message"]
+                .as_str()
+                .unwrap()
+                .contains("linux/amd64")
+        );
+        server.done().await;
+    };
+    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    assert_eq!(
+        format!("{:?}", action.unwrap()),
+        format!("{:?}", Action::requeue(Duration::from_secs(30)))
+    );
+}
