@@ -5,7 +5,7 @@
 //! rebuild annotation, the commit by the status (or the Jobs' revision annotation), each
 //! platform by its deterministically named Job. A restart at any point resumes the run.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,8 +23,7 @@ use serde_json::json;
 use crate::api::{ImageBuild, ImageBuildStatus, Phase, SourceStatus};
 use crate::plan::{AuthFile, BuildPlan, BuilderSettings, KubeVersion, REBUILD_ANNOTATION, plan};
 use crate::registry::{
-    ANNOTATION_CREATED, ANNOTATION_REVISION, ANNOTATION_SOURCE, DockerConfig, PlatformImage,
-    Registry, RegistryError, RegistryOptions,
+    DockerConfig, PlatformImage, Registry, RegistryError, RegistryOptions, run_annotations,
 };
 use crate::render::{
     ANNOTATION_IMAGEBUILD, ANNOTATION_REVISION as JOB_REVISION, LABEL_GENERATION, LABEL_IMAGEBUILD,
@@ -323,14 +322,7 @@ async fn assemble(
         .filter_map(|p| p.completion_time.clone())
         .max()
         .unwrap_or_default();
-    let annotations = BTreeMap::from([
-        (
-            ANNOTATION_SOURCE.to_string(),
-            build.spec.source.git.url.clone(),
-        ),
-        (ANNOTATION_REVISION.to_string(), plan.revision.clone()),
-        (ANNOTATION_CREATED.to_string(), created),
-    ]);
+    let annotations = run_annotations(&build.spec.source.git.url, &plan.revision, &created);
     let started = Instant::now();
     let pushed = Registry::new(options)
         .assemble_index(
@@ -344,6 +336,30 @@ async fn assemble(
         .assembly_duration
         .observe(started.elapsed().as_secs_f64());
     Ok(pushed.digest)
+}
+
+/// Ends the current run as failed: conditions, history and metrics agree.
+fn fail_run(
+    ctx: &Context,
+    status: &mut ImageBuildStatus,
+    reason: &str,
+    message: &str,
+    generation: i64,
+) {
+    set_phase_conditions(status, Phase::Failed, reason, message, generation, now());
+    record_run(
+        status,
+        Phase::Failed,
+        Some(message.to_string()),
+        ctx.config.history_limit,
+        now(),
+    );
+    ctx.metrics
+        .runs_finished
+        .get_or_create(&ResultLabels {
+            result: "failed".into(),
+        })
+        .inc();
 }
 
 /// Reconciles one ImageBuild. Each step is named; the decisions are in `status` and `plan`.
@@ -649,27 +665,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
                 .map(|j| j.name_any())
                 .collect();
             delete_jobs(&ctx, &namespace, &unfinished).await?;
-            set_phase_conditions(
-                &mut status,
-                Phase::Failed,
-                "PlatformFailed",
-                &message,
-                generation,
-                now(),
-            );
-            record_run(
-                &mut status,
-                Phase::Failed,
-                Some(message.clone()),
-                limit,
-                now(),
-            );
-            ctx.metrics
-                .runs_finished
-                .get_or_create(&ResultLabels {
-                    result: "failed".into(),
-                })
-                .inc();
+            fail_run(&ctx, &mut status, "PlatformFailed", &message, generation);
             ctx.event_about(
                 &build,
                 failed_job.as_deref(),
@@ -735,27 +731,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
             Err(e) => {
                 let message = e.to_string();
                 let reason = e.metric_label();
-                set_phase_conditions(
-                    &mut status,
-                    Phase::Failed,
-                    &reason,
-                    &message,
-                    generation,
-                    now(),
-                );
-                record_run(
-                    &mut status,
-                    Phase::Failed,
-                    Some(message.clone()),
-                    limit,
-                    now(),
-                );
-                ctx.metrics
-                    .runs_finished
-                    .get_or_create(&ResultLabels {
-                        result: "failed".into(),
-                    })
-                    .inc();
+                fail_run(&ctx, &mut status, &reason, &message, generation);
                 ctx.event(&build, EventType::Warning, &reason, "Assemble", message)
                     .await;
                 Action::await_change()

@@ -5,7 +5,6 @@
 //! asked, a certificate directory), and the index is assembled by the same registry module.
 //! git replaces git-sync, and foreign architectures run under qemu-user-static.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -18,8 +17,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::api::ImageBuild;
 use crate::plan::{AuthFile, BuildPlan, BuilderSettings, Platform, PlatformPlan, plan, push_argv};
 use crate::registry::{
-    ANNOTATION_CREATED, ANNOTATION_REVISION, ANNOTATION_SOURCE, PlatformImage, PushedIndex,
-    Registry, RegistryError, RegistryOptions,
+    PlatformImage, PushedIndex, Registry, RegistryError, RegistryOptions, run_annotations,
 };
 use crate::source::{SourceError, is_full_sha, resolve_commit};
 
@@ -550,20 +548,11 @@ pub async fn build_local(
             digest: r.digest.clone(),
         })
         .collect();
-    let annotations = BTreeMap::from([
-        (
-            ANNOTATION_SOURCE.to_string(),
-            build.spec.source.git.url.clone(),
-        ),
-        (ANNOTATION_REVISION.to_string(), commit.clone()),
-        (
-            ANNOTATION_CREATED.to_string(),
-            jiff::Timestamp::now()
-                .round(jiff::Unit::Second)
-                .expect("rounds")
-                .to_string(),
-        ),
-    ]);
+    let created = jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .expect("whole seconds")
+        .to_string();
+    let annotations = run_annotations(&build.spec.source.git.url, &commit, &created);
     let registry = Registry::new(options.registry.clone());
     let index = registry
         .assemble_index(

@@ -281,6 +281,16 @@ pub struct PlatformImage {
     pub digest: String,
 }
 
+/// The OCI annotations archforge puts on every index: where the source is, which commit
+/// was built, and when. `created` is passed in so a repeated assembly pushes the same bytes.
+pub fn run_annotations(source: &str, revision: &str, created: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (ANNOTATION_SOURCE.to_string(), source.to_string()),
+        (ANNOTATION_REVISION.to_string(), revision.to_string()),
+        (ANNOTATION_CREATED.to_string(), created.to_string()),
+    ])
+}
+
 /// An OCI image index / Docker manifest list entry's platform.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IndexPlatform {
