@@ -67,6 +67,22 @@ pub struct RunArgs {
     #[arg(long, env = "ARCHFORGE_RESYNC", default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync: std::time::Duration,
 
+    /// Hold a Lease before reconciling, so that only one of several replicas acts.
+    #[arg(long, env = "ARCHFORGE_LEADER_ELECT")]
+    pub leader_elect: bool,
+
+    /// Namespace of the leader election Lease (defaults to POD_NAMESPACE, then "default").
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub leader_election_namespace: String,
+
+    /// Name of the leader election Lease.
+    #[arg(
+        long,
+        env = "ARCHFORGE_LEADER_ELECTION_LEASE",
+        default_value = "archforge-leader"
+    )]
+    pub leader_election_lease: String,
+
     #[command(flatten)]
     pub settings: BuilderSettings,
 

@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod error;
+pub mod leader;
 pub mod local;
 pub mod manifest;
 pub mod plan;
