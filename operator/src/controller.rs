@@ -502,8 +502,17 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         delete_jobs(&ctx, &namespace, &stale_running).await?;
     }
 
+    // A platform this run already finished keeps its result, even after the Job's TTL
+    // removed the Job: it is never built again.
+    let finished: Vec<&str> = status
+        .platforms
+        .iter()
+        .filter(|p| matches!(p.phase, Phase::Succeeded | Phase::Failed))
+        .map(|p| p.platform.as_str())
+        .collect();
+
     // 5. Placement: every architecture needs a node before the run starts.
-    if current.is_empty() {
+    if current.is_empty() && finished.is_empty() {
         let arches = schedulable_architectures(&ctx).await?;
         let missing: Vec<String> = plan
             .platforms
@@ -547,10 +556,10 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
     // 6. Create the Jobs that do not exist yet (server-side apply, one field manager).
     let mut created = 0;
     for p in &plan.platforms {
-        if current
+        let exists = current
             .iter()
-            .any(|j| j.metadata.name.as_deref() == Some(p.job_name.as_str()))
-        {
+            .any(|j| j.metadata.name.as_deref() == Some(p.job_name.as_str()));
+        if exists || finished.contains(&p.platform.to_string().as_str()) {
             continue;
         }
         let job = render_job(&build, &plan, p, &ctx.config.builder, ctx.config.version);

@@ -673,3 +673,66 @@ async fn no_node_for_an_architecture_waits_without_jobs() {
         format!("{:?}", Action::requeue(Duration::from_secs(30)))
     );
 }
+
+#[tokio::test]
+async fn a_registry_outage_during_assembly_keeps_the_digests_and_rebuilds_nothing() {
+    let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    let status = json!({
+        "observedGeneration": 1, "phase": "Assembling", "source": {"commit": SHA},
+        "platforms": [
+            {"platform": "linux/amd64", "job": "app-1-linux-amd64", "phase": "Succeeded", "digest": digest('a'), "completionTime": "2026-11-23T10:04:00Z"},
+            {"platform": "linux/arm64", "job": "app-1-linux-arm64", "phase": "Succeeded", "digest": digest('b'), "completionTime": "2026-11-23T10:05:00Z"}
+        ]
+    });
+    // A port nobody listens on stands for the registry that is down.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let build = imagebuild(
+        "https://git.example.com/app.git",
+        "main",
+        &format!("{addr}/team/app:v1"),
+        1,
+        status,
+    );
+    let options = RegistryOptions {
+        insecure: vec![addr],
+        retry: archforge::registry::RetryPolicy {
+            attempts: 2,
+            first_delay: Duration::from_millis(50),
+            max_delay: Duration::from_millis(50),
+        },
+        ..Default::default()
+    };
+    let (ctx, mut server) = setup(&build, options);
+    let verify = async move {
+        // The Jobs are gone (their TTL passed): none is created again.
+        server.list_jobs(vec![]).await;
+        server.list_pods(1, vec![]).await;
+        server.event("RegistryUnreachable", "Warning").await;
+        let status = server.patch_status().await;
+        assert_eq!(status["phase"], "Assembling");
+        assert_eq!(
+            condition(&status, "Reconciling")["reason"],
+            "RegistryUnreachable"
+        );
+        assert_eq!(status["platforms"][0]["digest"], digest('a').as_str());
+        assert_eq!(status["platforms"][1]["digest"], digest('b').as_str());
+        server.done().await;
+    };
+    let (result, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx.clone()), verify);
+    let error = result.unwrap_err();
+    assert!(
+        matches!(&error, ReconcileError::Registry(e) if e.is_transient()),
+        "{error:?}"
+    );
+    let action = error_policy(Arc::new(build), &error, ctx);
+    assert_eq!(
+        format!("{action:?}"),
+        format!("{:?}", Action::requeue(Duration::from_secs(15))),
+        "a transient error is retried"
+    );
+}
