@@ -29,7 +29,7 @@ use crate::render::{
     ANNOTATION_IMAGEBUILD, ANNOTATION_REVISION as JOB_REVISION, LABEL_GENERATION, LABEL_IMAGEBUILD,
     MANAGER, PUSH_AUTH_FILE, render_job,
 };
-use crate::source::{GitCredentials, SourceError, resolve_commit};
+use crate::source::{GitCredentials, SourceError, redact_url, resolve_commit};
 use crate::status::{
     self, platform_statuses, pod_report, progress, record_run, run_phase, set_phase_conditions,
     start_run,
@@ -322,7 +322,11 @@ async fn assemble(
         .filter_map(|p| p.completion_time.clone())
         .max()
         .unwrap_or_default();
-    let annotations = run_annotations(&build.spec.source.git.url, &plan.revision, &created);
+    let annotations = run_annotations(
+        &redact_url(&build.spec.source.git.url),
+        &plan.revision,
+        &created,
+    );
     let started = Instant::now();
     let pushed = Registry::new(options)
         .assemble_index(

@@ -19,7 +19,7 @@ use crate::plan::{AuthFile, BuildPlan, BuilderSettings, Platform, PlatformPlan, 
 use crate::registry::{
     PlatformImage, PushedIndex, Registry, RegistryError, RegistryOptions, run_annotations,
 };
-use crate::source::{SourceError, is_full_sha, resolve_commit};
+use crate::source::{SourceError, is_full_sha, redact_url, resolve_commit};
 
 /// How the local run is set up.
 #[derive(Clone, Debug, Default)]
@@ -256,7 +256,7 @@ async fn ls_remote(url: &str, reference: &str) -> Result<String, LocalError> {
         .collect();
     crate::source::pick_commit(&refs, reference).ok_or_else(|| {
         LocalError::Source(SourceError::RefNotFound {
-            url: url.into(),
+            url: redact_url(url),
             reference: reference.into(),
         })
     })
@@ -479,7 +479,10 @@ pub async fn build_local(
     for warning in check_emulation(&plan.platforms)? {
         progress.say(None, &format!("warning: {warning}"));
     }
-    progress.say(None, &format!("{} at {commit}", build.spec.source.git.url));
+    progress.say(
+        None,
+        &format!("{} at {commit}", redact_url(&build.spec.source.git.url)),
+    );
 
     let root = tempfile::Builder::new()
         .prefix("archforge-local-")
@@ -552,7 +555,7 @@ pub async fn build_local(
         .round(jiff::Unit::Second)
         .expect("whole seconds")
         .to_string();
-    let annotations = run_annotations(&build.spec.source.git.url, &commit, &created);
+    let annotations = run_annotations(&redact_url(&build.spec.source.git.url), &commit, &created);
     let registry = Registry::new(options.registry.clone());
     let index = registry
         .assemble_index(

@@ -172,9 +172,16 @@ fn registry_key(key: &str) -> &str {
 
 impl DockerConfig {
     pub fn from_json(path: &str, bytes: &[u8]) -> RegistryResult<Self> {
+        // serde's own message quotes offending values, which here may be credentials, and
+        // this error reaches status and Events: say only where the JSON went wrong.
         serde_json::from_slice(bytes).map_err(|e| RegistryError::DockerConfig {
             path: path.to_string(),
-            message: e.to_string(),
+            message: format!(
+                "not a docker config ({:?} error at line {}, column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
         })
     }
 
@@ -854,6 +861,10 @@ mod tests {
             config.auth_for("other.example.com").unwrap(),
             RegistryAuth::Anonymous
         ));
+        let misplaced =
+            DockerConfig::from_json("c", br#"{"auths": {"r.io": "user:hunter2"}}"#).unwrap_err();
+        assert!(!misplaced.to_string().contains("hunter2"), "{misplaced}");
+        assert!(misplaced.to_string().contains("line 1"), "{misplaced}");
         let bad = DockerConfig::from_json("c", br#"{"auths": {"r.io": {"auth": "!!"}}}"#).unwrap();
         assert!(matches!(
             bad.auth_for("r.io"),

@@ -58,6 +58,18 @@ impl SourceError {
     }
 }
 
+/// The URL without any `user:password@` part, for messages, logs and image annotations.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 /// A full SHA-1 (40) or SHA-256 (64) object name, which needs no lookup.
 pub fn is_full_sha(reference: &str) -> bool {
     matches!(reference.len(), 40 | 64)
@@ -131,9 +143,10 @@ pub async fn resolve_commit(
     if is_full_sha(reference) {
         return Ok(reference.to_string());
     }
+    let shown = redact_url(url);
     if !(url.starts_with("https://") || url.starts_with("http://")) {
         return Err(SourceError::UnsupportedScheme {
-            url: url.to_string(),
+            url: shown,
             reference: reference.to_string(),
         });
     }
@@ -143,7 +156,7 @@ pub async fn resolve_commit(
         .user_agent(concat!("git/archforge-", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| SourceError::Protocol {
-            url: url.to_string(),
+            url: shown.clone(),
             message: e.to_string(),
         })?;
     let endpoint = format!(
@@ -155,41 +168,44 @@ pub async fn resolve_commit(
         request = request.basic_auth(&c.username, Some(&c.password));
     }
     let response = request.send().await.map_err(|e| SourceError::Unreachable {
-        url: url.to_string(),
-        message: e.to_string(),
+        url: shown.clone(),
+        message: e.without_url().to_string(),
     })?;
     let status = response.status();
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
         return Err(SourceError::Credentials {
-            url: url.to_string(),
+            url: shown.clone(),
             status: status.as_u16(),
         });
     }
     if status.is_server_error() {
         return Err(SourceError::Unreachable {
-            url: url.to_string(),
+            url: shown.clone(),
             message: format!("HTTP {status}"),
         });
     }
     if !status.is_success() {
         return Err(SourceError::Protocol {
-            url: url.to_string(),
-            message: format!("HTTP {status} for {endpoint}"),
+            url: shown.clone(),
+            message: format!(
+                "HTTP {status} for {}/info/refs",
+                shown.trim_end_matches('/')
+            ),
         });
     }
     let body = response
         .bytes()
         .await
         .map_err(|e| SourceError::Unreachable {
-            url: url.to_string(),
+            url: shown.clone(),
             message: e.to_string(),
         })?;
     let refs = parse_advertisement(&body).map_err(|message| SourceError::Protocol {
-        url: url.to_string(),
+        url: shown.clone(),
         message,
     })?;
     pick_commit(&refs, reference).ok_or_else(|| SourceError::RefNotFound {
-        url: url.to_string(),
+        url: shown.clone(),
         reference: reference.to_string(),
     })
 }
@@ -241,6 +257,34 @@ mod tests {
     fn rejects_garbage() {
         assert!(parse_advertisement(b"zzzz").is_err());
         assert!(parse_advertisement(b"00ffshort").is_err());
+    }
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("https://bot:t0ken@git.example.com/a/b.git"),
+            "https://git.example.com/a/b.git"
+        );
+        assert_eq!(
+            redact_url("https://git.example.com/a@b.git"),
+            "https://git.example.com/a@b.git"
+        );
+        assert_eq!(redact_url("ssh://git@host/repo.git"), "ssh://host/repo.git");
+        assert_eq!(
+            redact_url("git@github.com:a/b.git"),
+            "git@github.com:a/b.git"
+        );
+    }
+
+    #[tokio::test]
+    async fn resolution_errors_never_show_credentials() {
+        // Nothing listens on port 9 of loopback: the connection is refused at once.
+        let err = resolve_commit("http://bot:t0ken@127.0.0.1:9/repo.git", "main", None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("t0ken"), "{err}");
+        assert!(err.contains("127.0.0.1:9"), "{err}");
     }
 
     #[test]
