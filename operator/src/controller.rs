@@ -21,7 +21,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::{ImageBuild, ImageBuildStatus, Phase, SourceStatus};
-use crate::plan::{AuthFile, BuildPlan, BuilderSettings, KubeVersion, REBUILD_ANNOTATION, plan};
+use crate::plan::{AuthFile, BuildPlan, BuilderSettings, KubeVersion, plan};
 use crate::registry::{
     DockerConfig, PlatformImage, Registry, RegistryError, RegistryOptions, run_annotations,
 };
@@ -159,10 +159,6 @@ fn now() -> jiff::Timestamp {
     jiff::Timestamp::now()
         .round(jiff::Unit::Second)
         .expect("whole seconds")
-}
-
-fn rebuild_token(build: &ImageBuild) -> Option<String> {
-    build.annotations().get(REBUILD_ANNOTATION).cloned()
 }
 
 async fn patch_status(ctx: &Context, build: &ImageBuild, status: &ImageBuildStatus) -> Result<()> {
@@ -342,26 +338,27 @@ async fn assemble(
     Ok(pushed.digest)
 }
 
-/// Ends the current run as failed: conditions, history and metrics agree.
-fn fail_run(
+/// Ends the current run: conditions, history and metrics agree on the result.
+fn finish_run(
     ctx: &Context,
     status: &mut ImageBuildStatus,
+    result: Phase,
     reason: &str,
     message: &str,
     generation: i64,
 ) {
-    set_phase_conditions(status, Phase::Failed, reason, message, generation, now());
-    record_run(
-        status,
-        Phase::Failed,
-        Some(message.to_string()),
-        ctx.config.history_limit,
-        now(),
-    );
+    set_phase_conditions(status, result, reason, message, generation, now());
+    let failure = (result == Phase::Failed).then(|| message.to_string());
+    record_run(status, result, failure, ctx.config.history_limit, now());
+    let label = if result == Phase::Succeeded {
+        "succeeded"
+    } else {
+        "failed"
+    };
     ctx.metrics
         .runs_finished
         .get_or_create(&ResultLabels {
-            result: "failed".into(),
+            result: label.into(),
         })
         .inc();
 }
@@ -372,14 +369,19 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
     let namespace = build.namespace().unwrap_or_default();
     let name = build.name_any();
     let generation = build.metadata.generation.unwrap_or(1);
-    let rebuild = rebuild_token(&build);
+    let rebuild = crate::plan::rebuild_token(&build);
     let previous = build.status.clone().unwrap_or_default();
-    let limit = ctx.config.history_limit;
     let same_run = previous.observed_generation == Some(generation) && previous.rebuild == rebuild;
     let mut status = if same_run {
         previous.clone()
     } else {
-        start_run(&previous, generation, rebuild.clone(), limit, now())
+        start_run(
+            &previous,
+            generation,
+            rebuild.clone(),
+            ctx.config.history_limit,
+            now(),
+        )
     };
 
     // 1. Validate: the schema and CEL may not have run (Kubernetes 1.24 ignores CEL).
@@ -435,14 +437,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         .collect();
 
     // 3. Split the Jobs into this run's and earlier runs'. Names do not depend on the commit.
-    let run = crate::plan::run_name(&name, generation, rebuild.as_deref());
-    let names: Vec<String> = build
-        .spec
-        .platforms
-        .iter()
-        .filter_map(|p| p.parse().ok())
-        .map(|p| crate::plan::job_name(&run, &p))
-        .collect();
+    let names = crate::plan::current_job_names(&build);
     let (current, stale): (Vec<Job>, Vec<Job>) = owned.into_iter().partition(|j| {
         names
             .iter()
@@ -678,7 +673,14 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
                 .map(|j| j.name_any())
                 .collect();
             delete_jobs(&ctx, &namespace, &unfinished).await?;
-            fail_run(&ctx, &mut status, "PlatformFailed", &message, generation);
+            finish_run(
+                &ctx,
+                &mut status,
+                Phase::Failed,
+                "PlatformFailed",
+                &message,
+                generation,
+            );
             ctx.event_about(
                 &build,
                 failed_job.as_deref(),
@@ -695,21 +697,14 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
                 let message = format!("pushed {} ({digest})", build.spec.output.image);
                 status.image = Some(build.spec.output.image.clone());
                 status.digest = Some(digest);
-                set_phase_conditions(
+                finish_run(
+                    &ctx,
                     &mut status,
                     Phase::Succeeded,
                     "IndexPushed",
                     &message,
                     generation,
-                    now(),
                 );
-                record_run(&mut status, Phase::Succeeded, None, limit, now());
-                ctx.metrics
-                    .runs_finished
-                    .get_or_create(&ResultLabels {
-                        result: "succeeded".into(),
-                    })
-                    .inc();
                 ctx.event(
                     &build,
                     EventType::Normal,
@@ -744,7 +739,14 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
             Err(e) => {
                 let message = e.to_string();
                 let reason = e.metric_label();
-                fail_run(&ctx, &mut status, &reason, &message, generation);
+                finish_run(
+                    &ctx,
+                    &mut status,
+                    Phase::Failed,
+                    &reason,
+                    &message,
+                    generation,
+                );
                 ctx.event(&build, EventType::Warning, &reason, "Assemble", message)
                     .await;
                 Action::await_change()

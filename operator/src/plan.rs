@@ -406,6 +406,31 @@ pub fn push_argv(
     argv
 }
 
+/// The value of the rebuild annotation, which is part of a run's identity.
+pub fn rebuild_token(build: &ImageBuild) -> Option<String> {
+    build
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(REBUILD_ANNOTATION)
+        .cloned()
+}
+
+/// The Job names of `build`'s current run, one per valid platform. They do not depend on
+/// the commit, so the controller can find the run's Jobs before the commit is pinned.
+pub fn current_job_names(build: &ImageBuild) -> Vec<String> {
+    let name = build.metadata.name.as_deref().unwrap_or("imagebuild");
+    let generation = build.metadata.generation.unwrap_or(1);
+    let run = run_name(name, generation, rebuild_token(build).as_deref());
+    build
+        .spec
+        .platforms
+        .iter()
+        .filter_map(|p| p.parse::<Platform>().ok())
+        .map(|p| job_name(&run, &p))
+        .collect()
+}
+
 /// Plans one run of `build` at `revision` (a resolved commit SHA, or the spec's ref when
 /// no resolution happened, as in a dry run). Fails on an invalid spec.
 pub fn plan(
@@ -418,12 +443,7 @@ pub fn plan(
     spec.validate()?;
     let name = build.metadata.name.as_deref().unwrap_or("imagebuild");
     let generation = build.metadata.generation.unwrap_or(1);
-    let rebuild = build
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(REBUILD_ANNOTATION))
-        .cloned();
+    let rebuild = rebuild_token(build);
     let run_name = run_name(name, generation, rebuild.as_deref());
     let platforms = spec
         .platforms
@@ -501,6 +521,32 @@ mod tests {
         assert!(is_dns_label(&dotted));
         assert_eq!(dashed, "app-v2");
         assert_ne!(dotted, dashed);
+    }
+
+    #[test]
+    fn current_job_names_match_the_plan() {
+        let mut build: ImageBuild = serde_json::from_value(serde_json::json!({
+            "apiVersion": "archforge.dev/v1alpha1", "kind": "ImageBuild",
+            "metadata": {"name": "app", "generation": 4, "annotations": {REBUILD_ANNOTATION: "t1"}},
+            "spec": {"source": {"git": {"url": "https://g.example.com/a.git"}},
+                     "platforms": ["linux/amd64", "linux/arm/v7"],
+                     "output": {"image": "r.example.com/a:v1"}}
+        }))
+        .unwrap();
+        let planned: Vec<String> =
+            plan(&build, &BuilderSettings::default(), "main", AuthFile::None)
+                .unwrap()
+                .platforms
+                .into_iter()
+                .map(|p| p.job_name)
+                .collect();
+        assert_eq!(current_job_names(&build), planned);
+        assert!(planned[1].starts_with("app-4-r") && planned[1].ends_with("-linux-arm-v7"));
+        build.metadata.annotations = None;
+        assert_eq!(
+            current_job_names(&build),
+            ["app-4-linux-amd64", "app-4-linux-arm-v7"]
+        );
     }
 
     #[test]
