@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARCHFORGE = $(CARGO) run -q -p archforge --
 
-.PHONY: demo setup test fmt-check clippy unit crds golden render bench-index bench-local
+.PHONY: demo setup test fmt-check clippy unit crds chart golden render bench-index bench-local
 
 ## A real two-platform build on this machine into a throwaway local registry (needs root
 ## for apt-get and binfmt_misc; see scripts/setup-host.sh).
@@ -27,9 +27,17 @@ clippy:
 unit:
 	$(CARGO) test --workspace
 
-## Regenerate the committed CRD from operator/src/api.rs.
+## Regenerate the committed CRD (and its copies in the chart and kustomize base) from
+## operator/src/api.rs.
 crds:
 	$(ARCHFORGE) crd > crds/imagebuilds.archforge.dev.yaml
+	cp crds/imagebuilds.archforge.dev.yaml charts/archforge/crds/
+	cp crds/imagebuilds.archforge.dev.yaml config/crd/
+
+## Render the Helm chart as `helm template` would (VALUES=file for other values), and lint it.
+chart:
+	python3 scripts/helm.py render charts/archforge $(if $(VALUES),--values $(VALUES))
+	python3 scripts/helm.py lint charts/archforge $(if $(VALUES),--values $(VALUES)) >&2
 
 ## Regenerate the golden rendered Jobs (review the diff by eye before committing).
 golden:

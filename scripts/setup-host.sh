@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares a Debian machine for archforge's local builds, tests and demo:
-#  - installs the real tools (registry, buildah, skopeo, qemu-user-static, git, ...);
+#  - installs the real tools (registry, buildah, skopeo, qemu-user-static, git, ...) and
+#    Helm's library from PyPI (helm-python-sdk) for the chart tests;
 #  - downloads Debian's busybox-static for arm64, the base of the test and demo images,
 #    into target/fixtures/arm64/busybox (nothing is pulled from a container registry);
 #  - mounts binfmt_misc and registers qemu-aarch64, so arm64 builds run under emulation.
@@ -20,7 +21,10 @@ packages=(
   python3           # its CGI server hosts git http-backend for the tests and the demo
   apache2-utils     # htpasswd, for the registry's basic-auth mode
   openssl           # certificates for the registry's TLS mode
+  apparmor          # apparmor_parser compiles the builder's profile in the tests
 )
+# kubectl renders the kustomize bases; Debian's own kubernetes-client only if none is here.
+command -v kubectl >/dev/null || packages+=(kubernetes-client)
 need_update=0
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
   dpkg --add-architecture arm64
@@ -47,6 +51,11 @@ if [ ! -x "$fixtures/busybox" ]; then
   mkdir -p "$fixtures"
   cp "$tmp/x/bin/busybox" "$fixtures/busybox"
   rm -rf "$tmp"
+fi
+
+# Helm's own library (render, lint) for the chart tests, without a helm binary.
+if ! python3 -c 'import helm_python' 2>/dev/null; then
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'helm-python-sdk==0.2.2'
 fi
 
 if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then

@@ -83,6 +83,10 @@ pub struct RunArgs {
     )]
     pub leader_election_lease: String,
 
+    /// Print the effective configuration (flags, environment, defaults) as JSON and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
     #[command(flatten)]
     pub settings: BuilderSettings,
 
@@ -90,7 +94,41 @@ pub struct RunArgs {
     pub registry: RegistryArgs,
 }
 
+impl RunArgs {
+    /// The settings as the controller will use them, for `--print-config`.
+    pub fn effective_config(&self) -> serde_json::Value {
+        let s = &self.settings;
+        let duration = |d: std::time::Duration| humantime::format_duration(d).to_string();
+        serde_json::json!({
+            "watchNamespaces": self.namespaces,
+            "metricsAddress": self.metrics_address.to_string(),
+            "logFormat": self.log_format,
+            "historyLimit": self.history_limit,
+            "resync": duration(self.resync),
+            "leaderElect": self.leader_elect,
+            "leaderElectionNamespace": self.leader_election_namespace,
+            "leaderElectionLease": self.leader_election_lease,
+            "builderImage": s.builder_image,
+            "gitSyncImage": s.git_sync_image,
+            "apparmorProfile": s.apparmor_profile,
+            "fuseResource": s.fuse_resource,
+            "fuseQuantity": s.fuse_quantity,
+            "seccompProfile": s.seccomp_profile.to_string(),
+            "defaultTimeout": duration(s.default_timeout),
+            "jobTTL": duration(s.job_ttl),
+            "builderUid": s.builder_uid,
+            "dockerConfig": self.registry.docker_config,
+            "caFiles": self.registry.ca_files,
+            "insecureRegistries": self.registry.insecure_registries,
+        })
+    }
+}
+
 async fn run_controller(args: &RunArgs) -> crate::Result<()> {
+    if args.print_config {
+        println!("{:#}", args.effective_config());
+        return Ok(());
+    }
     crate::telemetry::init_logging(args.log_format == "json");
     let client = kube::Client::try_default()
         .await
@@ -106,6 +144,24 @@ async fn run_controller(args: &RunArgs) -> crate::Result<()> {
         args.metrics_address,
         metrics.clone(),
     ));
+    if args.leader_elect {
+        let lease = crate::leader::LeaseConfig {
+            namespace: args.leader_election_namespace.clone(),
+            name: args.leader_election_lease.clone(),
+            identity: crate::leader::identity(),
+            lease_duration: std::time::Duration::from_secs(15),
+            renew_every: std::time::Duration::from_secs(5),
+        };
+        tracing::info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "waiting for leadership");
+        tokio::select! {
+            () = crate::leader::acquire(client.clone(), lease) => {}
+            () = crate::controller::shutdown_signal() => {
+                server.abort();
+                tracing::info!("stopped before leading");
+                return Ok(());
+            }
+        }
+    }
     let config = crate::controller::Config {
         builder: args.settings.clone(),
         version,

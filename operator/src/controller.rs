@@ -825,3 +825,14 @@ pub async fn run(client: Client, namespaces: Vec<String>, config: Config, metric
     metrics.set_ready(true);
     futures::future::join_all(controllers).await;
 }
+
+/// Resolves on SIGTERM or SIGINT: what `Controller::shutdown_on_signal` listens for, for the
+/// waits before the controller starts.
+pub async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

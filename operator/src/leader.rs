@@ -92,6 +92,21 @@ pub async fn try_acquire(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool,
     }
 }
 
+/// Who holds the lease: the pod name (downward API `POD_NAME`) in a cluster, so that a
+/// restarted container of the same pod takes its lease back at once; elsewhere the host name
+/// and process id.
+pub fn identity() -> String {
+    if let Ok(pod) = std::env::var("POD_NAME")
+        && !pod.is_empty()
+    {
+        return pod;
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "archforge".into());
+    format!("{host}-{}", std::process::id())
+}
+
 /// Waits until this process holds the lease, then keeps renewing it in the background.
 /// Returns once leadership is held; the renewal task exits the process when it is lost.
 pub async fn acquire(client: Client, config: LeaseConfig) {

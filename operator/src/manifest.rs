@@ -15,14 +15,35 @@ pub fn read_imagebuild(path: &str) -> Result<ImageBuild> {
     parse_imagebuild(path, &text)
 }
 
-/// Parses one ImageBuild, checking that it really is one.
+/// Parses the one ImageBuild of a file, checking that it really is one. The file may hold
+/// other objects too (the Secrets a sample needs, say) in further YAML documents.
 pub fn parse_imagebuild(path: &str, text: &str) -> Result<ImageBuild> {
     let parse_error = |message: String| Error::ParseManifest {
         path: path.to_string(),
         message,
     };
-    let value: serde_json::Value =
-        serde_saphyr::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+    let documents: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| parse_error(e.to_string()))?;
+    let is_imagebuild =
+        |v: &serde_json::Value| v.get("kind").and_then(|k| k.as_str()) == Some("ImageBuild");
+    let value = match documents.iter().filter(|v| is_imagebuild(v)).count() {
+        0 if documents.len() == 1 => documents.into_iter().next().expect("one document"),
+        0 => {
+            return Err(parse_error(format!(
+                "none of its {} documents is an ImageBuild",
+                documents.len()
+            )));
+        }
+        1 => documents
+            .into_iter()
+            .find(is_imagebuild)
+            .expect("one ImageBuild"),
+        n => {
+            return Err(parse_error(format!(
+                "it holds {n} ImageBuilds; give one per file"
+            )));
+        }
+    };
     let api_version = value.get("apiVersion").and_then(|v| v.as_str());
     let kind = value.get("kind").and_then(|v| v.as_str());
     if api_version != Some("archforge.dev/v1alpha1") || kind != Some("ImageBuild") {

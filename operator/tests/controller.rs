@@ -94,6 +94,24 @@ impl ApiServer {
                 "{method} {path}: query {decoded:?} lacks {item:?}"
             );
         }
+        let (group, resource, verb) =
+            archforge::rbac::required_permission(method.as_str(), uri.path(), &decoded)
+                .unwrap_or_else(|| panic!("{method} {uri} is not a resource request"));
+        assert!(
+            archforge::rbac::is_granted(&group, &resource, &verb),
+            "{method} {uri} needs {verb} on {resource} in group {group:?}, which rbac::PERMISSIONS lacks"
+        );
+        let is_apply = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|t| t == "application/apply-patch+yaml");
+        if is_apply && !resource.contains('/') {
+            // An apply that creates the object is also authorized as a create.
+            assert!(
+                archforge::rbac::is_granted(&group, &resource, "create"),
+                "apply to {resource} needs create, which rbac::PERMISSIONS lacks"
+            );
+        }
         let bytes = request.into_body().collect_bytes().await.unwrap();
         let body = if bytes.is_empty() {
             Value::Null

@@ -1,0 +1,743 @@
+//! The install artifacts: the Helm chart (rendered and linted with Helm's own library, the
+//! PyPI helm-python-sdk, through scripts/helm.py), the kustomize base (rendered by
+//! `kubectl kustomize`), the samples, the AppArmor profile (compiled by the real
+//! apparmor_parser) and the fuse device plugin. Every object must deserialize into its
+//! k8s-openapi type without losing a field, and the RBAC must equal `rbac::PERMISSIONS`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+
+use archforge::api::ImageBuild;
+use archforge::plan::BuilderSettings;
+use archforge::rbac::{PERMISSIONS, Scope};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde_json::{Value, json};
+
+const CHART: &str = "charts/archforge";
+const CUSTOM_VALUES: &str = "charts/archforge/ci/custom-values.yaml";
+const NAMESPACE: &str = "archforge-system";
+
+fn run(command: &mut Command, what: &str) -> String {
+    let output = command
+        .current_dir(common::repo_root())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot start ({e}); run `make setup` first"));
+    assert!(
+        output.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn helm(args: &[&str]) -> Command {
+    let mut command = Command::new("python3");
+    command.arg("scripts/helm.py").args(args);
+    command
+}
+
+/// The chart rendered like `helm template archforge charts/archforge -n archforge-system`.
+fn render_chart(values: Option<&str>) -> (String, Vec<Value>) {
+    let mut args = vec!["render", CHART, "--namespace", NAMESPACE];
+    if let Some(values) = values {
+        args.extend(["--values", values]);
+    }
+    let text = run(&mut helm(&args), "helm render");
+    let objects = parse(&text);
+    (text, objects)
+}
+
+fn parse(text: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple::<Value>(text)
+        .expect("rendered YAML parses")
+        .into_iter()
+        .filter(|v| !v.is_null())
+        .map(normalize_numbers)
+        .collect()
+}
+
+/// `0` and `0.0` are the same number to the API server (and kustomize writes the CRD's
+/// float bounds as integers), so whole floats compare as integers.
+fn normalize_numbers(value: Value) -> Value {
+    match value {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if !n.is_i64() && !n.is_u64() && f.fract() == 0.0 && f.abs() < 9e15 => {
+                Value::from(f as i64)
+            }
+            _ => Value::Number(n),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(normalize_numbers).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, normalize_numbers(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+fn kustomize(dir: &str) -> Vec<Value> {
+    parse(&run(
+        Command::new("kubectl").args(["kustomize", dir]),
+        "kubectl kustomize",
+    ))
+}
+
+fn key(object: &Value) -> (String, String, String) {
+    let field = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    (
+        field(&object["kind"]),
+        field(&object["metadata"]["namespace"]),
+        field(&object["metadata"]["name"]),
+    )
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {kind} {name} among {:?}",
+                objects.iter().map(key).collect::<Vec<_>>()
+            )
+        })
+}
+
+/// Deserializes into the typed object and back: anything k8s-openapi does not know (a
+/// misspelt or misplaced field, which the API server would drop or refuse) shows as a
+/// difference.
+fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(object: &Value) {
+    let typed: T = serde_path_to_error::deserialize(object.clone())
+        .unwrap_or_else(|e| panic!("{:?}: {} at {}", key(object), e.inner(), e.path()));
+    let back = normalize_numbers(serde_json::to_value(&typed).unwrap());
+    pretty_assertions::assert_eq!(&back, object, "{:?} changed in a round trip", key(object));
+}
+
+/// Like `round_trip` for our own type, whose defaults appear when it is serialized again:
+/// every field written must come back unchanged.
+fn round_trip_with_defaults<T: serde::de::DeserializeOwned + serde::Serialize>(object: &Value) {
+    fn assert_within(written: &Value, back: &Value, path: &str) {
+        match (written, back) {
+            (Value::Object(w), Value::Object(b)) => {
+                for (k, v) in w {
+                    let field = format!("{path}.{k}");
+                    let back = b.get(k).unwrap_or_else(|| panic!("{field} was dropped"));
+                    assert_within(v, back, &field);
+                }
+            }
+            _ => assert_eq!(written, back, "{path} changed"),
+        }
+    }
+    let typed: T = serde_path_to_error::deserialize(object.clone())
+        .unwrap_or_else(|e| panic!("{:?}: {} at {}", key(object), e.inner(), e.path()));
+    assert_within(
+        object,
+        &normalize_numbers(serde_json::to_value(&typed).unwrap()),
+        "",
+    );
+}
+
+fn check_types(objects: &[Value]) {
+    for object in objects {
+        match object["kind"].as_str().unwrap_or_default() {
+            "CustomResourceDefinition" => round_trip::<CustomResourceDefinition>(object),
+            "Namespace" => round_trip::<Namespace>(object),
+            "ServiceAccount" => round_trip::<ServiceAccount>(object),
+            "ClusterRole" => round_trip::<ClusterRole>(object),
+            "ClusterRoleBinding" => round_trip::<ClusterRoleBinding>(object),
+            "Role" => round_trip::<Role>(object),
+            "RoleBinding" => round_trip::<RoleBinding>(object),
+            "Service" => round_trip::<Service>(object),
+            "Deployment" => round_trip::<Deployment>(object),
+            "DaemonSet" => round_trip::<DaemonSet>(object),
+            "ConfigMap" => round_trip::<ConfigMap>(object),
+            "Secret" => round_trip::<Secret>(object),
+            "ImageBuild" => round_trip_with_defaults::<ImageBuild>(object),
+            // The Prometheus Operator's type has no k8s-openapi binding; its shape is
+            // asserted in `custom_values_render_roles_leader_election_and_service_monitor`.
+            "ServiceMonitor" => assert_eq!(object["apiVersion"], "monitoring.coreos.com/v1"),
+            other => panic!("no typed check for kind {other}"),
+        }
+    }
+}
+
+#[test]
+fn chart_lints_clean_with_default_and_custom_values() {
+    for values in [None, Some(CUSTOM_VALUES)] {
+        for kube_version in ["v1.24.0", "v1.33.0"] {
+            let mut args = vec!["lint", CHART, "--kube-version", kube_version];
+            if let Some(values) = values {
+                args.extend(["--values", values]);
+            }
+            let report = run(&mut helm(&args), "helm lint");
+            assert!(report.contains("0 problem(s)"), "{report}");
+        }
+    }
+}
+
+#[test]
+fn lint_reports_a_broken_chart() {
+    let broken = tempfile::tempdir().unwrap();
+    let chart = broken.path().join("archforge");
+    copy_dir(&common::repo_root().join(CHART), &chart);
+    std::fs::write(
+        chart.join("templates/service.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {{ .Values.nope.missing }}\n",
+    )
+    .unwrap();
+    let output = helm(&["lint", chart.to_str().unwrap()])
+        .current_dir(common::repo_root())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "a template error must fail lint");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("nil pointer"));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn values_schema_refuses_bad_values() {
+    let dir = tempfile::tempdir().unwrap();
+    for (values, expected) in [
+        ("logFormat: xml\n", "logFormat"),
+        ("builder:\n  defaultTimeout: soon\n", "defaultTimeout"),
+        ("watchNamespace: [a]\n", "watchNamespace"),
+        ("builder:\n  seccompProfile: unconfined\n", "seccompProfile"),
+    ] {
+        let file = dir.path().join("values.yaml");
+        std::fs::write(&file, values).unwrap();
+        let output = helm(&["render", CHART, "--values", file.to_str().unwrap()])
+            .current_dir(common::repo_root())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{values:?} was accepted");
+        assert!(stderr.contains(expected), "{values:?}: {stderr}");
+    }
+}
+
+#[test]
+fn default_render_is_typed_and_secure() {
+    let (_, objects) = render_chart(None);
+    check_types(&objects);
+    let kinds: BTreeSet<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from([
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "CustomResourceDefinition",
+            "Deployment",
+            "Service",
+            "ServiceAccount"
+        ])
+    );
+
+    let crd = find(
+        &objects,
+        "CustomResourceDefinition",
+        "imagebuilds.archforge.dev",
+    );
+    let generated = parse(&archforge::manifest::crd_yaml()).remove(0);
+    assert_eq!(
+        crd, &generated,
+        "the chart's CRD is out of date: `make crds`"
+    );
+
+    let deployment: Deployment =
+        serde_json::from_value(find(&objects, "Deployment", "archforge").clone()).unwrap();
+    let spec = deployment.spec.unwrap();
+    assert_eq!(spec.replicas, Some(1));
+    assert_eq!(
+        spec.strategy.and_then(|s| s.type_).as_deref(),
+        Some("Recreate"),
+        "a single replica without leader election must not overlap with its successor"
+    );
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("archforge"));
+    let pod_security = pod.security_context.unwrap();
+    assert_eq!(pod_security.run_as_non_root, Some(true));
+    assert!(pod_security.run_as_user.is_some_and(|uid| uid != 0));
+    assert_eq!(
+        pod_security.seccomp_profile.unwrap().type_,
+        "RuntimeDefault"
+    );
+    let [container] = pod.containers.as_slice() else {
+        panic!("one container")
+    };
+    let security = container.security_context.clone().unwrap();
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.privileged, Some(false));
+    assert_eq!(
+        security.capabilities.unwrap().drop,
+        Some(vec!["ALL".to_string()])
+    );
+    let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+    };
+    assert_eq!(
+        probe_path(&container.liveness_probe).as_deref(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        probe_path(&container.readiness_probe).as_deref(),
+        Some("/readyz")
+    );
+    let resources = container.resources.clone().unwrap();
+    assert!(resources.requests.is_some_and(|r| r.contains_key("memory")));
+    assert!(resources.limits.is_some_and(|l| l.contains_key("memory")));
+    assert!(
+        !env_names(container).contains("ARCHFORGE_LEADER_ELECT"),
+        "one replica: no leader election"
+    );
+}
+
+fn env_names(container: &k8s_openapi::api::core::v1::Container) -> BTreeSet<String> {
+    container
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.clone())
+        .collect()
+}
+
+#[test]
+fn custom_values_render_roles_leader_election_and_service_monitor() {
+    let (_, objects) = render_chart(Some(CUSTOM_VALUES));
+    check_types(&objects);
+    let deployment = find(&objects, "Deployment", "archforge");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert!(
+        deployment["spec"].get("strategy").is_none(),
+        "with leader election a rolling update is safe"
+    );
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["image"],
+        "registry.example.com/platform/archforge:0.1.0-rc1"
+    );
+    assert_eq!(container["ports"][0]["containerPort"], 9090);
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["serviceAccountName"],
+        "builds-operator"
+    );
+    assert!(
+        !objects
+            .iter()
+            .any(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "archforge"),
+        "watching fixed namespaces must not grant cluster-wide access to secrets and jobs"
+    );
+    let monitor = find(&objects, "ServiceMonitor", "archforge");
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"],
+        find(&objects, "Service", "archforge-metrics")["metadata"]["labels"]
+            .as_object()
+            .map(|labels| {
+                json!({
+                    "app.kubernetes.io/name": labels["app.kubernetes.io/name"],
+                    "app.kubernetes.io/instance": labels["app.kubernetes.io/instance"],
+                })
+            })
+            .unwrap()
+    );
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "kube-prometheus");
+}
+
+/// The operator's rules, per scope (a watched namespace's Role counts as `Watched` once per
+/// namespace), as (scope, namespace, group, resource) -> verbs.
+type Grants = BTreeMap<(Scope, String, String, String), BTreeSet<String>>;
+
+fn operator_grants(objects: &[Value], fullname: &str, service_account: &str) -> Grants {
+    let mut grants = Grants::new();
+    for object in objects {
+        let kind = object["kind"].as_str().unwrap_or_default();
+        if !matches!(kind, "ClusterRole" | "Role") {
+            continue;
+        }
+        let name = object["metadata"]["name"].as_str().unwrap();
+        let namespace = object["metadata"]["namespace"].as_str().unwrap_or("*");
+        let scope = match name.strip_prefix(fullname) {
+            Some("") => Scope::Watched,
+            Some("-nodes") => Scope::Cluster,
+            Some("-leader-election") => Scope::LeaderElection,
+            // Aggregated into the built-in roles for people, never bound to the operator.
+            Some("-imagebuilds-edit" | "-imagebuilds-view") => {
+                assert!(
+                    object["metadata"]["labels"]
+                        .as_object()
+                        .unwrap()
+                        .keys()
+                        .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-")),
+                    "{name}"
+                );
+                continue;
+            }
+            _ => panic!("unexpected {kind} {name}"),
+        };
+        let binding_kind = if kind == "Role" {
+            "RoleBinding"
+        } else {
+            "ClusterRoleBinding"
+        };
+        let binding = objects
+            .iter()
+            .find(|o| {
+                o["kind"] == binding_kind
+                    && o["roleRef"]["name"] == name
+                    && o["metadata"]["namespace"].as_str().unwrap_or("*") == namespace
+            })
+            .unwrap_or_else(|| panic!("{kind} {name} in {namespace} is bound to nobody"));
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": service_account, "namespace": NAMESPACE}])
+        );
+        for rule in object["rules"].as_array().unwrap() {
+            let strings = |field: &str| -> Vec<String> {
+                rule[field]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{name}: rule without {field}: {rule}"))
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_string())
+                    .collect()
+            };
+            for group in strings("apiGroups") {
+                for resource in strings("resources") {
+                    let verbs = grants
+                        .entry((scope, namespace.to_string(), group.clone(), resource))
+                        .or_default();
+                    verbs.extend(strings("verbs"));
+                }
+            }
+        }
+    }
+    grants
+}
+
+fn expected_grants(watched: &[&str], leader_election: bool) -> Grants {
+    let mut grants = Grants::new();
+    for p in PERMISSIONS {
+        let namespaces: Vec<String> = match p.scope {
+            Scope::Watched if watched.is_empty() => vec!["*".into()],
+            Scope::Watched => watched.iter().map(|n| n.to_string()).collect(),
+            Scope::Cluster => vec!["*".into()],
+            Scope::LeaderElection if leader_election => vec![NAMESPACE.into()],
+            Scope::LeaderElection => vec![],
+        };
+        for namespace in namespaces {
+            grants.insert(
+                (p.scope, namespace, p.group.into(), p.resource.into()),
+                p.verbs.iter().map(|v| v.to_string()).collect(),
+            );
+        }
+    }
+    grants
+}
+
+/// Each rule of the operator's roles is preceded by a comment that is its reason in
+/// `rbac::PERMISSIONS`.
+fn assert_rules_explained(rendered: &str) {
+    let reasons: BTreeSet<String> = PERMISSIONS.iter().map(|p| format!("# {}", p.why)).collect();
+    let lines: Vec<&str> = rendered.lines().collect();
+    let mut rules = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if line.starts_with("- apiGroups:") {
+            rules += 1;
+            let comment = lines[i - 1];
+            assert!(
+                comment.starts_with("# "),
+                "rule without a why-comment: {line}"
+            );
+            // The aggregated roles for people explain themselves in their own words.
+            if !lines[i + 1].contains("\"imagebuilds\"") || !lines[i + 2].contains("\"get\"") {
+                assert!(
+                    reasons.contains(comment),
+                    "{comment:?} is not a reason in rbac.rs"
+                );
+            }
+        }
+    }
+    assert!(rules > 0);
+}
+
+#[test]
+fn chart_rbac_is_exactly_what_the_controller_uses() {
+    let (text, objects) = render_chart(None);
+    pretty_assertions::assert_eq!(
+        operator_grants(&objects, "archforge", "archforge"),
+        expected_grants(&[], false)
+    );
+    assert_rules_explained(&text);
+
+    let (text, objects) = render_chart(Some(CUSTOM_VALUES));
+    pretty_assertions::assert_eq!(
+        operator_grants(&objects, "archforge", "builds-operator"),
+        expected_grants(&["team-a", "team-b"], true)
+    );
+    assert_rules_explained(&text);
+    assert!(!text.contains("\"*\""), "no wildcards");
+}
+
+/// Runs the operator binary with a rendered container's args and environment (the downward
+/// API filled in as the kubelet would) and returns its effective configuration.
+fn operator_config(deployment: &Value) -> Value {
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let mut command = Command::new(env!("CARGO_BIN_EXE_archforge"));
+    command.env_clear();
+    for var in container["env"].as_array().unwrap() {
+        let name = var["name"].as_str().unwrap();
+        let value = match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+            Some("metadata.name") => "archforge-7d9f-abcde",
+            Some("metadata.namespace") => NAMESPACE,
+            Some(other) => panic!("unexpected fieldRef {other}"),
+            None => var["value"].as_str().unwrap(),
+        };
+        command.env(name, value);
+    }
+    for arg in container["args"].as_array().unwrap() {
+        command.arg(arg.as_str().unwrap());
+    }
+    command.arg("--print-config");
+    serde_json::from_str(&run(&mut command, "archforge run --print-config")).unwrap()
+}
+
+#[test]
+fn chart_values_reach_the_operator() {
+    let (_, objects) = render_chart(None);
+    let config = operator_config(find(&objects, "Deployment", "archforge"));
+    // The chart's defaults are the binary's defaults, but for JSON logs in a cluster.
+    let defaults = BuilderSettings::default();
+    assert_eq!(config["builderImage"], defaults.builder_image);
+    assert_eq!(config["gitSyncImage"], defaults.git_sync_image);
+    assert_eq!(config["apparmorProfile"], defaults.apparmor_profile);
+    assert_eq!(config["fuseResource"], defaults.fuse_resource);
+    assert_eq!(
+        config["seccompProfile"],
+        defaults.seccomp_profile.to_string()
+    );
+    assert_eq!(config["builderUid"], defaults.builder_uid);
+    assert_eq!(config["logFormat"], "json");
+    assert_eq!(config["leaderElect"], false);
+    assert_eq!(config["watchNamespaces"], json!([]));
+
+    let (_, objects) = render_chart(Some(CUSTOM_VALUES));
+    let config = operator_config(find(&objects, "Deployment", "archforge"));
+    pretty_assertions::assert_eq!(
+        config,
+        json!({
+            "watchNamespaces": ["team-a", "team-b"],
+            "metricsAddress": "0.0.0.0:9090",
+            "logFormat": "text",
+            "historyLimit": 25,
+            "resync": "2m",
+            "leaderElect": true,
+            "leaderElectionNamespace": NAMESPACE,
+            "leaderElectionLease": "archforge-lease",
+            "builderImage": "registry.example.com/mirror/buildah:v1.38.0",
+            "gitSyncImage": "registry.example.com/mirror/git-sync:v4.4.0",
+            "apparmorProfile": "builders-strict",
+            "fuseResource": "squat.ai/fuse",
+            "fuseQuantity": "2",
+            "seccompProfile": "localhost/profiles/buildah.json",
+            "defaultTimeout": "45m",
+            "jobTTL": "2h",
+            "builderUid": 2000,
+            "dockerConfig": null,
+            "caFiles": ["/etc/archforge/ca/bundle.pem"],
+            "insecureRegistries": ["registry.internal:5000"],
+        })
+    );
+}
+
+#[test]
+fn kustomize_base_is_the_same_install_as_the_chart() {
+    let base = kustomize("config/default");
+    check_types(&base);
+    let (_, chart) = render_chart(None);
+
+    let keys = |objects: &[Value]| objects.iter().map(key).collect::<BTreeSet<_>>();
+    let mut expected = keys(&chart);
+    expected.insert(("Namespace".into(), String::new(), NAMESPACE.into()));
+    pretty_assertions::assert_eq!(keys(&base), expected);
+
+    for (kind, name) in [
+        ("CustomResourceDefinition", "imagebuilds.archforge.dev"),
+        ("ClusterRole", "archforge"),
+        ("ClusterRole", "archforge-nodes"),
+        ("ClusterRole", "archforge-imagebuilds-edit"),
+        ("ClusterRole", "archforge-imagebuilds-view"),
+        ("ClusterRoleBinding", "archforge"),
+        ("ClusterRoleBinding", "archforge-nodes"),
+    ] {
+        let (ours, theirs) = (find(&base, kind, name), find(&chart, kind, name));
+        for field in ["spec", "rules", "roleRef", "subjects"] {
+            assert_eq!(ours.get(field), theirs.get(field), "{kind} {name}: {field}");
+        }
+    }
+    assert_eq!(
+        find(&base, "Service", "archforge-metrics")["spec"],
+        find(&chart, "Service", "archforge-metrics")["spec"]
+    );
+    // All of the Deployment but the pod template's labels (managed-by, helm.sh/chart).
+    let deployment = |objects: &[Value]| {
+        let mut spec = find(objects, "Deployment", "archforge")["spec"].clone();
+        spec["template"]["metadata"]["labels"]
+            .as_object_mut()
+            .unwrap()
+            .retain(|k, _| k != "app.kubernetes.io/managed-by" && k != "helm.sh/chart");
+        spec
+    };
+    pretty_assertions::assert_eq!(deployment(&base), deployment(&chart));
+    pretty_assertions::assert_eq!(
+        operator_grants(&base, "archforge", "archforge"),
+        expected_grants(&[], false)
+    );
+}
+
+#[test]
+fn crd_copies_are_generated() {
+    let generated = archforge::manifest::crd_yaml();
+    for copy in [
+        "charts/archforge/crds/imagebuilds.archforge.dev.yaml",
+        "config/crd/imagebuilds.archforge.dev.yaml",
+    ] {
+        let committed = std::fs::read_to_string(common::repo_root().join(copy)).unwrap();
+        assert!(committed == generated, "{copy} is out of date: `make crds`");
+    }
+}
+
+#[test]
+fn samples_are_valid_imagebuilds() {
+    let dir = common::repo_root().join("config/samples");
+    let mut imagebuilds = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let objects = parse(&text);
+        check_types(&objects);
+        for object in objects.iter().filter(|o| o["kind"] == "ImageBuild") {
+            let build: ImageBuild = serde_json::from_value(object.clone()).unwrap();
+            build
+                .spec
+                .validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            imagebuilds += 1;
+        }
+        // What `archforge render` and `build --local` read: the file's one ImageBuild.
+        archforge::manifest::read_imagebuild(path.to_str().unwrap()).unwrap();
+    }
+    assert!(imagebuilds >= 3);
+    let private = parse(&std::fs::read_to_string(dir.join("private.yaml")).unwrap());
+    let build = find(&private, "ImageBuild", "billing-api");
+    for (field, kind) in [
+        (
+            &build["spec"]["source"]["git"]["credentialsSecret"],
+            "kubernetes.io/basic-auth",
+        ),
+        (
+            &build["spec"]["output"]["pushSecret"],
+            "kubernetes.io/dockerconfigjson",
+        ),
+    ] {
+        let secret = find(&private, "Secret", field.as_str().unwrap());
+        assert_eq!(secret["type"], kind);
+    }
+    let own = parse(&std::fs::read_to_string(dir.join("archforge-self.yaml")).unwrap());
+    let own = find(&own, "ImageBuild", "archforge");
+    assert_eq!(own["spec"]["dockerfile"], json!(null));
+    assert_eq!(own["spec"]["source"]["dockerfile"], "Containerfile");
+    assert!(common::repo_root().join("Containerfile").is_file());
+    assert_eq!(
+        own["spec"]["platforms"],
+        json!(["linux/amd64", "linux/arm64"])
+    );
+}
+
+#[test]
+fn apparmor_profile_compiles_and_keeps_the_default_denials() {
+    let profile = common::repo_root().join("config/apparmor/archforge-builder");
+    let parse = |path: &Path| {
+        Command::new("apparmor_parser")
+            // -Q: compile only, never load into this machine's kernel.
+            .args(["-Q", "-K", "-T"])
+            .arg(path)
+            .output()
+            .expect("apparmor_parser (Debian package apparmor; `make setup`)")
+    };
+    let output = parse(&profile);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let text = std::fs::read_to_string(&profile).unwrap();
+    let default_name = BuilderSettings::default().apparmor_profile;
+    assert!(text.contains(&format!("\nprofile {default_name} flags=")));
+    for denial in [
+        "deny @{PROC}/sysrq-trigger rwklx,",
+        "deny @{PROC}/kcore rwklx,",
+        "deny /sys/firmware/** rwklx,",
+        "deny /sys/kernel/security/** rwklx,",
+    ] {
+        assert!(text.contains(denial), "lost {denial}");
+    }
+    assert!(
+        text.lines().any(|l| l.trim() == "mount,")
+            && !text.lines().any(|l| l.trim().starts_with("deny mount")),
+        "rootless buildah must be able to mount"
+    );
+
+    // The parser really checks: a typo is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken");
+    std::fs::write(&broken, text.replace("umount,", "umount")).unwrap();
+    assert!(!parse(&broken).status.success());
+
+    let objects = kustomize("config/apparmor");
+    check_types(&objects);
+    let map = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
+    assert_eq!(map["data"]["archforge-builder"], text.as_str());
+}
+
+#[test]
+fn fuse_device_plugin_advertises_the_default_resource() {
+    let objects = kustomize("config/fuse-device-plugin");
+    check_types(&objects);
+    let plugin = find(&objects, "DaemonSet", "archforge-fuse-device-plugin");
+    let args: Vec<&str> = plugin["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let after = |flag: &str| args[args.iter().position(|a| *a == flag).unwrap() + 1];
+    let device: Value = serde_saphyr::from_str(after("--device")).unwrap();
+    assert_eq!(device["groups"][0]["paths"][0]["path"], "/dev/fuse");
+    assert_eq!(
+        format!("{}/{}", after("--domain"), device["name"].as_str().unwrap()),
+        BuilderSettings::default().fuse_resource
+    );
+}
