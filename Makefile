@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARCHFORGE = $(CARGO) run -q -p archforge --
 
-.PHONY: demo setup test fmt-check clippy unit crds chart golden render bench-index bench-local
+.PHONY: demo setup test fmt-check clippy unit crds chart golden render bench-index bench-local e2e e2e-scale
 
 ## A real two-platform build on this machine into a throwaway local registry (needs root
 ## for apt-get and binfmt_misc; see scripts/setup-host.sh).
@@ -54,3 +54,18 @@ bench-index:
 ## Benchmark a two-platform local build against buildah bud --platform ... --manifest.
 bench-local: setup
 	$(CARGO) bench -p archforge --bench local
+
+## The end-to-end suite against the cluster named by KUBECONFIG; needs ARCHFORGE_E2E_REGISTRY
+## and, for clusters whose nodes run no pods, ARCHFORGE_E2E_SIMULATE_NODES=1 (README:
+## "End-to-end tests"). E2E_ARGS takes libtest flags, e.g. E2E_ARGS="happy_path --test-threads 1".
+e2e:
+	@test -n "$$KUBECONFIG" || { echo "make e2e: no cluster was given: set KUBECONFIG to the cluster to test (see README, End-to-end tests)" >&2; exit 2; }
+	$(CARGO) build -q -p archforge --bin archforge
+	$(CARGO) run -q -p archforge-e2e -- $(E2E_ARGS)
+
+## The scale benchmark (simulated nodes): N ImageBuilds of two platforms, N = 100 and 1000
+## unless SCALE_ARGS="--builds 50,500".
+e2e-scale:
+	@test -n "$$KUBECONFIG" || { echo "make e2e-scale: no cluster was given: set KUBECONFIG to the cluster to test (see README, End-to-end tests)" >&2; exit 2; }
+	$(CARGO) build -q --release -p archforge --bin archforge
+	ARCHFORGE_E2E_OPERATOR=target/release/archforge $(CARGO) run -q --release -p archforge-e2e -- scale $(SCALE_ARGS)

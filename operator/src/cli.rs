@@ -130,13 +130,16 @@ async fn run_controller(args: &RunArgs) -> crate::Result<()> {
         return Ok(());
     }
     crate::telemetry::init_logging(args.log_format == "json");
-    let client = kube::Client::try_default()
-        .await
-        .map_err(|e| crate::Error::Kube(e.to_string()))?;
+    let kube_config = kube::Config::infer().await.map_err(|e| {
+        crate::Error::Kube(format!("no usable kubeconfig or in-cluster config: {e}"))
+    })?;
+    let server = kube_config.cluster_url.to_string();
+    let client =
+        kube::Client::try_from(kube_config).map_err(|e| crate::Error::Kube(e.to_string()))?;
     let info = client
         .apiserver_version()
         .await
-        .map_err(|e| crate::Error::Kube(e.to_string()))?;
+        .map_err(|e| crate::Error::Kube(format!("cannot reach the API server at {server}: {e}")))?;
     let version = KubeVersion::from_info(&info.major, &info.minor).unwrap_or(KubeVersion::OLDEST);
     tracing::info!(%version, "connected to the API server");
     let metrics = std::sync::Arc::new(crate::telemetry::Metrics::default());

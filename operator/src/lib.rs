@@ -18,3 +18,11 @@ pub mod telemetry;
 pub mod validation;
 
 pub use error::{Error, Result};
+
+/// Chooses rustls's crypto provider for the process. Several are compiled in (kube's ring,
+/// reqwest's aws-lc-rs), and rustls panics at the first TLS client rather than guess, so
+/// every binary calls this before making a client.
+pub fn install_crypto_provider() {
+    // An error means a provider is already installed, which is all we need.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
