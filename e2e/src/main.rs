@@ -952,33 +952,27 @@ async fn with_scale_case(
 
 type Scenario = fn(Arc<Suite>, &'static str) -> LocalBoxFuture<'static, anyhow::Result<()>>;
 
+/// (name, needs simulated nodes, body) of each scenario, named after its function.
+macro_rules! scenarios {
+    ($(($scenario:ident, $simulated_only:expr)),* $(,)?) => {
+        vec![$((
+            stringify!($scenario),
+            $simulated_only,
+            (|s, n| Box::pin($scenario(s, n))) as Scenario,
+        )),*]
+    };
+}
+
 fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
-    // (name, needs simulated nodes, body)
-    vec![
-        ("happy_path_two_platforms", false, |s, n| {
-            Box::pin(happy_path_two_platforms(s, n))
-        }),
-        ("invalid_imagebuilds_are_refused", false, |s, n| {
-            Box::pin(invalid_imagebuilds_are_refused(s, n))
-        }),
-        ("one_failed_platform_fails_the_run", true, |s, n| {
-            Box::pin(one_failed_platform_fails_the_run(s, n))
-        }),
-        ("operator_restart_mid_run_completes_once", false, |s, n| {
-            Box::pin(operator_restart_mid_run_completes_once(s, n))
-        }),
-        ("spec_change_mid_run_starts_a_new_run", false, |s, n| {
-            Box::pin(spec_change_mid_run_starts_a_new_run(s, n))
-        }),
-        ("deleting_an_imagebuild_collects_its_jobs", false, |s, n| {
-            Box::pin(deleting_an_imagebuild_collects_its_jobs(s, n))
-        }),
-        ("registry_outage_during_assembly", true, |s, n| {
-            Box::pin(registry_outage_during_assembly(s, n))
-        }),
-        ("no_node_for_a_platform_waits_for_one", false, |s, n| {
-            Box::pin(no_node_for_a_platform_waits_for_one(s, n))
-        }),
+    scenarios![
+        (happy_path_two_platforms, false),
+        (invalid_imagebuilds_are_refused, false),
+        (one_failed_platform_fails_the_run, true),
+        (operator_restart_mid_run_completes_once, false),
+        (spec_change_mid_run_starts_a_new_run, false),
+        (deleting_an_imagebuild_collects_its_jobs, false),
+        (registry_outage_during_assembly, true),
+        (no_node_for_a_platform_waits_for_one, false),
     ]
 }
 

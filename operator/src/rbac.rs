@@ -143,42 +143,48 @@ pub fn is_granted(group: &str, resource: &str, verb: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn need(method: &str, path: &str, query: &str) -> (String, String, String) {
-        required_permission(method, path, query).unwrap()
-    }
-
     #[test]
     fn maps_requests_to_permissions() {
-        let p = |g: &str, r: &str, v: &str| (g.to_string(), r.to_string(), v.to_string());
-        assert_eq!(need("GET", "/api/v1/nodes", ""), p("", "nodes", "list"));
-        assert_eq!(
-            need("GET", "/apis/batch/v1/jobs", "watch=true&labelSelector=x"),
-            p("batch", "jobs", "watch")
-        );
-        assert_eq!(
-            need(
+        for (method, path, query, expected) in [
+            ("GET", "/api/v1/nodes", "", ("", "nodes", "list")),
+            (
+                "GET",
+                "/apis/batch/v1/jobs",
+                "watch=true&labelSelector=x",
+                ("batch", "jobs", "watch"),
+            ),
+            (
                 "PATCH",
                 "/apis/archforge.dev/v1alpha1/namespaces/a/imagebuilds/b/status",
-                ""
+                "",
+                ("archforge.dev", "imagebuilds/status", "patch"),
             ),
-            p("archforge.dev", "imagebuilds/status", "patch")
-        );
-        assert_eq!(
-            need("GET", "/api/v1/namespaces/a/secrets/push", ""),
-            p("", "secrets", "get")
-        );
-        assert_eq!(
-            need("DELETE", "/apis/batch/v1/namespaces/a/jobs", ""),
-            p("batch", "jobs", "deletecollection")
-        );
-        assert_eq!(
-            need(
+            (
+                "GET",
+                "/api/v1/namespaces/a/secrets/push",
+                "",
+                ("", "secrets", "get"),
+            ),
+            (
+                "DELETE",
+                "/apis/batch/v1/namespaces/a/jobs",
+                "",
+                ("batch", "jobs", "deletecollection"),
+            ),
+            (
                 "PUT",
                 "/apis/coordination.k8s.io/v1/namespaces/a/leases/l",
-                ""
+                "",
+                ("coordination.k8s.io", "leases", "update"),
             ),
-            p("coordination.k8s.io", "leases", "update")
-        );
+        ] {
+            let (group, resource, verb) = expected;
+            assert_eq!(
+                required_permission(method, path, query),
+                Some((group.to_string(), resource.to_string(), verb.to_string())),
+                "{method} {path}"
+            );
+        }
         assert_eq!(required_permission("GET", "/version", ""), None);
     }
 
