@@ -333,7 +333,35 @@ impl Case {
         .await
     }
 
-    /// Job names of `name` that ever existed, per platform label.
+    /// Starts a two-platform run of `name` whose builders the simulated kubelet holds (with
+    /// real builders, they simply build), and waits for its two Jobs.
+    async fn start_held_run(&self, name: &str) -> anyhow::Result<()> {
+        self.policy(vec![(Selector::default(), Outcome::Hold)]);
+        self.apply(&self.manifest(name, &[AMD64, ARM64])).await?;
+        self.wait_jobs(name, "", 2, Duration::from_secs(60)).await?;
+        Ok(())
+    }
+
+    async fn wait_no_pods(&self, name: &str, extra: &str, timeout: Duration) -> anyhow::Result<()> {
+        wait_for(
+            &format!("the builder pods of {name}{extra} to be gone"),
+            timeout,
+            || async { Ok(self.pods_of(name, extra).await?.is_empty().then_some(())) },
+        )
+        .await
+    }
+
+    /// Fails unless exactly one Job per platform of `name` ever existed (nothing rebuilt).
+    fn ensure_one_job_per_platform(&self, name: &str, platforms: usize) -> anyhow::Result<()> {
+        let jobs = self.jobs_ever(name);
+        ensure!(
+            jobs.len() == platforms && jobs.values().all(|uids| uids.len() == 1),
+            "exactly one Job per platform should ever exist: {jobs:?}"
+        );
+        Ok(())
+    }
+
+    /// UIDs of the Jobs of `name` that ever existed, per platform label.
     fn jobs_ever(&self, name: &str) -> BTreeMap<String, BTreeSet<String>> {
         let mut by_platform: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (build, platform, uid) in self.seen_jobs.lock().unwrap().iter() {
@@ -581,16 +609,10 @@ async fn one_failed_platform_fails_the_run(
             Duration::from_secs(60),
         )
         .await?;
-        wait_for(
-            "the amd64 builder pod to be gone",
+        case.wait_no_pods(
+            "app",
+            &format!(",{LABEL_PLATFORM}=linux-amd64"),
             Duration::from_secs(60),
-            || async {
-                Ok(case
-                    .pods_of("app", &format!(",{LABEL_PLATFORM}=linux-amd64"))
-                    .await?
-                    .is_empty()
-                    .then_some(()))
-            },
         )
         .await?;
         case.expect_event("app", "PlatformFailed", "Warning").await
@@ -603,10 +625,7 @@ async fn operator_restart_mid_run_completes_once(
     test: &'static str,
 ) -> anyhow::Result<()> {
     with_case(&suite, test, None, async |case| {
-        case.policy(vec![(Selector::default(), Outcome::Hold)]);
-        case.apply(&case.manifest("app", &[AMD64, ARM64])).await?;
-        case.wait_jobs("app", "", 2, Duration::from_secs(60))
-            .await?;
+        case.start_held_run("app").await?;
         case.operator.lock().unwrap().kill();
         // The builds finish while no operator runs.
         case.policy(vec![]);
@@ -614,12 +633,7 @@ async fn operator_restart_mid_run_completes_once(
         case.operator.lock().unwrap().restart()?;
         case.wait_phase("app", Phase::Succeeded, suite.run_timeout())
             .await?;
-        let jobs = case.jobs_ever("app");
-        ensure!(
-            jobs.len() == 2 && jobs.values().all(|uids| uids.len() == 1),
-            "exactly one Job per platform should ever exist: {jobs:?}"
-        );
-        Ok(())
+        case.ensure_one_job_per_platform("app", 2)
     })
     .await
 }
@@ -680,10 +694,7 @@ async fn deleting_an_imagebuild_collects_its_jobs(
     test: &'static str,
 ) -> anyhow::Result<()> {
     with_case(&suite, test, None, async |case| {
-        case.policy(vec![(Selector::default(), Outcome::Hold)]);
-        case.apply(&case.manifest("app", &[AMD64, ARM64])).await?;
-        case.wait_jobs("app", "", 2, Duration::from_secs(60))
-            .await?;
+        case.start_held_run("app").await?;
         wait_for("builder pods", Duration::from_secs(60), || async {
             Ok((case.pods_of("app", "").await?.len() >= 2).then_some(()))
         })
@@ -691,12 +702,7 @@ async fn deleting_an_imagebuild_collects_its_jobs(
         case.builds.delete("app", &DeleteParams::default()).await?;
         case.wait_jobs("app", "", 0, Duration::from_secs(120))
             .await?;
-        wait_for(
-            "the builder pods to be collected",
-            Duration::from_secs(120),
-            || async { Ok(case.pods_of("app", "").await?.is_empty().then_some(())) },
-        )
-        .await
+        case.wait_no_pods("app", "", Duration::from_secs(120)).await
     })
     .await
 }
@@ -755,11 +761,7 @@ async fn registry_outage_during_assembly(
             digests(&during),
             digests(&status)
         );
-        let jobs = case.jobs_ever("app");
-        ensure!(
-            jobs.len() == 2 && jobs.values().all(|u| u.len() == 1),
-            "rebuilt: {jobs:?}"
-        );
+        case.ensure_one_job_per_platform("app", 2)?;
         let (_, entries) = read_index(
             &suite.registry,
             &format!("{}/e2e/{}/app:v1", suite.settings.registry, case.namespace),

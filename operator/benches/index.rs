@@ -3,8 +3,8 @@
 //! the same two images. Prints wall time and the HTTP requests the registry served (from its access log)
 //! for each, and the ratios. Run with `make bench-index`.
 
-#[path = "../tests/common/registry.rs"]
-mod registry;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -12,23 +12,10 @@ use std::time::{Duration, Instant};
 use archforge::api::MediaType;
 use archforge::plan::Platform;
 use archforge::registry::Registry;
-use registry::{Mode, TestRegistry};
+use common::registry::{self, Mode, TestRegistry};
+use common::{median, run};
 
 const RUNS: usize = 7;
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    values[values.len() / 2]
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Runs `f` and returns (wall time, requests the registry served meanwhile).
 fn measure(reg: &TestRegistry, f: impl FnOnce()) -> (Duration, usize) {

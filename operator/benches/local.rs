@@ -13,22 +13,9 @@ use std::time::Instant;
 use common::fixtures::publish_busybox_base;
 use common::git::GitServer;
 use common::registry::{Mode, TestRegistry};
+use common::{median, run};
 
 const RUNS: usize = 3;
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    values[values.len() / 2]
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();

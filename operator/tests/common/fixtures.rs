@@ -9,6 +9,8 @@ use archforge::api::MediaType;
 use archforge::plan::Platform;
 use archforge::registry::{PlatformImage, Registry, RegistryOptions};
 
+use super::run;
+
 /// Where `scripts/setup-host.sh` puts the foreign busybox binaries:
 /// `<dir>/<arch>/busybox`. Overridable with ARCHFORGE_FIXTURES.
 pub fn fixtures_dir() -> PathBuf {
@@ -28,16 +30,6 @@ fn busybox_for(arch: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// Builds a busybox image per platform with buildah, pushes each to `<reference>-<slug>`

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use archforge::registry::{DockerConfig, RegistryOptions, RetryPolicy};
 
+use super::run;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// Plain HTTP, anonymous.
@@ -40,17 +42,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn make_ca_and_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
