@@ -22,6 +22,7 @@ packages=(
   apache2-utils     # htpasswd, for the registry's basic-auth mode
   openssl           # certificates for the registry's TLS mode
   apparmor          # apparmor_parser compiles the builder's profile in the tests
+  python3-seccomp   # libseccomp for scripts/seccomp-exec.py: the seccomp profile test
 )
 # kubectl renders the kustomize bases; Debian's own kubernetes-client only if none is here.
 command -v kubectl >/dev/null || packages+=(kubernetes-client)

@@ -114,6 +114,7 @@ impl RunArgs {
             "fuseResource": s.fuse_resource,
             "fuseQuantity": s.fuse_quantity,
             "seccompProfile": s.seccomp_profile.to_string(),
+            "podSecurityLevel": s.pod_security_level.to_string(),
             "defaultTimeout": duration(s.default_timeout),
             "jobTTL": duration(s.job_ttl),
             "builderUid": s.builder_uid,
@@ -382,6 +383,7 @@ fn render(args: &RenderArgs) -> crate::Result<String> {
     let plan = plan(&build, &args.settings, &revision, auth)?;
     let mut out = String::new();
     for job in render_jobs(&build, &plan, &args.settings, args.kube_version) {
+        crate::podsecurity::check_job(&job, args.settings.pod_security_level)?;
         out.push_str("---\n");
         out.push_str(&manifest::to_yaml("Job", &job)?);
     }

@@ -27,6 +27,9 @@ pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(String),
 
+    #[error(transparent)]
+    PodSecurity(#[from] crate::podsecurity::Violations),
+
     #[error("cannot serialize {what}: {message}")]
     Serialize { what: &'static str, message: String },
 }
@@ -42,6 +45,7 @@ impl Error {
             Error::Registry(_) => "registry",
             Error::Local(_) => "local_build",
             Error::Kube(_) => "kubernetes",
+            Error::PodSecurity(_) => "pod_security",
         }
     }
 }

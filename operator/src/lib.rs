@@ -9,6 +9,7 @@ pub mod leader;
 pub mod local;
 pub mod manifest;
 pub mod plan;
+pub mod podsecurity;
 pub mod rbac;
 pub mod registry;
 pub mod render;

@@ -123,16 +123,19 @@ impl fmt::Display for KubeVersion {
     }
 }
 
-/// The seccomp profile of builder pods.
+/// The seccomp profile of builder containers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SeccompProfile {
-    /// No syscall filter. The default: rootless buildah calls `unshare(CLONE_NEWUSER)` and
-    /// `mount` inside its user namespace, which the container runtimes' default profiles
-    /// refuse to a container without CAP_SYS_ADMIN.
+    /// No syscall filter: an explicit opt-in for nodes where neither the runtime's default
+    /// nor the shipped localhost profile lets rootless buildah run. Pod Security `baseline`
+    /// refuses it, so build namespaces would have to be `privileged`.
     Unconfined,
-    /// The container runtime's default profile; works where the runtime allows user namespaces.
+    /// The container runtime's default profile, the default: current containerd and CRI-O
+    /// profiles let an unprivileged process create a user namespace and mount inside it,
+    /// which is all rootless buildah asks of seccomp.
     RuntimeDefault,
-    /// A profile file under the kubelet's seccomp directory.
+    /// A profile file under the kubelet's seccomp directory, such as the shipped
+    /// `archforge/builder.json` for runtimes whose default blocks user namespaces.
     Localhost(String),
 }
 
@@ -203,9 +206,21 @@ pub struct BuilderSettings {
     #[arg(long, env = "ARCHFORGE_FUSE_QUANTITY", default_value = "1")]
     pub fuse_quantity: String,
 
-    /// Seccomp profile of builder pods: Unconfined, RuntimeDefault or localhost/<path>.
-    #[arg(long, env = "ARCHFORGE_SECCOMP_PROFILE", default_value = "Unconfined")]
+    /// Seccomp profile of the builder container: RuntimeDefault, localhost/<path> (for
+    /// example localhost/archforge/builder.json, shipped in config/seccomp) or, as an
+    /// explicit opt-in that Pod Security baseline refuses, Unconfined.
+    #[arg(
+        long,
+        env = "ARCHFORGE_SECCOMP_PROFILE",
+        default_value = "RuntimeDefault"
+    )]
     pub seccomp_profile: SeccompProfile,
+
+    /// Pod Security level builder pods must meet (privileged, baseline or restricted): the
+    /// level of the namespaces ImageBuilds run in. A Job whose pod would break it is not
+    /// created; the ImageBuild is Stalled with the rule named.
+    #[arg(long, env = "ARCHFORGE_POD_SECURITY_LEVEL", default_value = "baseline")]
+    pub pod_security_level: crate::podsecurity::Level,
 
     /// Timeout of one platform's build when spec.timeout is not set.
     #[arg(long, env = "ARCHFORGE_DEFAULT_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
@@ -327,6 +342,21 @@ fn join_path(dir: &str, file: &str) -> String {
     }
 }
 
+/// The build context, relative to the repository root (`.` for the root itself).
+pub fn context_dir(spec: &ImageBuildSpec) -> String {
+    let context = spec.source.context_dir.trim_end_matches('/');
+    if context.is_empty() {
+        ".".to_string()
+    } else {
+        context.to_string()
+    }
+}
+
+/// The Dockerfile, relative to the repository root.
+pub fn dockerfile_path(spec: &ImageBuildSpec) -> String {
+    join_path(&context_dir(spec), &spec.source.dockerfile)
+}
+
 /// The `buildah` arguments that build one platform. The same vector is the Job's builder
 /// argv and the local executor's; only the working directory (the checkout) differs.
 /// User values are separate elements: nothing here is ever joined into a shell string.
@@ -335,8 +365,7 @@ pub fn build_argv(spec: &ImageBuildSpec, platform: &Platform, auth: AuthFile<'_>
         MediaType::Oci => "oci",
         MediaType::Docker => "docker",
     };
-    let context = spec.source.context_dir.trim_end_matches('/');
-    let context = if context.is_empty() { "." } else { context };
+    let context = context_dir(spec);
     let mut argv: Vec<String> = [
         "build",
         "--platform",
@@ -347,7 +376,7 @@ pub fn build_argv(spec: &ImageBuildSpec, platform: &Platform, auth: AuthFile<'_>
         format,
         "--layers",
         "--file",
-        &join_path(context, &spec.source.dockerfile),
+        &dockerfile_path(spec),
         "--tag",
         LOCAL_IMAGE,
     ]
@@ -375,7 +404,7 @@ pub fn build_argv(spec: &ImageBuildSpec, platform: &Platform, auth: AuthFile<'_>
         ]);
     }
     // "--" ends the options, so a context path can never be read as one.
-    argv.extend(["--".to_string(), context.to_string()]);
+    argv.extend(["--".to_string(), context]);
     argv
 }
 

@@ -44,9 +44,27 @@ const GIT_SYNC_UID: i64 = 65533;
 ///
 /// The link git-sync made is read rather than followed because `fs.protected_symlinks`
 /// can refuse to follow a link owned by another user (git-sync runs as its own UID).
+///
+/// The context directory and the Dockerfile are resolved before anything is built: a
+/// symlink committed in the repository (`rootlink -> /`) must not turn the builder's own
+/// filesystem, with the push credentials in it, into the build context. The checkout is
+/// mounted read-only, so what is checked is what buildah reads.
 pub const BUILDER_SCRIPT: &str = r#"set -eu
 cd "$ARCHFORGE_WORKSPACE"
 cd "$(readlink source)"
+checkout=$(pwd -P)
+for field in contextDir dockerfile; do
+  if [ "$field" = contextDir ]; then path=$ARCHFORGE_CONTEXT_DIR; else path=$ARCHFORGE_DOCKERFILE; fi
+  if [ ! -e "$path" ]; then
+    printf 'archforge: spec.source.%s: %s does not exist in the repository\n' "$field" "$path" >&2
+    exit 1
+  fi
+  case "$(realpath "$path")/" in
+    "$checkout"/*) ;;
+    *) printf 'archforge: spec.source.%s: %s resolves outside the repository (through a symlink); refusing to build\n' "$field" "$path" >&2
+       exit 1 ;;
+  esac
+done
 buildah "$@"
 set -- push --format "$ARCHFORGE_PUSH_FORMAT" --digestfile /dev/termination-log
 if [ -n "${ARCHFORGE_AUTHFILE:-}" ]; then set -- "$@" --authfile "$ARCHFORGE_AUTHFILE"; fi
@@ -123,6 +141,8 @@ fn git_sync_container(build: &ImageBuild, plan: &BuildPlan, settings: &BuilderSe
             "allowPrivilegeEscalation": false,
             "readOnlyRootFilesystem": true,
             "capabilities": {"drop": ["ALL"]},
+            // Its own profile, whatever the builder's: git-sync needs no unusual syscalls.
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
         "resources": {
             "requests": {"cpu": "50m", "memory": "64Mi"},
@@ -168,6 +188,8 @@ fn builder_container(
         json!({"name": "ARCHFORGE_LOCAL_IMAGE", "value": LOCAL_IMAGE}),
         json!({"name": "ARCHFORGE_PUSH_TARGET", "value": platform.push_target}),
         json!({"name": "ARCHFORGE_PUSH_FORMAT", "value": format}),
+        json!({"name": "ARCHFORGE_CONTEXT_DIR", "value": crate::plan::context_dir(spec)}),
+        json!({"name": "ARCHFORGE_DOCKERFILE", "value": crate::plan::dockerfile_path(spec)}),
     ];
     let mut mounts = vec![
         json!({"name": "workspace", "mountPath": WORKSPACE, "readOnly": true}),
@@ -262,8 +284,17 @@ pub fn render_job(
     {
         volumes.push(json!({
             "name": "git-credentials",
+            // git-sync's documented setting: with the pod's fsGroup the kubelet makes it 0440.
             "secret": {"secretName": secret, "defaultMode": 0o400}
         }));
+    }
+
+    // The runtime's default for the pod; the builder container states its own profile.
+    let mut pod_security = json!({"seccompProfile": {"type": "RuntimeDefault"}});
+    if spec.source.git.credentials_secret.is_some() && is_ssh_url(&spec.source.git.url) {
+        // The kubelet makes the key readable by this group (mode 0440, owner root), which
+        // git-sync's user is in; ssh accepts the key because git-sync does not own it.
+        pod_security["fsGroup"] = json!(GIT_SYNC_UID);
     }
 
     let pod_annotations = BTreeMap::from([
@@ -301,7 +332,7 @@ pub fn render_job(
                     "enableServiceLinks": false,
                     "nodeSelector": node_selector,
                     "tolerations": spec.tolerations,
-                    "securityContext": {"seccompProfile": seccomp(&settings.seccomp_profile)},
+                    "securityContext": pod_security,
                     "initContainers": [git_sync_container(build, plan, settings)],
                     "containers": [builder_container(build, plan, platform, settings, version)],
                     "volumes": volumes,

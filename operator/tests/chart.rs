@@ -222,6 +222,14 @@ fn values_schema_refuses_bad_values() {
         ("builder:\n  defaultTimeout: soon\n", "defaultTimeout"),
         ("watchNamespace: [a]\n", "watchNamespace"),
         ("builder:\n  seccompProfile: unconfined\n", "seccompProfile"),
+        (
+            "builder:\n  podSecurityLevel: Baseline\n",
+            "podSecurityLevel",
+        ),
+        (
+            "seccompLoader:\n  kubeletSeccompDir: relative\n",
+            "kubeletSeccompDir",
+        ),
     ] {
         let file = dir.path().join("values.yaml");
         std::fs::write(&file, values).unwrap();
@@ -537,6 +545,7 @@ fn chart_values_reach_the_operator() {
         config["seccompProfile"],
         defaults.seccomp_profile.to_string()
     );
+    assert_eq!(config["podSecurityLevel"], "baseline");
     assert_eq!(config["builderUid"], defaults.builder_uid);
     assert_eq!(config["logFormat"], "json");
     assert_eq!(config["leaderElect"], false);
@@ -561,6 +570,7 @@ fn chart_values_reach_the_operator() {
             "fuseResource": "squat.ai/fuse",
             "fuseQuantity": "2",
             "seccompProfile": "localhost/profiles/buildah.json",
+            "podSecurityLevel": "privileged",
             "defaultTimeout": "45m",
             "jobTTL": "2h",
             "builderUid": 2000,
@@ -740,4 +750,133 @@ fn fuse_device_plugin_advertises_the_default_resource() {
         format!("{}/{}", after("--domain"), device["name"].as_str().unwrap()),
         BuilderSettings::default().fuse_resource
     );
+}
+
+/// Runs `command` under `profile` with the real libseccomp (scripts/seccomp-exec.py).
+fn under_seccomp(profile: &Path, command: &[&str]) -> std::process::Output {
+    Command::new("/usr/bin/python3")
+        .arg(common::repo_root().join("scripts/seccomp-exec.py"))
+        .arg(profile)
+        .args(command)
+        .output()
+        .expect("/usr/bin/python3 with python3-seccomp (`make setup`)")
+}
+
+#[test]
+fn seccomp_profile_allows_user_namespaces_and_refuses_the_dangerous_calls() {
+    let profile = common::repo_root().join("config/seccomp/archforge-builder.json");
+    let text = std::fs::read_to_string(&profile).unwrap();
+
+    // What rootless buildah needs from seccomp: a user namespace and mounts inside it.
+    let mount = under_seccomp(
+        &profile,
+        &[
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "sh",
+            "-c",
+            "mount -t tmpfs tmpfs /mnt && echo mounted",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&mount.stdout).trim(),
+        "mounted",
+        "{}",
+        String::from_utf8_lossy(&mount.stderr)
+    );
+    // What it refuses: acct(NULL), harmless when allowed (it only switches accounting off),
+    // gets EPERM under the profile.
+    let acct = [
+        "/usr/bin/python3",
+        "-c",
+        "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); r = libc.syscall(163, None); \
+         print('ok' if r == 0 else os.strerror(ctypes.get_errno()))",
+    ];
+    let denied = under_seccomp(&profile, &acct);
+    assert!(
+        String::from_utf8_lossy(&denied.stdout).contains("Operation not permitted"),
+        "{denied:?}"
+    );
+    let allow_all = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(allow_all.path(), r#"{"defaultAction": "SCMP_ACT_ALLOW"}"#).unwrap();
+    let allowed = under_seccomp(allow_all.path(), &acct);
+    assert!(
+        String::from_utf8_lossy(&allowed.stdout).contains("ok"),
+        "the probe itself must work without the profile: {allowed:?}"
+    );
+    for call in [
+        "kexec_load",
+        "init_module",
+        "bpf",
+        "ptrace",
+        "keyctl",
+        "reboot",
+    ] {
+        assert!(
+            text.contains(&format!("\"{call}\"")),
+            "{call} is not denied"
+        );
+    }
+    for call in [
+        "unshare",
+        "mount",
+        "umount2",
+        "pivot_root",
+        "setns",
+        "clone",
+    ] {
+        assert!(
+            !text.contains(&format!("\"{call}\"")),
+            "{call} must stay allowed"
+        );
+    }
+    // libseccomp really checks: a syscall name it does not know is refused.
+    let broken = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(broken.path(), text.replace("\"bpf\"", "\"bpff\"")).unwrap();
+    assert!(!under_seccomp(broken.path(), &["true"]).status.success());
+
+    // One profile: the kustomize loader and the chart ship the same bytes.
+    let objects = kustomize("config/seccomp");
+    check_types(&objects);
+    let map = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
+    assert_eq!(map["data"]["archforge-builder.json"], text.as_str());
+    let loader = find(&objects, "DaemonSet", "archforge-seccomp-loader");
+    let script = loader["spec"]["template"]["spec"]["initContainers"][0]["command"][2]
+        .as_str()
+        .unwrap();
+    // The file lands where the documented --seccomp-profile value points.
+    assert!(script.contains("/seccomp/archforge/archforge-builder.json"));
+    let chart_copy = std::fs::read_to_string(
+        common::repo_root().join("charts/archforge/files/archforge-builder.json"),
+    )
+    .unwrap();
+    assert_eq!(
+        chart_copy, text,
+        "charts/archforge/files/ must be a copy of config/seccomp/"
+    );
+
+    let (_, defaults) = render_chart(None);
+    assert!(
+        !defaults.iter().any(|o| o["kind"] == "DaemonSet"),
+        "the loader is opt-in"
+    );
+    let (_, custom) = render_chart(Some(CUSTOM_VALUES));
+    check_types(&custom);
+    let map = find(&custom, "ConfigMap", "archforge-seccomp-profile");
+    assert_eq!(map["metadata"]["namespace"], "node-setup");
+    let data: Value =
+        serde_json::from_str(map["data"]["archforge-builder.json"].as_str().unwrap()).unwrap();
+    assert_eq!(data, serde_json::from_str::<Value>(&text).unwrap());
+    let loader = find(&custom, "DaemonSet", "archforge-seccomp-loader");
+    let pod = &loader["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"][0]["hostPath"]["path"],
+        "/var/lib/k0s/kubelet/seccomp"
+    );
+    let install = &pod["initContainers"][0]["securityContext"];
+    assert_eq!(install["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(install["allowPrivilegeEscalation"], false);
+    assert!(install.get("privileged").is_none());
 }

@@ -10,6 +10,7 @@ use std::process::Command;
 
 use archforge::api::ImageBuild;
 use archforge::plan::{AuthFile, BuilderSettings, KubeVersion, plan};
+use archforge::podsecurity::{self, Level};
 use archforge::render::{BUILDER_CONTAINER, GIT_SYNC_CONTAINER, PUSH_AUTH_FILE, render_jobs};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Container;
@@ -323,32 +324,30 @@ fn fuse_resource_and_seccomp_are_configurable() {
     );
 }
 
+/// What the builder container did when run for real under `/bin/sh`.
+struct BuilderRun {
+    output: std::process::Output,
+    /// Each `buildah` invocation's arguments.
+    calls: Vec<Vec<String>>,
+}
+
 /// Runs the builder container's real command and environment under `/bin/sh`, with a
 /// `buildah` on PATH that records its arguments, so what a real builder would receive is
-/// observed rather than inferred.
-#[test]
-fn build_args_reach_buildah_verbatim_and_never_a_shell() {
-    let hostile = r#"$(touch /tmp/pwned-by-archforge-test); echo "x"#;
-    let dir = tempfile::tempdir().unwrap();
-    let marker = dir.path().join("pwned");
-    let hostile = hostile.replace(
-        "/tmp/pwned-by-archforge-test",
-        &marker.display().to_string(),
-    );
-    let mut object = serde_json::to_value(common::sample()).unwrap();
-    object["spec"]["buildArgs"] = json!([{"name": "EVIL", "value": hostile}, {"name": "SPACES", "value": "a  b\n$HOME `id`"}]);
-    object["spec"]["target"] = json!("runtime");
-    let build: ImageBuild = serde_json::from_value(object).unwrap();
-    let job = &render(&build, "1.24")[1];
+/// observed rather than inferred. `fill` writes the checkout git-sync would leave.
+fn run_builder(
+    job: &Job,
+    dir: &std::path::Path,
+    fill: impl FnOnce(&std::path::Path),
+) -> BuilderRun {
     let builder = pod_container(job, BUILDER_CONTAINER);
-
     // The workspace git-sync would leave: a link to the checked-out worktree.
-    let workspace = dir.path().join("workspace");
+    let workspace = dir.join("workspace");
     std::fs::create_dir_all(workspace.join(".worktrees/abc")).unwrap();
     std::os::unix::fs::symlink(".worktrees/abc", workspace.join("source")).unwrap();
-    let bin = dir.path().join("bin");
+    fill(&workspace.join(".worktrees/abc"));
+    let bin = dir.join("bin");
     std::fs::create_dir(&bin).unwrap();
-    let log = dir.path().join("argv.log");
+    let log = dir.join("argv.log");
     let fake = bin.join("buildah");
     std::fs::write(
         &fake,
@@ -370,20 +369,47 @@ fn build_args_reach_buildah_verbatim_and_never_a_shell() {
         };
         cmd.env(&var.name, value);
     }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!marker.exists(), "a build arg was executed by a shell");
-
-    let recorded = std::fs::read_to_string(&log).unwrap();
-    let calls: Vec<Vec<&str>> = recorded
+    let output = cmd.output().unwrap();
+    let recorded = std::fs::read_to_string(&log).unwrap_or_default();
+    let calls = recorded
         .split("\n\0")
         .filter(|c| !c.is_empty())
-        .map(|c| c.split('\0').filter(|a| !a.is_empty()).collect())
+        .map(|c| {
+            c.split('\0')
+                .filter(|a| !a.is_empty())
+                .map(String::from)
+                .collect()
+        })
         .collect();
+    BuilderRun { output, calls }
+}
+
+#[test]
+fn build_args_reach_buildah_verbatim_and_never_a_shell() {
+    let hostile = r#"$(touch /tmp/pwned-by-archforge-test); echo "x"#;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("pwned");
+    let hostile = hostile.replace(
+        "/tmp/pwned-by-archforge-test",
+        &marker.display().to_string(),
+    );
+    let mut object = serde_json::to_value(common::sample()).unwrap();
+    object["spec"]["buildArgs"] = json!([{"name": "EVIL", "value": hostile}, {"name": "SPACES", "value": "a  b\n$HOME `id`"}]);
+    object["spec"]["target"] = json!("runtime");
+    let build: ImageBuild = serde_json::from_value(object).unwrap();
+    let job = &render(&build, "1.24")[1];
+    let run = run_builder(job, dir.path(), |checkout| {
+        std::fs::create_dir_all(checkout.join("guestbook-go")).unwrap();
+        std::fs::write(checkout.join("guestbook-go/Dockerfile"), "FROM scratch\n").unwrap();
+    });
+    assert!(
+        run.output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.output.stderr)
+    );
+    let calls = run.calls;
+    assert!(!marker.exists(), "a build arg was executed by a shell");
+
     assert_eq!(calls.len(), 2, "one build, one push: {calls:?}");
     let build_call = &calls[0];
     let expected_evil = format!("EVIL={hostile}");
@@ -404,7 +430,7 @@ fn build_args_reach_buildah_verbatim_and_never_a_shell() {
             .windows(2)
             .any(|w| w == ["--platform", "linux/arm64"])
     );
-    assert_eq!(build_call.last(), Some(&"guestbook-go"));
+    assert_eq!(build_call.last().map(String::as_str), Some("guestbook-go"));
     assert_eq!(
         calls[1],
         [
@@ -418,4 +444,251 @@ fn build_args_reach_buildah_verbatim_and_never_a_shell() {
             "docker://registry.example.com/team/guestbook:v1-linux-arm64"
         ]
     );
+}
+
+/// A symlink committed in the repository must not make the builder's own filesystem (with
+/// the push credentials in it) the build context: the script refuses before buildah runs.
+#[test]
+fn a_context_or_dockerfile_outside_the_checkout_is_refused_before_building() {
+    let with_source = |context: &str, dockerfile: &str| {
+        let mut object = serde_json::to_value(common::sample()).unwrap();
+        object["spec"]["source"]["contextDir"] = json!(context);
+        object["spec"]["source"]["dockerfile"] = json!(dockerfile);
+        object["spec"]["output"]["pushSecret"] = json!("regcred");
+        let build: ImageBuild = serde_json::from_value(object).unwrap();
+        render(&build, "1.24").remove(0)
+    };
+    let links = |checkout: &std::path::Path| {
+        std::os::unix::fs::symlink("/", checkout.join("rootlink")).unwrap();
+        std::fs::create_dir_all(checkout.join("app")).unwrap();
+        std::fs::write(checkout.join("app/Dockerfile"), "FROM scratch\n").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", checkout.join("app/Leaky")).unwrap();
+        std::os::unix::fs::symlink("app", checkout.join("inside")).unwrap();
+    };
+    for (context, dockerfile, field, words) in [
+        (
+            "rootlink",
+            "etc/hostname",
+            "contextDir",
+            "resolves outside the repository",
+        ),
+        (
+            "rootlink/etc",
+            "hostname",
+            "contextDir",
+            "resolves outside the repository",
+        ),
+        (
+            "app",
+            "Leaky",
+            "dockerfile",
+            "resolves outside the repository",
+        ),
+        (
+            "missing",
+            "Dockerfile",
+            "contextDir",
+            "does not exist in the repository",
+        ),
+        (
+            "app",
+            "Nope",
+            "dockerfile",
+            "does not exist in the repository",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let run = run_builder(&with_source(context, dockerfile), dir.path(), links);
+        let stderr = String::from_utf8_lossy(&run.output.stderr);
+        assert!(
+            !run.output.status.success(),
+            "{context} {dockerfile} was built"
+        );
+        assert!(
+            run.calls.is_empty(),
+            "buildah ran for {context}: {:?}",
+            run.calls
+        );
+        assert!(
+            stderr.contains(&format!("spec.source.{field}")) && stderr.contains(words),
+            "{context} {dockerfile}: {stderr}"
+        );
+    }
+    // A link that stays inside the repository is fine.
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_builder(&with_source("inside", "Dockerfile"), dir.path(), links);
+    assert!(
+        run.output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.output.stderr)
+    );
+    assert_eq!(run.calls.len(), 2);
+}
+
+fn golden_jobs() -> Vec<(String, Job)> {
+    let dir = common::repo_root().join("operator/tests/golden");
+    let mut jobs = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for job in serde_saphyr::from_multiple::<Job>(&text).unwrap() {
+            jobs.push((
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                job,
+            ));
+        }
+    }
+    assert!(
+        jobs.len() >= 4,
+        "golden files hold the Jobs: {}",
+        jobs.len()
+    );
+    jobs
+}
+
+#[test]
+fn every_golden_job_is_admissible_under_pod_security_baseline() {
+    for (file, job) in golden_jobs() {
+        assert_eq!(
+            podsecurity::check_job(&job, Level::Baseline),
+            Ok(()),
+            "{file}"
+        );
+        // Rootless buildah cannot meet restricted, and the check says exactly why.
+        let refused = podsecurity::check_job(&job, Level::Restricted).unwrap_err();
+        let rules: Vec<&str> = refused.violations.iter().map(|v| v.rule).collect();
+        assert_eq!(
+            rules,
+            ["allowPrivilegeEscalation", "capabilities_restricted"],
+            "{file}: {refused}"
+        );
+        assert!(
+            refused
+                .violations
+                .iter()
+                .all(|v| v.detail.contains("builder"))
+        );
+    }
+}
+
+#[test]
+fn builder_pods_default_to_runtime_default_seccomp_and_git_sync_is_confined() {
+    for job in render(&common::sample(), "1.30") {
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let pod_profile = pod
+            .security_context
+            .as_ref()
+            .unwrap()
+            .seccomp_profile
+            .as_ref();
+        assert_eq!(pod_profile.unwrap().type_, "RuntimeDefault");
+        let builder = pod_container(&job, BUILDER_CONTAINER)
+            .security_context
+            .clone()
+            .unwrap();
+        assert_eq!(builder.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        let git_sync = pod_container(&job, GIT_SYNC_CONTAINER)
+            .security_context
+            .clone()
+            .unwrap();
+        assert_eq!(git_sync.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        assert_eq!(git_sync.allow_privilege_escalation, Some(false));
+        assert_eq!(git_sync.run_as_non_root, Some(true));
+        let caps = git_sync.capabilities.unwrap();
+        assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+        assert!(caps.add.is_none());
+    }
+}
+
+#[test]
+fn unconfined_seccomp_is_an_opt_in_that_baseline_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let render_with = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_archforge"))
+            .args(["render", &common::sample_path()])
+            .args(extra)
+            .env_remove("ARCHFORGE_SECCOMP_PROFILE")
+            .env_remove("ARCHFORGE_POD_SECURITY_LEVEL")
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let refused = render_with(&["--seccomp-profile", "Unconfined"]);
+    assert!(!refused.status.success());
+    assert!(refused.stdout.is_empty(), "nothing rendered");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("Pod Security \"baseline\"")
+            && err.contains("seccompProfile_baseline")
+            && err.contains("container builder"),
+        "{err}"
+    );
+    // The explicit opt-in: a namespace labelled privileged, and the operator told so.
+    let allowed = render_with(&[
+        "--seccomp-profile",
+        "Unconfined",
+        "--pod-security-level",
+        "privileged",
+    ]);
+    assert!(
+        allowed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&allowed.stdout).contains("type: Unconfined"));
+    // restricted cannot be met by rootless buildah: the rule is named.
+    let restricted = render_with(&["--pod-security-level", "restricted"]);
+    assert!(!restricted.status.success());
+    assert!(
+        String::from_utf8_lossy(&restricted.stderr).contains("allowPrivilegeEscalation"),
+        "{}",
+        String::from_utf8_lossy(&restricted.stderr)
+    );
+}
+
+#[test]
+fn ssh_credentials_are_readable_by_git_sync_only() {
+    let mut object = serde_json::to_value(common::sample()).unwrap();
+    object["spec"]["source"]["git"]["url"] = json!("git@github.com:kubernetes/examples.git");
+    object["spec"]["source"]["git"]["credentialsSecret"] = json!("git-ssh");
+    let build: ImageBuild = serde_json::from_value(object).unwrap();
+    let job = &render(&build, "1.24")[0];
+    let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    // git-sync runs as 65533 and the kubelet makes a secret volume's files 0440 for the
+    // pod's fsGroup; without it the key is root's alone (0400) and ssh cannot read it.
+    assert_eq!(pod.security_context.as_ref().unwrap().fs_group, Some(65533));
+    let git_sync = pod_container(job, GIT_SYNC_CONTAINER);
+    assert_eq!(
+        git_sync.security_context.as_ref().unwrap().run_as_user,
+        Some(65533)
+    );
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "git-credentials")
+        .unwrap();
+    let secret = volume.secret.as_ref().unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("git-ssh"));
+    assert_eq!(secret.default_mode, Some(0o400));
+    let args = git_sync.args.as_ref().unwrap();
+    assert!(args.contains(&"--ssh-key-file=/etc/git-secret/ssh-privatekey".to_string()));
+    assert!(args.contains(&"--ssh-known-hosts-file=/etc/git-secret/known_hosts".to_string()));
+    let mounted = |c: &Container| {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "git-credentials")
+    };
+    assert!(mounted(git_sync));
+    assert!(
+        !mounted(pod_container(job, BUILDER_CONTAINER)),
+        "the builder never sees the key"
+    );
+    assert_eq!(podsecurity::check_job(job, Level::Baseline), Ok(()));
+
+    // HTTPS credentials need no fsGroup: they arrive as environment variables.
+    let https = &render(&common::sample(), "1.24")[0];
+    let pod = https.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(pod.security_context.as_ref().unwrap().fs_group, None);
 }
