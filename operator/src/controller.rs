@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -58,6 +58,22 @@ pub enum ReconcileError {
 
     #[error("{0}")]
     Secret(String),
+
+    /// The API server refused a Job (a 4xx other than a conflict or throttling): an
+    /// admission rule, a quota, a field it would not take. Retrying changes nothing.
+    #[error("the API server refused the Job for {platform}: {message}")]
+    JobRejected { platform: String, message: String },
+
+    /// A Job with the planned name exists and belongs to something else.
+    #[error(
+        "a Job named {name} already exists and does not belong to this ImageBuild; archforge leaves it alone: rename the ImageBuild or delete that Job"
+    )]
+    JobNameConflict { name: String },
+
+    #[error(
+        "{0}; set the operator's --seccomp-profile (Helm value builder.seccompProfile) or --pod-security-level (builder.podSecurityLevel) to match the build namespaces"
+    )]
+    PodSecurity(#[from] crate::podsecurity::Violations),
 }
 
 impl ReconcileError {
@@ -68,6 +84,9 @@ impl ReconcileError {
             ReconcileError::Source(e) => e.reason().into(),
             ReconcileError::Registry(e) => e.reason().into(),
             ReconcileError::Secret(_) => "Secret".into(),
+            ReconcileError::JobRejected { .. } => "JobRejected".into(),
+            ReconcileError::JobNameConflict { .. } => "JobNameConflict".into(),
+            ReconcileError::PodSecurity(_) => "PodSecurity".into(),
         }
     }
 }
@@ -276,6 +295,56 @@ async fn delete_jobs(ctx: &Context, namespace: &str, names: &[String]) -> Result
     Ok(())
 }
 
+/// Whether the API server's refusal of a Job is final for this spec: a 4xx other than
+/// conflict (409, handled by the caller), throttling (429) or a timeout (408).
+fn is_rejection(code: u16) -> bool {
+    (400..500).contains(&code) && !matches!(code, 404 | 408 | 409 | 429)
+}
+
+fn owned_by(job: &Job, build: &ImageBuild) -> bool {
+    job.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == build.metadata.uid.as_ref())
+}
+
+/// Creates one Job of the run. It never changes an existing object: a taken name is either
+/// this ImageBuild's own Job (created by an earlier reconcile the watch has not shown yet)
+/// or someone else's, which is a conflict, not something to adopt.
+async fn create_job(
+    ctx: &Context,
+    api: &Api<Job>,
+    build: &ImageBuild,
+    job: &Job,
+    platform: &str,
+) -> Result<bool> {
+    let name = job.name_any();
+    ctx.metrics.api_request("create", "jobs");
+    let params = PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
+    match api.create(&params, job).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            ctx.metrics.api_request("get", "jobs");
+            let existing = api
+                .get(&name)
+                .await
+                .map_err(kube_err(format!("reading Job {name}")))?;
+            if owned_by(&existing, build) {
+                Ok(false)
+            } else {
+                Err(ReconcileError::JobNameConflict { name })
+            }
+        }
+        Err(kube::Error::Api(s)) if is_rejection(s.code) => Err(ReconcileError::JobRejected {
+            platform: platform.to_string(),
+            message: s.message,
+        }),
+        Err(e) => Err(kube_err(format!("creating the Job for {platform}"))(e)),
+    }
+}
+
 fn is_finished(job: &Job) -> bool {
     job.status
         .as_ref()
@@ -429,11 +498,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         .map_err(kube_err("listing Jobs"))?
         .items
         .into_iter()
-        .filter(|j| {
-            j.owner_references()
-                .iter()
-                .any(|o| Some(&o.uid) == build.metadata.uid.as_ref())
-        })
+        .filter(|j| owned_by(j, &build))
         .collect();
 
     // 3. Split the Jobs into this run's and earlier runs'. Names do not depend on the commit.
@@ -552,28 +617,77 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         }
     }
 
-    // 6. Create the Jobs that do not exist yet (server-side apply, one field manager).
-    let mut created = 0;
-    for p in &plan.platforms {
-        let exists = current
-            .iter()
-            .any(|j| j.metadata.name.as_deref() == Some(p.job_name.as_str()));
-        if exists || finished.contains(&p.platform.to_string().as_str()) {
-            continue;
+    // 6. Create the Jobs that do not exist yet. Each is checked against the Pod Security
+    //    level first: Pod Security admission would refuse the pods, not the Job, and a Job
+    //    without pods only says so in the Job controller's Events.
+    let missing: Vec<(&crate::plan::PlatformPlan, Job)> = plan
+        .platforms
+        .iter()
+        .filter(|p| {
+            !current
+                .iter()
+                .any(|j| j.metadata.name.as_deref() == Some(p.job_name.as_str()))
+                && !finished.contains(&p.platform.to_string().as_str())
+        })
+        .map(|p| {
+            let job = render_job(&build, &plan, p, &ctx.config.builder, ctx.config.version);
+            (p, job)
+        })
+        .collect();
+    // Jobs this pass made, and Jobs of this run it found by name (not yet in the list).
+    let mut created: Vec<String> = Vec::new();
+    let mut found: Vec<String> = Vec::new();
+    let mut outcome = missing.iter().try_for_each(|(_, job)| {
+        crate::podsecurity::check_job(job, ctx.config.builder.pod_security_level)
+            .map_err(ReconcileError::from)
+    });
+    if outcome.is_ok() {
+        for (p, job) in &missing {
+            match create_job(&ctx, &jobs_api, &build, job, &p.platform.to_string()).await {
+                Ok(true) => created.push(p.job_name.clone()),
+                Ok(false) => found.push(p.job_name.clone()),
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
         }
-        let job = render_job(&build, &plan, p, &ctx.config.builder, ctx.config.version);
-        ctx.metrics.api_request("patch", "jobs");
-        jobs_api
-            .patch(
-                &p.job_name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&job),
-            )
-            .await
-            .map_err(kube_err(format!("applying the Job for {}", p.platform)))?;
-        created += 1;
     }
-    if created == plan.platforms.len() {
+    if let Err(e) = outcome {
+        if !matches!(
+            e,
+            ReconcileError::JobRejected { .. }
+                | ReconcileError::JobNameConflict { .. }
+                | ReconcileError::PodSecurity(_)
+        ) {
+            return Err(e);
+        }
+        // Nothing of a run that cannot start is left running: the Jobs of this run go too.
+        let own: Vec<String> = current
+            .iter()
+            .map(|j| j.name_any())
+            .chain(created)
+            .chain(found)
+            .collect();
+        delete_jobs(&ctx, &namespace, &own).await?;
+        let reason = e.metric_label();
+        let message = e.to_string();
+        status.platforms.clear();
+        status.progress = Some(progress(&[]));
+        finish_run(
+            &ctx,
+            &mut status,
+            Phase::Failed,
+            &reason,
+            &message,
+            generation,
+        );
+        ctx.event(&build, EventType::Warning, &reason, "CreateJobs", message)
+            .await;
+        patch_status(&ctx, &build, &status).await?;
+        return Ok(Action::await_change());
+    }
+    if created.len() == plan.platforms.len() {
         ctx.metrics.runs_started.inc();
         let platforms: Vec<String> = plan
             .platforms
@@ -600,13 +714,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
     let reports: Vec<(String, status::PodReport)> = pods
         .items
         .iter()
-        .filter_map(|pod| {
-            let job = pod
-                .labels()
-                .get("job-name")
-                .or_else(|| pod.labels().get("batch.kubernetes.io/job-name"))?;
-            Some((job.clone(), pod_report(pod)))
-        })
+        .filter_map(|pod| Some((status::owning_job(pod, &current)?, pod_report(pod))))
         .collect();
     let platforms = platform_statuses(&plan, &current, &reports, &status.platforms);
     for p in &platforms {

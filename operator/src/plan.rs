@@ -290,16 +290,32 @@ fn short_hash(input: &str) -> String {
     digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
 
-/// A DNS-1123 label of at most `max` characters derived from `input`. When the input had
-/// to be changed (truncated, or characters replaced), a hash of the whole input is appended
-/// so that two different inputs never map to the same label.
+/// Whether `label` ends the way [`dns_label`]'s hashed forms do: `-` and 8 hex digits.
+fn looks_hashed(label: &str) -> bool {
+    label.len() > 9
+        && label.as_bytes()[label.len() - 9] == b'-'
+        && label[label.len() - 8..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A DNS-1123 label of at most `max` characters derived from `input`, injective: an input
+/// that is already such a label is kept as it is, and every other one (too long, characters
+/// replaced) gets a hash of the whole input appended. A kept label never ends like a hashed
+/// one (an input that does is hashed too), so `foo.bar` (hashed) and a literal
+/// `foo-bar-<that hash>` never meet.
 pub fn dns_label(input: &str, max: usize) -> String {
     let mut clean: String = input
         .to_ascii_lowercase()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    if clean == input && clean.len() <= max && !clean.starts_with('-') && !clean.ends_with('-') {
+    if clean == input
+        && clean.len() <= max
+        && !clean.starts_with('-')
+        && !clean.ends_with('-')
+        && !looks_hashed(&clean)
+    {
         return clean;
     }
     let hash = short_hash(input);
@@ -541,6 +557,21 @@ mod tests {
         assert!(is_dns_label(&a), "{a}");
         assert!(is_dns_label(&b), "{b}");
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_name_that_looks_hashed_never_meets_the_hashed_form_of_another() {
+        let dotted = dns_label("foo.bar", 63);
+        assert!(looks_hashed(&dotted), "{dotted}");
+        // The literal form of the dotted name's label is itself hashed, so they differ.
+        let literal = dns_label(&dotted, 63);
+        assert!(is_dns_label(&literal));
+        assert_ne!(literal, dotted);
+        let run = |name: &str| job_name(&run_name(name, 1, None), &arm64());
+        assert_ne!(run("foo.bar"), run(&dotted));
+        // Names that merely end in a number or in fewer hex digits stay readable.
+        assert_eq!(dns_label("app-2026", 63), "app-2026");
+        assert_eq!(dns_label("app-v2-cafe", 63), "app-v2-cafe");
     }
 
     #[test]

@@ -52,8 +52,8 @@ pub const PERMISSIONS: &[Permission] = &[
         scope: Scope::Watched,
         group: "batch",
         resource: "jobs",
-        verbs: &["list", "watch", "create", "patch", "delete"],
-        why: "one builder Job per platform, applied server-side (create is checked when an apply creates), deleted when a run fails or is superseded",
+        verbs: &["get", "list", "watch", "create", "delete"],
+        why: "one builder Job per platform, created (never applied over an existing object, so a Job of the same name that is not this ImageBuild's is left alone), read back by name when the name is taken, deleted when a run fails or is superseded",
     },
     Permission {
         scope: Scope::Watched,
@@ -199,7 +199,8 @@ mod tests {
             assert!(seen.insert((p.scope, p.group, p.resource)), "{p:?} twice");
             assert!(!p.why.is_empty());
         }
-        assert!(is_granted("batch", "jobs", "patch"));
+        assert!(is_granted("batch", "jobs", "create"));
+        assert!(!is_granted("batch", "jobs", "patch"), "Jobs are created, never patched");
         assert!(!is_granted("batch", "jobs", "update"));
         assert!(!is_granted("", "secrets", "list"));
     }

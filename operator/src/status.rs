@@ -48,6 +48,22 @@ pub fn keep_tail(text: &str, max: usize) -> String {
     format!("...{}", &text[start..])
 }
 
+/// The name of the Job among `jobs` that controls `pod`, matched by the Job's UID. Labels
+/// are not enough: anyone who may create pods in the namespace can copy them, and a pod that
+/// merely looks like a builder must never hand this run a digest.
+pub fn owning_job(pod: &Pod, jobs: &[Job]) -> Option<String> {
+    let owner =
+        pod.metadata.owner_references.iter().flatten().find(|o| {
+            o.controller == Some(true) && o.kind == "Job" && o.api_version == "batch/v1"
+        })?;
+    jobs.iter()
+        .find(|j| {
+            j.metadata.uid.as_deref() == Some(owner.uid.as_str())
+                && j.metadata.name.as_deref() == Some(owner.name.as_str())
+        })
+        .and_then(|j| j.metadata.name.clone())
+}
+
 /// Reads a builder pod's termination messages.
 pub fn pod_report(pod: &Pod) -> PodReport {
     let mut report = PodReport::default();
@@ -244,16 +260,21 @@ pub fn set_phase_conditions(
         _ => (false, true, false),
     };
     let c = &mut status.conditions;
+    // Ready is what Argo CD, `kubectl wait` and dashboards show: a failed run says there
+    // which platform failed and why, not only that nothing was pushed.
+    let (ready_reason, ready_message) = match phase {
+        Phase::Succeeded | Phase::Failed => (reason, message.to_string()),
+        _ => (
+            "NotReady",
+            format!("the image index is not pushed yet: {message}"),
+        ),
+    };
     set_condition(
         c,
         READY,
         ready,
-        if ready { reason } else { "NotReady" },
-        if ready {
-            message
-        } else {
-            "the image index is not pushed yet"
-        },
+        ready_reason,
+        &ready_message,
         generation,
         now,
     );
@@ -395,6 +416,40 @@ mod tests {
     }
 
     #[test]
+    fn only_pods_controlled_by_the_runs_job_count() {
+        let job: Job = serde_json::from_value(json!({
+            "metadata": {"name": "app-1-linux-arm64", "uid": "job-uid"}
+        }))
+        .unwrap();
+        let owned_by = |name: &str, uid: &str, controller: bool| -> Pod {
+            serde_json::from_value(json!({"metadata": {
+                "name": "p", "labels": {"job-name": "app-1-linux-arm64"},
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
+                                     "uid": uid, "controller": controller}]}}))
+            .unwrap()
+        };
+        let jobs = std::slice::from_ref(&job);
+        assert_eq!(
+            owning_job(&owned_by("app-1-linux-arm64", "job-uid", true), jobs).as_deref(),
+            Some("app-1-linux-arm64")
+        );
+        // Same labels and name, another UID (a pod someone made to look like a builder).
+        assert_eq!(
+            owning_job(&owned_by("app-1-linux-arm64", "forged", true), jobs),
+            None
+        );
+        assert_eq!(
+            owning_job(&owned_by("app-1-linux-arm64", "job-uid", false), jobs),
+            None
+        );
+        let labels_only: Pod = serde_json::from_value(
+            json!({"metadata": {"name": "p", "labels": {"job-name": "app-1-linux-arm64"}}}),
+        )
+        .unwrap();
+        assert_eq!(owning_job(&labels_only, jobs), None);
+    }
+
+    #[test]
     fn a_succeeded_builder_reports_its_digest() {
         let report = pod_report(&pod(
             json!([terminated("builder", 0, &format!("{DIGEST}\n"))]),
@@ -530,6 +585,38 @@ mod tests {
             Phase::Failed
         );
         assert_eq!(progress(&[p(Phase::Succeeded), p(Phase::Building)]), "1/2");
+    }
+
+    #[test]
+    fn ready_says_why_a_run_failed() {
+        let mut status = ImageBuildStatus::default();
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let why = "linux/arm64 failed: building: exec format error";
+        set_phase_conditions(&mut status, Phase::Failed, "PlatformFailed", why, 2, now);
+        let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(
+            (
+                ready.status.as_str(),
+                ready.reason.as_str(),
+                ready.message.as_str()
+            ),
+            ("False", "PlatformFailed", why)
+        );
+        set_phase_conditions(
+            &mut status,
+            Phase::Building,
+            "Building",
+            "1/2 of 2 platforms built",
+            3,
+            now,
+        );
+        let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(ready.reason, "NotReady");
+        assert!(
+            ready.message.ends_with("1/2 of 2 platforms built"),
+            "{}",
+            ready.message
+        );
     }
 
     #[test]

@@ -69,6 +69,18 @@ impl ApiServer {
         query: &[&str],
         reply: impl FnOnce(&Value) -> Value,
     ) -> Value {
+        self.expect_answer(method, path, query, move |body| (200, reply(body)))
+            .await
+    }
+
+    /// Like `expect_with`, with the HTTP status code of the answer chosen too.
+    async fn expect_answer(
+        &mut self,
+        method: Method,
+        path: &str,
+        query: &[&str],
+        reply: impl FnOnce(&Value) -> (u16, Value),
+    ) -> Value {
         let (request, send) =
             tokio::time::timeout(Duration::from_secs(10), self.handle.next_request())
                 .await
@@ -118,9 +130,10 @@ impl ApiServer {
         } else {
             serde_json::from_slice(&bytes).unwrap()
         };
-        let answer = reply(&body);
+        let (code, answer) = reply(&body);
         send.send_response(
             Response::builder()
+                .status(code)
                 .body(Body::from(serde_json::to_vec(&answer).unwrap()))
                 .unwrap(),
         );
@@ -163,16 +176,48 @@ impl ApiServer {
         .await;
     }
 
-    async fn apply_job(&mut self, name: &str) -> Value {
-        let path = format!("/apis/batch/v1/namespaces/default/jobs/{name}");
-        // The API server answers an apply with the object as stored.
-        self.expect_with(
-            Method::PATCH,
-            &path,
-            &["fieldManager=archforge", "force=true"],
-            |body| body.clone(),
+    /// Expects the creation of Job `name`; the API server answers with the object as
+    /// stored, with the UID it assigned.
+    async fn create_job(&mut self, name: &str) -> Value {
+        let body = self
+            .expect_with(
+                Method::POST,
+                "/apis/batch/v1/namespaces/default/jobs",
+                &["fieldManager=archforge"],
+                |body| {
+                    let mut stored = body.clone();
+                    stored["metadata"]["uid"] = json!(job_uid(name));
+                    stored
+                },
+            )
+            .await;
+        assert_eq!(body["metadata"]["name"], name);
+        body
+    }
+
+    /// Expects the creation of Job `name` and refuses it with `code` and `message`.
+    async fn refuse_job(&mut self, name: &str, code: u16, reason: &str, message: &str) {
+        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": message, "reason": reason, "code": code});
+        let body = self
+            .expect_answer(
+                Method::POST,
+                "/apis/batch/v1/namespaces/default/jobs",
+                &["fieldManager=archforge"],
+                |_| (code, status),
+            )
+            .await;
+        assert_eq!(body["metadata"]["name"], name);
+    }
+
+    async fn get_job(&mut self, name: &str, stored: Value) {
+        self.expect(
+            Method::GET,
+            &format!("/apis/batch/v1/namespaces/default/jobs/{name}"),
+            &[],
+            stored,
         )
-        .await
+        .await;
     }
 
     async fn event(&mut self, reason: &str, type_: &str) -> Value {
@@ -263,10 +308,11 @@ fn imagebuild(url: &str, git_ref: &str, image: &str, generation: i64, status: Va
 fn context(
     handle_service: tower_test::mock::Mock<Request<Body>, Response<Body>>,
     registry: RegistryOptions,
+    builder: BuilderSettings,
 ) -> Arc<Context> {
     let client = kube::Client::new(handle_service, "default");
     let config = Config {
-        builder: BuilderSettings::default(),
+        builder,
         version: KubeVersion::OLDEST,
         history_limit: 10,
         registry,
@@ -276,8 +322,16 @@ fn context(
 }
 
 fn setup(build: &ImageBuild, registry: RegistryOptions) -> (Arc<Context>, ApiServer) {
+    setup_with(build, registry, BuilderSettings::default())
+}
+
+fn setup_with(
+    build: &ImageBuild,
+    registry: RegistryOptions,
+    builder: BuilderSettings,
+) -> (Arc<Context>, ApiServer) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let ctx = context(service, registry);
+    let ctx = context(service, registry, builder);
     (
         ctx,
         ApiServer {
@@ -298,14 +352,22 @@ fn job(build: &ImageBuild, platform: &str, commit: &str, status: Value) -> Value
         .unwrap();
     let mut job =
         serde_json::to_value(render_job(build, &plan, p, &settings, KubeVersion::OLDEST)).unwrap();
+    job["metadata"]["uid"] = json!(job_uid(&p.job_name));
     job["status"] = status;
     job
+}
+
+/// The UID the mock API server gives Job `name`.
+fn job_uid(name: &str) -> String {
+    format!("uid-of-{name}")
 }
 
 fn builder_pod(job_name: &str, generation: i64, exit_code: i32, message: &str) -> Value {
     json!({
         "metadata": {"name": format!("{job_name}-x7k2p"), "namespace": "default",
-                     "labels": {"job-name": job_name, "archforge.dev/imagebuild": "app", "archforge.dev/generation": generation.to_string()}},
+                     "labels": {"job-name": job_name, "archforge.dev/imagebuild": "app", "archforge.dev/generation": generation.to_string()},
+                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name,
+                                          "uid": job_uid(job_name), "controller": true, "blockOwnerDeletion": true}]},
         "status": {
             "initContainerStatuses": [{"name": "git-sync", "image": "", "imageID": "", "ready": false, "restartCount": 0,
                                         "state": {"terminated": {"exitCode": 0}}}],
@@ -325,7 +387,7 @@ fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
 }
 
 #[tokio::test]
-async fn a_new_imagebuild_pins_its_commit_and_applies_one_job_per_platform() {
+async fn a_new_imagebuild_pins_its_commit_and_creates_one_job_per_platform() {
     let git = GitServer::start();
     let (url, sha) = git.commit("app", &[("Dockerfile", "FROM scratch\n")], "first");
     let build = imagebuild(
@@ -341,17 +403,18 @@ async fn a_new_imagebuild_pins_its_commit_and_applies_one_job_per_platform() {
         .map(|p| {
             let mut j = job(&build, p, &sha, Value::Null);
             j.as_object_mut().unwrap().remove("status");
+            j["metadata"].as_object_mut().unwrap().remove("uid");
             j
         })
         .collect();
     let verify = async move {
         server.list_jobs(vec![]).await;
         server.list_nodes(&["amd64", "arm64"]).await;
-        let amd64 = server.apply_job("app-1-linux-amd64").await;
-        let arm64 = server.apply_job("app-1-linux-arm64").await;
+        let amd64 = server.create_job("app-1-linux-amd64").await;
+        let arm64 = server.create_job("app-1-linux-arm64").await;
         assert_eq!(
             amd64, expected_jobs[0],
-            "the applied body is the rendered Job"
+            "the created body is the rendered Job"
         );
         assert_eq!(arm64, expected_jobs[1]);
         assert!(
@@ -628,13 +691,13 @@ async fn a_spec_change_mid_run_stops_the_old_jobs_and_starts_a_new_run() {
         server.delete_job("app-1-linux-amd64").await;
         server.delete_job("app-1-linux-arm64").await;
         server.list_nodes(&["arm64", "amd64"]).await;
-        let amd64 = server.apply_job("app-2-linux-amd64").await;
+        let amd64 = server.create_job("app-2-linux-amd64").await;
         assert_eq!(
             amd64["metadata"]["annotations"]["archforge.dev/revision"],
             new_sha
         );
         assert_eq!(amd64["metadata"]["labels"]["archforge.dev/generation"], "2");
-        server.apply_job("app-2-linux-arm64").await;
+        server.create_job("app-2-linux-arm64").await;
         server.event("RunStarted", "Normal").await;
         server.list_pods(2, vec![]).await;
         let status = server.patch_status().await;
@@ -753,4 +816,209 @@ async fn a_registry_outage_during_assembly_keeps_the_digests_and_rebuilds_nothin
         format!("{:?}", Action::requeue(Duration::from_secs(15))),
         "a transient error is retried"
     );
+}
+
+/// A condition's status, reason and message.
+fn said(status: &Value, kind: &str) -> (String, String, String) {
+    let c = condition(status, kind);
+    let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    (text("status"), text("reason"), text("message"))
+}
+
+#[tokio::test]
+async fn a_job_the_api_server_refuses_stalls_the_run_and_leaves_no_job() {
+    let build = imagebuild(
+        "https://git.example.com/app.git",
+        SHA,
+        "registry.example.com/team/app:v1",
+        1,
+        Value::Null,
+    );
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    let quota = "jobs.batch \"app-1-linux-arm64\" is forbidden: exceeded quota: no-jobs, requested: count/jobs.batch=1, used: count/jobs.batch=1, limited: count/jobs.batch=1";
+    let verify = async move {
+        server.list_jobs(vec![]).await;
+        server.list_nodes(&["amd64", "arm64"]).await;
+        server.create_job("app-1-linux-amd64").await;
+        server
+            .refuse_job("app-1-linux-arm64", 403, "Forbidden", quota)
+            .await;
+        // The half-started run is taken down: nothing of it builds.
+        server.delete_job("app-1-linux-amd64").await;
+        let event = server.event("JobRejected", "Warning").await;
+        assert!(
+            event["note"].as_str().unwrap().contains("exceeded quota"),
+            "{event}"
+        );
+        let status = server.patch_status().await;
+        assert_eq!(status["phase"], "Failed");
+        let (stalled, reason, message) = said(&status, "Stalled");
+        assert_eq!((stalled.as_str(), reason.as_str()), ("True", "JobRejected"));
+        assert!(
+            message.contains("linux/arm64") && message.contains("exceeded quota: no-jobs"),
+            "{message}"
+        );
+        assert_eq!(said(&status, "Ready"), ("False".into(), reason, message));
+        assert_eq!(status["history"][0]["result"], "Failed");
+        server.done().await;
+    };
+    let (action, status) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    let () = status;
+    assert_eq!(
+        format!("{:?}", action.unwrap()),
+        format!("{:?}", Action::await_change()),
+        "no retry loop: only a change to the ImageBuild starts again"
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_run_is_not_retried_until_the_imagebuild_changes() {
+    let status = json!({"observedGeneration": 1, "phase": "Failed", "source": {"commit": SHA},
+                        "conditions": [{"type": "Stalled", "status": "True", "reason": "JobRejected",
+                                        "message": "m", "lastTransitionTime": "2026-11-23T10:00:00Z", "observedGeneration": 1}]});
+    let build = imagebuild(
+        "https://git.example.com/app.git",
+        SHA,
+        "registry.example.com/team/app:v1",
+        1,
+        status,
+    );
+    let (ctx, server) = setup(&build, RegistryOptions::default());
+    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), server.done());
+    assert_eq!(
+        format!("{:?}", action.unwrap()),
+        format!("{:?}", Action::await_change())
+    );
+}
+
+#[tokio::test]
+async fn a_job_name_taken_by_another_owner_is_a_conflict_not_an_adoption() {
+    let build = imagebuild(
+        "https://git.example.com/app.git",
+        SHA,
+        "registry.example.com/team/app:v1",
+        1,
+        Value::Null,
+    );
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    // amd64's Job exists already and is ours (a create that the watch has not shown yet);
+    // arm64's name is held by a Job that belongs to another ImageBuild.
+    let ours = job(&build, "linux/amd64", SHA, json!({"active": 1}));
+    let mut foreign = job(&build, "linux/arm64", SHA, json!({"active": 1}));
+    foreign["metadata"]["ownerReferences"][0]["uid"] = json!("another-imagebuild");
+    let exists = |name: &str| format!("jobs.batch \"{name}\" already exists");
+    let verify = async move {
+        server.list_jobs(vec![]).await;
+        server.list_nodes(&["amd64", "arm64"]).await;
+        server
+            .refuse_job(
+                "app-1-linux-amd64",
+                409,
+                "AlreadyExists",
+                &exists("app-1-linux-amd64"),
+            )
+            .await;
+        server.get_job("app-1-linux-amd64", ours).await;
+        server
+            .refuse_job(
+                "app-1-linux-arm64",
+                409,
+                "AlreadyExists",
+                &exists("app-1-linux-arm64"),
+            )
+            .await;
+        server.get_job("app-1-linux-arm64", foreign).await;
+        // Only our own Job goes; the other owner's is never touched.
+        server.delete_job("app-1-linux-amd64").await;
+        server.event("JobNameConflict", "Warning").await;
+        let status = server.patch_status().await;
+        let (stalled, reason, message) = said(&status, "Stalled");
+        assert_eq!(
+            (stalled.as_str(), reason.as_str()),
+            ("True", "JobNameConflict")
+        );
+        assert!(message.contains("app-1-linux-arm64"), "{message}");
+        server.done().await;
+    };
+    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    assert_eq!(
+        format!("{:?}", action.unwrap()),
+        format!("{:?}", Action::await_change())
+    );
+}
+
+#[tokio::test]
+async fn a_builder_pod_pod_security_would_refuse_is_never_created() {
+    let build = imagebuild(
+        "https://git.example.com/app.git",
+        SHA,
+        "registry.example.com/team/app:v1",
+        1,
+        Value::Null,
+    );
+    let settings = BuilderSettings {
+        seccomp_profile: "Unconfined".parse().unwrap(),
+        ..BuilderSettings::default()
+    };
+    let (ctx, mut server) = setup_with(&build, RegistryOptions::default(), settings);
+    let verify = async move {
+        server.list_jobs(vec![]).await;
+        server.list_nodes(&["amd64", "arm64"]).await;
+        server.event("PodSecurity", "Warning").await;
+        let status = server.patch_status().await;
+        let (stalled, reason, message) = said(&status, "Stalled");
+        assert_eq!((stalled.as_str(), reason.as_str()), ("True", "PodSecurity"));
+        assert!(
+            message.contains("seccompProfile_baseline") && message.contains("--seccomp-profile"),
+            "{message}"
+        );
+        server.done().await;
+    };
+    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    assert_eq!(
+        format!("{:?}", action.unwrap()),
+        format!("{:?}", Action::await_change())
+    );
+}
+
+#[tokio::test]
+async fn a_pod_that_only_looks_like_a_builder_is_ignored() {
+    let status = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA}});
+    let build = imagebuild(
+        "https://git.example.com/app.git",
+        SHA,
+        "registry.example.com/team/app:v1",
+        1,
+        status,
+    );
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    let done = json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
+                      "conditions": [{"type": "Complete", "status": "True"}]});
+    let jobs = vec![
+        job(&build, "linux/amd64", SHA, json!({"active": 1})),
+        job(&build, "linux/arm64", SHA, done),
+    ];
+    let forged_digest = format!("sha256:{}", "e".repeat(64));
+    let real_digest = format!("sha256:{}", "1".repeat(64));
+    // Same labels and name as arm64's builder pod, but not controlled by this run's Job
+    // (another owner UID), and one with the labels and no owner at all; both come first.
+    let mut forged = builder_pod("app-1-linux-arm64", 1, 0, &forged_digest);
+    forged["metadata"]["ownerReferences"][0]["uid"] = json!("someone-else");
+    let mut unowned = builder_pod("app-1-linux-arm64", 1, 0, &forged_digest);
+    unowned["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("ownerReferences");
+    let real = builder_pod("app-1-linux-arm64", 1, 0, &real_digest);
+    let verify = async move {
+        server.list_jobs(jobs).await;
+        server.list_pods(1, vec![forged, unowned, real]).await;
+        server.event("PlatformSucceeded", "Normal").await;
+        let status = server.patch_status().await;
+        assert_eq!(status["phase"], "Building");
+        assert_eq!(status["platforms"][1]["digest"], real_digest.as_str());
+        server.done().await;
+    };
+    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    action.unwrap();
 }

@@ -55,10 +55,10 @@ the same, and a test compares them).
 - apiGroups: ["archforge.dev"]
   resources: ["imagebuilds/finalizers"]
   verbs: ["update"]
-# one builder Job per platform, applied server-side (create is checked when an apply creates), deleted when a run fails or is superseded
+# one builder Job per platform, created (never applied over an existing object, so a Job of the same name that is not this ImageBuild's is left alone), read back by name when the name is taken, deleted when a run fails or is superseded
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 # read-only: builder pods' termination messages carry the pushed digest or the log tail
 - apiGroups: [""]
   resources: ["pods"]
