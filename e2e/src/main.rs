@@ -201,13 +201,44 @@ impl Case {
     /// says where the operator's log is.
     async fn finish(self, outcome: anyhow::Result<()>) -> anyhow::Result<()> {
         self.job_watch.abort();
+        let refused = if outcome.is_err() {
+            self.refused_pods().await
+        } else {
+            vec![]
+        };
         let log = self.operator.lock().unwrap().log().display().to_string();
         drop(self.operator);
         drop(self.kubelet);
         if outcome.is_ok() || !self.suite.settings.keep_namespaces {
             delete_namespace(&self.suite.client, &self.namespace).await?;
         }
-        outcome.with_context(|| format!("namespace {}, operator log {log}", self.namespace))
+        outcome.with_context(|| {
+            let mut context = format!("namespace {}, operator log {log}", self.namespace);
+            if !refused.is_empty() {
+                context.push_str(&format!(
+                    "; the Job controller could not create pods: {}",
+                    refused.join(" | ")
+                ));
+            }
+            context
+        })
+    }
+
+    /// Why the Job controller could not create pods here (FailedCreate Events), e.g. a
+    /// builder pod that violates the namespace's Pod Security level: a scenario that then
+    /// times out waiting for pods says so.
+    async fn refused_pods(&self) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.suite.client.clone(), &self.namespace);
+        let Ok(list) = events.list(&ListParams::default()).await else {
+            return vec![];
+        };
+        let notes: BTreeSet<String> = list
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
+            .filter_map(|e| e.note)
+            .collect();
+        notes.into_iter().take(3).collect()
     }
 
     fn policy(&self, rules: Vec<(Selector, Outcome)>) {
