@@ -1,13 +1,18 @@
 //! Cluster-side helpers: the CRD, per-test namespaces, ImageBuild manifests, waiting, and
 //! reading what was pushed.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use archforge::api::ImageBuild;
+use archforge::plan::rebuild_token;
 use archforge::registry::{Registry, parse_reference};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Pod, ResourceQuota};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, CustomResourceExt};
 use serde_json::{Value, json};
@@ -77,21 +82,149 @@ pub fn namespace_name(test: &str, nonce: u32) -> String {
     format!("af-e2e-{}-{nonce:05x}", stem.trim_end_matches('-'))
 }
 
-pub async fn create_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace: Namespace = serde_json::from_value(json!({
+/// The Pod Security level of every scenario's namespace: what a build namespace needs with
+/// archforge's default builder settings (no privileged pods, RuntimeDefault seccomp).
+pub const POD_SECURITY_LEVEL: &str = "baseline";
+
+/// A scenario's namespace: enforced at [`POD_SECURITY_LEVEL`], and warned and audited at it
+/// too so that a violation shows in the Job controller's warnings and the audit log.
+pub fn namespace_manifest(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
         "metadata": {"name": name, "labels": {
             "archforge.dev/e2e": "true",
-            // Builder pods run with the Unconfined seccomp profile by default (rootless
-            // buildah's unshare and mount calls), which the baseline and restricted Pod
-            // Security levels refuse; namespaces for builds need the privileged level.
-            "pod-security.kubernetes.io/enforce": "privileged",
+            "pod-security.kubernetes.io/enforce": POD_SECURITY_LEVEL,
+            "pod-security.kubernetes.io/warn": POD_SECURITY_LEVEL,
+            "pod-security.kubernetes.io/audit": POD_SECURITY_LEVEL,
         }}
-    }))?;
+    })
+}
+
+pub async fn create_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace = serde_json::from_value(namespace_manifest(name))?;
     namespaces
         .create(&PostParams::default(), &namespace)
         .await?;
     Ok(())
+}
+
+/// A pod that every Pod Security level but `privileged` refuses, for a dry-run create that
+/// shows a namespace's level is enforced.
+pub fn privileged_pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "probe",
+                "image": PROBE_IMAGE,
+                "securityContext": {"privileged": true},
+            }],
+        }
+    }))
+    .expect("a valid Pod")
+}
+
+/// Whether `error` is Pod Security admission refusing a pod at `level`: 403 with
+/// `violates PodSecurity "<level>:<version>"`.
+pub fn is_pod_security_refusal(error: &kube::Error, level: &str) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 403
+        && status.message.contains(&format!("violates PodSecurity \"{level}:")))
+}
+
+/// Never pulled: the probes that use it are dry runs or never scheduled.
+const PROBE_IMAGE: &str = "registry.k8s.io/pause:3.9";
+
+/// The quota resource that counts Jobs (`count/<resource>.<group>`).
+pub const JOB_COUNT: &str = "count/jobs.batch";
+
+/// A ResourceQuota allowing at most `jobs` Jobs in its namespace. Every API server has the
+/// ResourceQuota admission plugin, so this refuses Job creation (403 "exceeded quota") on
+/// any version without webhooks or admission policies.
+pub fn job_quota(name: &str, jobs: u32) -> ResourceQuota {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": name},
+        "spec": {"hard": {JOB_COUNT: jobs.to_string()}},
+    }))
+    .expect("a valid ResourceQuota")
+}
+
+/// Whether quota admission enforces `resource` of `quota`: it ignores a quota until the
+/// quota controller has written the resource into `status.hard`, and refuses everything
+/// ("status unknown for quota") until `status.used` has it too.
+pub fn quota_enforces(quota: &ResourceQuota, resource: &str) -> bool {
+    quota.status.as_ref().is_some_and(|s| {
+        let has = |list: &Option<BTreeMap<String, Quantity>>| {
+            list.as_ref().is_some_and(|l| l.contains_key(resource))
+        };
+        has(&s.hard) && has(&s.used)
+    })
+}
+
+/// A minimal valid Job, for a dry-run create that asks the API server's admission whether a
+/// Job may be created in a namespace now. Suspended, should a server ever persist it.
+pub fn probe_job(name: &str) -> Job {
+    serde_json::from_value(json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "suspend": true,
+            "template": {"spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "probe", "image": PROBE_IMAGE}],
+            }},
+        }
+    }))
+    .expect("a valid Job")
+}
+
+/// Whether `error` is quota admission refusing an object because `quota` is used up.
+pub fn is_quota_refusal(error: &kube::Error, quota: &str) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 403
+        && status.message.contains(&format!("exceeded quota: {quota}")))
+}
+
+/// Asks admission, with a server-side dry run (admission runs, nothing is stored and no
+/// quota is charged), whether a Job may be created in `jobs`' namespace now: `Ok(true)` when
+/// it is admitted, `Ok(false)` when `quota` refuses it.
+pub async fn job_admitted(jobs: &Api<Job>, quota: &str) -> anyhow::Result<bool> {
+    let params = PostParams {
+        dry_run: true,
+        field_manager: Some(FIELD_MANAGER.into()),
+    };
+    match jobs
+        .create(&params, &probe_job("archforge-e2e-probe"))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if is_quota_refusal(&e, quota) => Ok(false),
+        Err(e) => Err(anyhow::Error::new(e).context("a dry-run create of a probe Job")),
+    }
+}
+
+/// How many times an Event happened: its series count (or the deprecated count) when the
+/// reporter folded repeats into it, otherwise once.
+pub fn occurrences(event: &Event) -> i32 {
+    let series = event.series.as_ref().map_or(0, |s| s.count);
+    series.max(event.deprecated_count.unwrap_or(0)).max(1)
+}
+
+/// Whether an ImageBuild's status is about its current run: the generation and the
+/// rebuild annotation the run was started for are the object's (an annotation change
+/// starts a new run without a new generation).
+pub fn is_current_run(build: &ImageBuild) -> bool {
+    let Some(status) = &build.status else {
+        return false;
+    };
+    status.observed_generation == build.metadata.generation
+        && status.rebuild == rebuild_token(build)
 }
 
 pub async fn delete_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
@@ -248,6 +381,161 @@ mod tests {
             proxied["spec"]["output"]["image"],
             "127.0.0.1:40001/e2e/n/app:v1"
         );
+    }
+
+    #[test]
+    fn namespaces_enforce_warn_and_audit_baseline() {
+        let namespace: Namespace =
+            serde_json::from_value(namespace_manifest("af-e2e-x-00001")).unwrap();
+        let labels = namespace.metadata.labels.unwrap();
+        for mode in ["enforce", "warn", "audit"] {
+            assert_eq!(
+                labels[&format!("pod-security.kubernetes.io/{mode}")],
+                "baseline",
+                "{mode}"
+            );
+        }
+        assert_eq!(labels["archforge.dev/e2e"], "true");
+    }
+
+    fn api_error(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure(message, "Forbidden")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn recognises_pod_security_refusals_by_level() {
+        let refused = api_error(
+            403,
+            r#"pods "p" is forbidden: violates PodSecurity "baseline:latest": privileged (container "probe" must not set securityContext.privileged=true)"#,
+        );
+        assert!(is_pod_security_refusal(&refused, "baseline"));
+        assert!(!is_pod_security_refusal(&refused, "restricted"));
+        assert!(!is_pod_security_refusal(
+            &api_error(403, r#"jobs "j" is forbidden: exceeded quota: q"#),
+            "baseline"
+        ));
+        let pod = privileged_pod("p");
+        let container = &pod.spec.unwrap().containers[0];
+        assert_eq!(
+            container.security_context.as_ref().unwrap().privileged,
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn job_quota_counts_jobs() {
+        let quota = job_quota("no-jobs", 0);
+        assert_eq!(quota.metadata.name.as_deref(), Some("no-jobs"));
+        let hard = quota.spec.unwrap().hard.unwrap();
+        assert_eq!(hard.len(), 1);
+        assert_eq!(hard[JOB_COUNT].0, "0");
+    }
+
+    #[test]
+    fn a_quota_is_enforced_once_its_status_has_hard_and_used() {
+        let with_status = |status: Value| -> ResourceQuota {
+            let mut quota = serde_json::to_value(job_quota("q", 0)).unwrap();
+            quota["status"] = status;
+            serde_json::from_value(quota).unwrap()
+        };
+        assert!(!quota_enforces(&job_quota("q", 0), JOB_COUNT));
+        assert!(!quota_enforces(&with_status(json!({})), JOB_COUNT));
+        assert!(!quota_enforces(
+            &with_status(json!({"hard": {JOB_COUNT: "0"}})),
+            JOB_COUNT
+        ));
+        assert!(!quota_enforces(
+            &with_status(json!({"hard": {"pods": "0"}, "used": {"pods": "0"}})),
+            JOB_COUNT
+        ));
+        assert!(quota_enforces(
+            &with_status(json!({"hard": {JOB_COUNT: "0"}, "used": {JOB_COUNT: "0"}})),
+            JOB_COUNT
+        ));
+    }
+
+    #[test]
+    fn recognises_quota_refusals_by_quota_name() {
+        let refused = api_error(
+            403,
+            r#"jobs.batch "app-1-linux-amd64" is forbidden: exceeded quota: no-jobs, requested: count/jobs.batch=1, used: count/jobs.batch=0, limited: count/jobs.batch=0"#,
+        );
+        assert!(is_quota_refusal(&refused, "no-jobs"));
+        assert!(!is_quota_refusal(&refused, "other"));
+        assert!(!is_quota_refusal(
+            &api_error(422, "exceeded quota: no-jobs"),
+            "no-jobs"
+        ));
+    }
+
+    #[test]
+    fn the_probe_job_is_a_valid_suspended_job() {
+        let job = probe_job("probe");
+        let spec = job.spec.unwrap();
+        assert_eq!(spec.suspend, Some(true));
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert!(pod.containers[0].image.is_some());
+    }
+
+    #[test]
+    fn counts_the_occurrences_of_an_event() {
+        let event = |extra: Value| -> Event {
+            let mut e =
+                json!({"eventTime": "2024-01-01T00:00:00.000000Z", "metadata": {"name": "e"}});
+            e.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value(e).unwrap()
+        };
+        assert_eq!(occurrences(&event(json!({}))), 1);
+        assert_eq!(
+            occurrences(&event(
+                json!({"series": {"count": 4, "lastObservedTime": "2024-01-01T00:00:09.000000Z"}})
+            )),
+            4
+        );
+        assert_eq!(occurrences(&event(json!({"deprecatedCount": 3}))), 3);
+    }
+
+    #[test]
+    fn the_current_run_is_the_objects_generation_and_rebuild_token() {
+        let build = |generation: i64, annotation: Option<&str>, status: Value| -> ImageBuild {
+            let mut manifest = imagebuild(&settings(true), "n", "app", &["linux/amd64"], None);
+            manifest["metadata"]["generation"] = json!(generation);
+            if let Some(token) = annotation {
+                manifest["metadata"]["annotations"] =
+                    json!({archforge::plan::REBUILD_ANNOTATION: token});
+            }
+            manifest["status"] = status;
+            serde_json::from_value(manifest).unwrap()
+        };
+        assert!(!is_current_run(&build(1, None, Value::Null)));
+        assert!(is_current_run(&build(
+            1,
+            None,
+            json!({"observedGeneration": 1})
+        )));
+        assert!(!is_current_run(&build(
+            2,
+            None,
+            json!({"observedGeneration": 1})
+        )));
+        // The failed run's status, before the operator took up the new annotation.
+        assert!(!is_current_run(&build(
+            1,
+            Some("2"),
+            json!({"observedGeneration": 1})
+        )));
+        assert!(is_current_run(&build(
+            1,
+            Some("2"),
+            json!({"observedGeneration": 1, "rebuild": "2"})
+        )));
     }
 
     #[test]

@@ -16,24 +16,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use archforge::api::{ImageBuild, ImageBuildStatus, Phase};
-use archforge::plan::{BuilderSettings, KubeVersion};
+use archforge::plan::{BuilderSettings, KubeVersion, REBUILD_ANNOTATION};
 use archforge::registry::{Registry, RegistryOptions};
 use archforge::render::{BUILDER_CONTAINER, LABEL_GENERATION, LABEL_IMAGEBUILD, LABEL_PLATFORM};
 use archforge_e2e::cluster::{
-    FIELD_MANAGER, create_namespace, delete_namespace, imagebuild, install_crd, namespace_name,
-    read_index, wait_for,
+    FIELD_MANAGER, JOB_COUNT, POD_SECURITY_LEVEL, create_namespace, delete_namespace, imagebuild,
+    install_crd, is_current_run, is_pod_security_refusal, job_admitted, job_quota, namespace_name,
+    occurrences, privileged_pod, quota_enforces, read_index, wait_for,
 };
 use archforge_e2e::config::Settings;
 use archforge_e2e::kubelet::{Kubelet, Outcome, Selector};
 use archforge_e2e::nodes;
-use archforge_e2e::operator::{Operator, sum_samples};
+use archforge_e2e::operator::{Operator, metrics_text, sum_samples, sum_samples_where};
 use archforge_e2e::proxy::Proxy;
 use futures::future::LocalBoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, ResourceQuota};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -200,13 +201,44 @@ impl Case {
     /// says where the operator's log is.
     async fn finish(self, outcome: anyhow::Result<()>) -> anyhow::Result<()> {
         self.job_watch.abort();
+        let refused = if outcome.is_err() {
+            self.refused_pods().await
+        } else {
+            vec![]
+        };
         let log = self.operator.lock().unwrap().log().display().to_string();
         drop(self.operator);
         drop(self.kubelet);
         if outcome.is_ok() || !self.suite.settings.keep_namespaces {
             delete_namespace(&self.suite.client, &self.namespace).await?;
         }
-        outcome.with_context(|| format!("namespace {}, operator log {log}", self.namespace))
+        outcome.with_context(|| {
+            let mut context = format!("namespace {}, operator log {log}", self.namespace);
+            if !refused.is_empty() {
+                context.push_str(&format!(
+                    "; the Job controller could not create pods: {}",
+                    refused.join(" | ")
+                ));
+            }
+            context
+        })
+    }
+
+    /// Why the Job controller could not create pods here (FailedCreate Events), e.g. a
+    /// builder pod that violates the namespace's Pod Security level: a scenario that then
+    /// times out waiting for pods says so.
+    async fn refused_pods(&self) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.suite.client.clone(), &self.namespace);
+        let Ok(list) = events.list(&ListParams::default()).await else {
+            return vec![];
+        };
+        let notes: BTreeSet<String> = list
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
+            .filter_map(|e| e.note)
+            .collect();
+        notes.into_iter().take(3).collect()
     }
 
     fn policy(&self, rules: Vec<(Selector, Outcome)>) {
@@ -239,8 +271,8 @@ impl Case {
         ))
     }
 
-    /// Waits until the current generation's run reaches `phase`; fails at once when it
-    /// ends in the other terminal phase.
+    /// Waits until the current run (generation and rebuild annotation) reaches `phase`;
+    /// fails at once when it ends in the other terminal phase.
     async fn wait_phase(
         &self,
         name: &str,
@@ -252,10 +284,11 @@ impl Case {
             timeout,
             || async {
                 self.operator.lock().unwrap().check_alive()?;
-                let (generation, status) = self.status(name).await?;
-                if status.observed_generation != Some(generation) {
+                let build = self.builds.get(name).await?;
+                if !is_current_run(&build) {
                     return Ok(None);
                 }
+                let status = build.status.unwrap_or_default();
                 match status.phase {
                     Some(p) if p == phase => Ok(Some(status)),
                     Some(p @ (Phase::Succeeded | Phase::Failed)) => bail!(
@@ -305,8 +338,8 @@ impl Case {
         .await
     }
 
-    /// Reasons of the Events about ImageBuild `name`, with their types.
-    async fn events(&self, name: &str) -> anyhow::Result<Vec<(String, String)>> {
+    /// The Events (events.k8s.io/v1) about ImageBuild `name`.
+    async fn events_about(&self, name: &str) -> anyhow::Result<Vec<Event>> {
         let events: Api<Event> = Api::namespaced(self.suite.client.clone(), &self.namespace);
         Ok(events
             .list(&ListParams::default())
@@ -314,8 +347,63 @@ impl Case {
             .items
             .into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .collect())
+    }
+
+    /// Reasons of the Events about ImageBuild `name`, with their types.
+    async fn events(&self, name: &str) -> anyhow::Result<Vec<(String, String)>> {
+        Ok(self
+            .events_about(name)
+            .await?
+            .into_iter()
             .map(|e| (e.reason.unwrap_or_default(), e.type_.unwrap_or_default()))
             .collect())
+    }
+
+    /// How many times an Event with `reason` was reported about `name`, repeats folded
+    /// into a series included.
+    async fn occurrences(&self, name: &str, reason: &str) -> anyhow::Result<i32> {
+        Ok(self
+            .events_about(name)
+            .await?
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .map(occurrences)
+            .sum())
+    }
+
+    /// The Job applies the operator has sent so far (its own request counter: a refused
+    /// apply leaves nothing in the cluster to count).
+    async fn job_applies(&self) -> anyhow::Result<f64> {
+        let address = self.operator.lock().unwrap().metrics_address.clone();
+        let text = metrics_text(&address).await?;
+        Ok(sum_samples_where(
+            &text,
+            "archforge_kubernetes_requests_total",
+            &[("verb", "patch"), ("resource", "jobs")],
+        ))
+    }
+
+    /// Fails unless the namespace's Pod Security level is enforced: a privileged pod is
+    /// refused (a dry run, so nothing is created). Without this, pods admitted here would
+    /// prove nothing about the level.
+    async fn ensure_pod_security_enforced(&self) -> anyhow::Result<()> {
+        let params = PostParams {
+            dry_run: true,
+            field_manager: Some(FIELD_MANAGER.into()),
+        };
+        match self
+            .pods
+            .create(&params, &privileged_pod("archforge-e2e-privileged-probe"))
+            .await
+        {
+            Err(e) if is_pod_security_refusal(&e, POD_SECURITY_LEVEL) => Ok(()),
+            Ok(_) => bail!(
+                "namespace {} is labelled pod-security.kubernetes.io/enforce={POD_SECURITY_LEVEL}, but a privileged pod was admitted (dry run): the API server's PodSecurity admission is off, so this cluster cannot show that builder pods are {POD_SECURITY_LEVEL}-admissible",
+                self.namespace
+            ),
+            Err(e) => Err(anyhow::Error::new(e).context("a dry-run create of a privileged pod")),
+        }
     }
 
     async fn expect_event(&self, name: &str, reason: &str, type_: &str) -> anyhow::Result<()> {
@@ -413,6 +501,8 @@ async fn with_case(
 
 async fn happy_path_two_platforms(suite: Arc<Suite>, test: &'static str) -> anyhow::Result<()> {
     with_case(&suite, test, None, async |case| {
+        // The builder pods below are admitted at this level, with the default settings.
+        case.ensure_pod_security_enforced().await?;
         case.apply(&case.manifest("app", &[AMD64, ARM64])).await?;
         let status = case
             .wait_phase("app", Phase::Succeeded, suite.run_timeout())
@@ -558,6 +648,113 @@ async fn invalid_imagebuilds_are_refused(
     .await
 }
 
+async fn invalid_job_fields_stall_with_a_reason(
+    suite: Arc<Suite>,
+    test: &'static str,
+) -> anyhow::Result<()> {
+    const QUOTA: &str = "no-jobs";
+    with_case(&suite, test, None, async |case| {
+        // An admission rule every API server has refuses the Job the operator applies; the
+        // refusal must stall the run with the server's reason instead of a retry loop.
+        let quotas: Api<ResourceQuota> =
+            Api::namespaced(suite.client.clone(), &case.namespace);
+        quotas
+            .create(&PostParams::default(), &job_quota(QUOTA, 0))
+            .await?;
+        wait_for(
+            &format!("the quota controller to compute the status of ResourceQuota {QUOTA}"),
+            Duration::from_secs(60),
+            || async { Ok(quota_enforces(&quotas.get(QUOTA).await?, JOB_COUNT).then_some(())) },
+        )
+        .await?;
+        // The API server's admission reads quotas from its own cache; ask it directly.
+        wait_for(
+            &format!("the API server to refuse Jobs with {QUOTA}"),
+            Duration::from_secs(60),
+            || async { Ok((!job_admitted(&case.jobs, QUOTA).await?).then_some(())) },
+        )
+        .await?;
+
+        case.apply(&case.manifest("app", &[AMD64, ARM64])).await?;
+        let status = case
+            .wait_phase("app", Phase::Failed, Duration::from_secs(120))
+            .await?;
+        let says_why = |message: &str| message.contains("exceeded quota") || message.contains(QUOTA);
+        let stalled = condition(&status, "Stalled")?;
+        ensure!(
+            stalled.status == "True" && stalled.reason == "JobRejected" && says_why(&stalled.message),
+            "Stalled should be True/JobRejected with the server's message (exceeded quota: {QUOTA}): {}",
+            describe(&status)
+        );
+        let ready = condition(&status, "Ready")?;
+        ensure!(
+            ready.status == "False" && says_why(&ready.message),
+            "Ready should be False and say why (exceeded quota: {QUOTA}): {}",
+            describe(&status)
+        );
+        case.expect_event("app", "JobRejected", "Warning").await?;
+        let jobs = case.jobs.list(&ListParams::default()).await?.items;
+        ensure!(
+            jobs.is_empty() && case.jobs_ever("app").is_empty(),
+            "no Job may exist: now {:?}, ever {:?}",
+            jobs.iter().map(|j| j.name_any()).collect::<Vec<_>>(),
+            case.jobs_ever("app")
+        );
+
+        // Nothing changes until the ImageBuild does: no further applies (the old behaviour
+        // retried every 15 s) across a resync (20 s), and no repeated Event.
+        let applies = case.job_applies().await?;
+        ensure!(
+            applies >= 1.0,
+            "the operator's metrics count no Job apply (archforge_kubernetes_requests_total{{verb=\"patch\",resource=\"jobs\"}}), so retries cannot be counted"
+        );
+        let reported = case.occurrences("app", "JobRejected").await?;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let applies_after = case.job_applies().await?;
+        ensure!(
+            applies_after == applies,
+            "the operator kept applying the refused Jobs: {applies} applies, {applies_after} 30 s later"
+        );
+        let reported_after = case.occurrences("app", "JobRejected").await?;
+        ensure!(
+            reported_after == reported,
+            "JobRejected reported {reported} times, {reported_after} 30 s later"
+        );
+        let (_, still) = case.status("app").await?;
+        ensure!(
+            still.phase == Some(Phase::Failed)
+                && condition(&still, "Stalled")?.reason == "JobRejected",
+            "{:?}: {}",
+            still.phase,
+            describe(&still)
+        );
+
+        // Once the cause is gone, a change to the ImageBuild starts a run that succeeds.
+        quotas.delete(QUOTA, &DeleteParams::default()).await?;
+        wait_for(
+            &format!("the API server to admit Jobs without {QUOTA}"),
+            Duration::from_secs(60),
+            || async { job_admitted(&case.jobs, QUOTA).await.map(|ok| ok.then_some(())) },
+        )
+        .await?;
+        let mut manifest = case.manifest("app", &[AMD64, ARM64]);
+        manifest["metadata"]["annotations"] = json!({REBUILD_ANNOTATION: "after-quota"});
+        case.apply(&manifest).await?;
+        let status = case
+            .wait_phase("app", Phase::Succeeded, suite.run_timeout())
+            .await?;
+        ensure!(
+            status.rebuild.as_deref() == Some("after-quota")
+                && condition(&status, "Ready")?.status == "True",
+            "{:?}: {}",
+            status.rebuild,
+            describe(&status)
+        );
+        case.ensure_one_job_per_platform("app", 2)
+    })
+    .await
+}
+
 async fn one_failed_platform_fails_the_run(
     suite: Arc<Suite>,
     test: &'static str,
@@ -583,11 +780,13 @@ async fn one_failed_platform_fails_the_run(
         let status = case
             .wait_phase("app", Phase::Failed, suite.run_timeout())
             .await?;
+        // Ready is what `kubectl wait`, Argo CD and dashboards show: it must say which
+        // platform failed and why, not only that no index was pushed.
         let ready = condition(&status, "Ready")?;
         ensure!(ready.status == "False", "{}", describe(&status));
         ensure!(
-            ready.message.contains(ARM64),
-            "the message does not name the platform: {}",
+            ready.message.contains(ARM64) && ready.message.contains("make: not found"),
+            "Ready's message does not name the failed platform ({ARM64}) and why (make: not found): {}",
             ready.message
         );
         let arm = status
@@ -969,6 +1168,7 @@ fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
     scenarios![
         (happy_path_two_platforms, false),
         (invalid_imagebuilds_are_refused, false),
+        (invalid_job_fields_stall_with_a_reason, false),
         (one_failed_platform_fails_the_run, true),
         (operator_restart_mid_run_completes_once, false),
         (spec_change_mid_run_starts_a_new_run, false),

@@ -117,15 +117,7 @@ impl Operator {
 
     /// The Prometheus text of /metrics.
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        let url = format!("http://{}/metrics", self.metrics_address);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match reqwest::get(&url).await {
-                Ok(response) => return Ok(response.error_for_status()?.text().await?),
-                Err(e) if Instant::now() > deadline => return Err(e.into()),
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
+        metrics_text(&self.metrics_address).await
     }
 
     /// Peak resident memory of the process so far (VmHWM), in KiB.
@@ -152,17 +144,73 @@ pub fn peak_rss_from_proc_status(status: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// Sum of every sample of a counter family in Prometheus text, e.g.
-/// `archforge_kubernetes_requests_total`.
-pub fn sum_samples(text: &str, family: &str) -> f64 {
+/// The Prometheus text of the /metrics endpoint at `address`, waiting up to 20 s for a
+/// process that is still starting.
+pub async fn metrics_text(address: &str) -> anyhow::Result<String> {
+    let url = format!("http://{address}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match reqwest::get(&url).await {
+            Ok(response) => return Ok(response.error_for_status()?.text().await?),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// The `name="value"` labels of a sample's `{...}` part (values unescaped).
+fn sample_labels(labels: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = labels;
+    while let Some((name, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, escaped)) = chars.next() {
+                        value.push(if escaped == 'n' { '\n' } else { escaped });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        out.push((
+            name.trim().trim_start_matches(',').trim().to_string(),
+            value,
+        ));
+        rest = &after[end..];
+    }
+    out
+}
+
+/// Sum of the samples of a counter family in Prometheus text whose labels include every
+/// pair of `labels`, e.g. `archforge_kubernetes_requests_total` with verb="patch",
+/// resource="jobs".
+pub fn sum_samples_where(text: &str, family: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let (name, value) = l.rsplit_once(' ')?;
-            let metric = name.split('{').next()?;
-            (metric == family).then(|| value.parse::<f64>().ok())?
+            let (metric, rest) = name.split_once('{').unwrap_or((name, ""));
+            let found = sample_labels(rest.strip_suffix('}').unwrap_or(rest));
+            let matches = labels
+                .iter()
+                .all(|(k, v)| found.iter().any(|(fk, fv)| fk == k && fv == v));
+            (metric == family && matches).then(|| value.parse::<f64>().ok())?
         })
         .sum()
+}
+
+/// Sum of every sample of a counter family in Prometheus text, e.g.
+/// `archforge_kubernetes_requests_total`.
+pub fn sum_samples(text: &str, family: &str) -> f64 {
+    sum_samples_where(text, family, &[])
 }
 
 #[cfg(test)]
@@ -183,6 +231,24 @@ mod tests {
         );
         assert_eq!(sum_samples(text, "archforge_reconciles_total"), 7.0);
         assert_eq!(sum_samples(text, "missing_total"), 0.0);
+    }
+
+    #[test]
+    fn sums_the_samples_with_given_labels() {
+        let text = "# TYPE archforge_kubernetes_requests counter\n\
+                    archforge_kubernetes_requests_total{verb=\"list\",resource=\"jobs\"} 12\n\
+                    archforge_kubernetes_requests_total{verb=\"patch\",resource=\"jobs\"} 4\n\
+                    archforge_kubernetes_requests_total{verb=\"patch\",resource=\"imagebuilds/status\"} 9\n\
+                    archforge_kubernetes_requests_total{resource=\"jobs\",verb=\"patch\",x=\"a\\\"b,c\"} 1\n\
+                    archforge_kubernetes_requests_total 100\n";
+        let family = "archforge_kubernetes_requests_total";
+        assert_eq!(
+            sum_samples_where(text, family, &[("verb", "patch"), ("resource", "jobs")]),
+            5.0
+        );
+        assert_eq!(sum_samples_where(text, family, &[("x", "a\"b,c")]), 1.0);
+        assert_eq!(sum_samples_where(text, family, &[("verb", "delete")]), 0.0);
+        assert_eq!(sum_samples(text, family), 126.0);
     }
 
     #[test]
