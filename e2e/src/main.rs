@@ -372,15 +372,15 @@ impl Case {
             .sum())
     }
 
-    /// The Job applies the operator has sent so far (its own request counter: a refused
-    /// apply leaves nothing in the cluster to count).
-    async fn job_applies(&self) -> anyhow::Result<f64> {
+    /// The Job creations the operator has sent so far (its own request counter: a refused
+    /// create leaves nothing in the cluster to count).
+    async fn job_creates(&self) -> anyhow::Result<f64> {
         let address = self.operator.lock().unwrap().metrics_address.clone();
         let text = metrics_text(&address).await?;
         Ok(sum_samples_where(
             &text,
             "archforge_kubernetes_requests_total",
-            &[("verb", "patch"), ("resource", "jobs")],
+            &[("verb", "create"), ("resource", "jobs")],
         ))
     }
 
@@ -654,7 +654,7 @@ async fn invalid_job_fields_stall_with_a_reason(
 ) -> anyhow::Result<()> {
     const QUOTA: &str = "no-jobs";
     with_case(&suite, test, None, async |case| {
-        // An admission rule every API server has refuses the Job the operator applies; the
+        // An admission rule every API server has refuses the Job the operator creates; the
         // refusal must stall the run with the server's reason instead of a retry loop.
         let quotas: Api<ResourceQuota> =
             Api::namespaced(suite.client.clone(), &case.namespace);
@@ -701,19 +701,19 @@ async fn invalid_job_fields_stall_with_a_reason(
             case.jobs_ever("app")
         );
 
-        // Nothing changes until the ImageBuild does: no further applies (the old behaviour
+        // Nothing changes until the ImageBuild does: no further creates (the old behaviour
         // retried every 15 s) across a resync (20 s), and no repeated Event.
-        let applies = case.job_applies().await?;
+        let creates = case.job_creates().await?;
         ensure!(
-            applies >= 1.0,
-            "the operator's metrics count no Job apply (archforge_kubernetes_requests_total{{verb=\"patch\",resource=\"jobs\"}}), so retries cannot be counted"
+            creates >= 1.0,
+            "the operator's metrics count no Job create (archforge_kubernetes_requests_total{{verb=\"create\",resource=\"jobs\"}}), so retries cannot be counted"
         );
         let reported = case.occurrences("app", "JobRejected").await?;
         tokio::time::sleep(Duration::from_secs(30)).await;
-        let applies_after = case.job_applies().await?;
+        let creates_after = case.job_creates().await?;
         ensure!(
-            applies_after == applies,
-            "the operator kept applying the refused Jobs: {applies} applies, {applies_after} 30 s later"
+            creates_after == creates,
+            "the operator kept creating the refused Jobs: {creates} creates, {creates_after} 30 s later"
         );
         let reported_after = case.occurrences("app", "JobRejected").await?;
         ensure!(

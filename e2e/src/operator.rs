@@ -190,7 +190,7 @@ fn sample_labels(labels: &str) -> Vec<(String, String)> {
 }
 
 /// Sum of the samples of a counter family in Prometheus text whose labels include every
-/// pair of `labels`, e.g. `archforge_kubernetes_requests_total` with verb="patch",
+/// pair of `labels`, e.g. `archforge_kubernetes_requests_total` with verb="create",
 /// resource="jobs".
 pub fn sum_samples_where(text: &str, family: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
