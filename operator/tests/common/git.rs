@@ -80,13 +80,25 @@ impl GitServer {
         }
     }
 
-    fn bare(&self, name: &str) -> PathBuf {
+    /// The bare repository `name` on disk (for SSH, which reaches it by path).
+    pub fn bare(&self, name: &str) -> PathBuf {
         self.dir.path().join("repos").join(format!("{name}.git"))
     }
 
     /// Commits `files` (path, content) on branch `main` of repository `name`, creating it
     /// if needed, and returns (clone URL, commit SHA).
     pub fn commit(&self, name: &str, files: &[(&str, &str)], message: &str) -> (String, String) {
+        self.commit_with_links(name, files, &[], message)
+    }
+
+    /// [`GitServer::commit`] that also commits symbolic links (path, target).
+    pub fn commit_with_links(
+        &self,
+        name: &str,
+        files: &[(&str, &str)],
+        links: &[(&str, &str)],
+        message: &str,
+    ) -> (String, String) {
         let bare = self.bare(name);
         let work = self.dir.path().join("work").join(name);
         if !bare.exists() {
@@ -100,6 +112,11 @@ impl GitServer {
             let file = work.join(path);
             std::fs::create_dir_all(file.parent().unwrap()).unwrap();
             std::fs::write(file, content).unwrap();
+        }
+        for (path, target) in links {
+            let link = work.join(path);
+            std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(target, link).unwrap();
         }
         git(&work, &["add", "-A"]);
         git(&work, &["commit", "-q", "--allow-empty", "-m", message]);
