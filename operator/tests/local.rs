@@ -673,3 +673,45 @@ async fn a_symlink_that_stays_in_the_repository_still_builds() {
         read_file_from_image(&s.registry, &format!("{image}-linux-amd64"), "hello.txt");
     assert_eq!(hello, "through the link\n");
 }
+
+#[tokio::test]
+async fn an_http_source_is_fetched_with_the_secrets_username_and_password() {
+    let s = setup().await;
+    let password = "pa55-archforge-git-secret";
+    let git = GitServer::start_with_basic_auth("bot", password);
+    let dockerfile = format!("FROM {}\nRUN uname -m > /arch.txt\n", s.base);
+    let (url, sha) = git.commit("private", &[("app/Dockerfile", &dockerfile)], "private");
+    let image = s.registry.image("team/basic:v1");
+    let write = |password: &str| {
+        imagebuild_source(
+            &s.work.path().join("ib.yaml"),
+            &url,
+            "main",
+            "      credentialsSecret: git-basic\n    contextDir: app\n",
+            &image,
+            &secret_document("git-basic", &[("username", "bot"), ("password", password)]),
+        )
+    };
+    let tmpdir = tempfile::tempdir().unwrap();
+
+    let out = build_with_secrets_in_child(&write("wrong-password"), &s.registry, tmpdir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("refused the credentials"), "{stderr}");
+    assert!(!stderr.contains("wrong-password"), "{stderr}");
+
+    let out = build_with_secrets_in_child(&write(password), &s.registry, tmpdir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains(&format!("commit  {sha}")),
+        "main was pinned over smart HTTP with the credentials:\n{stdout}"
+    );
+    let (_, arch) = read_file_from_image(&s.registry, &format!("{image}-linux-amd64"), "arch.txt");
+    assert_eq!(arch.trim(), "x86_64");
+    assert!(
+        !format!("{stdout}{stderr}").contains(password),
+        "the password leaked into the output"
+    );
+}

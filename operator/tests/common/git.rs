@@ -33,8 +33,39 @@ fn git(cwd: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// Python's CGI server, with HTTP basic auth checked in front of every request.
+const BASIC_AUTH_SERVER: &str = r#"
+import base64, http.server, os, sys
+expected = "Basic " + base64.b64encode(os.environ["GIT_TEST_CREDENTIALS"].encode()).decode()
+class Handler(http.server.CGIHTTPRequestHandler):
+    def authorized(self):
+        if self.headers.get("Authorization") == expected:
+            return True
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="git"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return False
+    def do_GET(self):
+        if self.authorized():
+            super().do_GET()
+    def do_POST(self):
+        if self.authorized():
+            super().do_POST()
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"#;
+
 impl GitServer {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A server that answers 401 to every request without these basic-auth credentials.
+    pub fn start_with_basic_auth(username: &str, password: &str) -> Self {
+        Self::start_with(Some(format!("{username}:{password}")))
+    }
+
+    fn start_with(credentials: Option<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let repos = dir.path().join("repos");
         let cgi = dir.path().join("www/cgi-bin");
@@ -53,15 +84,21 @@ impl GitServer {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("python3")
-            .args([
+        let mut server = Command::new("python3");
+        match &credentials {
+            None => server.args([
                 "-m",
                 "http.server",
                 "--cgi",
                 "--bind",
                 "127.0.0.1",
                 &port.to_string(),
-            ])
+            ]),
+            Some(c) => server
+                .args(["-c", BASIC_AUTH_SERVER, &port.to_string()])
+                .env("GIT_TEST_CREDENTIALS", c),
+        };
+        let child = server
             .current_dir(dir.path().join("www"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
