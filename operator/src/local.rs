@@ -1043,6 +1043,61 @@ mod tests {
         );
     }
 
+    const FILE: &str = "apiVersion: archforge.dev/v1alpha1\nkind: ImageBuild\nmetadata:\n  name: app\nspec:\n  source:\n    git:\n      url: git@example.com:team/app.git\n      credentialsSecret: git\n  platforms: [linux/amd64]\n  output:\n    image: registry.example.com/team/app:v1\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: git\ndata:\n  ssh-privatekey: a2V5LWJ5dGVz\nstringData:\n  known_hosts: example.com ssh-ed25519 AAAA\n";
+
+    #[test]
+    fn secrets_of_the_file_merge_data_and_string_data() {
+        let secrets = LocalSecrets::parse("ib.yaml", FILE).unwrap();
+        assert_eq!(
+            format!("{secrets:?}"),
+            r#"{"git"}"#,
+            "Debug shows names only"
+        );
+        let build = crate::manifest::parse_imagebuild("ib.yaml", FILE).unwrap();
+        match git_auth(&build, &secrets).unwrap() {
+            GitAuth::Ssh {
+                key, known_hosts, ..
+            } => {
+                assert_eq!(
+                    key, b"key-bytes\n",
+                    "a final line break is added for OpenSSH"
+                );
+                assert_eq!(known_hosts, b"example.com ssh-ed25519 AAAA");
+            }
+            _ => panic!("an scp-like URL takes the SSH keys"),
+        }
+    }
+
+    #[test]
+    fn missing_secrets_and_keys_are_named() {
+        let build = crate::manifest::parse_imagebuild("ib.yaml", FILE).unwrap();
+        let err = git_auth(&build, &LocalSecrets::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains(
+                "credentialsSecret names Secret \"git\", which is not in the ImageBuild's file"
+            ),
+            "{err}"
+        );
+        let without_known_hosts = FILE.replace("  known_hosts: example.com ssh-ed25519 AAAA\n", "");
+        let secrets = LocalSecrets::parse("ib.yaml", &without_known_hosts).unwrap();
+        let err = git_auth(&build, &secrets).err().unwrap().to_string();
+        assert!(err.contains("has no \"known_hosts\" key"), "{err}");
+    }
+
+    #[test]
+    fn unreadable_secret_values_are_not_quoted() {
+        // serde's own message would quote it: "invalid type: integer `31337424242`".
+        let broken = FILE.replace("a2V5LWJ5dGVz", "31337424242");
+        let err = LocalSecrets::parse("ib.yaml", &broken)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("data.ssh-privatekey"), "{err}");
+        assert!(!err.contains("31337424242"), "{err}");
+    }
+
     #[test]
     fn log_tail_keeps_the_end() {
         let dir = tempfile::tempdir().unwrap();
