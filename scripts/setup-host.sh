@@ -18,6 +18,7 @@ packages=(
   binfmt-support    # registers qemu with the kernel
   busybox-static    # the amd64 base image's only binary
   git
+  openssh-server    # sshd on a loopback port for the git-over-SSH tests (never the system's service)
   python3           # its CGI server hosts git http-backend for the tests and the demo
   apache2-utils     # htpasswd, for the registry's basic-auth mode
   openssl           # certificates for the registry's TLS mode
@@ -44,6 +45,8 @@ if ((${#missing[@]})); then
 fi
 # The package's own service would hold port 5000; tests and the demo start their own.
 systemctl disable --now docker-registry >/dev/null 2>&1 || true
+# Likewise sshd: the tests start their own, key-only, on loopback.
+systemctl disable --now ssh >/dev/null 2>&1 || true
 
 if [ ! -x "$fixtures/busybox" ]; then
   tmp=$(mktemp -d)

@@ -6,6 +6,12 @@
 
 use std::time::Duration;
 
+/// The most of a ref advertisement read from a git server. The controller reads it from a
+/// server the ImageBuild's author chose, so without a bound one endless answer fills the
+/// operator's memory (shared by every namespace) before the 30 s timeout ends it. Real
+/// advertisements are a line per ref: even repositories with 100 000 refs stay far below.
+pub const MAX_ADVERTISEMENT_BYTES: usize = 16 * 1024 * 1024;
+
 /// Credentials for an HTTP(S) git server.
 #[derive(Clone, PartialEq, Eq)]
 pub struct GitCredentials {
@@ -39,6 +45,12 @@ pub enum SourceError {
 
     #[error("git server {url} answered unexpectedly: {message}")]
     Protocol { url: String, message: String },
+
+    #[error(
+        "git server {url} sent a ref advertisement larger than {limit} bytes ({mib} MiB), archforge's limit; give a full commit SHA as ref to skip the lookup",
+        mib = limit / (1024 * 1024)
+    )]
+    AdvertisementTooLarge { url: String, limit: usize },
 }
 
 impl SourceError {
@@ -54,6 +66,7 @@ impl SourceError {
             SourceError::Credentials { .. } => "GitCredentials",
             SourceError::UnsupportedScheme { .. } => "GitRefUnresolvable",
             SourceError::Protocol { .. } => "GitProtocolError",
+            SourceError::AdvertisementTooLarge { .. } => "GitAdvertisementTooLarge",
         }
     }
 }
@@ -167,7 +180,7 @@ pub async fn resolve_commit(
     if let Some(c) = credentials {
         request = request.basic_auth(&c.username, Some(&c.password));
     }
-    let response = request.send().await.map_err(|e| SourceError::Unreachable {
+    let mut response = request.send().await.map_err(|e| SourceError::Unreachable {
         url: shown.clone(),
         message: e.without_url().to_string(),
     })?;
@@ -193,13 +206,30 @@ pub async fn resolve_commit(
             ),
         });
     }
-    let body = response
-        .bytes()
+    let too_large = || SourceError::AdvertisementTooLarge {
+        url: shown.clone(),
+        limit: MAX_ADVERTISEMENT_BYTES,
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_ADVERTISEMENT_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
         .await
         .map_err(|e| SourceError::Unreachable {
             url: shown.clone(),
-            message: e.to_string(),
-        })?;
+            message: e.without_url().to_string(),
+        })?
+    {
+        if body.len() + chunk.len() > MAX_ADVERTISEMENT_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
     let refs = parse_advertisement(&body).map_err(|message| SourceError::Protocol {
         url: shown.clone(),
         message,
@@ -285,6 +315,61 @@ mod tests {
             .to_string();
         assert!(!err.contains("t0ken"), "{err}");
         assert!(err.contains("127.0.0.1:9"), "{err}");
+    }
+
+    /// A hostile git server: answers every `info/refs` with endless flush-pkts (which parse
+    /// as a valid, empty advertisement), until the client goes away or, so that a client
+    /// without a bound cannot exhaust the machine, `SAFETY_STOP` bytes. Returns what it sent.
+    async fn endless_advertisement_server() -> (String, tokio::task::JoinHandle<usize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const SAFETY_STOP: usize = 256 * 1024 * 1024;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/repo.git", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client closed before asking");
+                request.extend_from_slice(&buf[..n]);
+            }
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let chunk = "0000".repeat(16 * 1024).into_bytes();
+            let mut sent = 0;
+            while sent < SAFETY_STOP {
+                if socket.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                sent += chunk.len();
+            }
+            sent
+        });
+        (url, server)
+    }
+
+    #[tokio::test]
+    async fn an_endless_advertisement_is_cut_off_at_the_limit() {
+        let (url, server) = endless_advertisement_server().await;
+        let err = resolve_commit(&url, "main", None).await.unwrap_err();
+        let sent = server.await.unwrap();
+        assert!(
+            matches!(err, SourceError::AdvertisementTooLarge { limit, .. } if limit == MAX_ADVERTISEMENT_BYTES),
+            "{err:?}"
+        );
+        assert!(!err.is_transient(), "retrying cannot help");
+        assert_eq!(err.reason(), "GitAdvertisementTooLarge");
+        let message = err.to_string();
+        assert!(message.contains("16 MiB"), "{message}");
+        assert!(message.contains(&url), "{message}");
+        // The cap plus what the kernel's socket buffers hold: the client stopped reading.
+        assert!(
+            sent < 2 * MAX_ADVERTISEMENT_BYTES,
+            "the server sent {sent} bytes before the client hung up"
+        );
     }
 
     #[test]

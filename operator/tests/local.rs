@@ -6,10 +6,12 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use archforge::registry::sha256_digest;
+use archforge::local::{LocalOptions, LocalSecrets, build_local_with_secrets};
+use archforge::registry::{RegistryOptions, sha256_digest};
 use common::fixtures::publish_busybox_base;
 use common::git::GitServer;
 use common::registry::{Mode, TestRegistry};
+use common::ssh::SshServer;
 use serde_json::Value;
 
 struct Setup {
@@ -40,11 +42,46 @@ async fn setup() -> Setup {
 }
 
 fn imagebuild(path: &Path, url: &str, git_ref: &str, image: &str, build_args: &str) -> String {
+    imagebuild_source(
+        path,
+        url,
+        git_ref,
+        "    contextDir: app\n",
+        image,
+        build_args,
+    )
+}
+
+/// An ImageBuild file whose `spec.source` ends with `source` (indented four spaces), and then
+/// `rest` (more of the spec, or further YAML documents).
+fn imagebuild_source(
+    path: &Path,
+    url: &str,
+    git_ref: &str,
+    source: &str,
+    image: &str,
+    rest: &str,
+) -> String {
     let text = format!(
-        "apiVersion: archforge.dev/v1alpha1\nkind: ImageBuild\nmetadata:\n  name: app\nspec:\n  source:\n    git:\n      url: {url}\n      ref: {git_ref}\n    contextDir: app\n  platforms: [linux/amd64, linux/arm64]\n  output:\n    image: {image}\n{build_args}"
+        "apiVersion: archforge.dev/v1alpha1\nkind: ImageBuild\nmetadata:\n  name: app\nspec:\n  source:\n    git:\n      url: {url}\n      ref: {git_ref}\n{source}  platforms: [linux/amd64, linux/arm64]\n  output:\n    image: {image}\n{rest}"
     );
     std::fs::write(path, text).unwrap();
     path.display().to_string()
+}
+
+/// Whether `reference` exists in the registry (anything was pushed under that tag).
+fn image_exists(reference: &str) -> bool {
+    Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ])
+        .output()
+        .unwrap()
+        .status
+        .success()
 }
 
 fn archforge_build(file: &str, registry: &TestRegistry) -> Output {
@@ -333,4 +370,348 @@ async fn ctrl_c_stops_every_builder_process() {
     );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&storage_text), "mounts outlived the run");
+}
+
+const CHILD_FILE: &str = "ARCHFORGE_TEST_CHILD_FILE";
+const CHILD_INSECURE: &str = "ARCHFORGE_TEST_CHILD_INSECURE_REGISTRY";
+
+/// The local executor with the Secrets of the ImageBuild's file, run in a child process (this
+/// test binary again, see `child_build_local`) so that everything the run prints can be read.
+/// `tmpdir` is the child's TMPDIR, where its private SSH directory is made.
+fn build_with_secrets_in_child(file: &str, registry: &TestRegistry, tmpdir: &Path) -> Output {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_build_local",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_FILE, file)
+        .env(CHILD_INSECURE, &registry.addr)
+        .env("TMPDIR", tmpdir)
+        .output()
+        .unwrap()
+}
+
+/// What `archforge build --local` does with a file that holds Secrets, printing the same lines.
+#[tokio::test]
+#[ignore = "the child process of build_with_secrets_in_child"]
+async fn child_build_local() {
+    let file = std::env::var(CHILD_FILE).expect("started by build_with_secrets_in_child");
+    let insecure = std::env::var(CHILD_INSECURE).unwrap();
+    let build = archforge::manifest::read_imagebuild(&file).unwrap();
+    let secrets = LocalSecrets::from_file(&file).unwrap();
+    let options = LocalOptions {
+        insecure_registries: vec![insecure.clone()],
+        registry: RegistryOptions {
+            insecure: vec![insecure],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (_stop, cancel) = tokio::sync::watch::channel(false);
+    match build_local_with_secrets(&build, &secrets, &options, cancel).await {
+        Ok(outcome) => {
+            println!("image   {}", outcome.index.reference);
+            println!("digest  {}", outcome.index.digest);
+            println!("commit  {}", outcome.commit);
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// A Secret document with `values` as stringData (JSON strings are YAML double-quoted strings).
+fn secret_document(name: &str, values: &[(&str, &str)]) -> String {
+    let mut doc =
+        format!("---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\nstringData:\n");
+    for (key, value) in values {
+        doc.push_str(&format!(
+            "  {key}: {}\n",
+            serde_json::to_string(value).unwrap()
+        ));
+    }
+    doc
+}
+
+/// Fails if any line of the private key's body shows up in `printed`.
+fn assert_key_absent(key: &str, printed: &str) {
+    for line in key
+        .lines()
+        .filter(|l| l.len() > 16 && !l.starts_with("-----"))
+    {
+        assert!(
+            !printed.contains(line),
+            "the private key leaked into the output:\n{printed}"
+        );
+    }
+}
+
+/// The `archforge-ssh-*` directories left in `tmpdir`.
+fn ssh_dirs_left(tmpdir: &Path) -> Vec<String> {
+    std::fs::read_dir(tmpdir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("archforge-ssh-"))
+        .collect()
+}
+
+fn ssh_imagebuild(s: &Setup, ssh: &SshServer, known_hosts: &str, image: &str) -> (String, String) {
+    let dockerfile = format!("FROM {}\nRUN uname -m > /arch.txt\n", s.base);
+    let (_, sha) = s
+        .git
+        .commit("private", &[("app/Dockerfile", &dockerfile)], "private");
+    let url = ssh.url(&s.git.bare("private"));
+    let secret = secret_document(
+        "git-ssh",
+        &[
+            ("ssh-privatekey", &ssh.client_key),
+            ("known_hosts", known_hosts),
+        ],
+    );
+    let file = imagebuild_source(
+        &s.work.path().join("ib.yaml"),
+        &url,
+        "main",
+        "      credentialsSecret: git-ssh\n    contextDir: app\n",
+        image,
+        &secret,
+    );
+    (file, sha)
+}
+
+#[tokio::test]
+async fn an_ssh_source_is_fetched_with_the_secrets_key_and_known_hosts() {
+    let s = setup().await;
+    let ssh = SshServer::start();
+    let image = s.registry.image("team/private:v1");
+    let (file, sha) = ssh_imagebuild(&s, &ssh, &ssh.known_hosts, &image);
+    let tmpdir = tempfile::tempdir().unwrap();
+
+    let out = build_with_secrets_in_child(&file, &s.registry, tmpdir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}\nsshd:\n{}",
+        ssh.log()
+    );
+    assert!(
+        stdout.contains(&format!("commit  {sha}")),
+        "git ls-remote over SSH pinned main:\n{stdout}"
+    );
+    let accepted = ssh.log().matches("Accepted publickey for root").count();
+    assert!(
+        accepted >= 2,
+        "ls-remote and fetch both logged in with the key:\n{}",
+        ssh.log()
+    );
+    let raw = s.registry.skopeo_inspect(&image, &["--raw"]);
+    let index: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(
+        index["annotations"]["org.opencontainers.image.revision"],
+        sha.as_str()
+    );
+    assert_eq!(
+        index["annotations"]["org.opencontainers.image.source"],
+        archforge::source::redact_url(&ssh.url(&s.git.bare("private"))).as_str()
+    );
+    let (_, arch) = read_file_from_image(&s.registry, &format!("{image}-linux-arm64"), "arch.txt");
+    assert_eq!(arch.trim(), "aarch64");
+    assert_key_absent(&ssh.client_key, &format!("{stdout}{stderr}"));
+    assert_eq!(
+        ssh_dirs_left(tmpdir.path()),
+        Vec::<String>::new(),
+        "the key's directory is removed"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_known_hosts_entry_fails_host_key_verification_and_pushes_nothing() {
+    let s = setup().await;
+    let ssh = SshServer::start();
+    let other = common::ssh::keygen(&s.work.path().join("impostor"));
+    let known_hosts = format!("[127.0.0.1]:{} {other}\n", ssh.port);
+    let image = s.registry.image("team/private:v1");
+    let (file, _) = ssh_imagebuild(&s, &ssh, &known_hosts, &image);
+    let tmpdir = tempfile::tempdir().unwrap();
+
+    let out = build_with_secrets_in_child(&file, &s.registry, tmpdir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("host key verification failed")
+            && stderr.contains("known_hosts of Secret \"git-ssh\""),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("building"), "nothing was built:\n{stderr}");
+    assert!(!image_exists(&image), "nothing was pushed");
+    assert!(
+        !image_exists(&format!("{image}-linux-amd64")),
+        "nothing was pushed"
+    );
+    assert!(
+        !ssh.log().contains("Accepted publickey"),
+        "the key was never offered to an unverified server:\n{}",
+        ssh.log()
+    );
+    assert_key_absent(&ssh.client_key, &format!("{stdout}{stderr}"));
+    assert_eq!(ssh_dirs_left(tmpdir.path()), Vec::<String>::new());
+}
+
+/// Runs `archforge build --local` on a repository with `files` and `links`, contextDir
+/// `context_dir`, and returns (output, image).
+async fn build_linked(
+    s: &Setup,
+    files: &[(&str, &str)],
+    links: &[(&str, &str)],
+    context_dir: &str,
+) -> (Output, String) {
+    let (url, _) = s.git.commit_with_links("links", files, links, "links");
+    let image = s.registry.image("team/links:v1");
+    let file = imagebuild_source(
+        &s.work.path().join("ib.yaml"),
+        &url,
+        "main",
+        &format!("    contextDir: {context_dir}\n"),
+        &image,
+        "",
+    );
+    (archforge_build(&file, &s.registry), image)
+}
+
+#[tokio::test]
+async fn a_context_dir_linked_out_of_the_repository_is_refused() {
+    let s = setup().await;
+    let dockerfile = format!("FROM {}\nCOPY . /ctx\n", s.base);
+    let (out, image) = build_linked(
+        &s,
+        &[("app/Dockerfile", &dockerfile)],
+        &[("rootlink", "/")],
+        "rootlink",
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "spec.source.contextDir \"rootlink\" resolves outside the repository (through a symlink)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("building"), "nothing was built:\n{stderr}");
+    assert!(!image_exists(&format!("{image}-linux-amd64")));
+}
+
+#[tokio::test]
+async fn a_dockerfile_linked_out_of_the_repository_is_refused() {
+    let s = setup().await;
+    let (out, image) = build_linked(&s, &[], &[("app/Dockerfile", "/etc/passwd")], "app").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "spec.source.dockerfile \"Dockerfile\" resolves outside the repository (through a symlink)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("building"), "nothing was built:\n{stderr}");
+    assert!(!image_exists(&format!("{image}-linux-amd64")));
+}
+
+#[tokio::test]
+async fn a_missing_context_dir_or_dockerfile_is_named() {
+    let s = setup().await;
+    let (out, _) = build_linked(&s, &[("app/README", "no Dockerfile here")], &[], "nope").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr
+            .contains("spec.source.contextDir \"nope\" does not exist in the repository at commit"),
+        "{stderr}"
+    );
+    let (out, _) = build_linked(&s, &[], &[], "app").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(
+            "spec.source.dockerfile \"Dockerfile\" does not exist in the repository at commit"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("building"), "nothing was built:\n{stderr}");
+}
+
+#[tokio::test]
+async fn a_symlink_that_stays_in_the_repository_still_builds() {
+    let s = setup().await;
+    let dockerfile = format!("FROM {}\nCOPY hello.txt /hello.txt\n", s.base);
+    let (out, image) = build_linked(
+        &s,
+        &[
+            ("sub/app/Dockerfile", &dockerfile),
+            ("sub/app/hello.txt", "through the link\n"),
+        ],
+        &[("app", "sub/app")],
+        "app",
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, hello) =
+        read_file_from_image(&s.registry, &format!("{image}-linux-amd64"), "hello.txt");
+    assert_eq!(hello, "through the link\n");
+}
+
+#[tokio::test]
+async fn an_http_source_is_fetched_with_the_secrets_username_and_password() {
+    let s = setup().await;
+    let password = "pa55-archforge-git-secret";
+    let git = GitServer::start_with_basic_auth("bot", password);
+    let dockerfile = format!("FROM {}\nRUN uname -m > /arch.txt\n", s.base);
+    let (url, sha) = git.commit("private", &[("app/Dockerfile", &dockerfile)], "private");
+    let image = s.registry.image("team/basic:v1");
+    let write = |password: &str| {
+        imagebuild_source(
+            &s.work.path().join("ib.yaml"),
+            &url,
+            "main",
+            "      credentialsSecret: git-basic\n    contextDir: app\n",
+            &image,
+            &secret_document("git-basic", &[("username", "bot"), ("password", password)]),
+        )
+    };
+    let tmpdir = tempfile::tempdir().unwrap();
+
+    let out = build_with_secrets_in_child(&write("wrong-password"), &s.registry, tmpdir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("refused the credentials"), "{stderr}");
+    assert!(!stderr.contains("wrong-password"), "{stderr}");
+
+    let out = build_with_secrets_in_child(&write(password), &s.registry, tmpdir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains(&format!("commit  {sha}")),
+        "main was pinned over smart HTTP with the credentials:\n{stdout}"
+    );
+    let (_, arch) = read_file_from_image(&s.registry, &format!("{image}-linux-amd64"), "arch.txt");
+    assert_eq!(arch.trim(), "x86_64");
+    assert!(
+        !format!("{stdout}{stderr}").contains(password),
+        "the password leaked into the output"
+    );
 }

@@ -33,8 +33,39 @@ fn git(cwd: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// Python's CGI server, with HTTP basic auth checked in front of every request.
+const BASIC_AUTH_SERVER: &str = r#"
+import base64, http.server, os, sys
+expected = "Basic " + base64.b64encode(os.environ["GIT_TEST_CREDENTIALS"].encode()).decode()
+class Handler(http.server.CGIHTTPRequestHandler):
+    def authorized(self):
+        if self.headers.get("Authorization") == expected:
+            return True
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="git"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return False
+    def do_GET(self):
+        if self.authorized():
+            super().do_GET()
+    def do_POST(self):
+        if self.authorized():
+            super().do_POST()
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"#;
+
 impl GitServer {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A server that answers 401 to every request without these basic-auth credentials.
+    pub fn start_with_basic_auth(username: &str, password: &str) -> Self {
+        Self::start_with(Some(format!("{username}:{password}")))
+    }
+
+    fn start_with(credentials: Option<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let repos = dir.path().join("repos");
         let cgi = dir.path().join("www/cgi-bin");
@@ -53,15 +84,21 @@ impl GitServer {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("python3")
-            .args([
+        let mut server = Command::new("python3");
+        match &credentials {
+            None => server.args([
                 "-m",
                 "http.server",
                 "--cgi",
                 "--bind",
                 "127.0.0.1",
                 &port.to_string(),
-            ])
+            ]),
+            Some(c) => server
+                .args(["-c", BASIC_AUTH_SERVER, &port.to_string()])
+                .env("GIT_TEST_CREDENTIALS", c),
+        };
+        let child = server
             .current_dir(dir.path().join("www"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -80,13 +117,25 @@ impl GitServer {
         }
     }
 
-    fn bare(&self, name: &str) -> PathBuf {
+    /// The bare repository `name` on disk (for SSH, which reaches it by path).
+    pub fn bare(&self, name: &str) -> PathBuf {
         self.dir.path().join("repos").join(format!("{name}.git"))
     }
 
     /// Commits `files` (path, content) on branch `main` of repository `name`, creating it
     /// if needed, and returns (clone URL, commit SHA).
     pub fn commit(&self, name: &str, files: &[(&str, &str)], message: &str) -> (String, String) {
+        self.commit_with_links(name, files, &[], message)
+    }
+
+    /// [`GitServer::commit`] that also commits symbolic links (path, target).
+    pub fn commit_with_links(
+        &self,
+        name: &str,
+        files: &[(&str, &str)],
+        links: &[(&str, &str)],
+        message: &str,
+    ) -> (String, String) {
         let bare = self.bare(name);
         let work = self.dir.path().join("work").join(name);
         if !bare.exists() {
@@ -100,6 +149,11 @@ impl GitServer {
             let file = work.join(path);
             std::fs::create_dir_all(file.parent().unwrap()).unwrap();
             std::fs::write(file, content).unwrap();
+        }
+        for (path, target) in links {
+            let link = work.join(path);
+            std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(target, link).unwrap();
         }
         git(&work, &["add", "-A"]);
         git(&work, &["commit", "-q", "--allow-empty", "-m", message]);
