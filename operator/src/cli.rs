@@ -203,6 +203,8 @@ pub struct BuildArgs {
 
 async fn build(args: &BuildArgs) -> crate::Result<()> {
     let build = manifest::read_imagebuild(&args.file)?;
+    // The file may carry the Secrets the ImageBuild names, as a namespace would.
+    let secrets = crate::local::LocalSecrets::from_file(&args.file)?;
     let options = crate::local::LocalOptions {
         jobs: args.jobs,
         storage: args.storage.clone(),
@@ -218,7 +220,8 @@ async fn build(args: &BuildArgs) -> crate::Result<()> {
             let _ = stop.send(true);
         }
     });
-    let outcome = crate::local::build_local(&build, &options, cancel).await?;
+    let outcome =
+        crate::local::build_local_with_secrets(&build, &secrets, &options, cancel).await?;
     println!("image   {}", outcome.index.reference);
     println!("digest  {}", outcome.index.digest);
     println!("commit  {}", outcome.commit);

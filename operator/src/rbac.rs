@@ -200,7 +200,10 @@ mod tests {
             assert!(!p.why.is_empty());
         }
         assert!(is_granted("batch", "jobs", "create"));
-        assert!(!is_granted("batch", "jobs", "patch"), "Jobs are created, never patched");
+        assert!(
+            !is_granted("batch", "jobs", "patch"),
+            "Jobs are created, never patched"
+        );
         assert!(!is_granted("batch", "jobs", "update"));
         assert!(!is_granted("", "secrets", "list"));
     }

@@ -6,8 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use archforge::local::{LocalOptions, LocalSecrets, build_local_with_secrets};
-use archforge::registry::{RegistryOptions, sha256_digest};
+use archforge::registry::sha256_digest;
 use common::fixtures::publish_busybox_base;
 use common::git::GitServer;
 use common::registry::{Mode, TestRegistry};
@@ -372,56 +371,20 @@ async fn ctrl_c_stops_every_builder_process() {
     assert!(!mounts.contains(&storage_text), "mounts outlived the run");
 }
 
-const CHILD_FILE: &str = "ARCHFORGE_TEST_CHILD_FILE";
-const CHILD_INSECURE: &str = "ARCHFORGE_TEST_CHILD_INSECURE_REGISTRY";
-
-/// The local executor with the Secrets of the ImageBuild's file, run in a child process (this
-/// test binary again, see `child_build_local`) so that everything the run prints can be read.
-/// `tmpdir` is the child's TMPDIR, where its private SSH directory is made.
-fn build_with_secrets_in_child(file: &str, registry: &TestRegistry, tmpdir: &Path) -> Output {
-    Command::new(std::env::current_exe().unwrap())
+/// `archforge build --local` of a file that holds Secrets, with `tmpdir` as its TMPDIR
+/// (where its private SSH directory is made), so everything the run prints can be read.
+fn archforge_build_in(file: &str, registry: &TestRegistry, tmpdir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_archforge"))
         .args([
-            "child_build_local",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
+            "build",
+            "--local",
+            file,
+            "--insecure-registry",
+            &registry.addr,
         ])
-        .env(CHILD_FILE, file)
-        .env(CHILD_INSECURE, &registry.addr)
         .env("TMPDIR", tmpdir)
         .output()
         .unwrap()
-}
-
-/// What `archforge build --local` does with a file that holds Secrets, printing the same lines.
-#[tokio::test]
-#[ignore = "the child process of build_with_secrets_in_child"]
-async fn child_build_local() {
-    let file = std::env::var(CHILD_FILE).expect("started by build_with_secrets_in_child");
-    let insecure = std::env::var(CHILD_INSECURE).unwrap();
-    let build = archforge::manifest::read_imagebuild(&file).unwrap();
-    let secrets = LocalSecrets::from_file(&file).unwrap();
-    let options = LocalOptions {
-        insecure_registries: vec![insecure.clone()],
-        registry: RegistryOptions {
-            insecure: vec![insecure],
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let (_stop, cancel) = tokio::sync::watch::channel(false);
-    match build_local_with_secrets(&build, &secrets, &options, cancel).await {
-        Ok(outcome) => {
-            println!("image   {}", outcome.index.reference);
-            println!("digest  {}", outcome.index.digest);
-            println!("commit  {}", outcome.commit);
-        }
-        Err(e) => {
-            eprintln!("Error: {e}");
-            std::process::exit(1);
-        }
-    }
 }
 
 /// A Secret document with `values` as stringData (JSON strings are YAML double-quoted strings).
@@ -492,7 +455,7 @@ async fn an_ssh_source_is_fetched_with_the_secrets_key_and_known_hosts() {
     let (file, sha) = ssh_imagebuild(&s, &ssh, &ssh.known_hosts, &image);
     let tmpdir = tempfile::tempdir().unwrap();
 
-    let out = build_with_secrets_in_child(&file, &s.registry, tmpdir.path());
+    let out = archforge_build_in(&file, &s.registry, tmpdir.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -540,7 +503,7 @@ async fn a_wrong_known_hosts_entry_fails_host_key_verification_and_pushes_nothin
     let (file, _) = ssh_imagebuild(&s, &ssh, &known_hosts, &image);
     let tmpdir = tempfile::tempdir().unwrap();
 
-    let out = build_with_secrets_in_child(&file, &s.registry, tmpdir.path());
+    let out = archforge_build_in(&file, &s.registry, tmpdir.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -694,13 +657,13 @@ async fn an_http_source_is_fetched_with_the_secrets_username_and_password() {
     };
     let tmpdir = tempfile::tempdir().unwrap();
 
-    let out = build_with_secrets_in_child(&write("wrong-password"), &s.registry, tmpdir.path());
+    let out = archforge_build_in(&write("wrong-password"), &s.registry, tmpdir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("refused the credentials"), "{stderr}");
     assert!(!stderr.contains("wrong-password"), "{stderr}");
 
-    let out = build_with_secrets_in_child(&write(password), &s.registry, tmpdir.path());
+    let out = archforge_build_in(&write(password), &s.registry, tmpdir.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
