@@ -396,7 +396,10 @@ impl Problems {
                 if is_extended_resource(name) && nanos % 1_000_000_000 != 0 {
                     self.add(field, "must be a whole number for an extended resource");
                 }
-                parsed[slot].push((name.as_str(), nanos));
+                // Only well-formed names are compared, so the messages below can name them.
+                if is_resource_name(name) {
+                    parsed[slot].push((name.as_str(), nanos));
+                }
             }
         }
         let [limits, requests] = parsed;
