@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 /// API group of every archforge resource.
 pub const GROUP: &str = "archforge.dev";
@@ -38,9 +39,50 @@ pub const REPOSITORY_PATTERN: &str = r"^(localhost|[a-zA-Z0-9]([a-zA-Z0-9-]*[a-z
 /// An RFC 1123 DNS label, the form the issue asks of secret names.
 pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// A git URL git-sync and git accept. A leading `-` could be read as an option, so the
-/// scheme (or `user@host:` for scp-like SSH) is required.
-pub const GIT_URL_PATTERN: &str =
-    r"^((https?|ssh|git)://[^\s]+|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+)$";
+/// scheme (or `user@host:` for scp-like SSH) is required, and neither the user nor the host
+/// may start with `-` (git hands both to ssh, which would read `-oProxyCommand=...` as an
+/// option). Credentials in the URL are refused by separate rules with their own messages.
+pub const GIT_URL_PATTERN: &str = r"^((https?|ssh|git)://([^-\s/?#@][^\s/?#@]*@)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*)(:[0-9]{0,5})?([/?#][^\s]*)?|[A-Za-z0-9_][A-Za-z0-9._-]*@[A-Za-z0-9][A-Za-z0-9.-]*:[^\s]+)$";
+/// An ssh:// URL whose user info carries a password (`ssh://user:pw@host/...`).
+pub const GIT_URL_PASSWORD_PATTERN: &str = r"^ssh://[^/?#@]*:[^/?#@]*@";
+/// An http(s):// or git:// URL with any user info: a token is often passed as the user name.
+pub const GIT_URL_USERINFO_PATTERN: &str = r"^(https?|git)://[^/?#]*@";
+/// An http(s):// URL with a query string or fragment (`?private_token=...`, `?access_token=...`).
+pub const GIT_URL_QUERY_PATTERN: &str = r"^https?://[^?#]*[?#]";
+/// Why an ssh:// URL with a password is refused. Messages about the URL never quote it: the
+/// controller copies them into status and Events, and the URL may hold a secret.
+pub const GIT_URL_PASSWORD_MESSAGE: &str = "must not contain a password; put credentials in a Secret and name it in spec.source.git.credentialsSecret";
+/// Why an http(s):// or git:// URL with user info is refused.
+pub const GIT_URL_USERINFO_MESSAGE: &str = "an http(s):// or git:// URL must not contain a user name, token or password; put credentials in a Secret and name it in spec.source.git.credentialsSecret";
+/// Why an http(s):// URL with a query string or fragment is refused.
+pub const GIT_URL_QUERY_MESSAGE: &str = "an http(s):// URL must not have a query string or fragment (such as ?private_token=...); put credentials in a Secret and name it in spec.source.git.credentialsSecret";
+/// A Kubernetes label key (qualified name): an optional DNS-subdomain prefix and `/`, then a
+/// name of at most 63 characters. The prefix's 253-character limit is [`LABEL_PREFIX_TOO_LONG_PATTERN`].
+pub const LABEL_KEY_PATTERN: &str = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]$";
+/// A label key or resource name whose prefix is longer than the 253 characters of a DNS subdomain.
+pub const LABEL_PREFIX_TOO_LONG_PATTERN: &str = r"^[^/]{254,}/";
+/// The longest label key: a 253-character prefix, `/` and a 63-character name.
+pub const MAX_LABEL_KEY_LENGTH: usize = 317;
+/// A Kubernetes label value: empty, or at most 63 characters starting and ending alphanumeric.
+pub const LABEL_VALUE_PATTERN: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$";
+/// A container resource name Kubernetes accepts: a standard one (cpu, memory,
+/// ephemeral-storage, hugepages-<size>) or a domain-prefixed (extended) one.
+pub const RESOURCE_NAME_PATTERN: &str = r"^(cpu|memory|ephemeral-storage|hugepages-[0-9]+([KMGTPE]i|[kMGTPE])?|[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])$";
+/// A non-negative Kubernetes quantity: controller-gen's `resource.Quantity` pattern without
+/// the `-` sign (container resources may not be negative) and with a whole-number exponent
+/// (the API server's parser refuses `1e1.5`, which controller-gen's pattern lets through).
+pub const QUANTITY_PATTERN: &str =
+    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?[0-9]+))?$";
+/// Most node selector entries an ImageBuild may add (bounds the CEL cost of the key rule).
+pub const MAX_NODE_SELECTOR_ENTRIES: usize = 32;
+/// Most tolerations an ImageBuild may add.
+pub const MAX_TOLERATIONS: usize = 32;
+/// Most resource names in `spec.resources.requests` or `spec.resources.limits`.
+pub const MAX_RESOURCE_ENTRIES: usize = 16;
+/// Toleration operators Kubernetes accepts (empty means Equal).
+pub const TOLERATION_OPERATORS: &[&str] = &["Exists", "Equal", ""];
+/// Taint effects Kubernetes accepts in a toleration (empty matches every effect).
+pub const TOLERATION_EFFECTS: &[&str] = &["NoSchedule", "PreferNoSchedule", "NoExecute", ""];
 /// A branch, tag or commit SHA. Never starts with `-` (git would read it as an option).
 pub const GIT_REF_PATTERN: &str = r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$";
 /// A relative path inside the repository: no leading `/` or `-`.
@@ -135,6 +177,7 @@ pub struct ImageBuildSpec {
     /// Compute resources of the builder container (requests and limits). The fuse
     /// device limit is added by the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "resources_schema")]
     pub resources: Option<ResourceRequirements>,
 
     /// Longest time one platform's build may run, as whole hours, minutes and seconds
@@ -151,15 +194,133 @@ pub struct ImageBuildSpec {
     #[schemars(range(min = 0, max = 10))]
     pub retries: Option<i32>,
 
-    /// Extra node labels the builder pods must match. The kubernetes.io/arch and
-    /// kubernetes.io/os keys are set by archforge from the platform and may not be given here.
+    /// Extra node labels the builder pods must match: label keys and values, at most 32.
+    /// The kubernetes.io/arch and kubernetes.io/os keys are set by archforge from the
+    /// platform and may not be given here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "node_selector_schema")]
     #[x_kube(validation = Rule::new("!('kubernetes.io/arch' in self) && !('kubernetes.io/os' in self)").message("spec.nodeSelector: kubernetes.io/arch and kubernetes.io/os are set by archforge from spec.platforms"))]
+    #[x_kube(validation = Rule::new(format!("self.all(k, k.matches(r'{LABEL_KEY_PATTERN}') && !k.matches(r'{LABEL_PREFIX_TOO_LONG_PATTERN}'))")).message(format!("spec.nodeSelector: {LABEL_KEY_MESSAGE}").as_str()))]
     pub node_selector: Option<BTreeMap<String, String>>,
 
     /// Tolerations added to the builder pods, for example to reach tainted arm64 nodes.
+    /// At most 32, each as Kubernetes accepts it in a pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "tolerations_schema")]
     pub tolerations: Option<Vec<Toleration>>,
+}
+
+/// What a label key (or a prefixed resource name) must look like.
+pub const LABEL_KEY_MESSAGE: &str = "keys must be label keys: an optional DNS subdomain prefix of at most 253 characters and '/', then a name of at most 63 letters, digits, '-', '_' or '.' that starts and ends with a letter or digit";
+/// What a resource name must look like.
+pub const RESOURCE_NAME_MESSAGE: &str = "resource names are cpu, memory, ephemeral-storage, hugepages-<size> or a domain-prefixed name such as example.com/device (prefix at most 253 characters, name at most 63)";
+/// Why an empty toleration key needs operator Exists.
+pub const TOLERATION_EMPTY_KEY_MESSAGE: &str =
+    "an empty key (match every taint) requires operator Exists";
+/// Why operator Exists needs an empty value.
+pub const TOLERATION_EXISTS_VALUE_MESSAGE: &str = "operator Exists requires an empty value";
+/// Why tolerationSeconds needs effect NoExecute.
+pub const TOLERATION_SECONDS_MESSAGE: &str = "tolerationSeconds requires effect NoExecute";
+/// Why `resources.claims` is refused.
+pub const RESOURCE_CLAIMS_MESSAGE: &str =
+    "is not supported: a builder pod has no spec.resourceClaims for a claim to refer to";
+
+/// A `spec.resources` schema that refuses what Kubernetes would refuse in the Job: resource
+/// names that are not container resources, quantities that do not parse or are negative, and
+/// DRA claims (the builder pod has no resourceClaims). The Rust type stays
+/// [`ResourceRequirements`], so render copies it into the container unchanged.
+fn resources_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = serde_json::to_value(ResourceRequirements::json_schema(generator))
+        .expect("schemas serialize");
+    schema["nullable"] = json!(true);
+    let properties = &mut schema["properties"];
+    properties["claims"] = json!({
+        "description": "Not supported: must be empty. A builder pod has no spec.resourceClaims for a claim to refer to.",
+        "type": "array",
+        "maxItems": 0,
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+    });
+    for (name, field) in [
+        ("limits", "spec.resources.limits"),
+        ("requests", "spec.resources.requests"),
+    ] {
+        let map = &mut properties[name];
+        map["maxProperties"] = json!(MAX_RESOURCE_ENTRIES);
+        map["additionalProperties"] = json!({
+            "description": "A non-negative Kubernetes quantity, for example 500m, 2, 512Mi or 4Gi.",
+            "x-kubernetes-int-or-string": true,
+            "pattern": QUANTITY_PATTERN,
+            "minimum": 0,
+        });
+        map["x-kubernetes-validations"] = json!([{
+            "rule": format!("self.all(k, k.matches(r'{RESOURCE_NAME_PATTERN}') && !k.matches(r'{LABEL_PREFIX_TOO_LONG_PATTERN}'))"),
+            "message": format!("{field}: {RESOURCE_NAME_MESSAGE}"),
+        }]);
+    }
+    serde_json::from_value(schema).expect("a valid schema")
+}
+
+/// `spec.nodeSelector`: label values in the structural schema (every API server); keys
+/// have no structural rule in Kubernetes, so they are checked by CEL on the field.
+fn node_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    serde_json::from_value(json!({
+        "type": "object",
+        "nullable": true,
+        "maxProperties": MAX_NODE_SELECTOR_ENTRIES,
+        "additionalProperties": {
+            "type": "string",
+            "maxLength": 63,
+            "pattern": LABEL_VALUE_PATTERN,
+        },
+    }))
+    .expect("a valid schema")
+}
+
+/// `spec.tolerations`: k8s-openapi's `Toleration` with the enums, patterns and cross-field
+/// rules the API server applies to pods, so a bad toleration is refused at apply time
+/// instead of when the controller creates the Job.
+fn tolerations_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut item =
+        serde_json::to_value(Toleration::json_schema(generator)).expect("schemas serialize");
+    let properties = &mut item["properties"];
+    properties["operator"]["enum"] = json!(TOLERATION_OPERATORS);
+    properties["effect"]["enum"] = json!(TOLERATION_EFFECTS);
+    properties["key"]["maxLength"] = json!(MAX_LABEL_KEY_LENGTH);
+    // Empty means every key, so the label-key pattern is optional.
+    properties["key"]["pattern"] = json!(format!(
+        "^({})?$",
+        LABEL_KEY_PATTERN
+            .trim_start_matches('^')
+            .trim_end_matches('$')
+    ));
+    properties["key"]["x-kubernetes-validations"] = json!([{
+        "rule": format!("!self.matches(r'{LABEL_PREFIX_TOO_LONG_PATTERN}')"),
+        "message": "spec.tolerations[].key: the prefix before '/' must be at most 253 characters",
+    }]);
+    properties["value"]["maxLength"] = json!(63);
+    properties["value"]["pattern"] = json!(LABEL_VALUE_PATTERN);
+    item["x-kubernetes-validations"] = json!([
+        {
+            "rule": "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+            "message": format!("spec.tolerations[]: {TOLERATION_EMPTY_KEY_MESSAGE}"),
+        },
+        {
+            "rule": "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            "message": format!("spec.tolerations[]: {TOLERATION_EXISTS_VALUE_MESSAGE}"),
+        },
+        {
+            "rule": "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            "message": format!("spec.tolerations[]: {TOLERATION_SECONDS_MESSAGE}"),
+        },
+    ]);
+    serde_json::from_value(json!({
+        "description": "Tolerations added to the builder pods, for example to reach tainted arm64 nodes. At most 32, each as Kubernetes accepts it in a pod.",
+        "type": "array",
+        "nullable": true,
+        "maxItems": MAX_TOLERATIONS,
+        "items": item,
+    }))
+    .expect("a valid schema")
 }
 
 /// Where the build context comes from.
@@ -194,8 +355,13 @@ fn default_dockerfile() -> String {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct GitSource {
-    /// Repository URL: https://, http://, ssh://, git:// or user@host:path.
+    /// Repository URL: https://, http://, ssh://, git:// or user@host:path. No credentials:
+    /// no password, no user name in http(s):// and git:// URLs, no query string in http(s)
+    /// URLs; put them in the Secret named by credentialsSecret.
     #[schemars(regex(pattern = GIT_URL_PATTERN), length(max = 2048))]
+    #[x_kube(validation = Rule::new(format!("!self.matches(r'{GIT_URL_PASSWORD_PATTERN}')")).message(format!("spec.source.git.url: {GIT_URL_PASSWORD_MESSAGE}").as_str()))]
+    #[x_kube(validation = Rule::new(format!("!self.matches(r'{GIT_URL_USERINFO_PATTERN}')")).message(format!("spec.source.git.url: {GIT_URL_USERINFO_MESSAGE}").as_str()))]
+    #[x_kube(validation = Rule::new(format!("!self.matches(r'{GIT_URL_QUERY_PATTERN}')")).message(format!("spec.source.git.url: {GIT_URL_QUERY_MESSAGE}").as_str()))]
     pub url: String,
 
     /// Branch, tag or full commit SHA to build. A branch or tag is resolved to a commit

@@ -92,3 +92,72 @@ fn cel_rules_compile_within_budget() {
         .collect();
     assert_eq!(errors, Vec::<String>::new());
 }
+
+/// Every CEL rule in the schema, with the path of the node that carries it.
+fn cel_rules(schema: &serde_json::Value, path: &str, rules: &mut Vec<(String, String)>) {
+    if let Some(validations) = schema
+        .get("x-kubernetes-validations")
+        .and_then(|v| v.as_array())
+    {
+        for rule in validations {
+            rules.push((path.to_string(), rule["rule"].as_str().unwrap().to_string()));
+        }
+    }
+    if let Some(properties) = schema.get("properties").and_then(|p| p.as_object()) {
+        for (name, child) in properties {
+            cel_rules(child, &format!("{path}.{name}"), rules);
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(child) = schema.get(key).filter(|c| c.is_object()) {
+            cel_rules(child, &format!("{path}[]"), rules);
+        }
+    }
+}
+
+#[test]
+fn cel_rules_use_only_what_kubernetes_1_25_has() {
+    // The first API servers to enforce CEL (1.25) lack the quantity, format, IP/CIDR and
+    // semver libraries, and their string extensions differ between releases, so the rules
+    // stay with the standard library (matches, all, exists, size, in, has).
+    const LATER: &[&str] = &[
+        "quantity(",
+        "isQuantity(",
+        "format.",
+        "split(",
+        "ip(",
+        "cidr(",
+        "semver(",
+        "url(",
+        "isURL(",
+        ".join(",
+        "lowerAscii(",
+    ];
+    let mut rules = Vec::new();
+    cel_rules(&common::crd_schema(), "", &mut rules);
+    assert!(rules.len() >= 14, "{rules:?}");
+    for (path, rule) in &rules {
+        for later in LATER {
+            assert!(!rule.contains(later), "{path}: {rule} uses {later}");
+        }
+    }
+}
+
+#[test]
+fn quantities_are_int_or_string_with_the_quantity_pattern() {
+    // What controller-gen emits for resource.Quantity, so `kubectl explain` and validating
+    // tools see the same shape as in a built-in container.
+    let schema = common::crd_schema();
+    let resources = &schema["properties"]["spec"]["properties"]["resources"]["properties"];
+    for kind in ["limits", "requests"] {
+        let quantity = &resources[kind]["additionalProperties"];
+        assert_eq!(quantity["x-kubernetes-int-or-string"], true, "{kind}");
+        assert_eq!(quantity.get("type"), None, "{kind}");
+        assert_eq!(
+            quantity["pattern"],
+            archforge::api::QUANTITY_PATTERN,
+            "{kind}"
+        );
+    }
+    assert_eq!(resources["claims"]["maxItems"], 0);
+}

@@ -14,6 +14,9 @@ enum Layer {
     Schema,
     /// CEL rule with this message: enforced from 1.25 (Rust `validate()` covers 1.24).
     Cel(&'static str),
+    /// Neither: the rule compares quantities, which CEL cannot parse before Kubernetes 1.29
+    /// (`quantity()`), so only Rust `validate()` (controller and CLI) refuses it.
+    RustOnly,
 }
 
 fn object_with(change: impl FnOnce(&mut Value)) -> Value {
@@ -24,18 +27,30 @@ fn object_with(change: impl FnOnce(&mut Value)) -> Value {
 
 /// Asserts that `change` makes the sample invalid in both Rust and the CRD.
 fn rejected(change: impl FnOnce(&mut Value), field: &str, message: &str, layer: Layer) {
+    rejected_text(change, field, message, layer);
+}
+
+/// Like [`rejected`], and returns every message a user could see: Rust's (which the
+/// controller copies into status and Events) and the CEL rules'.
+fn rejected_text(
+    change: impl FnOnce(&mut Value),
+    field: &str,
+    message: &str,
+    layer: Layer,
+) -> String {
     let object = object_with(change);
     let build: ImageBuild = serde_json::from_value(object.clone()).expect("still deserializes");
     let invalid = build
         .spec
         .validate()
-        .expect_err("validate() must reject it")
-        .0;
+        .expect_err("validate() must reject it");
     assert!(
         invalid
+            .0
             .iter()
             .any(|i| i.field == field && i.message.contains(message)),
-        "expected {field}: ...{message}..., got {invalid:?}"
+        "expected {field}: ...{message}..., got {:?}",
+        invalid.0
     );
 
     let schema = crd_schema();
@@ -53,7 +68,34 @@ fn rejected(change: impl FnOnce(&mut Value), field: &str, message: &str, layer: 
             );
             assert_eq!(cel, vec![expected.to_string()]);
         }
+        Layer::RustOnly => {
+            assert!(structural.is_empty(), "schema said {structural:?}");
+            assert!(cel.is_empty(), "CEL said {cel:?}");
+        }
     }
+    format!("{invalid}\n{}", cel.join("\n"))
+}
+
+/// Asserts that `change` leaves the sample valid in Rust, the schema and CEL.
+fn accepted(change: impl FnOnce(&mut Value)) {
+    let object = object_with(change);
+    let build: ImageBuild = serde_json::from_value(object.clone()).expect("deserializes");
+    if let Err(invalid) = build.spec.validate() {
+        panic!("validate() refused {}: {invalid}", object["spec"]);
+    }
+    let schema = crd_schema();
+    assert_eq!(
+        schema_errors(&schema, &object, ""),
+        Vec::<String>::new(),
+        "{}",
+        object["spec"]
+    );
+    assert_eq!(
+        cel_errors(&schema, &object),
+        Vec::<String>::new(),
+        "{}",
+        object["spec"]
+    );
 }
 
 #[test]
@@ -64,6 +106,25 @@ fn the_sample_is_valid_everywhere() {
     let schema = crd_schema();
     assert_eq!(schema_errors(&schema, &object, ""), Vec::<String>::new());
     assert_eq!(cel_errors(&schema, &object), Vec::<String>::new());
+}
+
+#[test]
+fn every_sample_is_valid_everywhere() {
+    let dir = common::repo_root().join("config/samples");
+    let schema = crd_schema();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let build = archforge::manifest::read_imagebuild(path.to_str().unwrap()).unwrap();
+        build.spec.validate().expect("the sample is valid");
+        let object = serde_json::to_value(&build).unwrap();
+        let name = path.display();
+        assert_eq!(
+            schema_errors(&schema, &object, ""),
+            Vec::<String>::new(),
+            "{name}"
+        );
+        assert_eq!(cel_errors(&schema, &object), Vec::<String>::new(), "{name}");
+    }
 }
 
 #[test]
@@ -276,9 +337,504 @@ fn git_url_cannot_be_an_option() {
     rejected(
         |s| s["source"]["git"]["url"] = json!("-oProxyCommand=touch /tmp/x"),
         "spec.source.git.url",
+        "must not start with '-'",
+        Layer::Schema,
+    );
+}
+
+#[test]
+fn git_url_must_be_a_url() {
+    rejected(
+        |s| s["source"]["git"]["url"] = json!("/srv/git/app.git"),
+        "spec.source.git.url",
         "is not a git URL",
         Layer::Schema,
     );
+}
+
+fn set_url(url: &str) -> impl FnOnce(&mut Value) + '_ {
+    move |s| s["source"]["git"]["url"] = json!(url)
+}
+
+#[test]
+fn git_url_user_or_host_cannot_be_an_option() {
+    // git hands the user and host of these to ssh, which reads a leading '-' as an option.
+    for url in [
+        "-oProxyCommand=touch${IFS}/tmp/pwned@host:repo.git",
+        "git@-oProxyCommand=touch:repo.git",
+        "ssh://-oProxyCommand=touch@host/repo.git",
+        "ssh://git@-oProxyCommand=touch/repo.git",
+        "https://-oProxyCommand=touch/repo.git",
+        "git://-host/repo.git",
+    ] {
+        let text = rejected_text(
+            set_url(url),
+            "spec.source.git.url",
+            "must not start with '-'",
+            Layer::Schema,
+        );
+        assert!(!text.contains("ProxyCommand"), "{text}");
+    }
+}
+
+const TOKEN: &str = "ghp_s3cr3tT0k3n4rchf0rg3";
+
+#[test]
+fn git_url_with_a_password_is_refused_without_repeating_it() {
+    for url in [
+        format!("https://ci-bot:{TOKEN}@github.com/org/repo.git"),
+        format!("http://ci-bot:{TOKEN}@127.0.0.1:8080/repo.git"),
+    ] {
+        let text = rejected_text(
+            set_url(&url),
+            "spec.source.git.url",
+            "spec.source.git.credentialsSecret",
+            Layer::Cel(
+                "spec.source.git.url: an http(s):// or git:// URL must not contain a user name, token or password; put credentials in a Secret and name it in spec.source.git.credentialsSecret",
+            ),
+        );
+        assert!(!text.contains(TOKEN) && !text.contains("ci-bot"), "{text}");
+    }
+    let text = rejected_text(
+        set_url(&format!("ssh://git:{TOKEN}@git.example.com:22/repo.git")),
+        "spec.source.git.url",
+        "must not contain a password",
+        Layer::Cel(
+            "spec.source.git.url: must not contain a password; put credentials in a Secret and name it in spec.source.git.credentialsSecret",
+        ),
+    );
+    assert!(!text.contains(TOKEN), "{text}");
+}
+
+#[test]
+fn git_url_with_a_token_as_user_name_is_refused() {
+    for url in [
+        format!("https://{TOKEN}@github.com/org/repo.git"),
+        format!("git://{TOKEN}@git.example.com/repo.git"),
+        "https://git@github.com/org/repo.git".to_string(),
+    ] {
+        let text = rejected_text(
+            set_url(&url),
+            "spec.source.git.url",
+            "must not contain a user name, token or password",
+            Layer::Cel(
+                "spec.source.git.url: an http(s):// or git:// URL must not contain a user name, token or password; put credentials in a Secret and name it in spec.source.git.credentialsSecret",
+            ),
+        );
+        assert!(!text.contains(TOKEN), "{text}");
+    }
+}
+
+#[test]
+fn git_url_with_a_token_in_the_query_is_refused() {
+    for url in [
+        format!("https://gitlab.example.com/org/repo.git?private_token={TOKEN}"),
+        format!("https://gitlab.example.com/org/repo.git?ref=main&access_token={TOKEN}"),
+        format!("http://git.example.com/repo.git#{TOKEN}"),
+    ] {
+        let text = rejected_text(
+            set_url(&url),
+            "spec.source.git.url",
+            "query string or fragment",
+            Layer::Cel(
+                "spec.source.git.url: an http(s):// URL must not have a query string or fragment (such as ?private_token=...); put credentials in a Secret and name it in spec.source.git.credentialsSecret",
+            ),
+        );
+        assert!(!text.contains(TOKEN), "{text}");
+    }
+}
+
+#[test]
+fn git_urls_without_credentials_stay_valid() {
+    for url in [
+        "git@github.com:org/repo.git",
+        "ssh://git@git.example.com:22/org/repo.git",
+        "ssh://git.example.com/repo.git",
+        "https://github.com/org/repo.git",
+        "https://github.com/org/repo@v2.git",
+        "http://127.0.0.1:8080/repo.git",
+        "https://[::1]:8443/repo.git",
+        "git://git.example.com/repo.git",
+        "deploy_bot@10.0.0.7:srv/repo.git",
+    ] {
+        accepted(set_url(url));
+    }
+}
+
+#[test]
+fn node_selector_keys_are_label_keys() {
+    let long_prefix = format!("{}.example.com/pool", "a".repeat(250));
+    for key in [
+        "-pool",
+        "pool-",
+        "pool/",
+        "/pool",
+        "Example.com/pool",
+        "a/b/c",
+        "pool name",
+        "",
+        &"p".repeat(64),
+        &long_prefix,
+    ] {
+        let key = key.to_string();
+        rejected(
+            move |s| s["nodeSelector"] = json!({key: "builders"}),
+            "spec.nodeSelector",
+            "label keys",
+            Layer::Cel(
+                "spec.nodeSelector: keys must be label keys: an optional DNS subdomain prefix of at most 253 characters and '/', then a name of at most 63 letters, digits, '-', '_' or '.' that starts and ends with a letter or digit",
+            ),
+        );
+    }
+}
+
+#[test]
+fn node_selector_values_are_label_values() {
+    for value in [
+        "-builders",
+        "builders-",
+        "two words",
+        "a/b",
+        &"v".repeat(64),
+    ] {
+        let value = value.to_string();
+        rejected(
+            move |s| s["nodeSelector"] = json!({"pool": value}),
+            "spec.nodeSelector[pool]",
+            "must be a label value",
+            Layer::Schema,
+        );
+    }
+}
+
+#[test]
+fn node_selector_is_bounded() {
+    let too_many: serde_json::Map<String, Value> =
+        (0..33).map(|i| (format!("pool{i}"), json!("a"))).collect();
+    let object = object_with(|s| s["nodeSelector"] = Value::Object(too_many));
+    let build: ImageBuild = serde_json::from_value(object).unwrap();
+    let err = build.spec.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("spec.nodeSelector: at most 32 entries"),
+        "{err}"
+    );
+    // The shared structural checker has no maxProperties; the API server enforces it.
+    assert_eq!(
+        crd_schema()["properties"]["spec"]["properties"]["nodeSelector"]["maxProperties"],
+        32
+    );
+    let just_enough: serde_json::Map<String, Value> =
+        (0..32).map(|i| (format!("pool{i}"), json!("a"))).collect();
+    accepted(|s| s["nodeSelector"] = Value::Object(just_enough));
+}
+
+#[test]
+fn node_selectors_kubernetes_accepts_stay_valid() {
+    let prefix = format!("{}.example.com", "a".repeat(241));
+    assert_eq!(prefix.len(), 253);
+    let longest = format!("{prefix}/{}", "n".repeat(63));
+    accepted(move |s| {
+        s["nodeSelector"] = json!({
+            "node.example.com/pool": "builders",
+            "tier": "",
+            "Zone_1.a-b": "A_b.c-D",
+            longest: "v".repeat(63),
+        })
+    });
+}
+
+fn set_tolerations(tolerations: Value) -> impl FnOnce(&mut Value) {
+    move |s| s["tolerations"] = tolerations
+}
+
+#[test]
+fn toleration_operator_is_exists_or_equal() {
+    for operator in ["In", "exists", "Gt", "NotEqual"] {
+        rejected(
+            set_tolerations(json!([{"key": "arch", "operator": operator, "value": "arm64"}])),
+            "spec.tolerations[0].operator",
+            "must be Exists or Equal",
+            Layer::Schema,
+        );
+    }
+}
+
+#[test]
+fn toleration_effect_is_a_taint_effect() {
+    rejected(
+        set_tolerations(json!([
+            {"operator": "Exists"},
+            {"key": "arch", "operator": "Exists", "effect": "NoEvict"},
+        ])),
+        "spec.tolerations[1].effect",
+        "NoSchedule, PreferNoSchedule or NoExecute",
+        Layer::Schema,
+    );
+}
+
+#[test]
+fn toleration_key_is_a_label_key() {
+    for key in ["-arch", "arch/", "Example.com/arch", "a b"] {
+        rejected(
+            set_tolerations(json!([{"key": key, "operator": "Exists"}])),
+            "spec.tolerations[0].key",
+            "must be a label key",
+            Layer::Schema,
+        );
+    }
+    let long_prefix = format!("{}/arch", "a".repeat(254));
+    rejected(
+        set_tolerations(json!([{"key": long_prefix, "operator": "Exists"}])),
+        "spec.tolerations[0].key",
+        "must be a label key",
+        Layer::Cel("spec.tolerations[].key: the prefix before '/' must be at most 253 characters"),
+    );
+}
+
+#[test]
+fn toleration_value_is_a_label_value() {
+    rejected(
+        set_tolerations(json!([{"key": "arch", "operator": "Equal", "value": "arm 64"}])),
+        "spec.tolerations[0].value",
+        "must be a label value",
+        Layer::Schema,
+    );
+}
+
+#[test]
+fn toleration_with_an_empty_key_needs_exists() {
+    for toleration in [
+        json!({}),
+        json!({"operator": "Equal"}),
+        json!({"key": "", "effect": "NoSchedule"}),
+    ] {
+        rejected(
+            set_tolerations(json!([toleration])),
+            "spec.tolerations[0]",
+            "requires operator Exists",
+            Layer::Cel(
+                "spec.tolerations[]: an empty key (match every taint) requires operator Exists",
+            ),
+        );
+    }
+}
+
+#[test]
+fn toleration_exists_has_no_value() {
+    rejected(
+        set_tolerations(json!([{"key": "arch", "operator": "Exists", "value": "arm64"}])),
+        "spec.tolerations[0]",
+        "operator Exists requires an empty value",
+        Layer::Cel("spec.tolerations[]: operator Exists requires an empty value"),
+    );
+}
+
+#[test]
+fn toleration_seconds_need_no_execute() {
+    for effect in [json!("NoSchedule"), Value::Null] {
+        let mut toleration = json!({"key": "spot", "operator": "Exists", "tolerationSeconds": 60});
+        if !effect.is_null() {
+            toleration["effect"] = effect;
+        }
+        rejected(
+            set_tolerations(json!([toleration])),
+            "spec.tolerations[0]",
+            "tolerationSeconds requires effect NoExecute",
+            Layer::Cel("spec.tolerations[]: tolerationSeconds requires effect NoExecute"),
+        );
+    }
+}
+
+#[test]
+fn tolerations_are_bounded() {
+    let many: Vec<Value> = (0..33)
+        .map(|i| json!({"key": format!("taint{i}"), "operator": "Exists"}))
+        .collect();
+    rejected(
+        set_tolerations(Value::Array(many)),
+        "spec.tolerations",
+        "at most 32",
+        Layer::Schema,
+    );
+}
+
+#[test]
+fn tolerations_kubernetes_accepts_stay_valid() {
+    accepted(set_tolerations(json!([
+        {"operator": "Exists"},
+        {"key": "arch", "operator": "Equal", "value": "arm64", "effect": "NoSchedule"},
+        {"key": "arch", "value": "arm64"},
+        {"key": "dedicated", "operator": "Equal", "value": "", "effect": "PreferNoSchedule"},
+        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+        {"key": "", "operator": "Exists", "effect": ""},
+    ])));
+}
+
+fn set_resources(resources: Value) -> impl FnOnce(&mut Value) {
+    move |s| s["resources"] = resources
+}
+
+const RESOURCE_NAME_LIMITS: &str = "spec.resources.limits: resource names are cpu, memory, ephemeral-storage, hugepages-<size> or a domain-prefixed name such as example.com/device (prefix at most 253 characters, name at most 63)";
+const RESOURCE_NAME_REQUESTS: &str = "spec.resources.requests: resource names are cpu, memory, ephemeral-storage, hugepages-<size> or a domain-prefixed name such as example.com/device (prefix at most 253 characters, name at most 63)";
+
+#[test]
+fn resource_names_are_container_resources() {
+    let long_prefix = format!("{}.example.com/gpu", "a".repeat(250));
+    for name in [
+        "gpu",
+        "CPU",
+        "pods",
+        "example.com/",
+        "-x.example.com/gpu",
+        "example.com/-gpu",
+        "hugepages-",
+        "hugepages-lots",
+        &long_prefix,
+    ] {
+        rejected(
+            set_resources(json!({"limits": {name: "1"}})),
+            "spec.resources.limits",
+            "resource names are cpu, memory",
+            Layer::Cel(RESOURCE_NAME_LIMITS),
+        );
+    }
+    rejected(
+        set_resources(json!({"requests": {"gpu": "1"}})),
+        "spec.resources.requests",
+        "resource names are cpu, memory",
+        Layer::Cel(RESOURCE_NAME_REQUESTS),
+    );
+}
+
+#[test]
+fn resource_quantities_are_quantities() {
+    for quantity in [
+        json!("2 cores"),
+        json!("1GB"),
+        json!("1e1.5"),
+        json!("lots"),
+        json!(""),
+        json!("0x10"),
+    ] {
+        rejected(
+            set_resources(json!({"requests": {"memory": quantity}})),
+            "spec.resources.requests[memory]",
+            "is not a Kubernetes quantity",
+            Layer::Schema,
+        );
+    }
+}
+
+#[test]
+fn resource_quantities_are_not_negative() {
+    for quantity in [json!("-1"), json!("-500m"), json!(-2)] {
+        rejected(
+            set_resources(json!({"limits": {"cpu": quantity}})),
+            "spec.resources.limits[cpu]",
+            "must not be negative",
+            Layer::Schema,
+        );
+    }
+}
+
+#[test]
+fn requests_do_not_exceed_limits() {
+    for (request, limit) in [
+        ("8Gi", "4Gi"),
+        ("1.6", "1500m"),
+        ("1073741825", "1Gi"),
+        ("2e3", "1k"),
+    ] {
+        rejected(
+            set_resources(json!({"requests": {"memory": request}, "limits": {"memory": limit}})),
+            "spec.resources.requests[memory]",
+            "must not exceed spec.resources.limits[memory]",
+            Layer::RustOnly,
+        );
+    }
+}
+
+#[test]
+fn extended_resources_and_hugepages_are_not_overcommitted() {
+    rejected(
+        set_resources(
+            json!({"requests": {"example.com/gpu": "1"}, "limits": {"example.com/gpu": "2"}}),
+        ),
+        "spec.resources.requests[example.com/gpu]",
+        "must equal spec.resources.limits[example.com/gpu]",
+        Layer::RustOnly,
+    );
+    rejected(
+        set_resources(json!({"requests": {"memory": "1Gi", "hugepages-2Mi": "64Mi"}})),
+        "spec.resources.limits[hugepages-2Mi]",
+        "is required",
+        Layer::RustOnly,
+    );
+    rejected(
+        set_resources(json!({"limits": {"example.com/gpu": "500m"}})),
+        "spec.resources.limits[example.com/gpu]",
+        "whole number",
+        Layer::RustOnly,
+    );
+    rejected(
+        set_resources(json!({"limits": {"hugepages-1Gi": "2Gi"}})),
+        "spec.resources",
+        "hugepages require a cpu or memory",
+        Layer::RustOnly,
+    );
+}
+
+#[test]
+fn resource_claims_are_refused() {
+    rejected(
+        set_resources(json!({"claims": [{"name": "gpu"}]})),
+        "spec.resources.claims",
+        "not supported",
+        Layer::Schema,
+    );
+}
+
+#[test]
+fn resources_are_bounded() {
+    let many: serde_json::Map<String, Value> = (0..17)
+        .map(|i| (format!("example.com/dev{i}"), json!("1")))
+        .collect();
+    let object = object_with(|s| s["resources"] = json!({"limits": many}));
+    let build: ImageBuild = serde_json::from_value(object).unwrap();
+    let err = build.spec.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("spec.resources.limits: at most 16 resources"),
+        "{err}"
+    );
+    let resources = &crd_schema()["properties"]["spec"]["properties"]["resources"]["properties"];
+    assert_eq!(resources["limits"]["maxProperties"], 16);
+    assert_eq!(resources["requests"]["maxProperties"], 16);
+}
+
+#[test]
+fn resources_kubernetes_accepts_stay_valid() {
+    accepted(set_resources(json!({
+        "requests": {
+            "cpu": "1500m",
+            "memory": "1Gi",
+            "ephemeral-storage": "10Gi",
+            "example.com/gpu": 1,
+            "hugepages-2Mi": "64Mi",
+        },
+        "limits": {
+            "cpu": "1.5",
+            "memory": 1073741824,
+            "example.com/gpu": "1",
+            "hugepages-2Mi": "64Mi",
+            "github.com/fuse": "1",
+        },
+    })));
+    accepted(set_resources(
+        json!({"requests": {"cpu": "+.5", "memory": "1e9"}, "limits": {"memory": "1G"}}),
+    ));
+    accepted(set_resources(
+        json!({"requests": {"cpu": "2"}, "limits": {}}),
+    ));
 }
 
 #[test]
