@@ -419,6 +419,24 @@ pub enum MediaType {
     Docker,
 }
 
+impl MediaType {
+    /// buildah's `build --format` word for it.
+    pub fn buildah_build_format(self) -> &'static str {
+        match self {
+            MediaType::Oci => "oci",
+            MediaType::Docker => "docker",
+        }
+    }
+
+    /// buildah's `push --format` word for it (the Docker format is "v2s2" there).
+    pub fn buildah_push_format(self) -> &'static str {
+        match self {
+            MediaType::Oci => "oci",
+            MediaType::Docker => "v2s2",
+        }
+    }
+}
+
 /// A Dockerfile build argument.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct BuildArg {

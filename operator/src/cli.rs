@@ -6,9 +6,11 @@ use clap::{Parser, Subcommand};
 
 use crate::api::MediaType;
 use crate::manifest;
-use crate::plan::{AuthFile, BuilderSettings, KubeVersion, Platform, plan};
+use crate::plan::{Platform, plan};
 use crate::registry::{DockerConfig, PlatformImage, Registry, RegistryError, RegistryOptions};
-use crate::render::{PUSH_AUTH_FILE, render_jobs};
+use crate::render::{auth_file, render_jobs};
+use crate::settings::{BuilderSettings, KubeVersion};
+use crate::validation::ValidSpec;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -378,12 +380,12 @@ fn render(args: &RenderArgs) -> crate::Result<String> {
         .revision
         .clone()
         .unwrap_or_else(|| build.spec.source.git.r#ref.clone());
-    let auth = if build.spec.output.push_secret.is_some() {
-        AuthFile::Path(PUSH_AUTH_FILE)
-    } else {
-        AuthFile::None
-    };
-    let plan = plan(&build, &args.settings, &revision, auth)?;
+    let plan = plan(
+        &ValidSpec::check(&build)?,
+        &args.settings,
+        &revision,
+        auth_file(&build),
+    );
     let mut out = String::new();
     for job in render_jobs(&build, &plan, &args.settings, args.kube_version) {
         crate::podsecurity::check_job(&job, args.settings.pod_security_level)?;

@@ -13,6 +13,7 @@ pub mod podsecurity;
 pub mod rbac;
 pub mod registry;
 pub mod render;
+pub mod settings;
 pub mod source;
 pub mod status;
 pub mod telemetry;

@@ -18,10 +18,11 @@ use tokio::process::Command;
 use tokio::sync::{Semaphore, watch};
 
 use crate::api::ImageBuild;
-use crate::plan::{AuthFile, BuildPlan, BuilderSettings, Platform, PlatformPlan, plan, push_argv};
+use crate::plan::{AuthFile, Platform, PlatformPlan, plan};
 use crate::registry::{
     PlatformImage, PushedIndex, Registry, RegistryError, RegistryOptions, run_annotations,
 };
+use crate::settings::BuilderSettings;
 use crate::source::{GitCredentials, SourceError, is_full_sha, redact_url, resolve_commit};
 
 /// How the local run is set up.
@@ -763,9 +764,7 @@ struct Workspace {
 
 async fn build_platform(
     ws: &Workspace,
-    plan: &BuildPlan,
     platform: &PlatformPlan,
-    options: &LocalOptions,
     progress: &Progress,
     mut cancel: watch::Receiver<bool>,
 ) -> Result<PlatformResult, LocalError> {
@@ -819,16 +818,7 @@ async fn build_platform(
         ),
     );
     let digest_file = storage.join("digest");
-    let auth = match &options.docker_config {
-        Some(path) => AuthFile::Path(path),
-        None => AuthFile::None,
-    };
-    let push = push_argv(
-        plan.media_type,
-        &platform.push_target,
-        &digest_file.display().to_string(),
-        auth,
-    );
+    let push = platform.push_argv(&digest_file.display().to_string());
     let status = run_logged(buildah(with_options(push, &extra)), &log, &mut cancel).await?;
     if !status.success() {
         return Err(failed(format!("buildah push exited with {status}")));
@@ -917,15 +907,14 @@ pub async fn build_local_with_secrets(
     let progress = Progress {
         started: Instant::now(),
     };
-    build.spec.validate().map_err(crate::Error::from)?;
+    let valid = crate::validation::ValidSpec::check(build).map_err(crate::Error::from)?;
     let auth = match &options.docker_config {
         Some(path) => AuthFile::Path(path),
         None => AuthFile::None,
     };
     let access = GitAccess::new(&git_auth(build, secrets)?)?;
     let commit = pin_commit(build, &access).await?;
-    let plan =
-        plan(build, &BuilderSettings::default(), &commit, auth).map_err(crate::Error::from)?;
+    let plan = plan(&valid, &BuilderSettings::default(), &commit, auth);
     for warning in check_emulation(&plan.platforms)? {
         progress.say(None, &format!("warning: {warning}"));
     }
@@ -965,10 +954,10 @@ pub async fn build_local_with_secrets(
     let heartbeat = std::io::stderr().is_terminal();
     let runs = plan.platforms.iter().map(|platform| {
         let permits = permits.clone();
-        let (ws, plan, progress, cancel) = (ws.clone(), &plan, progress.clone(), cancel.clone());
+        let (ws, progress, cancel) = (ws.clone(), progress.clone(), cancel.clone());
         async move {
             let _permit = permits.acquire().await.expect("the semaphore is never closed");
-            let work = build_platform(&ws, plan, platform, options, &progress, cancel);
+            let work = build_platform(&ws, platform, &progress, cancel);
             tokio::pin!(work);
             let mut ticker = tokio::time::interval(Duration::from_secs(15));
             ticker.tick().await;

@@ -9,7 +9,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::api::{ImageBuild, ImageBuildSpec, MediaType};
-use crate::validation::{InvalidSpec, parse_timeout};
+use crate::settings::BuilderSettings;
+use crate::validation::{ValidSpec, parse_timeout};
 
 /// Annotation whose new value starts a new run of an unchanged spec.
 pub const REBUILD_ANNOTATION: &str = "archforge.dev/rebuild";
@@ -67,187 +68,6 @@ impl FromStr for Platform {
     }
 }
 
-/// The Kubernetes API server's version, which decides which pod fields may be set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct KubeVersion {
-    pub major: u32,
-    pub minor: u32,
-}
-
-impl KubeVersion {
-    /// The oldest server archforge supports.
-    pub const OLDEST: KubeVersion = KubeVersion {
-        major: 1,
-        minor: 24,
-    };
-
-    /// `securityContext.appArmorProfile` exists from 1.30; an older server rejects it.
-    pub fn has_apparmor_field(self) -> bool {
-        self >= KubeVersion {
-            major: 1,
-            minor: 30,
-        }
-    }
-
-    /// From the `major`/`minor` strings of `/version` (which may carry a `+` suffix).
-    pub fn from_info(major: &str, minor: &str) -> Option<Self> {
-        let digits = |s: &str| -> Option<u32> {
-            s.trim_end_matches(|c: char| !c.is_ascii_digit())
-                .parse()
-                .ok()
-        };
-        Some(KubeVersion {
-            major: digits(major)?,
-            minor: digits(minor)?,
-        })
-    }
-}
-
-impl FromStr for KubeVersion {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim_start_matches('v');
-        let mut parts = s.split('.');
-        let (Some(major), Some(minor)) = (parts.next(), parts.next()) else {
-            return Err(format!("{s:?} is not a Kubernetes version like 1.30"));
-        };
-        KubeVersion::from_info(major, minor)
-            .ok_or_else(|| format!("{s:?} is not a Kubernetes version like 1.30"))
-    }
-}
-
-impl fmt::Display for KubeVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.major, self.minor)
-    }
-}
-
-/// The seccomp profile of builder containers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SeccompProfile {
-    /// No syscall filter: an explicit opt-in for nodes where neither the runtime's default
-    /// nor the shipped localhost profile lets rootless buildah run. Pod Security `baseline`
-    /// refuses it, so build namespaces would have to be `privileged`.
-    Unconfined,
-    /// The container runtime's default profile, the default: current containerd and CRI-O
-    /// profiles let an unprivileged process create a user namespace and mount inside it,
-    /// which is all rootless buildah asks of seccomp.
-    RuntimeDefault,
-    /// A profile file under the kubelet's seccomp directory, such as the shipped
-    /// `archforge/builder.json` for runtimes whose default blocks user namespaces.
-    Localhost(String),
-}
-
-impl FromStr for SeccompProfile {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "Unconfined" => Ok(SeccompProfile::Unconfined),
-            "RuntimeDefault" => Ok(SeccompProfile::RuntimeDefault),
-            _ => match s.strip_prefix("localhost/") {
-                Some(path) if !path.is_empty() => Ok(SeccompProfile::Localhost(path.to_string())),
-                _ => Err(format!(
-                    "{s:?} is not a seccomp profile: use Unconfined, RuntimeDefault or localhost/<path>"
-                )),
-            },
-        }
-    }
-}
-
-impl fmt::Display for SeccompProfile {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SeccompProfile::Unconfined => f.write_str("Unconfined"),
-            SeccompProfile::RuntimeDefault => f.write_str("RuntimeDefault"),
-            SeccompProfile::Localhost(path) => write!(f, "localhost/{path}"),
-        }
-    }
-}
-
-/// Operator-wide settings that shape every builder Job. Flags with environment fallbacks;
-/// the Helm chart's values map one to one onto them.
-#[derive(clap::Args, Clone, Debug, PartialEq)]
-pub struct BuilderSettings {
-    /// Image of the builder container (buildah, run as a non-root user).
-    #[arg(
-        long,
-        env = "ARCHFORGE_BUILDER_IMAGE",
-        default_value = "quay.io/buildah/stable:v1.38.0"
-    )]
-    pub builder_image: String,
-
-    /// Image of the git-sync v4 init container that fetches the source.
-    #[arg(
-        long,
-        env = "ARCHFORGE_GIT_SYNC_IMAGE",
-        default_value = "registry.k8s.io/git-sync/git-sync:v4.4.0"
-    )]
-    pub git_sync_image: String,
-
-    /// Name of the AppArmor profile loaded on the nodes for the builder container.
-    #[arg(
-        long,
-        env = "ARCHFORGE_APPARMOR_PROFILE",
-        default_value = "archforge-builder"
-    )]
-    pub apparmor_profile: String,
-
-    /// Extended resource that gives the builder /dev/fuse (from a fuse device plugin).
-    #[arg(
-        long,
-        env = "ARCHFORGE_FUSE_RESOURCE",
-        default_value = "github.com/fuse"
-    )]
-    pub fuse_resource: String,
-
-    /// How many of the fuse resource each builder requests.
-    #[arg(long, env = "ARCHFORGE_FUSE_QUANTITY", default_value = "1")]
-    pub fuse_quantity: String,
-
-    /// Seccomp profile of the builder container: RuntimeDefault, localhost/<path> (for
-    /// example localhost/archforge/builder.json, shipped in config/seccomp) or, as an
-    /// explicit opt-in that Pod Security baseline refuses, Unconfined.
-    #[arg(
-        long,
-        env = "ARCHFORGE_SECCOMP_PROFILE",
-        default_value = "RuntimeDefault"
-    )]
-    pub seccomp_profile: SeccompProfile,
-
-    /// Pod Security level builder pods must meet (privileged, baseline or restricted): the
-    /// level of the namespaces ImageBuilds run in. A Job whose pod would break it is not
-    /// created; the ImageBuild is Stalled with the rule named.
-    #[arg(long, env = "ARCHFORGE_POD_SECURITY_LEVEL", default_value = "baseline")]
-    pub pod_security_level: crate::podsecurity::Level,
-
-    /// Timeout of one platform's build when spec.timeout is not set.
-    #[arg(long, env = "ARCHFORGE_DEFAULT_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
-    pub default_timeout: Duration,
-
-    /// How long finished builder Jobs are kept before Kubernetes deletes them.
-    #[arg(long, env = "ARCHFORGE_JOB_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
-    pub job_ttl: Duration,
-
-    /// UID (and GID) the builder runs as; must have subordinate ID ranges in the builder image.
-    #[arg(long, env = "ARCHFORGE_BUILDER_UID", default_value_t = 1000)]
-    pub builder_uid: i64,
-}
-
-impl Default for BuilderSettings {
-    fn default() -> Self {
-        #[derive(clap::Parser)]
-        struct Defaults {
-            #[command(flatten)]
-            settings: BuilderSettings,
-        }
-        // Parsing no arguments yields exactly the documented defaults (ignoring the
-        // environment would need clap's `env` to be switched off; tests set none).
-        <Defaults as clap::Parser>::parse_from(["archforge"]).settings
-    }
-}
-
 /// What the build of one platform does, independent of where it runs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlatformPlan {
@@ -258,6 +78,37 @@ pub struct PlatformPlan {
     pub push_target: String,
     /// Arguments to `buildah` (starting with `build`), run from the repository root.
     pub build_argv: Vec<String>,
+    /// The manifest format of the pushed image.
+    pub media_type: MediaType,
+    /// The registry credentials file buildah reads, when there is one.
+    pub auth_file: Option<String>,
+}
+
+impl PlatformPlan {
+    /// The `buildah push` arguments that push the built image to this platform's tag and
+    /// write the pushed manifest digest to `digest_file`: the Job's termination log, or a
+    /// file of the local executor. The one place that decides how a platform is pushed.
+    pub fn push_argv(&self, digest_file: &str) -> Vec<String> {
+        let mut argv: Vec<String> = [
+            "push",
+            "--format",
+            self.media_type.buildah_push_format(),
+            "--digestfile",
+            digest_file,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(path) = &self.auth_file {
+            argv.extend(["--authfile".to_string(), path.clone()]);
+        }
+        argv.extend([
+            "--".to_string(),
+            LOCAL_IMAGE.to_string(),
+            format!("docker://{}", self.push_target),
+        ]);
+        argv
+    }
 }
 
 /// Everything one run of an ImageBuild does, per platform.
@@ -377,10 +228,6 @@ pub fn dockerfile_path(spec: &ImageBuildSpec) -> String {
 /// argv and the local executor's; only the working directory (the checkout) differs.
 /// User values are separate elements: nothing here is ever joined into a shell string.
 pub fn build_argv(spec: &ImageBuildSpec, platform: &Platform, auth: AuthFile<'_>) -> Vec<String> {
-    let format = match spec.output.media_type {
-        MediaType::Oci => "oci",
-        MediaType::Docker => "docker",
-    };
     let context = context_dir(spec);
     let mut argv: Vec<String> = [
         "build",
@@ -389,7 +236,7 @@ pub fn build_argv(spec: &ImageBuildSpec, platform: &Platform, auth: AuthFile<'_>
         "--isolation",
         "chroot",
         "--format",
-        format,
+        spec.output.media_type.buildah_build_format(),
         "--layers",
         "--file",
         &dockerfile_path(spec),
@@ -424,33 +271,6 @@ pub fn build_argv(spec: &ImageBuildSpec, platform: &Platform, auth: AuthFile<'_>
     argv
 }
 
-/// The `buildah push` arguments that push the built image to one platform's tag and write
-/// the pushed manifest digest to `digest_file`.
-pub fn push_argv(
-    media_type: MediaType,
-    push_target: &str,
-    digest_file: &str,
-    auth: AuthFile<'_>,
-) -> Vec<String> {
-    let format = match media_type {
-        MediaType::Oci => "oci",
-        MediaType::Docker => "v2s2",
-    };
-    let mut argv: Vec<String> = ["push", "--format", format, "--digestfile", digest_file]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    if let AuthFile::Path(path) = auth {
-        argv.extend(["--authfile".to_string(), path.to_string()]);
-    }
-    argv.extend([
-        "--".to_string(),
-        LOCAL_IMAGE.to_string(),
-        format!("docker://{push_target}"),
-    ]);
-    argv
-}
-
 /// The value of the rebuild annotation, which is part of a run's identity.
 pub fn rebuild_token(build: &ImageBuild) -> Option<String> {
     build
@@ -461,12 +281,39 @@ pub fn rebuild_token(build: &ImageBuild) -> Option<String> {
         .cloned()
 }
 
+/// What identifies one run of an ImageBuild: its generation and its rebuild annotation. The
+/// controller finds a run's status and Jobs by it, and the plan names the Jobs after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunId {
+    pub generation: i64,
+    pub rebuild: Option<String>,
+}
+
+impl RunId {
+    /// The run `build` asks for now.
+    pub fn of(build: &ImageBuild) -> Self {
+        RunId {
+            generation: build.metadata.generation.unwrap_or(1),
+            rebuild: rebuild_token(build),
+        }
+    }
+
+    /// Whether `status` describes this run.
+    pub fn is_described_by(&self, status: &crate::api::ImageBuildStatus) -> bool {
+        status.observed_generation == Some(self.generation) && status.rebuild == self.rebuild
+    }
+
+    /// The prefix of this run's Job names.
+    pub fn name(&self, build: &ImageBuild) -> String {
+        let name = build.metadata.name.as_deref().unwrap_or("imagebuild");
+        run_name(name, self.generation, self.rebuild.as_deref())
+    }
+}
+
 /// The Job names of `build`'s current run, one per valid platform. They do not depend on
 /// the commit, so the controller can find the run's Jobs before the commit is pinned.
 pub fn current_job_names(build: &ImageBuild) -> Vec<String> {
-    let name = build.metadata.name.as_deref().unwrap_or("imagebuild");
-    let generation = build.metadata.generation.unwrap_or(1);
-    let run = run_name(name, generation, rebuild_token(build).as_deref());
+    let run = RunId::of(build).name(build);
     build
         .spec
         .platforms
@@ -476,20 +323,18 @@ pub fn current_job_names(build: &ImageBuild) -> Vec<String> {
         .collect()
 }
 
-/// Plans one run of `build` at `revision` (a resolved commit SHA, or the spec's ref when
-/// no resolution happened, as in a dry run). Fails on an invalid spec.
+/// Plans one run of a validated ImageBuild at `revision` (a resolved commit SHA, or the
+/// spec's ref when no resolution happened, as in a dry run).
 pub fn plan(
-    build: &ImageBuild,
+    valid: &ValidSpec<'_>,
     settings: &BuilderSettings,
     revision: &str,
     auth: AuthFile<'_>,
-) -> Result<BuildPlan, InvalidSpec> {
+) -> BuildPlan {
+    let build = valid.imagebuild();
     let spec = &build.spec;
-    spec.validate()?;
-    let name = build.metadata.name.as_deref().unwrap_or("imagebuild");
-    let generation = build.metadata.generation.unwrap_or(1);
-    let rebuild = rebuild_token(build);
-    let run_name = run_name(name, generation, rebuild.as_deref());
+    let run = RunId::of(build);
+    let run_name = run.name(build);
     let platforms = spec
         .platforms
         .iter()
@@ -499,14 +344,19 @@ pub fn plan(
                 job_name: job_name(&run_name, &platform),
                 push_target: platform_tag(&spec.output.image, &platform),
                 build_argv: build_argv(spec, &platform, auth),
+                media_type: spec.output.media_type,
+                auth_file: match auth {
+                    AuthFile::Path(path) => Some(path.to_string()),
+                    AuthFile::None => None,
+                },
                 platform,
             }
         })
         .collect();
-    Ok(BuildPlan {
+    BuildPlan {
         run_name,
-        generation,
-        rebuild,
+        generation: run.generation,
+        rebuild: run.rebuild,
         revision: revision.to_string(),
         media_type: spec.output.media_type,
         timeout: spec
@@ -516,7 +366,7 @@ pub fn plan(
             .unwrap_or(settings.default_timeout),
         retries: spec.retries.unwrap_or(1),
         platforms,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -593,13 +443,16 @@ mod tests {
                      "output": {"image": "r.example.com/a:v1"}}
         }))
         .unwrap();
-        let planned: Vec<String> =
-            plan(&build, &BuilderSettings::default(), "main", AuthFile::None)
-                .unwrap()
-                .platforms
-                .into_iter()
-                .map(|p| p.job_name)
-                .collect();
+        let planned: Vec<String> = plan(
+            &ValidSpec::check(&build).unwrap(),
+            &BuilderSettings::default(),
+            "main",
+            AuthFile::None,
+        )
+        .platforms
+        .into_iter()
+        .map(|p| p.job_name)
+        .collect();
         assert_eq!(current_job_names(&build), planned);
         assert!(planned[1].starts_with("app-4-r") && planned[1].ends_with("-linux-arm-v7"));
         build.metadata.annotations = None;
@@ -638,40 +491,5 @@ mod tests {
         ] {
             assert!(bad.parse::<Platform>().is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn kube_versions() {
-        assert_eq!(
-            KubeVersion::from_info("1", "24+"),
-            Some(KubeVersion {
-                major: 1,
-                minor: 24
-            })
-        );
-        assert_eq!(
-            "v1.30.2".parse::<KubeVersion>().unwrap(),
-            KubeVersion {
-                major: 1,
-                minor: 30
-            }
-        );
-        assert!(!KubeVersion::OLDEST.has_apparmor_field());
-        assert!("1.30".parse::<KubeVersion>().unwrap().has_apparmor_field());
-        assert!("one.two".parse::<KubeVersion>().is_err());
-    }
-
-    #[test]
-    fn seccomp_profiles_parse() {
-        assert_eq!(
-            "Unconfined".parse::<SeccompProfile>().unwrap(),
-            SeccompProfile::Unconfined
-        );
-        assert_eq!(
-            "localhost/p.json".parse::<SeccompProfile>().unwrap(),
-            SeccompProfile::Localhost("p.json".into())
-        );
-        assert!("localhost/".parse::<SeccompProfile>().is_err());
-        assert!("unconfined".parse::<SeccompProfile>().is_err());
     }
 }

@@ -8,9 +8,8 @@ use kube::Resource;
 use serde_json::{Value, json};
 
 use crate::api::ImageBuild;
-use crate::plan::{
-    BuildPlan, BuilderSettings, KubeVersion, LOCAL_IMAGE, PlatformPlan, SeccompProfile,
-};
+use crate::plan::{AuthFile, BuildPlan, PlatformPlan};
+use crate::settings::{BuilderSettings, KubeVersion, SeccompProfile};
 
 /// Name of the builder container; the AppArmor annotation is keyed on it.
 pub const BUILDER_CONTAINER: &str = "builder";
@@ -31,6 +30,8 @@ pub const MANAGER: &str = "archforge";
 const WORKSPACE: &str = "/workspace";
 /// The link git-sync points at the checked-out worktree, relative to the workspace.
 const SOURCE_LINK: &str = "source";
+/// The builder's termination message: buildah writes the pushed digest here.
+const TERMINATION_LOG: &str = "/dev/termination-log";
 /// Where the push secret's docker config is mounted in the builder.
 pub const PUSH_AUTH_DIR: &str = "/var/run/archforge/push";
 pub const PUSH_AUTH_FILE: &str = "/var/run/archforge/push/config.json";
@@ -38,9 +39,11 @@ const GIT_SECRET_DIR: &str = "/etc/git-secret";
 /// git-sync's own non-root user (from its image).
 const GIT_SYNC_UID: i64 = 65533;
 
-/// The builder's entrypoint. It is a constant: every user value reaches it as a positional
-/// argument (`"$@"`, the buildah build argv) or as an environment variable expanded inside
-/// double quotes, so no user string is ever parsed as shell syntax.
+/// The builder's entrypoint. It is a constant and holds no buildah flag: its arguments are
+/// the count of the build argv, the build argv and the push argv, both from the plan (the
+/// same lists the local executor runs). Every user value reaches it as a positional argument
+/// or an environment variable expanded inside double quotes; the only text `eval` reads is
+/// `"${1}" "${2}" ...`, made from numbers, so no user string is ever parsed as shell syntax.
 ///
 /// The link git-sync made is read rather than followed because `fs.protected_symlinks`
 /// can refuse to follow a link owned by another user (git-sync runs as its own UID).
@@ -65,10 +68,17 @@ for field in contextDir dockerfile; do
        exit 1 ;;
   esac
 done
-buildah "$@"
-set -- push --format "$ARCHFORGE_PUSH_FORMAT" --digestfile /dev/termination-log
-if [ -n "${ARCHFORGE_AUTHFILE:-}" ]; then set -- "$@" --authfile "$ARCHFORGE_AUTHFILE"; fi
-exec buildah "$@" -- "$ARCHFORGE_LOCAL_IMAGE" "docker://$ARCHFORGE_PUSH_TARGET"
+build_argc=$1
+shift
+refs=
+i=1
+while [ "$i" -le "$build_argc" ]; do
+  refs="$refs \"\${$i}\""
+  i=$((i + 1))
+done
+eval "buildah $refs"
+shift "$build_argc"
+exec buildah "$@"
 "#;
 
 /// The labels every object of one run carries; also the selector for finding them.
@@ -152,6 +162,16 @@ fn git_sync_container(build: &ImageBuild, plan: &BuildPlan, settings: &BuilderSe
     })
 }
 
+/// Where a builder Job's buildah finds registry credentials: the push Secret, when the
+/// ImageBuild names one, mounted at [`PUSH_AUTH_FILE`].
+pub fn auth_file(build: &ImageBuild) -> AuthFile<'static> {
+    if build.spec.output.push_secret.is_some() {
+        AuthFile::Path(PUSH_AUTH_FILE)
+    } else {
+        AuthFile::None
+    }
+}
+
 /// Whether git would reach this URL over SSH (ssh:// or the scp-like user@host:path form).
 pub fn is_ssh_url(url: &str) -> bool {
     url.starts_with("ssh://") || !url.contains("://")
@@ -159,7 +179,6 @@ pub fn is_ssh_url(url: &str) -> bool {
 
 fn builder_container(
     build: &ImageBuild,
-    plan: &BuildPlan,
     platform: &PlatformPlan,
     settings: &BuilderSettings,
     version: KubeVersion,
@@ -176,18 +195,13 @@ fn builder_container(
         requests.remove(&settings.fuse_resource);
     }
 
-    let format = match plan.media_type {
-        crate::api::MediaType::Oci => "oci",
-        crate::api::MediaType::Docker => "v2s2",
-    };
-    let mut env = vec![
+    let env = vec![
         json!({"name": "BUILDAH_ISOLATION", "value": "chroot"}),
         json!({"name": "STORAGE_DRIVER", "value": "overlay"}),
         json!({"name": "HOME", "value": "/home/build"}),
         json!({"name": "ARCHFORGE_WORKSPACE", "value": WORKSPACE}),
-        json!({"name": "ARCHFORGE_LOCAL_IMAGE", "value": LOCAL_IMAGE}),
+        // Not read by the script (the push argv carries it): for whoever inspects the pod.
         json!({"name": "ARCHFORGE_PUSH_TARGET", "value": platform.push_target}),
-        json!({"name": "ARCHFORGE_PUSH_FORMAT", "value": format}),
         json!({"name": "ARCHFORGE_CONTEXT_DIR", "value": crate::plan::context_dir(spec)}),
         json!({"name": "ARCHFORGE_DOCKERFILE", "value": crate::plan::dockerfile_path(spec)}),
     ];
@@ -196,7 +210,6 @@ fn builder_container(
         json!({"name": "containers", "mountPath": "/home/build/.local/share/containers"}),
     ];
     if spec.output.push_secret.is_some() {
-        env.push(json!({"name": "ARCHFORGE_AUTHFILE", "value": PUSH_AUTH_FILE}));
         mounts.push(
             json!({"name": "push-credentials", "mountPath": PUSH_AUTH_DIR, "readOnly": true}),
         );
@@ -225,7 +238,9 @@ fn builder_container(
         BUILDER_SCRIPT.to_string(),
         "archforge-builder".to_string(),
     ];
+    command.push(platform.build_argv.len().to_string());
     command.extend(platform.build_argv.iter().cloned());
+    command.extend(platform.push_argv(TERMINATION_LOG));
     json!({
         "name": BUILDER_CONTAINER,
         "image": settings.builder_image,
@@ -234,7 +249,7 @@ fn builder_container(
         "volumeMounts": mounts,
         "resources": resources,
         "securityContext": security,
-        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     })
 }
@@ -334,7 +349,7 @@ pub fn render_job(
                     "tolerations": spec.tolerations,
                     "securityContext": pod_security,
                     "initContainers": [git_sync_container(build, plan, settings)],
-                    "containers": [builder_container(build, plan, platform, settings, version)],
+                    "containers": [builder_container(build, platform, settings, version)],
                     "volumes": volumes,
                 },
             },

@@ -53,6 +53,25 @@ impl fmt::Display for InvalidSpec {
 
 impl std::error::Error for InvalidSpec {}
 
+/// An ImageBuild whose spec passed every rule: what [`crate::plan::plan`] takes, so a plan is
+/// never made from an unchecked spec and the check runs once per reconcile.
+#[derive(Clone, Copy, Debug)]
+pub struct ValidSpec<'a> {
+    build: &'a crate::api::ImageBuild,
+}
+
+impl<'a> ValidSpec<'a> {
+    /// Checks `build`'s spec ([`ImageBuildSpec::validate`]).
+    pub fn check(build: &'a crate::api::ImageBuild) -> Result<Self, InvalidSpec> {
+        build.spec.validate()?;
+        Ok(ValidSpec { build })
+    }
+
+    pub fn imagebuild(&self) -> &'a crate::api::ImageBuild {
+        self.build
+    }
+}
+
 fn compiled(pattern: &str) -> Regex {
     Regex::new(pattern).expect("archforge's own patterns compile")
 }

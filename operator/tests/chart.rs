@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::Command;
 
 use archforge::api::ImageBuild;
-use archforge::plan::BuilderSettings;
 use archforge::rbac::{PERMISSIONS, Scope};
+use archforge::settings::BuilderSettings;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};

@@ -9,21 +9,26 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use archforge::api::ImageBuild;
-use archforge::plan::{AuthFile, BuilderSettings, KubeVersion, plan};
+use archforge::plan::{AuthFile, plan};
 use archforge::podsecurity::{self, Level};
-use archforge::render::{BUILDER_CONTAINER, GIT_SYNC_CONTAINER, PUSH_AUTH_FILE, render_jobs};
+use archforge::render::{
+    BUILDER_CONTAINER, GIT_SYNC_CONTAINER, PUSH_AUTH_FILE, auth_file, render_jobs,
+};
+use archforge::settings::{BuilderSettings, KubeVersion};
+use archforge::validation::ValidSpec;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Container;
 use serde_json::json;
 
 fn render(build: &ImageBuild, version: &str) -> Vec<Job> {
     let settings = BuilderSettings::default();
-    let auth = if build.spec.output.push_secret.is_some() {
-        AuthFile::Path(PUSH_AUTH_FILE)
-    } else {
-        AuthFile::None
-    };
-    let plan = plan(build, &settings, &build.spec.source.git.r#ref, auth).expect("valid");
+    let valid = ValidSpec::check(build).expect("valid");
+    let plan = plan(
+        &valid,
+        &settings,
+        &build.spec.source.git.r#ref,
+        auth_file(build),
+    );
     render_jobs(build, &plan, &settings, version.parse().unwrap())
 }
 
@@ -262,12 +267,14 @@ fn user_settings_flow_into_the_jobs() {
     assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "8Gi");
     assert_eq!(resources.limits.as_ref().unwrap()["github.com/fuse"].0, "1");
     let argv = builder.command.as_ref().unwrap();
-    assert!(
+    // Both buildah calls, build (base images) and push, read the push secret.
+    assert_eq!(
         argv.windows(2)
-            .any(|w| w[0] == "--authfile" && w[1] == PUSH_AUTH_FILE)
+            .filter(|w| w[0] == "--authfile" && w[1] == PUSH_AUTH_FILE)
+            .count(),
+        2,
+        "{argv:?}"
     );
-    let env = builder.env.as_ref().unwrap();
-    assert!(env.iter().any(|e| e.name == "ARCHFORGE_AUTHFILE"));
     let volumes = pod.volumes.as_ref().unwrap();
     let push = volumes
         .iter()
@@ -304,7 +311,12 @@ fn fuse_resource_and_seccomp_are_configurable() {
         seccomp_profile: "localhost/profiles/archforge-builder.json".parse().unwrap(),
         ..BuilderSettings::default()
     };
-    let plan = plan(&build, &settings, "main", AuthFile::None).unwrap();
+    let plan = plan(
+        &ValidSpec::check(&build).unwrap(),
+        &settings,
+        "main",
+        AuthFile::None,
+    );
     let jobs = render_jobs(&build, &plan, &settings, KubeVersion::OLDEST);
     let builder = pod_container(&jobs[0], BUILDER_CONTAINER);
     let limits = builder.resources.as_ref().unwrap().limits.as_ref().unwrap();

@@ -1,0 +1,228 @@
+//! Operator-wide settings that shape every builder Job, and the facts about the cluster that
+//! do (the API server's version). Flags with environment fallbacks; the Helm chart's values
+//! map one to one onto them. No decisions live here: `plan` and `render` take these as input.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The Kubernetes API server's version, which decides which pod fields may be set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KubeVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl KubeVersion {
+    /// The oldest server archforge supports.
+    pub const OLDEST: KubeVersion = KubeVersion {
+        major: 1,
+        minor: 24,
+    };
+
+    /// `securityContext.appArmorProfile` exists from 1.30; an older server rejects it.
+    pub fn has_apparmor_field(self) -> bool {
+        self >= KubeVersion {
+            major: 1,
+            minor: 30,
+        }
+    }
+
+    /// From the `major`/`minor` strings of `/version` (which may carry a `+` suffix).
+    pub fn from_info(major: &str, minor: &str) -> Option<Self> {
+        let digits = |s: &str| -> Option<u32> {
+            s.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        };
+        Some(KubeVersion {
+            major: digits(major)?,
+            minor: digits(minor)?,
+        })
+    }
+}
+
+impl FromStr for KubeVersion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim_start_matches('v');
+        let mut parts = s.split('.');
+        let (Some(major), Some(minor)) = (parts.next(), parts.next()) else {
+            return Err(format!("{s:?} is not a Kubernetes version like 1.30"));
+        };
+        KubeVersion::from_info(major, minor)
+            .ok_or_else(|| format!("{s:?} is not a Kubernetes version like 1.30"))
+    }
+}
+
+impl fmt::Display for KubeVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// The seccomp profile of builder containers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SeccompProfile {
+    /// No syscall filter: an explicit opt-in for nodes where neither the runtime's default
+    /// nor the shipped localhost profile lets rootless buildah run. Pod Security `baseline`
+    /// refuses it, so build namespaces would have to be `privileged`.
+    Unconfined,
+    /// The container runtime's default profile, the default: current containerd and CRI-O
+    /// profiles let an unprivileged process create a user namespace and mount inside it,
+    /// which is all rootless buildah asks of seccomp.
+    RuntimeDefault,
+    /// A profile file under the kubelet's seccomp directory, such as the shipped
+    /// `archforge/builder.json` for runtimes whose default blocks user namespaces.
+    Localhost(String),
+}
+
+impl FromStr for SeccompProfile {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "Unconfined" => Ok(SeccompProfile::Unconfined),
+            "RuntimeDefault" => Ok(SeccompProfile::RuntimeDefault),
+            _ => match s.strip_prefix("localhost/") {
+                Some(path) if !path.is_empty() => Ok(SeccompProfile::Localhost(path.to_string())),
+                _ => Err(format!(
+                    "{s:?} is not a seccomp profile: use Unconfined, RuntimeDefault or localhost/<path>"
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Display for SeccompProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SeccompProfile::Unconfined => f.write_str("Unconfined"),
+            SeccompProfile::RuntimeDefault => f.write_str("RuntimeDefault"),
+            SeccompProfile::Localhost(path) => write!(f, "localhost/{path}"),
+        }
+    }
+}
+
+/// Operator-wide settings that shape every builder Job. Flags with environment fallbacks;
+/// the Helm chart's values map one to one onto them.
+#[derive(clap::Args, Clone, Debug, PartialEq)]
+pub struct BuilderSettings {
+    /// Image of the builder container (buildah, run as a non-root user).
+    #[arg(
+        long,
+        env = "ARCHFORGE_BUILDER_IMAGE",
+        default_value = "quay.io/buildah/stable:v1.38.0"
+    )]
+    pub builder_image: String,
+
+    /// Image of the git-sync v4 init container that fetches the source.
+    #[arg(
+        long,
+        env = "ARCHFORGE_GIT_SYNC_IMAGE",
+        default_value = "registry.k8s.io/git-sync/git-sync:v4.4.0"
+    )]
+    pub git_sync_image: String,
+
+    /// Name of the AppArmor profile loaded on the nodes for the builder container.
+    #[arg(
+        long,
+        env = "ARCHFORGE_APPARMOR_PROFILE",
+        default_value = "archforge-builder"
+    )]
+    pub apparmor_profile: String,
+
+    /// Extended resource that gives the builder /dev/fuse (from a fuse device plugin).
+    #[arg(
+        long,
+        env = "ARCHFORGE_FUSE_RESOURCE",
+        default_value = "github.com/fuse"
+    )]
+    pub fuse_resource: String,
+
+    /// How many of the fuse resource each builder requests.
+    #[arg(long, env = "ARCHFORGE_FUSE_QUANTITY", default_value = "1")]
+    pub fuse_quantity: String,
+
+    /// Seccomp profile of the builder container: RuntimeDefault, localhost/<path> (for
+    /// example localhost/archforge/builder.json, shipped in config/seccomp) or, as an
+    /// explicit opt-in that Pod Security baseline refuses, Unconfined.
+    #[arg(
+        long,
+        env = "ARCHFORGE_SECCOMP_PROFILE",
+        default_value = "RuntimeDefault"
+    )]
+    pub seccomp_profile: SeccompProfile,
+
+    /// Pod Security level builder pods must meet (privileged, baseline or restricted): the
+    /// level of the namespaces ImageBuilds run in. A Job whose pod would break it is not
+    /// created; the ImageBuild is Stalled with the rule named.
+    #[arg(long, env = "ARCHFORGE_POD_SECURITY_LEVEL", default_value = "baseline")]
+    pub pod_security_level: crate::podsecurity::Level,
+
+    /// Timeout of one platform's build when spec.timeout is not set.
+    #[arg(long, env = "ARCHFORGE_DEFAULT_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub default_timeout: Duration,
+
+    /// How long finished builder Jobs are kept before Kubernetes deletes them.
+    #[arg(long, env = "ARCHFORGE_JOB_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub job_ttl: Duration,
+
+    /// UID (and GID) the builder runs as; must have subordinate ID ranges in the builder image.
+    #[arg(long, env = "ARCHFORGE_BUILDER_UID", default_value_t = 1000)]
+    pub builder_uid: i64,
+}
+
+impl Default for BuilderSettings {
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            settings: BuilderSettings,
+        }
+        // Parsing no arguments yields exactly the documented defaults (ignoring the
+        // environment would need clap's `env` to be switched off; tests set none).
+        <Defaults as clap::Parser>::parse_from(["archforge"]).settings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kube_versions() {
+        assert_eq!(
+            KubeVersion::from_info("1", "24+"),
+            Some(KubeVersion {
+                major: 1,
+                minor: 24
+            })
+        );
+        assert_eq!(
+            "v1.30.2".parse::<KubeVersion>().unwrap(),
+            KubeVersion {
+                major: 1,
+                minor: 30
+            }
+        );
+        assert!(!KubeVersion::OLDEST.has_apparmor_field());
+        assert!("1.30".parse::<KubeVersion>().unwrap().has_apparmor_field());
+        assert!("one.two".parse::<KubeVersion>().is_err());
+    }
+
+    #[test]
+    fn seccomp_profiles_parse() {
+        assert_eq!(
+            "Unconfined".parse::<SeccompProfile>().unwrap(),
+            SeccompProfile::Unconfined
+        );
+        assert_eq!(
+            "localhost/p.json".parse::<SeccompProfile>().unwrap(),
+            SeccompProfile::Localhost("p.json".into())
+        );
+        assert!("localhost/".parse::<SeccompProfile>().is_err());
+        assert!("unconfined".parse::<SeccompProfile>().is_err());
+    }
+}
