@@ -22,7 +22,7 @@ pub enum Error {
     Registry(#[from] crate::registry::RegistryError),
 
     #[error(transparent)]
-    Local(Box<crate::local::LocalError>),
+    Local(#[from] Box<crate::local::LocalError>),
 
     #[error("Kubernetes API: {0}")]
     Kube(String),
@@ -34,29 +34,10 @@ pub enum Error {
     Serialize { what: &'static str, message: String },
 }
 
-impl Error {
-    /// A stable, low-cardinality name for metrics and condition reasons.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::InvalidSpec(_) => "invalid_spec",
-            Error::ReadFile { .. } => "read_file",
-            Error::ParseManifest { .. } => "parse_manifest",
-            Error::Serialize { .. } => "serialize",
-            Error::Registry(_) => "registry",
-            Error::Local(_) => "local_build",
-            Error::Kube(_) => "kubernetes",
-            Error::PodSecurity(_) => "pod_security",
-        }
-    }
-}
-
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<crate::local::LocalError> for Error {
     fn from(e: crate::local::LocalError) -> Self {
-        match e {
-            crate::local::LocalError::Spec(inner) => inner,
-            other => Error::Local(Box::new(other)),
-        }
+        Error::Local(Box::new(e))
     }
 }

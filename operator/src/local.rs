@@ -44,8 +44,15 @@ pub struct LocalOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
-    #[error(transparent)]
-    Spec(#[from] crate::Error),
+    #[error("invalid ImageBuild: {0}")]
+    InvalidSpec(#[from] crate::validation::InvalidSpec),
+
+    #[error("cannot read {path}: {source}")]
+    ReadFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error("cannot pin the source: {0}")]
     Source(#[from] SourceError),
@@ -237,11 +244,9 @@ impl std::fmt::Debug for LocalSecrets {
 impl LocalSecrets {
     /// The Secrets of the file that holds the ImageBuild.
     pub fn from_file(path: &str) -> Result<Self, LocalError> {
-        let text = std::fs::read_to_string(path).map_err(|source| {
-            LocalError::Spec(crate::Error::ReadFile {
-                path: path.to_string(),
-                source,
-            })
+        let text = std::fs::read_to_string(path).map_err(|source| LocalError::ReadFile {
+            path: path.to_string(),
+            source,
         })?;
         Self::parse(path, &text)
     }
@@ -907,7 +912,7 @@ pub async fn build_local_with_secrets(
     let progress = Progress {
         started: Instant::now(),
     };
-    let valid = crate::validation::ValidSpec::check(build).map_err(crate::Error::from)?;
+    let valid = crate::validation::ValidSpec::check(build)?;
     let auth = match &options.docker_config {
         Some(path) => AuthFile::Path(path),
         None => AuthFile::None,
