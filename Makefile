@@ -2,13 +2,19 @@
 CARGO ?= cargo
 ARCHFORGE = $(CARGO) run -q -p archforge --
 
-.PHONY: demo setup test fmt-check clippy unit crds chart golden render bench-index bench-local e2e e2e-scale
+.PHONY: demo help setup test fmt-check clippy unit crds chart chart-readme golden render bench-index bench-local e2e e2e-scale
 
 ## A real two-platform build on this machine into a throwaway local registry (needs root
 ## for apt-get and binfmt_misc; see scripts/setup-host.sh).
 demo: setup
 	$(CARGO) build -q -p archforge --bin archforge --example demo
 	target/debug/examples/demo target/debug/archforge
+
+## Lists every target with its comment (the `## ` lines above it in this Makefile).
+help:
+	@awk '/^## / { doc = doc (doc ? "\n" : "") substr($$0, 4); next } \
+	     /^[a-zA-Z0-9_-]+:/ && doc { sub(/:.*/, ""); gsub(/\n/, "\n                ", doc); printf "  %-13s %s\n", $$0, doc } \
+	     { doc = "" }' $(firstword $(MAKEFILE_LIST))
 
 ## Installs and prepares what builds and tests need (idempotent).
 setup:
@@ -18,12 +24,15 @@ setup:
 ## registries, git servers, buildah and qemu.
 test: setup fmt-check clippy unit
 
+## Fails when any file is not formatted as `cargo fmt` would.
 fmt-check:
 	$(CARGO) fmt --all -- --check
 
+## Clippy over every crate and target, warnings as errors.
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+## Every crate's unit and integration tests (`cargo test --workspace`).
 unit:
 	$(CARGO) test --workspace
 
@@ -38,6 +47,11 @@ crds:
 chart:
 	python3 scripts/helm.py render charts/archforge $(if $(VALUES),--values $(VALUES))
 	python3 scripts/helm.py lint charts/archforge $(if $(VALUES),--values $(VALUES)) >&2
+
+## Regenerate the values table of charts/archforge/README.md from values.yaml's comments
+## (a test fails when the committed table differs).
+chart-readme:
+	python3 scripts/chart-readme.py --write
 
 ## Regenerate the golden rendered Jobs (review the diff by eye before committing).
 golden:
@@ -56,16 +70,16 @@ bench-local: setup
 	$(CARGO) bench -p archforge --bench local
 
 ## The end-to-end suite against the cluster named by KUBECONFIG; needs ARCHFORGE_E2E_REGISTRY
-## and, for clusters whose nodes run no pods, ARCHFORGE_E2E_SIMULATE_NODES=1 (README:
+## and, for clusters whose nodes run no pods, ARCHFORGE_E2E_SIMULATE_NODES=1 (CONTRIBUTING.md:
 ## "End-to-end tests"). E2E_ARGS takes libtest flags, e.g. E2E_ARGS="happy_path --test-threads 1".
 e2e:
-	@test -n "$$KUBECONFIG" || { echo "make e2e: no cluster was given: set KUBECONFIG to the cluster to test (see README, End-to-end tests)" >&2; exit 2; }
+	@test -n "$$KUBECONFIG" || { echo "make e2e: no cluster was given: set KUBECONFIG to the cluster to test (see CONTRIBUTING.md, End-to-end tests)" >&2; exit 2; }
 	$(CARGO) build -q -p archforge --bin archforge
 	$(CARGO) run -q -p archforge-e2e -- $(E2E_ARGS)
 
 ## The scale benchmark (simulated nodes): N ImageBuilds of two platforms, N = 100 and 1000
 ## unless SCALE_ARGS="--builds 50,500".
 e2e-scale:
-	@test -n "$$KUBECONFIG" || { echo "make e2e-scale: no cluster was given: set KUBECONFIG to the cluster to test (see README, End-to-end tests)" >&2; exit 2; }
+	@test -n "$$KUBECONFIG" || { echo "make e2e-scale: no cluster was given: set KUBECONFIG to the cluster to test (see CONTRIBUTING.md, End-to-end tests)" >&2; exit 2; }
 	$(CARGO) build -q --release -p archforge --bin archforge
 	ARCHFORGE_E2E_OPERATOR=target/release/archforge $(CARGO) run -q --release -p archforge-e2e -- scale $(SCALE_ARGS)

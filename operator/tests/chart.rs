@@ -880,3 +880,37 @@ fn seccomp_profile_allows_user_namespaces_and_refuses_the_dangerous_calls() {
     assert_eq!(install["allowPrivilegeEscalation"], false);
     assert!(install.get("privileged").is_none());
 }
+
+#[test]
+fn chart_readme_values_table_is_generated() {
+    let generated = run(
+        Command::new("python3").args(["scripts/chart-readme.py", "--chart", CHART]),
+        "scripts/chart-readme.py",
+    );
+    // Rows come from values.yaml's comments, types and defaults from Helm's parser.
+    assert!(
+        generated.contains(
+            "| `builder.podSecurityLevel` | string | `\"baseline\"` | Pod Security level of the namespaces ImageBuilds run in:"
+        ),
+        "{generated}"
+    );
+    assert!(
+        generated.contains("| `builder.uid` | int | `1000` |"),
+        "{generated}"
+    );
+
+    let readme_path = format!("{CHART}/README.md");
+    let readme = std::fs::read_to_string(common::repo_root().join(&readme_path)).unwrap();
+    let start = readme
+        .find("<!-- values-table:start")
+        .and_then(|i| readme[i..].find('\n').map(|n| i + n + 1))
+        .unwrap_or_else(|| panic!("{readme_path} has no values-table:start marker"));
+    let end = readme[start..]
+        .find("<!-- values-table:end -->")
+        .map(|n| start + n)
+        .unwrap_or_else(|| panic!("{readme_path} has no values-table:end marker after the start"));
+    assert!(
+        readme[start..end] == generated,
+        "{readme_path}'s values table differs from values.yaml: run `make chart-readme`"
+    );
+}
