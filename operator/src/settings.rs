@@ -74,7 +74,7 @@ pub enum SeccompProfile {
     /// which is all rootless buildah asks of seccomp.
     RuntimeDefault,
     /// A profile file under the kubelet's seccomp directory, such as the shipped
-    /// `archforge/builder.json` for runtimes whose default blocks user namespaces.
+    /// `archforge/archforge-builder.json` for runtimes whose default blocks user namespaces.
     Localhost(String),
 }
 
@@ -146,7 +146,7 @@ pub struct BuilderSettings {
     pub fuse_quantity: String,
 
     /// Seccomp profile of the builder container: RuntimeDefault, localhost/<path> (for
-    /// example localhost/archforge/builder.json, shipped in config/seccomp) or, as an
+    /// example localhost/archforge/archforge-builder.json, shipped in config/seccomp) or, as an
     /// explicit opt-in that Pod Security baseline refuses, Unconfined.
     #[arg(
         long,
