@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARCHFORGE = $(CARGO) run -q -p archforge --
 
-.PHONY: demo help setup test fmt-check clippy unit crds chart chart-readme golden render bench-index bench-local e2e e2e-scale
+.PHONY: demo help setup test fmt-check clippy unit manifests crds chart chart-readme golden render bench-index bench-local e2e e2e-scale
 
 ## A real two-platform build on this machine into a throwaway local registry (needs root
 ## for apt-get and binfmt_misc; see scripts/setup-host.sh).
@@ -36,12 +36,18 @@ clippy:
 unit:
 	$(CARGO) test --workspace
 
-## Regenerate the committed CRD (and its copies in the chart and kustomize base) from
-## operator/src/api.rs.
-crds:
+## Regenerate the install files: the CRD from operator/src/api.rs (crds/ and its copies in
+## the chart and config/crd/), the chart's operator rules from operator/src/rbac.rs, then
+## config/rbac/ and config/manager/ from the chart's default render. Tests fail on any drift.
+manifests:
 	$(ARCHFORGE) crd > crds/imagebuilds.archforge.dev.yaml
 	cp crds/imagebuilds.archforge.dev.yaml charts/archforge/crds/
 	cp crds/imagebuilds.archforge.dev.yaml config/crd/
+	$(ARCHFORGE) rbac --chart-rules > charts/archforge/templates/_rbac-rules.tpl
+	python3 scripts/kustomize-base.py --chart charts/archforge --out config
+
+## The former name of `make manifests`.
+crds: manifests
 
 ## Render the Helm chart as `helm template` would (VALUES=file for other values), and lint it.
 chart:

@@ -27,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the ImageBuild CustomResourceDefinition as YAML.
     Crd,
+    /// Print the RBAC objects the operator needs (from its own list of permissions) as YAML.
+    Rbac(RbacArgs),
     /// Print the Jobs an ImageBuild would create, without a cluster (a dry run).
     Render(Box<RenderArgs>),
     /// Work with multi-architecture image indexes.
@@ -37,6 +39,48 @@ pub enum Command {
     /// Run an ImageBuild on this machine with git, buildah and qemu-user-static: the same
     /// plan and builder command line as the cluster's Jobs, no cluster needed.
     Build(Box<BuildArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RbacArgs {
+    /// Name of the ClusterRole, or of the Role in each watched namespace; the nodes'
+    /// ClusterRole and the Lease's Role get `-nodes` and `-leader-election` added.
+    #[arg(long, default_value = "archforge")]
+    pub name: String,
+
+    /// Watched namespace (repeatable), each getting a Role; one ClusterRole for all
+    /// namespaces when omitted. The same list as `archforge run --namespace`.
+    #[arg(long = "namespace", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+
+    /// Namespace of the leader election Lease: adds the Role for it (for `run --leader-elect`).
+    #[arg(long)]
+    pub leader_election_namespace: Option<String>,
+
+    /// The operator's ServiceAccount, the subject of every binding.
+    #[arg(long, default_value = "archforge")]
+    pub service_account: String,
+
+    /// Namespace of the operator's ServiceAccount.
+    #[arg(long, default_value = "archforge-system")]
+    pub service_account_namespace: String,
+
+    /// Print the Helm chart's generated rules template (templates/_rbac-rules.tpl) instead.
+    #[arg(long, conflicts_with_all = ["name", "namespaces", "leader_election_namespace", "service_account", "service_account_namespace"])]
+    pub chart_rules: bool,
+}
+
+fn rbac(args: &RbacArgs) -> crate::Result<String> {
+    if args.chart_rules {
+        return manifest::chart_rules();
+    }
+    manifest::rbac_yaml(&crate::rbac::Install {
+        name: args.name.clone(),
+        service_account: args.service_account.clone(),
+        service_account_namespace: args.service_account_namespace.clone(),
+        watched_namespaces: args.namespaces.clone(),
+        leader_election_namespace: args.leader_election_namespace.clone(),
+    })
 }
 
 #[derive(clap::Args, Debug)]
@@ -401,6 +445,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             print!("{}", manifest::crd_yaml());
             Ok(())
         }
+        Command::Rbac(args) => rbac(&args).map(|yaml| print!("{yaml}")),
         Command::Render(args) => render(&args).map(|yaml| print!("{yaml}")),
         Command::Build(args) => build(&args).await,
         Command::Run(args) => run_controller(&args).await,

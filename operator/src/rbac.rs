@@ -1,6 +1,12 @@
-//! Every Kubernetes permission the operator needs, with the reason. The Helm chart's and
-//! kustomize base's RBAC are checked against this list (a missing or extra rule fails the
-//! build), and the reconcile tests check that each request the controller makes is covered.
+//! Every Kubernetes permission the operator needs, with the reason. `archforge rbac` prints
+//! RBAC objects from this list, the Helm chart's rules are generated from it (and the
+//! kustomize base from the chart) by `make manifests`, and the reconcile tests check that
+//! each request the controller makes is covered.
+
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// Where a permission must be granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -91,6 +97,144 @@ pub const PERMISSIONS: &[Permission] = &[
         why: "leader election when more than one replica runs",
     },
 ];
+
+impl Scope {
+    /// Every scope, in the order the RBAC objects are written.
+    pub const ALL: [Scope; 3] = [Scope::Watched, Scope::Cluster, Scope::LeaderElection];
+}
+
+impl Permission {
+    /// The RBAC rule granting this permission.
+    pub fn rule(&self) -> PolicyRule {
+        PolicyRule {
+            api_groups: Some(vec![self.group.to_string()]),
+            resources: Some(vec![self.resource.to_string()]),
+            verbs: self.verbs.iter().map(|v| v.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The permissions of one scope, in `PERMISSIONS` order.
+pub fn permissions(scope: Scope) -> impl Iterator<Item = &'static Permission> {
+    PERMISSIONS.iter().filter(move |p| p.scope == scope)
+}
+
+/// Where the operator's RBAC applies and whom it is bound to: the arguments of
+/// `archforge rbac`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Install {
+    /// The name of the ClusterRole or Roles of the watched namespaces; the other roles add
+    /// `-nodes` and `-leader-election` to it (as the Helm chart names them).
+    pub name: String,
+    /// The operator's ServiceAccount.
+    pub service_account: String,
+    /// The namespace of the operator's ServiceAccount.
+    pub service_account_namespace: String,
+    /// The watched namespaces, each getting a Role; empty for a ClusterRole covering all.
+    pub watched_namespaces: Vec<String>,
+    /// The namespace of the leader election Lease; `None` without leader election.
+    pub leader_election_namespace: Option<String>,
+}
+
+/// One role or binding of the operator's RBAC.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum RbacObject {
+    ClusterRole(ClusterRole),
+    ClusterRoleBinding(ClusterRoleBinding),
+    Role(Role),
+    RoleBinding(RoleBinding),
+}
+
+impl RbacObject {
+    /// The kind, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RbacObject::ClusterRole(_) => "ClusterRole",
+            RbacObject::ClusterRoleBinding(_) => "ClusterRoleBinding",
+            RbacObject::Role(_) => "Role",
+            RbacObject::RoleBinding(_) => "RoleBinding",
+        }
+    }
+}
+
+/// A role and its binding, with the scope whose permissions the role grants.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Grant {
+    pub scope: Scope,
+    pub role: RbacObject,
+    pub binding: RbacObject,
+}
+
+/// The roles and bindings `install` needs: the watched namespaces' (one ClusterRole, or a
+/// Role per namespace), the nodes' ClusterRole, and the Lease's Role with leader election.
+pub fn grants(install: &Install) -> Vec<Grant> {
+    let subjects = Some(vec![Subject {
+        kind: "ServiceAccount".into(),
+        name: install.service_account.clone(),
+        namespace: Some(install.service_account_namespace.clone()),
+        ..Default::default()
+    }]);
+    let meta = |name: &str, namespace: Option<&str>| ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: namespace.map(str::to_string),
+        ..Default::default()
+    };
+    let rules = |scope| Some(permissions(scope).map(Permission::rule).collect());
+    let cluster_wide = |scope, name: String| Grant {
+        scope,
+        role: RbacObject::ClusterRole(ClusterRole {
+            metadata: meta(&name, None),
+            rules: rules(scope),
+            ..Default::default()
+        }),
+        binding: RbacObject::ClusterRoleBinding(ClusterRoleBinding {
+            metadata: meta(&name, None),
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "ClusterRole".into(),
+                name,
+            },
+            subjects: subjects.clone(),
+        }),
+    };
+    let namespaced = |scope, name: String, namespace: &str| Grant {
+        scope,
+        role: RbacObject::Role(Role {
+            metadata: meta(&name, Some(namespace)),
+            rules: rules(scope),
+        }),
+        binding: RbacObject::RoleBinding(RoleBinding {
+            metadata: meta(&name, Some(namespace)),
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name,
+            },
+            subjects: subjects.clone(),
+        }),
+    };
+    let mut grants = Vec::new();
+    if install.watched_namespaces.is_empty() {
+        grants.push(cluster_wide(Scope::Watched, install.name.clone()));
+    }
+    for namespace in &install.watched_namespaces {
+        grants.push(namespaced(Scope::Watched, install.name.clone(), namespace));
+    }
+    grants.push(cluster_wide(
+        Scope::Cluster,
+        format!("{}-nodes", install.name),
+    ));
+    if let Some(namespace) = &install.leader_election_namespace {
+        grants.push(namespaced(
+            Scope::LeaderElection,
+            format!("{}-leader-election", install.name),
+            namespace,
+        ));
+    }
+    grants
+}
 
 /// The permission a request needs, as (group, resource with subresource, verb), from its
 /// HTTP method and path; `None` for paths that are not resource requests.
@@ -198,6 +342,8 @@ mod tests {
             );
             assert!(seen.insert((p.scope, p.group, p.resource)), "{p:?} twice");
             assert!(!p.why.is_empty());
+            // `archforge rbac` writes it as one comment line.
+            assert!(!p.why.contains('\n'), "{p:?}");
         }
         assert!(is_granted("batch", "jobs", "create"));
         assert!(

@@ -3,6 +3,7 @@
 //! `kubectl kustomize`), the samples, the AppArmor profile (compiled by the real
 //! apparmor_parser) and the fuse device plugin. Every object must deserialize into its
 //! k8s-openapi type without losing a field, and the RBAC must equal `rbac::PERMISSIONS`.
+//! The generated install files (`make manifests`) must equal what their generators write.
 
 mod common;
 
@@ -268,7 +269,7 @@ fn default_render_is_typed_and_secure() {
     let generated = parse(&archforge::manifest::crd_yaml()).remove(0);
     assert_eq!(
         crd, &generated,
-        "the chart's CRD is out of date: `make crds`"
+        "the chart's CRD is out of date: `make manifests`"
     );
 
     let deployment: Deployment =
@@ -505,7 +506,84 @@ fn chart_rbac_is_exactly_what_the_controller_uses() {
         expected_grants(&["team-a", "team-b"], true)
     );
     assert_rules_explained(&text);
-    assert!(!text.contains("\"*\""), "no wildcards");
+    assert_no_wildcards(&objects);
+}
+
+/// No role of `objects` grants `*` as a group, resource or verb, in whichever YAML style
+/// it is written.
+fn assert_no_wildcards(objects: &[Value]) {
+    for object in objects.iter().filter(|o| o.get("rules").is_some()) {
+        for rule in object["rules"].as_array().unwrap() {
+            for field in ["apiGroups", "resources", "verbs"] {
+                assert!(
+                    !rule[field]
+                        .as_array()
+                        .is_some_and(|values| values.iter().any(|v| v == "*")),
+                    "{:?}: wildcard in {field}: {rule}",
+                    key(object)
+                );
+            }
+        }
+    }
+}
+
+/// Runs the operator binary with `args` and returns its standard output.
+fn archforge(args: &[&str]) -> String {
+    run(
+        Command::new(env!("CARGO_BIN_EXE_archforge")).args(args),
+        &format!("archforge {}", args.join(" ")),
+    )
+}
+
+#[test]
+fn archforge_rbac_prints_exactly_the_permissions() {
+    let text = archforge(&["rbac"]);
+    let objects = parse(&text);
+    check_types(&objects);
+    pretty_assertions::assert_eq!(
+        operator_grants(&objects, "archforge", "archforge"),
+        expected_grants(&[], false)
+    );
+    assert_rules_explained(&text);
+    assert_no_wildcards(&objects);
+
+    let text = archforge(&[
+        "rbac",
+        "--namespace",
+        "team-a",
+        "--namespace",
+        "team-b",
+        "--leader-election-namespace",
+        NAMESPACE,
+        "--service-account",
+        "builds-operator",
+        "--service-account-namespace",
+        NAMESPACE,
+    ]);
+    let objects = parse(&text);
+    check_types(&objects);
+    pretty_assertions::assert_eq!(
+        operator_grants(&objects, "archforge", "builds-operator"),
+        expected_grants(&["team-a", "team-b"], true)
+    );
+    assert!(
+        !objects
+            .iter()
+            .any(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "archforge"),
+        "watching fixed namespaces must not grant cluster-wide access to secrets and jobs"
+    );
+    assert_rules_explained(&text);
+}
+
+#[test]
+fn chart_rules_are_generated_from_the_permissions() {
+    let path = "charts/archforge/templates/_rbac-rules.tpl";
+    let committed = std::fs::read_to_string(common::repo_root().join(path)).unwrap();
+    let generated = archforge(&["rbac", "--chart-rules"]);
+    assert!(
+        committed == generated,
+        "{path} is out of date with operator/src/rbac.rs: `make manifests`"
+    );
 }
 
 /// Runs the operator binary with a rendered container's args and environment (the downward
@@ -591,38 +669,90 @@ fn kustomize_base_is_the_same_install_as_the_chart() {
     let mut expected = keys(&chart);
     expected.insert(("Namespace".into(), String::new(), NAMESPACE.into()));
     pretty_assertions::assert_eq!(keys(&base), expected);
-
-    for (kind, name) in [
-        ("CustomResourceDefinition", "imagebuilds.archforge.dev"),
-        ("ClusterRole", "archforge"),
-        ("ClusterRole", "archforge-nodes"),
-        ("ClusterRole", "archforge-imagebuilds-edit"),
-        ("ClusterRole", "archforge-imagebuilds-view"),
-        ("ClusterRoleBinding", "archforge"),
-        ("ClusterRoleBinding", "archforge-nodes"),
-    ] {
-        let (ours, theirs) = (find(&base, kind, name), find(&chart, kind, name));
-        for field in ["spec", "rules", "roleRef", "subjects"] {
-            assert_eq!(ours.get(field), theirs.get(field), "{kind} {name}: {field}");
-        }
-    }
-    assert_eq!(
-        find(&base, "Service", "archforge-metrics")["spec"],
-        find(&chart, "Service", "archforge-metrics")["spec"]
-    );
-    // All of the Deployment but the pod template's labels (managed-by, helm.sh/chart).
-    let deployment = |objects: &[Value]| {
-        let mut spec = find(objects, "Deployment", "archforge")["spec"].clone();
-        spec["template"]["metadata"]["labels"]
-            .as_object_mut()
-            .unwrap()
-            .retain(|k, _| k != "app.kubernetes.io/managed-by" && k != "helm.sh/chart");
-        spec
-    };
-    pretty_assertions::assert_eq!(deployment(&base), deployment(&chart));
     pretty_assertions::assert_eq!(
         operator_grants(&base, "archforge", "archforge"),
         expected_grants(&[], false)
+    );
+}
+
+/// The directories of the kustomize base that scripts/kustomize-base.py writes.
+const GENERATED_CONFIG: [&str; 2] = ["rbac", "manager"];
+
+fn kustomize_base(chart: &Path, out: &Path) -> std::process::Output {
+    Command::new("python3")
+        .arg("scripts/kustomize-base.py")
+        .arg("--chart")
+        .arg(chart)
+        .arg("--out")
+        .arg(out)
+        .current_dir(common::repo_root())
+        .output()
+        .expect("python3")
+}
+
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&path).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn kustomize_base_is_generated_from_the_chart() {
+    let out = tempfile::tempdir().unwrap();
+    let output = kustomize_base(&common::repo_root().join(CHART), out.path());
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for dir in GENERATED_CONFIG {
+        let generated = files(&out.path().join(dir));
+        let committed = files(&common::repo_root().join("config").join(dir));
+        assert_eq!(
+            committed.keys().collect::<Vec<_>>(),
+            generated.keys().collect::<Vec<_>>(),
+            "config/{dir}: the files differ from what `make manifests` writes"
+        );
+        for (name, bytes) in &generated {
+            assert!(
+                &committed[name] == bytes,
+                "config/{dir}/{name} is out of date with the chart: `make manifests`"
+            );
+            let text = String::from_utf8_lossy(bytes);
+            assert!(
+                text.starts_with("# Generated by `make manifests`"),
+                "config/{dir}/{name} does not say it is generated"
+            );
+            assert!(
+                !text.contains("helm.sh/") && !text.contains("managed-by: Helm"),
+                "config/{dir}/{name} claims Helm manages it"
+            );
+        }
+    }
+}
+
+#[test]
+fn kustomize_base_refuses_a_template_it_has_no_file_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let chart = dir.path().join("archforge");
+    copy_dir(&common::repo_root().join(CHART), &chart);
+    std::fs::write(
+        chart.join("templates/extra.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\n",
+    )
+    .unwrap();
+    let output = kustomize_base(&chart, &dir.path().join("config"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "an unmapped template was dropped");
+    assert!(stderr.contains("templates/extra.yaml"), "{stderr}");
+    assert!(
+        !dir.path().join("config").exists(),
+        "nothing is written when a template has no file"
     );
 }
 
@@ -634,7 +764,10 @@ fn crd_copies_are_generated() {
         "config/crd/imagebuilds.archforge.dev.yaml",
     ] {
         let committed = std::fs::read_to_string(common::repo_root().join(copy)).unwrap();
-        assert!(committed == generated, "{copy} is out of date: `make crds`");
+        assert!(
+            committed == generated,
+            "{copy} is out of date: `make manifests`"
+        );
     }
 }
 
