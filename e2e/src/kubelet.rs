@@ -23,6 +23,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
+use crate::filter::JobFilter;
 use crate::nodes::is_simulated;
 
 /// What the simulated builder of a pod does.
@@ -36,21 +37,13 @@ pub enum Outcome {
     Hold,
 }
 
-/// Which pods an outcome is for; `None` matches anything.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Selector {
-    pub imagebuild: Option<String>,
-    pub platform: Option<String>,
-    pub generation: Option<i64>,
-}
-
 /// The outcomes a test asked for; the first matching rule wins, and pods no rule matches
 /// succeed.
 #[derive(Clone, Default)]
-pub struct Policy(Arc<Mutex<Vec<(Selector, Outcome)>>>);
+pub struct Policy(Arc<Mutex<Vec<(JobFilter, Outcome)>>>);
 
 impl Policy {
-    pub fn set(&self, rules: Vec<(Selector, Outcome)>) {
+    pub fn set(&self, rules: Vec<(JobFilter, Outcome)>) {
         *self.0.lock().unwrap() = rules;
     }
 
@@ -58,11 +51,7 @@ impl Policy {
         let rules = self.0.lock().unwrap();
         rules
             .iter()
-            .find(|(s, _)| {
-                s.imagebuild.as_deref().is_none_or(|b| b == imagebuild)
-                    && s.platform.as_deref().is_none_or(|p| p == platform)
-                    && s.generation.is_none_or(|g| Some(g) == generation)
-            })
+            .find(|(filter, _)| filter.matches(imagebuild, platform, generation))
             .map(|(_, o)| o.clone())
             .unwrap_or(Outcome::Succeed)
     }
@@ -503,11 +492,7 @@ mod tests {
             ]
         );
         policy.set(vec![(
-            Selector {
-                imagebuild: Some("app".into()),
-                platform: Some("linux/arm64".into()),
-                generation: Some(1),
-            },
+            JobFilter::of("app").platform("linux/arm64").generation(1),
             Outcome::Hold,
         )]);
         assert_eq!(decide(&pods[1], &policy), Some(Action::Run));
@@ -522,18 +507,9 @@ mod tests {
     fn the_policy_picks_the_first_matching_rule() {
         let policy = Policy::default();
         policy.set(vec![
+            (JobFilter::any().generation(1), Outcome::Hold),
             (
-                Selector {
-                    generation: Some(1),
-                    ..Default::default()
-                },
-                Outcome::Hold,
-            ),
-            (
-                Selector {
-                    platform: Some("linux/arm64".into()),
-                    ..Default::default()
-                },
+                JobFilter::any().platform("linux/arm64"),
                 Outcome::Fail("RUN make: exit status 2".into()),
             ),
         ]);

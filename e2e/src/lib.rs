@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod filter;
 pub mod kubelet;
 pub mod nodes;
 pub mod operator;

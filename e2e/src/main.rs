@@ -18,14 +18,15 @@ use anyhow::{Context as _, bail, ensure};
 use archforge::api::{ImageBuild, ImageBuildStatus, Phase};
 use archforge::plan::{BuilderSettings, KubeVersion, REBUILD_ANNOTATION};
 use archforge::registry::{Registry, RegistryOptions};
-use archforge::render::{BUILDER_CONTAINER, LABEL_GENERATION, LABEL_IMAGEBUILD, LABEL_PLATFORM};
+use archforge::render::{BUILDER_CONTAINER, LABEL_IMAGEBUILD, LABEL_PLATFORM};
 use archforge_e2e::cluster::{
     FIELD_MANAGER, JOB_COUNT, POD_SECURITY_LEVEL, create_namespace, delete_namespace, imagebuild,
     install_crd, is_current_run, is_pod_security_refusal, job_admitted, job_quota, namespace_name,
     occurrences, privileged_pod, quota_enforces, read_index, wait_for,
 };
 use archforge_e2e::config::Settings;
-use archforge_e2e::kubelet::{Kubelet, Outcome, Selector};
+use archforge_e2e::filter::JobFilter;
+use archforge_e2e::kubelet::{Kubelet, Outcome};
 use archforge_e2e::nodes;
 use archforge_e2e::operator::{Operator, metrics_text, sum_samples, sum_samples_where};
 use archforge_e2e::proxy::Proxy;
@@ -241,7 +242,7 @@ impl Case {
         notes.into_iter().take(3).collect()
     }
 
-    fn policy(&self, rules: Vec<(Selector, Outcome)>) {
+    fn policy(&self, rules: Vec<(JobFilter, Outcome)>) {
         if let Some(kubelet) = &self.kubelet {
             kubelet.policy.set(rules);
         }
@@ -302,39 +303,24 @@ impl Case {
         .await
     }
 
-    async fn jobs_of(&self, name: &str, extra: &str) -> anyhow::Result<Vec<Job>> {
-        let selector = format!("{LABEL_IMAGEBUILD}={name}{extra}");
-        Ok(self
-            .jobs
-            .list(&ListParams::default().labels(&selector))
-            .await?
-            .items)
+    async fn jobs_of(&self, filter: &JobFilter) -> anyhow::Result<Vec<Job>> {
+        Ok(self.jobs.list(&filter.list_params()).await?.items)
     }
 
-    async fn pods_of(&self, name: &str, extra: &str) -> anyhow::Result<Vec<Pod>> {
-        let selector = format!("{LABEL_IMAGEBUILD}={name}{extra}");
-        Ok(self
-            .pods
-            .list(&ListParams::default().labels(&selector))
-            .await?
-            .items)
+    async fn pods_of(&self, filter: &JobFilter) -> anyhow::Result<Vec<Pod>> {
+        Ok(self.pods.list(&filter.list_params()).await?.items)
     }
 
     async fn wait_jobs(
         &self,
-        name: &str,
-        extra: &str,
+        filter: &JobFilter,
         count: usize,
         timeout: Duration,
     ) -> anyhow::Result<Vec<Job>> {
-        wait_for(
-            &format!("{count} Jobs of {name}{extra}"),
-            timeout,
-            || async {
-                let jobs = self.jobs_of(name, extra).await?;
-                Ok((jobs.len() == count).then_some(jobs))
-            },
-        )
+        wait_for(&format!("{count} Jobs of {filter}"), timeout, || async {
+            let jobs = self.jobs_of(filter).await?;
+            Ok((jobs.len() == count).then_some(jobs))
+        })
         .await
     }
 
@@ -424,17 +410,18 @@ impl Case {
     /// Starts a two-platform run of `name` whose builders the simulated kubelet holds (with
     /// real builders, they simply build), and waits for its two Jobs.
     async fn start_held_run(&self, name: &str) -> anyhow::Result<()> {
-        self.policy(vec![(Selector::default(), Outcome::Hold)]);
+        self.policy(vec![(JobFilter::any(), Outcome::Hold)]);
         self.apply(&self.manifest(name, &[AMD64, ARM64])).await?;
-        self.wait_jobs(name, "", 2, Duration::from_secs(60)).await?;
+        self.wait_jobs(&JobFilter::of(name), 2, Duration::from_secs(60))
+            .await?;
         Ok(())
     }
 
-    async fn wait_no_pods(&self, name: &str, extra: &str, timeout: Duration) -> anyhow::Result<()> {
+    async fn wait_no_pods(&self, filter: &JobFilter, timeout: Duration) -> anyhow::Result<()> {
         wait_for(
-            &format!("the builder pods of {name}{extra} to be gone"),
+            &format!("the builder pods of {filter} to be gone"),
             timeout,
-            || async { Ok(self.pods_of(name, extra).await?.is_empty().then_some(())) },
+            || async { Ok(self.pods_of(filter).await?.is_empty().then_some(())) },
         )
         .await
     }
@@ -527,9 +514,8 @@ async fn happy_path_two_platforms(suite: Arc<Suite>, test: &'static str) -> anyh
         let nodes: Api<Node> = Api::all(suite.client.clone());
         for platform in [AMD64, ARM64] {
             let arch = platform.rsplit('/').next().unwrap();
-            let slug = platform.replace('/', "-");
             let pods = case
-                .pods_of("app", &format!(",{LABEL_PLATFORM}={slug}"))
+                .pods_of(&JobFilter::of("app").platform(platform))
                 .await?;
             ensure!(!pods.is_empty(), "no builder pod for {platform}");
             for pod in pods {
@@ -639,7 +625,7 @@ async fn invalid_imagebuilds_are_refused(
                 case.expect_event("arch-in-selector", "InvalidSpec", "Warning").await?;
                 // Give a wrongly started run time to show its Jobs.
                 tokio::time::sleep(Duration::from_secs(5)).await;
-                ensure!(case.jobs_of("arch-in-selector", "").await?.is_empty(), "an invalid ImageBuild got Jobs");
+                ensure!(case.jobs_of(&JobFilter::of("arch-in-selector")).await?.is_empty(), "an invalid ImageBuild got Jobs");
             }
             Err(e) => bail!("unexpected error: {e}"),
         }
@@ -761,18 +747,9 @@ async fn one_failed_platform_fails_the_run(
 ) -> anyhow::Result<()> {
     with_case(&suite, test, None, async |case| {
         case.policy(vec![
+            (JobFilter::any().platform(AMD64), Outcome::Hold),
             (
-                Selector {
-                    platform: Some(AMD64.into()),
-                    ..Default::default()
-                },
-                Outcome::Hold,
-            ),
-            (
-                Selector {
-                    platform: Some(ARM64.into()),
-                    ..Default::default()
-                },
+                JobFilter::any().platform(ARM64),
                 Outcome::Fail("RUN make: /bin/sh: make: not found".into()),
             ),
         ]);
@@ -801,19 +778,9 @@ async fn one_failed_platform_fails_the_run(
             "arm64's message: {:?}",
             arm.message
         );
-        case.wait_jobs(
-            "app",
-            &format!(",{LABEL_PLATFORM}=linux-amd64"),
-            0,
-            Duration::from_secs(60),
-        )
-        .await?;
-        case.wait_no_pods(
-            "app",
-            &format!(",{LABEL_PLATFORM}=linux-amd64"),
-            Duration::from_secs(60),
-        )
-        .await?;
+        let amd = JobFilter::of("app").platform(AMD64);
+        case.wait_jobs(&amd, 0, Duration::from_secs(60)).await?;
+        case.wait_no_pods(&amd, Duration::from_secs(60)).await?;
         case.expect_event("app", "PlatformFailed", "Warning").await
     })
     .await
@@ -842,22 +809,12 @@ async fn spec_change_mid_run_starts_a_new_run(
     test: &'static str,
 ) -> anyhow::Result<()> {
     with_case(&suite, test, None, async |case| {
-        case.policy(vec![(
-            Selector {
-                generation: Some(1),
-                ..Default::default()
-            },
-            Outcome::Hold,
-        )]);
+        case.policy(vec![(JobFilter::any().generation(1), Outcome::Hold)]);
         let mut manifest = case.manifest("app", &[AMD64, ARM64]);
         case.apply(&manifest).await?;
-        case.wait_jobs(
-            "app",
-            &format!(",{LABEL_GENERATION}=1"),
-            2,
-            Duration::from_secs(60),
-        )
-        .await?;
+        let first_run = JobFilter::of("app").generation(1);
+        case.wait_jobs(&first_run, 2, Duration::from_secs(60))
+            .await?;
         manifest["spec"]["buildArgs"] = json!([{"name": "VERSION", "value": "2"}]);
         let changed = case.apply(&manifest).await?;
         ensure!(
@@ -869,13 +826,8 @@ async fn spec_change_mid_run_starts_a_new_run(
             .wait_phase("app", Phase::Succeeded, suite.run_timeout())
             .await?;
         if suite.settings.simulate_nodes {
-            case.wait_jobs(
-                "app",
-                &format!(",{LABEL_GENERATION}=1"),
-                0,
-                Duration::from_secs(60),
-            )
-            .await?;
+            case.wait_jobs(&first_run, 0, Duration::from_secs(60))
+                .await?;
         }
         let runs: BTreeSet<i64> = status.history.iter().map(|r| r.generation).collect();
         ensure!(
@@ -895,13 +847,13 @@ async fn deleting_an_imagebuild_collects_its_jobs(
     with_case(&suite, test, None, async |case| {
         case.start_held_run("app").await?;
         wait_for("builder pods", Duration::from_secs(60), || async {
-            Ok((case.pods_of("app", "").await?.len() >= 2).then_some(()))
+            Ok((case.pods_of(&JobFilter::of("app")).await?.len() >= 2).then_some(()))
         })
         .await?;
         case.builds.delete("app", &DeleteParams::default()).await?;
-        case.wait_jobs("app", "", 0, Duration::from_secs(120))
-            .await?;
-        case.wait_no_pods("app", "", Duration::from_secs(120)).await
+        let app = JobFilter::of("app");
+        case.wait_jobs(&app, 0, Duration::from_secs(120)).await?;
+        case.wait_no_pods(&app, Duration::from_secs(120)).await
     })
     .await
 }
@@ -1003,7 +955,7 @@ async fn no_node_for_a_platform_waits_for_one(
         .await?;
         ensure!(status.phase == Some(Phase::Pending), "{:?}", status.phase);
         ensure!(
-            case.jobs_of("app", "").await?.is_empty(),
+            case.jobs_of(&JobFilter::of("app")).await?.is_empty(),
             "Jobs started without a node"
         );
         case.expect_event("app", "NoNodeForPlatform", "Warning")
@@ -1016,7 +968,9 @@ async fn no_node_for_a_platform_waits_for_one(
             suite.builder.fuse_resource.clone(),
         ));
         // The operator looks again within 30 s.
-        let started = case.wait_jobs("app", "", 2, Duration::from_secs(90)).await;
+        let started = case
+            .wait_jobs(&JobFilter::of("app"), 2, Duration::from_secs(90))
+            .await;
         let finished = match (&started, suite.settings.simulate_nodes) {
             (Ok(_), true) => case
                 .wait_phase("app", Phase::Succeeded, suite.run_timeout())
@@ -1229,4 +1183,31 @@ fn main() -> ExitCode {
         })
         .collect();
     libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
+}
+
+#[cfg(test)]
+mod tests {
+    /// `make e2e`'s filters (E2E_ARGS) and CI name scenarios: they keep their names, order
+    /// and simulated-only marks wherever their code lives.
+    #[test]
+    fn scenarios_keep_their_names() {
+        let listed: Vec<(&str, bool)> = super::scenarios()
+            .into_iter()
+            .map(|(name, simulated_only, _)| (name, simulated_only))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("happy_path_two_platforms", false),
+                ("invalid_imagebuilds_are_refused", false),
+                ("invalid_job_fields_stall_with_a_reason", false),
+                ("one_failed_platform_fails_the_run", true),
+                ("operator_restart_mid_run_completes_once", false),
+                ("spec_change_mid_run_starts_a_new_run", false),
+                ("deleting_an_imagebuild_collects_its_jobs", false),
+                ("registry_outage_during_assembly", true),
+                ("no_node_for_a_platform_waits_for_one", false),
+            ]
+        );
+    }
 }
