@@ -19,10 +19,12 @@ use archforge::api::{ImageBuild, ImageBuildStatus, Phase};
 use archforge::plan::{BuilderSettings, KubeVersion, REBUILD_ANNOTATION};
 use archforge::registry::{Registry, RegistryOptions};
 use archforge::render::{BUILDER_CONTAINER, LABEL_IMAGEBUILD, LABEL_PLATFORM};
+use archforge_e2e::admission::{
+    JOB_COUNT, job_admitted, job_quota, privileged_pod_admitted, quota_enforces,
+};
 use archforge_e2e::cluster::{
-    FIELD_MANAGER, JOB_COUNT, POD_SECURITY_LEVEL, create_namespace, delete_namespace, imagebuild,
-    install_crd, is_current_run, is_pod_security_refusal, job_admitted, job_quota, namespace_name,
-    occurrences, privileged_pod, quota_enforces, read_index, wait_for,
+    FIELD_MANAGER, POD_SECURITY_LEVEL, create_namespace, delete_namespace, imagebuild, install_crd,
+    is_current_run, namespace_name, occurrences, read_index, wait_for,
 };
 use archforge_e2e::config::Settings;
 use archforge_e2e::filter::JobFilter;
@@ -374,22 +376,12 @@ impl Case {
     /// refused (a dry run, so nothing is created). Without this, pods admitted here would
     /// prove nothing about the level.
     async fn ensure_pod_security_enforced(&self) -> anyhow::Result<()> {
-        let params = PostParams {
-            dry_run: true,
-            field_manager: Some(FIELD_MANAGER.into()),
-        };
-        match self
-            .pods
-            .create(&params, &privileged_pod("archforge-e2e-privileged-probe"))
-            .await
-        {
-            Err(e) if is_pod_security_refusal(&e, POD_SECURITY_LEVEL) => Ok(()),
-            Ok(_) => bail!(
-                "namespace {} is labelled pod-security.kubernetes.io/enforce={POD_SECURITY_LEVEL}, but a privileged pod was admitted (dry run): the API server's PodSecurity admission is off, so this cluster cannot show that builder pods are {POD_SECURITY_LEVEL}-admissible",
-                self.namespace
-            ),
-            Err(e) => Err(anyhow::Error::new(e).context("a dry-run create of a privileged pod")),
-        }
+        ensure!(
+            !privileged_pod_admitted(&self.pods, POD_SECURITY_LEVEL).await?,
+            "namespace {} is labelled pod-security.kubernetes.io/enforce={POD_SECURITY_LEVEL}, but a privileged pod was admitted (dry run): the API server's PodSecurity admission is off, so this cluster cannot show that builder pods are {POD_SECURITY_LEVEL}-admissible",
+            self.namespace
+        );
+        Ok(())
     }
 
     async fn expect_event(&self, name: &str, reason: &str, type_: &str) -> anyhow::Result<()> {
