@@ -38,6 +38,8 @@ pub const ARM64: &str = "linux/arm64";
 pub struct Case {
     /// What all scenarios share.
     pub suite: Arc<Suite>,
+    /// The scenario's name.
+    pub test: String,
     /// The scenario's fresh namespace.
     pub namespace: String,
     /// The operator watching `namespace`; scenarios kill and restart it.
@@ -96,6 +98,7 @@ impl Case {
             builds: Api::namespaced(suite.client.clone(), &namespace),
             pods: Api::namespaced(suite.client.clone(), &namespace),
             jobs,
+            test: test.to_string(),
             namespace,
             operator: Mutex::new(operator),
             kubelet,

@@ -33,7 +33,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::json;
 
-use crate::case::{AMD64, ARM64, condition, describe, with_case};
+use crate::case::{AMD64, ARM64, Case, condition, describe, with_case};
 use crate::suite::{Suite, workspace_root};
 
 mod case;
@@ -42,376 +42,365 @@ mod suite;
 // ---------------------------------------------------------------------------------------
 // Scenarios
 
-async fn happy_path_two_platforms(suite: Arc<Suite>, test: &'static str) -> anyhow::Result<()> {
-    with_case(&suite, test, None, async |case| {
-        // The builder pods below are admitted at this level, with the default settings.
-        case.ensure_pod_security_enforced().await?;
-        case.apply(&case.manifest("app", &[AMD64, ARM64])).await?;
-        let status = case
-            .wait_phase("app", Phase::Succeeded, suite.run_timeout())
+pub async fn happy_path_two_platforms(case: &Case) -> anyhow::Result<()> {
+    let suite = &case.suite;
+    // The builder pods below are admitted at this level, with the default settings.
+    case.ensure_pod_security_enforced().await?;
+    case.apply(&case.manifest("app", &[AMD64, ARM64])).await?;
+    let status = case
+        .wait_phase("app", Phase::Succeeded, suite.run_timeout())
+        .await?;
+    ensure!(
+        condition(&status, "Ready")?.status == "True",
+        "{}",
+        describe(&status)
+    );
+
+    let digests: BTreeMap<String, String> = status
+        .platforms
+        .iter()
+        .map(|p| (p.platform.clone(), p.digest.clone().unwrap_or_default()))
+        .collect();
+    ensure!(
+        digests.keys().map(String::as_str).collect::<Vec<_>>() == [AMD64, ARM64]
+            && digests.values().all(|d| d.starts_with("sha256:")),
+        "per-platform digests: {digests:?}"
+    );
+
+    let nodes: Api<Node> = Api::all(suite.client.clone());
+    for platform in [AMD64, ARM64] {
+        let arch = platform.rsplit('/').next().unwrap();
+        let pods = case
+            .pods_of(&JobFilter::of("app").platform(platform))
             .await?;
-        ensure!(
-            condition(&status, "Ready")?.status == "True",
-            "{}",
-            describe(&status)
-        );
-
-        let digests: BTreeMap<String, String> = status
-            .platforms
-            .iter()
-            .map(|p| (p.platform.clone(), p.digest.clone().unwrap_or_default()))
-            .collect();
-        ensure!(
-            digests.keys().map(String::as_str).collect::<Vec<_>>() == [AMD64, ARM64]
-                && digests.values().all(|d| d.starts_with("sha256:")),
-            "per-platform digests: {digests:?}"
-        );
-
-        let nodes: Api<Node> = Api::all(suite.client.clone());
-        for platform in [AMD64, ARM64] {
-            let arch = platform.rsplit('/').next().unwrap();
-            let pods = case
-                .pods_of(&JobFilter::of("app").platform(platform))
-                .await?;
-            ensure!(!pods.is_empty(), "no builder pod for {platform}");
-            for pod in pods {
-                let spec = pod.spec.clone().unwrap_or_default();
-                let node_name = spec
-                    .node_name
-                    .clone()
-                    .context("an unscheduled builder pod")?;
-                let node = nodes.get(&node_name).await?;
-                ensure!(
-                    node.labels().get("kubernetes.io/arch").map(String::as_str) == Some(arch),
-                    "{platform} pod {} ran on {node_name}, not an {arch} node",
-                    pod.name_any()
-                );
-                let builder = spec
-                    .containers
-                    .iter()
-                    .find(|c| c.name == BUILDER_CONTAINER)
-                    .context("no builder container")?;
-                let fuse = builder
-                    .resources
+        ensure!(!pods.is_empty(), "no builder pod for {platform}");
+        for pod in pods {
+            let spec = pod.spec.clone().unwrap_or_default();
+            let node_name = spec
+                .node_name
+                .clone()
+                .context("an unscheduled builder pod")?;
+            let node = nodes.get(&node_name).await?;
+            ensure!(
+                node.labels().get("kubernetes.io/arch").map(String::as_str) == Some(arch),
+                "{platform} pod {} ran on {node_name}, not an {arch} node",
+                pod.name_any()
+            );
+            let builder = spec
+                .containers
+                .iter()
+                .find(|c| c.name == BUILDER_CONTAINER)
+                .context("no builder container")?;
+            let fuse = builder
+                .resources
+                .as_ref()
+                .and_then(|r| r.limits.as_ref())
+                .and_then(|l| l.get(&suite.builder.fuse_resource));
+            ensure!(
+                fuse.map(|q| q.0.as_str()) == Some(suite.builder.fuse_quantity.as_str()),
+                "fuse limit on the admitted pod: {fuse:?}"
+            );
+            let profile = format!("localhost/{}", suite.builder.apparmor_profile);
+            let annotation =
+                format!("container.apparmor.security.beta.kubernetes.io/{BUILDER_CONTAINER}");
+            ensure!(
+                pod.annotations().get(&annotation) == Some(&profile),
+                "AppArmor annotation on the admitted pod: {:?}",
+                pod.annotations().get(&annotation)
+            );
+            if suite.version.has_apparmor_field() {
+                let field = builder
+                    .security_context
                     .as_ref()
-                    .and_then(|r| r.limits.as_ref())
-                    .and_then(|l| l.get(&suite.builder.fuse_resource));
-                ensure!(
-                    fuse.map(|q| q.0.as_str()) == Some(suite.builder.fuse_quantity.as_str()),
-                    "fuse limit on the admitted pod: {fuse:?}"
-                );
-                let profile = format!("localhost/{}", suite.builder.apparmor_profile);
-                let annotation =
-                    format!("container.apparmor.security.beta.kubernetes.io/{BUILDER_CONTAINER}");
-                ensure!(
-                    pod.annotations().get(&annotation) == Some(&profile),
-                    "AppArmor annotation on the admitted pod: {:?}",
-                    pod.annotations().get(&annotation)
-                );
-                if suite.version.has_apparmor_field() {
-                    let field = builder
+                    .and_then(|s| s.app_armor_profile.as_ref())
+                    .or(spec
                         .security_context
                         .as_ref()
-                        .and_then(|s| s.app_armor_profile.as_ref())
-                        .or(spec
-                            .security_context
-                            .as_ref()
-                            .and_then(|s| s.app_armor_profile.as_ref()));
-                    ensure!(
-                        field.and_then(|p| p.localhost_profile.as_deref())
-                            == Some(suite.builder.apparmor_profile.as_str()),
-                        "appArmorProfile on a {} server: {field:?}",
-                        suite.version
-                    );
-                }
+                        .and_then(|s| s.app_armor_profile.as_ref()));
+                ensure!(
+                    field.and_then(|p| p.localhost_profile.as_deref())
+                        == Some(suite.builder.apparmor_profile.as_str()),
+                    "appArmorProfile on a {} server: {field:?}",
+                    suite.version
+                );
             }
         }
+    }
 
-        let image = status.image.clone().context("status.image")?;
-        let (index_digest, entries) = read_index(&suite.registry, &image).await?;
-        ensure!(
-            status.digest.as_deref() == Some(index_digest.as_str()),
-            "status.digest {:?} vs pushed {index_digest}",
-            status.digest
-        );
-        let pushed: BTreeMap<String, String> = entries.into_iter().collect();
-        ensure!(
-            pushed == digests,
-            "the index holds {pushed:?}, status says {digests:?}"
-        );
+    let image = status.image.clone().context("status.image")?;
+    let (index_digest, entries) = read_index(&suite.registry, &image).await?;
+    ensure!(
+        status.digest.as_deref() == Some(index_digest.as_str()),
+        "status.digest {:?} vs pushed {index_digest}",
+        status.digest
+    );
+    let pushed: BTreeMap<String, String> = entries.into_iter().collect();
+    ensure!(
+        pushed == digests,
+        "the index holds {pushed:?}, status says {digests:?}"
+    );
 
-        for reason in ["RunStarted", "PlatformSucceeded", "IndexPushed"] {
-            case.expect_event("app", reason, "Normal").await?;
-        }
-        Ok(())
-    })
-    .await
+    for reason in ["RunStarted", "PlatformSucceeded", "IndexPushed"] {
+        case.expect_event("app", reason, "Normal").await?;
+    }
+    Ok(())
 }
 
-async fn invalid_imagebuilds_are_refused(
-    suite: Arc<Suite>,
-    test: &'static str,
-) -> anyhow::Result<()> {
-    with_case(&suite, test, None, async |case| {
-        // The structural schema is enforced by every supported version.
-        let mut bad = case.manifest("too-many-retries", &[AMD64]);
-        bad["spec"]["retries"] = json!(11);
-        match case.apply(&bad).await {
-            Err(kube::Error::Api(e)) if e.code == 422 => {
-                ensure!(e.message.contains("spec.retries"), "message: {}", e.message)
-            }
-            other => bail!("retries: 11 was not refused at apply time: {other:?}"),
+pub async fn invalid_imagebuilds_are_refused(case: &Case) -> anyhow::Result<()> {
+    // The structural schema is enforced by every supported version.
+    let mut bad = case.manifest("too-many-retries", &[AMD64]);
+    bad["spec"]["retries"] = json!(11);
+    match case.apply(&bad).await {
+        Err(kube::Error::Api(e)) if e.code == 422 => {
+            ensure!(e.message.contains("spec.retries"), "message: {}", e.message)
         }
+        other => bail!("retries: 11 was not refused at apply time: {other:?}"),
+    }
 
-        // A CEL-only rule: refused where the cluster enforces CEL, Stalled otherwise.
-        let mut bad = case.manifest("arch-in-selector", &[AMD64]);
-        bad["spec"]["nodeSelector"]["kubernetes.io/arch"] = json!("arm64");
-        match case.apply(&bad).await {
-            Err(kube::Error::Api(e)) if e.code == 422 => ensure!(
-                e.message.contains("spec.nodeSelector: kubernetes.io/arch and kubernetes.io/os are set by archforge"),
-                "message: {}",
-                e.message
+    // A CEL-only rule: refused where the cluster enforces CEL, Stalled otherwise.
+    let mut bad = case.manifest("arch-in-selector", &[AMD64]);
+    bad["spec"]["nodeSelector"]["kubernetes.io/arch"] = json!("arm64");
+    match case.apply(&bad).await {
+        Err(kube::Error::Api(e)) if e.code == 422 => ensure!(
+            e.message.contains(
+                "spec.nodeSelector: kubernetes.io/arch and kubernetes.io/os are set by archforge"
             ),
-            Ok(_) => {
-                eprintln!("{test}: this cluster does not enforce CEL; checking the operator refuses it");
-                let status = case.wait_phase("arch-in-selector", Phase::Failed, Duration::from_secs(60)).await?;
-                let stalled = condition(&status, "Stalled")?;
-                ensure!(stalled.status == "True" && stalled.reason == "InvalidSpec", "{}", describe(&status));
-                ensure!(stalled.message.contains("spec.nodeSelector"), "{}", stalled.message);
-                case.expect_event("arch-in-selector", "InvalidSpec", "Warning").await?;
-                // Give a wrongly started run time to show its Jobs.
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                ensure!(case.jobs_of(&JobFilter::of("arch-in-selector")).await?.is_empty(), "an invalid ImageBuild got Jobs");
-            }
-            Err(e) => bail!("unexpected error: {e}"),
-        }
-        Ok(())
-    })
-    .await
-}
-
-async fn invalid_job_fields_stall_with_a_reason(
-    suite: Arc<Suite>,
-    test: &'static str,
-) -> anyhow::Result<()> {
-    const QUOTA: &str = "no-jobs";
-    with_case(&suite, test, None, async |case| {
-        // An admission rule every API server has refuses the Job the operator creates; the
-        // refusal must stall the run with the server's reason instead of a retry loop.
-        let quotas: Api<ResourceQuota> =
-            Api::namespaced(suite.client.clone(), &case.namespace);
-        quotas
-            .create(&PostParams::default(), &job_quota(QUOTA, 0))
-            .await?;
-        wait_for(
-            &format!("the quota controller to compute the status of ResourceQuota {QUOTA}"),
-            Duration::from_secs(60),
-            || async { Ok(quota_enforces(&quotas.get(QUOTA).await?, JOB_COUNT).then_some(())) },
-        )
-        .await?;
-        // The API server's admission reads quotas from its own cache; ask it directly.
-        wait_for(
-            &format!("the API server to refuse Jobs with {QUOTA}"),
-            Duration::from_secs(60),
-            || async { Ok((!job_admitted(&case.jobs, QUOTA).await?).then_some(())) },
-        )
-        .await?;
-
-        case.apply(&case.manifest("app", &[AMD64, ARM64])).await?;
-        let status = case
-            .wait_phase("app", Phase::Failed, Duration::from_secs(120))
-            .await?;
-        let says_why = |message: &str| message.contains("exceeded quota") || message.contains(QUOTA);
-        let stalled = condition(&status, "Stalled")?;
-        ensure!(
-            stalled.status == "True" && stalled.reason == "JobRejected" && says_why(&stalled.message),
-            "Stalled should be True/JobRejected with the server's message (exceeded quota: {QUOTA}): {}",
-            describe(&status)
-        );
-        let ready = condition(&status, "Ready")?;
-        ensure!(
-            ready.status == "False" && says_why(&ready.message),
-            "Ready should be False and say why (exceeded quota: {QUOTA}): {}",
-            describe(&status)
-        );
-        case.expect_event("app", "JobRejected", "Warning").await?;
-        let jobs = case.jobs.list(&ListParams::default()).await?.items;
-        ensure!(
-            jobs.is_empty() && case.jobs_ever("app").is_empty(),
-            "no Job may exist: now {:?}, ever {:?}",
-            jobs.iter().map(|j| j.name_any()).collect::<Vec<_>>(),
-            case.jobs_ever("app")
-        );
-
-        // Nothing changes until the ImageBuild does: no further creates (the old behaviour
-        // retried every 15 s) across a resync (20 s), and no repeated Event.
-        let creates = case.job_creates().await?;
-        ensure!(
-            creates >= 1.0,
-            "the operator's metrics count no Job create (archforge_kubernetes_requests_total{{verb=\"create\",resource=\"jobs\"}}), so retries cannot be counted"
-        );
-        let reported = case.occurrences("app", "JobRejected").await?;
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        let creates_after = case.job_creates().await?;
-        ensure!(
-            creates_after == creates,
-            "the operator kept creating the refused Jobs: {creates} creates, {creates_after} 30 s later"
-        );
-        let reported_after = case.occurrences("app", "JobRejected").await?;
-        ensure!(
-            reported_after == reported,
-            "JobRejected reported {reported} times, {reported_after} 30 s later"
-        );
-        let (_, still) = case.status("app").await?;
-        ensure!(
-            still.phase == Some(Phase::Failed)
-                && condition(&still, "Stalled")?.reason == "JobRejected",
-            "{:?}: {}",
-            still.phase,
-            describe(&still)
-        );
-
-        // Once the cause is gone, a change to the ImageBuild starts a run that succeeds.
-        quotas.delete(QUOTA, &DeleteParams::default()).await?;
-        wait_for(
-            &format!("the API server to admit Jobs without {QUOTA}"),
-            Duration::from_secs(60),
-            || async { job_admitted(&case.jobs, QUOTA).await.map(|ok| ok.then_some(())) },
-        )
-        .await?;
-        let mut manifest = case.manifest("app", &[AMD64, ARM64]);
-        manifest["metadata"]["annotations"] = json!({REBUILD_ANNOTATION: "after-quota"});
-        case.apply(&manifest).await?;
-        let status = case
-            .wait_phase("app", Phase::Succeeded, suite.run_timeout())
-            .await?;
-        ensure!(
-            status.rebuild.as_deref() == Some("after-quota")
-                && condition(&status, "Ready")?.status == "True",
-            "{:?}: {}",
-            status.rebuild,
-            describe(&status)
-        );
-        case.ensure_one_job_per_platform("app", 2)
-    })
-    .await
-}
-
-async fn one_failed_platform_fails_the_run(
-    suite: Arc<Suite>,
-    test: &'static str,
-) -> anyhow::Result<()> {
-    with_case(&suite, test, None, async |case| {
-        case.policy(vec![
-            (JobFilter::any().platform(AMD64), Outcome::Hold),
-            (
-                JobFilter::any().platform(ARM64),
-                Outcome::Fail("RUN make: /bin/sh: make: not found".into()),
-            ),
-        ]);
-        case.apply(&case.manifest("app", &[AMD64, ARM64])).await?;
-        let status = case
-            .wait_phase("app", Phase::Failed, suite.run_timeout())
-            .await?;
-        // Ready is what `kubectl wait`, Argo CD and dashboards show: it must say which
-        // platform failed and why, not only that no index was pushed.
-        let ready = condition(&status, "Ready")?;
-        ensure!(ready.status == "False", "{}", describe(&status));
-        ensure!(
-            ready.message.contains(ARM64) && ready.message.contains("make: not found"),
-            "Ready's message does not name the failed platform ({ARM64}) and why (make: not found): {}",
-            ready.message
-        );
-        let arm = status
-            .platforms
-            .iter()
-            .find(|p| p.platform == ARM64)
-            .context("no arm64 status")?;
-        ensure!(
-            arm.message
-                .as_deref()
-                .is_some_and(|m| m.contains("make: not found")),
-            "arm64's message: {:?}",
-            arm.message
-        );
-        let amd = JobFilter::of("app").platform(AMD64);
-        case.wait_jobs(&amd, 0, Duration::from_secs(60)).await?;
-        case.wait_no_pods(&amd, Duration::from_secs(60)).await?;
-        case.expect_event("app", "PlatformFailed", "Warning").await
-    })
-    .await
-}
-
-async fn operator_restart_mid_run_completes_once(
-    suite: Arc<Suite>,
-    test: &'static str,
-) -> anyhow::Result<()> {
-    with_case(&suite, test, None, async |case| {
-        case.start_held_run("app").await?;
-        case.operator.lock().unwrap().kill();
-        // The builds finish while no operator runs.
-        case.policy(vec![]);
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        case.operator.lock().unwrap().restart()?;
-        case.wait_phase("app", Phase::Succeeded, suite.run_timeout())
-            .await?;
-        case.ensure_one_job_per_platform("app", 2)
-    })
-    .await
-}
-
-async fn spec_change_mid_run_starts_a_new_run(
-    suite: Arc<Suite>,
-    test: &'static str,
-) -> anyhow::Result<()> {
-    with_case(&suite, test, None, async |case| {
-        case.policy(vec![(JobFilter::any().generation(1), Outcome::Hold)]);
-        let mut manifest = case.manifest("app", &[AMD64, ARM64]);
-        case.apply(&manifest).await?;
-        let first_run = JobFilter::of("app").generation(1);
-        case.wait_jobs(&first_run, 2, Duration::from_secs(60))
-            .await?;
-        manifest["spec"]["buildArgs"] = json!([{"name": "VERSION", "value": "2"}]);
-        let changed = case.apply(&manifest).await?;
-        ensure!(
-            changed.metadata.generation == Some(2),
-            "generation {:?}",
-            changed.metadata.generation
-        );
-        let status = case
-            .wait_phase("app", Phase::Succeeded, suite.run_timeout())
-            .await?;
-        if suite.settings.simulate_nodes {
-            case.wait_jobs(&first_run, 0, Duration::from_secs(60))
+            "message: {}",
+            e.message
+        ),
+        Ok(_) => {
+            eprintln!(
+                "{}: this cluster does not enforce CEL; checking the operator refuses it",
+                case.test
+            );
+            let status = case
+                .wait_phase("arch-in-selector", Phase::Failed, Duration::from_secs(60))
                 .await?;
+            let stalled = condition(&status, "Stalled")?;
+            ensure!(
+                stalled.status == "True" && stalled.reason == "InvalidSpec",
+                "{}",
+                describe(&status)
+            );
+            ensure!(
+                stalled.message.contains("spec.nodeSelector"),
+                "{}",
+                stalled.message
+            );
+            case.expect_event("arch-in-selector", "InvalidSpec", "Warning")
+                .await?;
+            // Give a wrongly started run time to show its Jobs.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            ensure!(
+                case.jobs_of(&JobFilter::of("arch-in-selector"))
+                    .await?
+                    .is_empty(),
+                "an invalid ImageBuild got Jobs"
+            );
         }
-        let runs: BTreeSet<i64> = status.history.iter().map(|r| r.generation).collect();
-        ensure!(
-            runs.contains(&1) && runs.contains(&2),
-            "history should hold both runs: {:?}",
-            status.history
-        );
-        Ok(())
-    })
-    .await
+        Err(e) => bail!("unexpected error: {e}"),
+    }
+    Ok(())
 }
 
-async fn deleting_an_imagebuild_collects_its_jobs(
-    suite: Arc<Suite>,
-    test: &'static str,
-) -> anyhow::Result<()> {
-    with_case(&suite, test, None, async |case| {
-        case.start_held_run("app").await?;
-        wait_for("builder pods", Duration::from_secs(60), || async {
-            Ok((case.pods_of(&JobFilter::of("app")).await?.len() >= 2).then_some(()))
-        })
+pub async fn invalid_job_fields_stall_with_a_reason(case: &Case) -> anyhow::Result<()> {
+    const QUOTA: &str = "no-jobs";
+    let suite = &case.suite;
+    // An admission rule every API server has refuses the Job the operator creates; the
+    // refusal must stall the run with the server's reason instead of a retry loop.
+    let quotas: Api<ResourceQuota> = Api::namespaced(suite.client.clone(), &case.namespace);
+    quotas
+        .create(&PostParams::default(), &job_quota(QUOTA, 0))
         .await?;
-        case.builds.delete("app", &DeleteParams::default()).await?;
-        let app = JobFilter::of("app");
-        case.wait_jobs(&app, 0, Duration::from_secs(120)).await?;
-        case.wait_no_pods(&app, Duration::from_secs(120)).await
+    wait_for(
+        &format!("the quota controller to compute the status of ResourceQuota {QUOTA}"),
+        Duration::from_secs(60),
+        || async { Ok(quota_enforces(&quotas.get(QUOTA).await?, JOB_COUNT).then_some(())) },
+    )
+    .await?;
+    // The API server's admission reads quotas from its own cache; ask it directly.
+    wait_for(
+        &format!("the API server to refuse Jobs with {QUOTA}"),
+        Duration::from_secs(60),
+        || async { Ok((!job_admitted(&case.jobs, QUOTA).await?).then_some(())) },
+    )
+    .await?;
+
+    case.apply(&case.manifest("app", &[AMD64, ARM64])).await?;
+    let status = case
+        .wait_phase("app", Phase::Failed, Duration::from_secs(120))
+        .await?;
+    let says_why = |message: &str| message.contains("exceeded quota") || message.contains(QUOTA);
+    let stalled = condition(&status, "Stalled")?;
+    ensure!(
+        stalled.status == "True" && stalled.reason == "JobRejected" && says_why(&stalled.message),
+        "Stalled should be True/JobRejected with the server's message (exceeded quota: {QUOTA}): {}",
+        describe(&status)
+    );
+    let ready = condition(&status, "Ready")?;
+    ensure!(
+        ready.status == "False" && says_why(&ready.message),
+        "Ready should be False and say why (exceeded quota: {QUOTA}): {}",
+        describe(&status)
+    );
+    case.expect_event("app", "JobRejected", "Warning").await?;
+    let jobs = case.jobs.list(&ListParams::default()).await?.items;
+    ensure!(
+        jobs.is_empty() && case.jobs_ever("app").is_empty(),
+        "no Job may exist: now {:?}, ever {:?}",
+        jobs.iter().map(|j| j.name_any()).collect::<Vec<_>>(),
+        case.jobs_ever("app")
+    );
+
+    // Nothing changes until the ImageBuild does: no further creates (the old behaviour
+    // retried every 15 s) across a resync (20 s), and no repeated Event.
+    let creates = case.job_creates().await?;
+    ensure!(
+        creates >= 1.0,
+        "the operator's metrics count no Job create (archforge_kubernetes_requests_total{{verb=\"create\",resource=\"jobs\"}}), so retries cannot be counted"
+    );
+    let reported = case.occurrences("app", "JobRejected").await?;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let creates_after = case.job_creates().await?;
+    ensure!(
+        creates_after == creates,
+        "the operator kept creating the refused Jobs: {creates} creates, {creates_after} 30 s later"
+    );
+    let reported_after = case.occurrences("app", "JobRejected").await?;
+    ensure!(
+        reported_after == reported,
+        "JobRejected reported {reported} times, {reported_after} 30 s later"
+    );
+    let (_, still) = case.status("app").await?;
+    ensure!(
+        still.phase == Some(Phase::Failed) && condition(&still, "Stalled")?.reason == "JobRejected",
+        "{:?}: {}",
+        still.phase,
+        describe(&still)
+    );
+
+    // Once the cause is gone, a change to the ImageBuild starts a run that succeeds.
+    quotas.delete(QUOTA, &DeleteParams::default()).await?;
+    wait_for(
+        &format!("the API server to admit Jobs without {QUOTA}"),
+        Duration::from_secs(60),
+        || async {
+            job_admitted(&case.jobs, QUOTA)
+                .await
+                .map(|ok| ok.then_some(()))
+        },
+    )
+    .await?;
+    let mut manifest = case.manifest("app", &[AMD64, ARM64]);
+    manifest["metadata"]["annotations"] = json!({REBUILD_ANNOTATION: "after-quota"});
+    case.apply(&manifest).await?;
+    let status = case
+        .wait_phase("app", Phase::Succeeded, suite.run_timeout())
+        .await?;
+    ensure!(
+        status.rebuild.as_deref() == Some("after-quota")
+            && condition(&status, "Ready")?.status == "True",
+        "{:?}: {}",
+        status.rebuild,
+        describe(&status)
+    );
+    case.ensure_one_job_per_platform("app", 2)
+}
+
+pub async fn one_failed_platform_fails_the_run(case: &Case) -> anyhow::Result<()> {
+    let suite = &case.suite;
+    case.policy(vec![
+        (JobFilter::any().platform(AMD64), Outcome::Hold),
+        (
+            JobFilter::any().platform(ARM64),
+            Outcome::Fail("RUN make: /bin/sh: make: not found".into()),
+        ),
+    ]);
+    case.apply(&case.manifest("app", &[AMD64, ARM64])).await?;
+    let status = case
+        .wait_phase("app", Phase::Failed, suite.run_timeout())
+        .await?;
+    // Ready is what `kubectl wait`, Argo CD and dashboards show: it must say which
+    // platform failed and why, not only that no index was pushed.
+    let ready = condition(&status, "Ready")?;
+    ensure!(ready.status == "False", "{}", describe(&status));
+    ensure!(
+        ready.message.contains(ARM64) && ready.message.contains("make: not found"),
+        "Ready's message does not name the failed platform ({ARM64}) and why (make: not found): {}",
+        ready.message
+    );
+    let arm = status
+        .platforms
+        .iter()
+        .find(|p| p.platform == ARM64)
+        .context("no arm64 status")?;
+    ensure!(
+        arm.message
+            .as_deref()
+            .is_some_and(|m| m.contains("make: not found")),
+        "arm64's message: {:?}",
+        arm.message
+    );
+    let amd = JobFilter::of("app").platform(AMD64);
+    case.wait_jobs(&amd, 0, Duration::from_secs(60)).await?;
+    case.wait_no_pods(&amd, Duration::from_secs(60)).await?;
+    case.expect_event("app", "PlatformFailed", "Warning").await
+}
+
+pub async fn operator_restart_mid_run_completes_once(case: &Case) -> anyhow::Result<()> {
+    let suite = &case.suite;
+    case.start_held_run("app").await?;
+    case.operator.lock().unwrap().kill();
+    // The builds finish while no operator runs.
+    case.policy(vec![]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    case.operator.lock().unwrap().restart()?;
+    case.wait_phase("app", Phase::Succeeded, suite.run_timeout())
+        .await?;
+    case.ensure_one_job_per_platform("app", 2)
+}
+
+pub async fn spec_change_mid_run_starts_a_new_run(case: &Case) -> anyhow::Result<()> {
+    let suite = &case.suite;
+    case.policy(vec![(JobFilter::any().generation(1), Outcome::Hold)]);
+    let mut manifest = case.manifest("app", &[AMD64, ARM64]);
+    case.apply(&manifest).await?;
+    let first_run = JobFilter::of("app").generation(1);
+    case.wait_jobs(&first_run, 2, Duration::from_secs(60))
+        .await?;
+    manifest["spec"]["buildArgs"] = json!([{"name": "VERSION", "value": "2"}]);
+    let changed = case.apply(&manifest).await?;
+    ensure!(
+        changed.metadata.generation == Some(2),
+        "generation {:?}",
+        changed.metadata.generation
+    );
+    let status = case
+        .wait_phase("app", Phase::Succeeded, suite.run_timeout())
+        .await?;
+    if suite.settings.simulate_nodes {
+        case.wait_jobs(&first_run, 0, Duration::from_secs(60))
+            .await?;
+    }
+    let runs: BTreeSet<i64> = status.history.iter().map(|r| r.generation).collect();
+    ensure!(
+        runs.contains(&1) && runs.contains(&2),
+        "history should hold both runs: {:?}",
+        status.history
+    );
+    Ok(())
+}
+
+pub async fn deleting_an_imagebuild_collects_its_jobs(case: &Case) -> anyhow::Result<()> {
+    case.start_held_run("app").await?;
+    wait_for("builder pods", Duration::from_secs(60), || async {
+        Ok((case.pods_of(&JobFilter::of("app")).await?.len() >= 2).then_some(()))
     })
-    .await
+    .await?;
+    case.builds.delete("app", &DeleteParams::default()).await?;
+    let app = JobFilter::of("app");
+    case.wait_jobs(&app, 0, Duration::from_secs(120)).await?;
+    case.wait_no_pods(&app, Duration::from_secs(120)).await
 }
 
 async fn registry_outage_during_assembly(
@@ -661,30 +650,85 @@ async fn with_scale_case(
 
 // ---------------------------------------------------------------------------------------
 
-type Scenario = fn(Arc<Suite>, &'static str) -> LocalBoxFuture<'static, anyhow::Result<()>>;
+/// A scenario as libtest-mimic lists it: named after its function.
+struct Scenario {
+    name: &'static str,
+    /// Ignored unless the suite simulates nodes (it drives the simulated builders).
+    simulated_only: bool,
+    body: Body,
+}
 
-/// (name, needs simulated nodes, body) of each scenario, named after its function.
+/// How a scenario runs.
+#[derive(Clone, Copy)]
+enum Body {
+    /// In a fresh Case the harness starts and finishes (see `with_case`).
+    InCase(for<'a> fn(&'a Case) -> LocalBoxFuture<'a, anyhow::Result<()>>),
+    /// On its own, for a scenario that prepares or cleans up around its Case (a registry
+    /// proxy, a node).
+    Own(fn(Arc<Suite>, &'static str) -> LocalBoxFuture<'static, anyhow::Result<()>>),
+}
+
+impl Body {
+    async fn run(self, suite: Arc<Suite>, test: &'static str) -> anyhow::Result<()> {
+        match self {
+            Body::InCase(body) => {
+                with_case(&suite, test, None, async |case| body(case).await).await
+            }
+            Body::Own(body) => body(suite, test).await,
+        }
+    }
+}
+
+/// The [`Body`] of scenario function `$f`: `in_case` ones take the `&Case`, `own` ones the
+/// suite and their name.
+macro_rules! body {
+    (in_case, $f:path) => {{
+        fn body(case: &Case) -> LocalBoxFuture<'_, anyhow::Result<()>> {
+            Box::pin($f(case))
+        }
+        Body::InCase(body)
+    }};
+    (own, $f:path) => {{
+        fn body(
+            suite: Arc<Suite>,
+            test: &'static str,
+        ) -> LocalBoxFuture<'static, anyhow::Result<()>> {
+            Box::pin($f(suite, test))
+        }
+        Body::Own(body)
+    }};
+}
+
+/// (how it runs, module::function, needs simulated nodes) of each scenario.
 macro_rules! scenarios {
-    ($(($scenario:ident, $simulated_only:expr)),* $(,)?) => {
-        vec![$((
-            stringify!($scenario),
-            $simulated_only,
-            (|s, n| Box::pin($scenario(s, n))) as Scenario,
-        )),*]
+    ($(($kind:ident, $module:ident :: $scenario:ident, $simulated_only:expr)),* $(,)?) => {
+        vec![$(Scenario {
+            name: stringify!($scenario),
+            simulated_only: $simulated_only,
+            body: body!($kind, $module::$scenario),
+        }),*]
     };
 }
 
-fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
+fn scenarios() -> Vec<Scenario> {
     scenarios![
-        (happy_path_two_platforms, false),
-        (invalid_imagebuilds_are_refused, false),
-        (invalid_job_fields_stall_with_a_reason, false),
-        (one_failed_platform_fails_the_run, true),
-        (operator_restart_mid_run_completes_once, false),
-        (spec_change_mid_run_starts_a_new_run, false),
-        (deleting_an_imagebuild_collects_its_jobs, false),
-        (registry_outage_during_assembly, true),
-        (no_node_for_a_platform_waits_for_one, false),
+        (in_case, self::happy_path_two_platforms, false),
+        (in_case, self::invalid_imagebuilds_are_refused, false),
+        (in_case, self::invalid_job_fields_stall_with_a_reason, false),
+        (in_case, self::one_failed_platform_fails_the_run, true),
+        (
+            in_case,
+            self::operator_restart_mid_run_completes_once,
+            false
+        ),
+        (in_case, self::spec_change_mid_run_starts_a_new_run, false),
+        (
+            in_case,
+            self::deleting_an_imagebuild_collects_its_jobs,
+            false
+        ),
+        (own, self::registry_outage_during_assembly, true),
+        (own, self::no_node_for_a_platform_waits_for_one, false),
     ]
 }
 
@@ -726,13 +770,13 @@ fn main() -> ExitCode {
 
     let trials = scenarios()
         .into_iter()
-        .map(|(name, simulated_only, body)| {
+        .map(|scenario| {
             let suite = suite.clone();
-            let ignored = simulated_only && !suite.settings.simulate_nodes;
-            Trial::test(name, move || {
+            let ignored = scenario.simulated_only && !suite.settings.simulate_nodes;
+            Trial::test(scenario.name, move || {
                 suite
                     .runtime
-                    .block_on(body(suite.clone(), name))
+                    .block_on(scenario.body.run(suite.clone(), scenario.name))
                     .map_err(|e| Failed::from(format!("{e:#}")))
             })
             .with_ignored_flag(ignored)
@@ -749,7 +793,7 @@ mod tests {
     fn scenarios_keep_their_names() {
         let listed: Vec<(&str, bool)> = super::scenarios()
             .into_iter()
-            .map(|(name, simulated_only, _)| (name, simulated_only))
+            .map(|s| (s.name, s.simulated_only))
             .collect();
         assert_eq!(
             listed,
