@@ -8,7 +8,7 @@
 //! With ARCHFORGE_E2E_SIMULATE_NODES=1 the suite registers simulated amd64 and arm64 nodes
 //! and acts as their kubelet for builder pods (see `kubelet.rs`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use archforge::api::{ImageBuildStatus, Phase};
 use archforge::plan::REBUILD_ANNOTATION;
-use archforge::render::BUILDER_CONTAINER;
 use archforge_e2e::admission::{JOB_COUNT, job_admitted, job_quota, quota_enforces};
 use archforge_e2e::cluster::{imagebuild, read_index, wait_for};
 use archforge_e2e::config::Settings;
@@ -34,117 +33,15 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::json;
 
 use crate::case::{AMD64, ARM64, Case, condition, describe, with_case};
+use crate::scenarios::happy;
 use crate::suite::{Suite, workspace_root};
 
 mod case;
+mod scenarios;
 mod suite;
 
 // ---------------------------------------------------------------------------------------
 // Scenarios
-
-pub async fn happy_path_two_platforms(case: &Case) -> anyhow::Result<()> {
-    let suite = &case.suite;
-    // The builder pods below are admitted at this level, with the default settings.
-    case.ensure_pod_security_enforced().await?;
-    case.apply(&case.manifest("app", &[AMD64, ARM64])).await?;
-    let status = case
-        .wait_phase("app", Phase::Succeeded, suite.run_timeout())
-        .await?;
-    ensure!(
-        condition(&status, "Ready")?.status == "True",
-        "{}",
-        describe(&status)
-    );
-
-    let digests: BTreeMap<String, String> = status
-        .platforms
-        .iter()
-        .map(|p| (p.platform.clone(), p.digest.clone().unwrap_or_default()))
-        .collect();
-    ensure!(
-        digests.keys().map(String::as_str).collect::<Vec<_>>() == [AMD64, ARM64]
-            && digests.values().all(|d| d.starts_with("sha256:")),
-        "per-platform digests: {digests:?}"
-    );
-
-    let nodes: Api<Node> = Api::all(suite.client.clone());
-    for platform in [AMD64, ARM64] {
-        let arch = platform.rsplit('/').next().unwrap();
-        let pods = case
-            .pods_of(&JobFilter::of("app").platform(platform))
-            .await?;
-        ensure!(!pods.is_empty(), "no builder pod for {platform}");
-        for pod in pods {
-            let spec = pod.spec.clone().unwrap_or_default();
-            let node_name = spec
-                .node_name
-                .clone()
-                .context("an unscheduled builder pod")?;
-            let node = nodes.get(&node_name).await?;
-            ensure!(
-                node.labels().get("kubernetes.io/arch").map(String::as_str) == Some(arch),
-                "{platform} pod {} ran on {node_name}, not an {arch} node",
-                pod.name_any()
-            );
-            let builder = spec
-                .containers
-                .iter()
-                .find(|c| c.name == BUILDER_CONTAINER)
-                .context("no builder container")?;
-            let fuse = builder
-                .resources
-                .as_ref()
-                .and_then(|r| r.limits.as_ref())
-                .and_then(|l| l.get(&suite.builder.fuse_resource));
-            ensure!(
-                fuse.map(|q| q.0.as_str()) == Some(suite.builder.fuse_quantity.as_str()),
-                "fuse limit on the admitted pod: {fuse:?}"
-            );
-            let profile = format!("localhost/{}", suite.builder.apparmor_profile);
-            let annotation =
-                format!("container.apparmor.security.beta.kubernetes.io/{BUILDER_CONTAINER}");
-            ensure!(
-                pod.annotations().get(&annotation) == Some(&profile),
-                "AppArmor annotation on the admitted pod: {:?}",
-                pod.annotations().get(&annotation)
-            );
-            if suite.version.has_apparmor_field() {
-                let field = builder
-                    .security_context
-                    .as_ref()
-                    .and_then(|s| s.app_armor_profile.as_ref())
-                    .or(spec
-                        .security_context
-                        .as_ref()
-                        .and_then(|s| s.app_armor_profile.as_ref()));
-                ensure!(
-                    field.and_then(|p| p.localhost_profile.as_deref())
-                        == Some(suite.builder.apparmor_profile.as_str()),
-                    "appArmorProfile on a {} server: {field:?}",
-                    suite.version
-                );
-            }
-        }
-    }
-
-    let image = status.image.clone().context("status.image")?;
-    let (index_digest, entries) = read_index(&suite.registry, &image).await?;
-    ensure!(
-        status.digest.as_deref() == Some(index_digest.as_str()),
-        "status.digest {:?} vs pushed {index_digest}",
-        status.digest
-    );
-    let pushed: BTreeMap<String, String> = entries.into_iter().collect();
-    ensure!(
-        pushed == digests,
-        "the index holds {pushed:?}, status says {digests:?}"
-    );
-
-    for reason in ["RunStarted", "PlatformSucceeded", "IndexPushed"] {
-        case.expect_event("app", reason, "Normal").await?;
-    }
-    Ok(())
-}
 
 pub async fn invalid_imagebuilds_are_refused(case: &Case) -> anyhow::Result<()> {
     // The structural schema is enforced by every supported version.
@@ -712,7 +609,7 @@ macro_rules! scenarios {
 
 fn scenarios() -> Vec<Scenario> {
     scenarios![
-        (in_case, self::happy_path_two_platforms, false),
+        (in_case, happy::happy_path_two_platforms, false),
         (in_case, self::invalid_imagebuilds_are_refused, false),
         (in_case, self::invalid_job_fields_stall_with_a_reason, false),
         (in_case, self::one_failed_platform_fails_the_run, true),

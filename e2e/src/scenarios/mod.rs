@@ -1,0 +1,3 @@
+//! The scenarios, one module per group; `main.rs` lists them in the order they run.
+
+pub mod happy;
