@@ -1,3 +1,4 @@
 //! The scenarios, one module per group; `main.rs` lists them in the order they run.
 
 pub mod happy;
+pub mod invalid;
