@@ -30,8 +30,8 @@ use kube::api::{Api, DeleteParams, ListParams};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::json;
 
-use crate::case::{AMD64, ARM64, Case, condition, describe, with_case};
-use crate::scenarios::{happy, invalid};
+use crate::case::{AMD64, ARM64, Case, describe, with_case};
+use crate::scenarios::{failures, happy, invalid};
 use crate::suite::{Suite, workspace_root};
 
 mod case;
@@ -40,46 +40,6 @@ mod suite;
 
 // ---------------------------------------------------------------------------------------
 // Scenarios
-
-pub async fn one_failed_platform_fails_the_run(case: &Case) -> anyhow::Result<()> {
-    let suite = &case.suite;
-    case.policy(vec![
-        (JobFilter::any().platform(AMD64), Outcome::Hold),
-        (
-            JobFilter::any().platform(ARM64),
-            Outcome::Fail("RUN make: /bin/sh: make: not found".into()),
-        ),
-    ]);
-    case.apply(&case.manifest("app", &[AMD64, ARM64])).await?;
-    let status = case
-        .wait_phase("app", Phase::Failed, suite.run_timeout())
-        .await?;
-    // Ready is what `kubectl wait`, Argo CD and dashboards show: it must say which
-    // platform failed and why, not only that no index was pushed.
-    let ready = condition(&status, "Ready")?;
-    ensure!(ready.status == "False", "{}", describe(&status));
-    ensure!(
-        ready.message.contains(ARM64) && ready.message.contains("make: not found"),
-        "Ready's message does not name the failed platform ({ARM64}) and why (make: not found): {}",
-        ready.message
-    );
-    let arm = status
-        .platforms
-        .iter()
-        .find(|p| p.platform == ARM64)
-        .context("no arm64 status")?;
-    ensure!(
-        arm.message
-            .as_deref()
-            .is_some_and(|m| m.contains("make: not found")),
-        "arm64's message: {:?}",
-        arm.message
-    );
-    let amd = JobFilter::of("app").platform(AMD64);
-    case.wait_jobs(&amd, 0, Duration::from_secs(60)).await?;
-    case.wait_no_pods(&amd, Duration::from_secs(60)).await?;
-    case.expect_event("app", "PlatformFailed", "Warning").await
-}
 
 pub async fn operator_restart_mid_run_completes_once(case: &Case) -> anyhow::Result<()> {
     let suite = &case.suite;
@@ -453,7 +413,7 @@ fn scenarios() -> Vec<Scenario> {
             invalid::invalid_job_fields_stall_with_a_reason,
             false
         ),
-        (in_case, self::one_failed_platform_fails_the_run, true),
+        (in_case, failures::one_failed_platform_fails_the_run, true),
         (
             in_case,
             self::operator_restart_mid_run_completes_once,

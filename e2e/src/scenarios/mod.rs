@@ -1,4 +1,5 @@
 //! The scenarios, one module per group; `main.rs` lists them in the order they run.
 
+pub mod failures;
 pub mod happy;
 pub mod invalid;
