@@ -8,7 +8,6 @@
 //! With ARCHFORGE_E2E_SIMULATE_NODES=1 the suite registers simulated amd64 and arm64 nodes
 //! and acts as their kubelet for builder pods (see `kubelet.rs`).
 
-use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +17,6 @@ use archforge::api::{ImageBuildStatus, Phase};
 use archforge_e2e::cluster::{imagebuild, read_index, wait_for};
 use archforge_e2e::config::Settings;
 use archforge_e2e::filter::JobFilter;
-use archforge_e2e::kubelet::Outcome;
 use archforge_e2e::nodes;
 use archforge_e2e::operator::sum_samples;
 use archforge_e2e::proxy::Proxy;
@@ -28,10 +26,9 @@ use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams};
 use libtest_mimic::{Arguments, Failed, Trial};
-use serde_json::json;
 
 use crate::case::{AMD64, ARM64, Case, describe, with_case};
-use crate::scenarios::{failures, happy, invalid};
+use crate::scenarios::{failures, happy, invalid, lifecycle};
 use crate::suite::{Suite, workspace_root};
 
 mod case;
@@ -40,62 +37,6 @@ mod suite;
 
 // ---------------------------------------------------------------------------------------
 // Scenarios
-
-pub async fn operator_restart_mid_run_completes_once(case: &Case) -> anyhow::Result<()> {
-    let suite = &case.suite;
-    case.start_held_run("app").await?;
-    case.operator.lock().unwrap().kill();
-    // The builds finish while no operator runs.
-    case.policy(vec![]);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    case.operator.lock().unwrap().restart()?;
-    case.wait_phase("app", Phase::Succeeded, suite.run_timeout())
-        .await?;
-    case.ensure_one_job_per_platform("app", 2)
-}
-
-pub async fn spec_change_mid_run_starts_a_new_run(case: &Case) -> anyhow::Result<()> {
-    let suite = &case.suite;
-    case.policy(vec![(JobFilter::any().generation(1), Outcome::Hold)]);
-    let mut manifest = case.manifest("app", &[AMD64, ARM64]);
-    case.apply(&manifest).await?;
-    let first_run = JobFilter::of("app").generation(1);
-    case.wait_jobs(&first_run, 2, Duration::from_secs(60))
-        .await?;
-    manifest["spec"]["buildArgs"] = json!([{"name": "VERSION", "value": "2"}]);
-    let changed = case.apply(&manifest).await?;
-    ensure!(
-        changed.metadata.generation == Some(2),
-        "generation {:?}",
-        changed.metadata.generation
-    );
-    let status = case
-        .wait_phase("app", Phase::Succeeded, suite.run_timeout())
-        .await?;
-    if suite.settings.simulate_nodes {
-        case.wait_jobs(&first_run, 0, Duration::from_secs(60))
-            .await?;
-    }
-    let runs: BTreeSet<i64> = status.history.iter().map(|r| r.generation).collect();
-    ensure!(
-        runs.contains(&1) && runs.contains(&2),
-        "history should hold both runs: {:?}",
-        status.history
-    );
-    Ok(())
-}
-
-pub async fn deleting_an_imagebuild_collects_its_jobs(case: &Case) -> anyhow::Result<()> {
-    case.start_held_run("app").await?;
-    wait_for("builder pods", Duration::from_secs(60), || async {
-        Ok((case.pods_of(&JobFilter::of("app")).await?.len() >= 2).then_some(()))
-    })
-    .await?;
-    case.builds.delete("app", &DeleteParams::default()).await?;
-    let app = JobFilter::of("app");
-    case.wait_jobs(&app, 0, Duration::from_secs(120)).await?;
-    case.wait_no_pods(&app, Duration::from_secs(120)).await
-}
 
 async fn registry_outage_during_assembly(
     suite: Arc<Suite>,
@@ -416,13 +357,17 @@ fn scenarios() -> Vec<Scenario> {
         (in_case, failures::one_failed_platform_fails_the_run, true),
         (
             in_case,
-            self::operator_restart_mid_run_completes_once,
+            lifecycle::operator_restart_mid_run_completes_once,
             false
         ),
-        (in_case, self::spec_change_mid_run_starts_a_new_run, false),
         (
             in_case,
-            self::deleting_an_imagebuild_collects_its_jobs,
+            lifecycle::spec_change_mid_run_starts_a_new_run,
+            false
+        ),
+        (
+            in_case,
+            lifecycle::deleting_an_imagebuild_collects_its_jobs,
             false
         ),
         (own, self::registry_outage_during_assembly, true),

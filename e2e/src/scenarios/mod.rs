@@ -3,3 +3,4 @@
 pub mod failures;
 pub mod happy;
 pub mod invalid;
+pub mod lifecycle;
