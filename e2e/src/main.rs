@@ -13,22 +13,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use archforge::api::{ImageBuildStatus, Phase};
-use archforge_e2e::cluster::{imagebuild, read_index, wait_for};
+use archforge::api::Phase;
+use archforge_e2e::cluster::wait_for;
 use archforge_e2e::config::Settings;
-use archforge_e2e::filter::JobFilter;
-use archforge_e2e::nodes;
 use archforge_e2e::operator::sum_samples;
-use archforge_e2e::proxy::Proxy;
 use futures::future::LocalBoxFuture;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::ListParams;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::case::{AMD64, ARM64, Case, describe, with_case};
-use crate::scenarios::{failures, happy, invalid, lifecycle};
+use crate::scenarios::{failures, happy, invalid, lifecycle, placement, registry};
 use crate::suite::{Suite, workspace_root};
 
 mod case;
@@ -37,141 +33,6 @@ mod suite;
 
 // ---------------------------------------------------------------------------------------
 // Scenarios
-
-async fn registry_outage_during_assembly(
-    suite: Arc<Suite>,
-    test: &'static str,
-) -> anyhow::Result<()> {
-    let proxy = Proxy::start(&suite.settings.registry).await?;
-    proxy.down().await;
-    with_case(&suite, test, Some(&proxy), async |case| {
-        let manifest = imagebuild(
-            &suite.settings,
-            &case.namespace,
-            "app",
-            &[AMD64, ARM64],
-            Some(&proxy.host()),
-        );
-        case.apply(&manifest).await?;
-        let during = wait_for(
-            "the assembly to find the registry unreachable",
-            suite.run_timeout(),
-            || async {
-                let (_, status) = case.status("app").await?;
-                let unreachable = status.phase == Some(Phase::Assembling)
-                    && status
-                        .conditions
-                        .iter()
-                        .any(|c| c.reason == "RegistryUnreachable");
-                Ok(unreachable.then_some(status))
-            },
-        )
-        .await?;
-        // Down for a while: the operator retries and must not rebuild anything.
-        tokio::time::sleep(Duration::from_secs(20)).await;
-        let (_, still) = case.status("app").await?;
-        ensure!(
-            still.phase == Some(Phase::Assembling),
-            "{:?}: {}",
-            still.phase,
-            describe(&still)
-        );
-        proxy.up().await?;
-        let status = case
-            .wait_phase("app", Phase::Succeeded, Duration::from_secs(180))
-            .await?;
-        let digests = |s: &ImageBuildStatus| {
-            s.platforms
-                .iter()
-                .map(|p| (p.platform.clone(), p.digest.clone()))
-                .collect::<Vec<_>>()
-        };
-        ensure!(
-            digests(&during) == digests(&status),
-            "digests changed: {:?} -> {:?}",
-            digests(&during),
-            digests(&status)
-        );
-        case.ensure_one_job_per_platform("app", 2)?;
-        let (_, entries) = read_index(
-            &suite.registry,
-            &format!("{}/e2e/{}/app:v1", suite.settings.registry, case.namespace),
-        )
-        .await?;
-        ensure!(entries.len() == 2, "index entries {entries:?}");
-        Ok(())
-    })
-    .await
-}
-
-async fn no_node_for_a_platform_waits_for_one(
-    suite: Arc<Suite>,
-    test: &'static str,
-) -> anyhow::Result<()> {
-    let nodes: Api<Node> = Api::all(suite.client.clone());
-    let mut missing = None;
-    for arch in ["riscv64", "s390x", "ppc64le", "mips64le"] {
-        let found = nodes
-            .list(&ListParams::default().labels(&format!("kubernetes.io/arch={arch}")))
-            .await?;
-        if found.items.is_empty() {
-            missing = Some(arch);
-            break;
-        }
-    }
-    let arch = missing.context("every candidate architecture has a node in this cluster")?;
-    let platform = format!("linux/{arch}");
-    let outcome = with_case(&suite, test, None, async |case| {
-        case.apply(&case.manifest("app", &[AMD64, &platform]))
-            .await?;
-        let status = wait_for("NoNodeForPlatform", Duration::from_secs(60), || async {
-            let (_, status) = case.status("app").await?;
-            let waiting = status
-                .conditions
-                .iter()
-                .any(|c| c.reason == "NoNodeForPlatform" && c.message.contains(&platform));
-            Ok(waiting.then_some(status))
-        })
-        .await?;
-        ensure!(status.phase == Some(Phase::Pending), "{:?}", status.phase);
-        ensure!(
-            case.jobs_of(&JobFilter::of("app")).await?.is_empty(),
-            "Jobs started without a node"
-        );
-        case.expect_event("app", "NoNodeForPlatform", "Warning")
-            .await?;
-
-        nodes::ensure(&suite.client, arch, &suite.builder.fuse_resource).await?;
-        let heartbeat = tokio::spawn(nodes::keep_ready(
-            suite.client.clone(),
-            vec![arch.to_string()],
-            suite.builder.fuse_resource.clone(),
-        ));
-        // The operator looks again within 30 s.
-        let started = case
-            .wait_jobs(&JobFilter::of("app"), 2, Duration::from_secs(90))
-            .await;
-        let finished = match (&started, suite.settings.simulate_nodes) {
-            (Ok(_), true) => case
-                .wait_phase("app", Phase::Succeeded, suite.run_timeout())
-                .await
-                .map(|_| ()),
-            _ => Ok(()),
-        };
-        heartbeat.abort();
-        started.and(finished)
-    })
-    .await;
-    let removed = nodes
-        .delete(&nodes::node_name(arch), &DeleteParams::default())
-        .await;
-    if let Err(e) = removed
-        && !archforge_e2e::cluster::is_not_found(&e)
-    {
-        eprintln!("{test}: could not remove the {arch} node: {e}");
-    }
-    outcome
-}
 
 // ---------------------------------------------------------------------------------------
 // Scale benchmark
@@ -370,8 +231,8 @@ fn scenarios() -> Vec<Scenario> {
             lifecycle::deleting_an_imagebuild_collects_its_jobs,
             false
         ),
-        (own, self::registry_outage_during_assembly, true),
-        (own, self::no_node_for_a_platform_waits_for_one, false),
+        (own, registry::registry_outage_during_assembly, true),
+        (own, placement::no_node_for_a_platform_waits_for_one, false),
     ]
 }
 

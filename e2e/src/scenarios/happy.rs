@@ -8,6 +8,7 @@ use archforge::api::Phase;
 use archforge::render::BUILDER_CONTAINER;
 use archforge_e2e::cluster::read_index;
 use archforge_e2e::filter::JobFilter;
+use archforge_e2e::nodes;
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -57,7 +58,7 @@ pub async fn happy_path_two_platforms(case: &Case) -> anyhow::Result<()> {
                 .context("an unscheduled builder pod")?;
             let node = nodes.get(&node_name).await?;
             ensure!(
-                node.labels().get("kubernetes.io/arch").map(String::as_str) == Some(arch),
+                node.labels().get(nodes::ARCH_LABEL).map(String::as_str) == Some(arch),
                 "{platform} pod {} ran on {node_name}, not an {arch} node",
                 pod.name_any()
             );

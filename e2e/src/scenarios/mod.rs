@@ -4,3 +4,5 @@ pub mod failures;
 pub mod happy;
 pub mod invalid;
 pub mod lifecycle;
+pub mod placement;
+pub mod registry;
