@@ -10,141 +10,19 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, ensure};
-use archforge::api::Phase;
-use archforge_e2e::cluster::wait_for;
 use archforge_e2e::config::Settings;
-use archforge_e2e::operator::sum_samples;
 use futures::future::LocalBoxFuture;
-use futures::{StreamExt, TryStreamExt};
-use kube::ResourceExt;
-use kube::api::ListParams;
 use libtest_mimic::{Arguments, Failed, Trial};
 
-use crate::case::{AMD64, ARM64, Case, describe, with_case};
+use crate::case::{Case, with_case};
 use crate::scenarios::{failures, happy, invalid, lifecycle, placement, registry};
 use crate::suite::{Suite, workspace_root};
 
 mod case;
+mod scale;
 mod scenarios;
 mod suite;
-
-// ---------------------------------------------------------------------------------------
-// Scenarios
-
-// ---------------------------------------------------------------------------------------
-// Scale benchmark
-
-#[derive(clap::Parser, Debug)]
-struct ScaleArgs {
-    /// Numbers of ImageBuilds (two platforms each) to run, one round each.
-    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
-    builds: Vec<usize>,
-    /// ImageBuilds created at once.
-    #[arg(long, default_value_t = 32)]
-    parallel: usize,
-}
-
-struct ScaleRow {
-    builds: usize,
-    seconds: f64,
-    peak_rss_mib: f64,
-    requests_per_build: f64,
-}
-
-async fn scale(suite: Arc<Suite>, args: ScaleArgs) -> anyhow::Result<()> {
-    ensure!(
-        suite.settings.simulate_nodes,
-        "the scale benchmark needs ARCHFORGE_E2E_SIMULATE_NODES=1 (thousands of real builds are a different benchmark)"
-    );
-    let mut rows = Vec::new();
-    for &count in &args.builds {
-        let row = with_scale_case(&suite, count, args.parallel).await?;
-        eprintln!("{count} ImageBuilds: {:.1} s", row.seconds);
-        rows.push(row);
-    }
-    println!(
-        "| ImageBuilds | platforms each | time to all Succeeded | ImageBuilds/s | operator peak RSS | Kubernetes API requests per ImageBuild |"
-    );
-    println!("| --- | --- | --- | --- | --- | --- |");
-    for r in rows {
-        println!(
-            "| {} | 2 | {:.1} s | {:.1} | {:.1} MiB | {:.1} |",
-            r.builds,
-            r.seconds,
-            r.builds as f64 / r.seconds,
-            r.peak_rss_mib,
-            r.requests_per_build
-        );
-    }
-    Ok(())
-}
-
-async fn with_scale_case(
-    suite: &Arc<Suite>,
-    count: usize,
-    parallel: usize,
-) -> anyhow::Result<ScaleRow> {
-    let mut row = None;
-    with_case(suite, &format!("scale-{count}"), None, async |case| {
-        let started = Instant::now();
-        futures::stream::iter(0..count)
-            .map(|i| async move {
-                case.apply(&case.manifest(&format!("app-{i:04}"), &[AMD64, ARM64]))
-                    .await
-            })
-            .buffer_unordered(parallel)
-            .try_collect::<Vec<_>>()
-            .await?;
-        wait_for(
-            &format!("{count} ImageBuilds to succeed"),
-            Duration::from_secs(3600),
-            || async {
-                case.operator.lock().unwrap().check_alive()?;
-                let builds = case.builds.list(&ListParams::default()).await?.items;
-                let failed: Vec<String> = builds
-                    .iter()
-                    .filter(|b| b.status.as_ref().and_then(|s| s.phase) == Some(Phase::Failed))
-                    .map(|b| format!("{}: {}", b.name_any(), describe(b.status.as_ref().unwrap())))
-                    .collect();
-                ensure!(failed.is_empty(), "failed: {failed:?}");
-                let done = builds
-                    .iter()
-                    .filter(|b| b.status.as_ref().and_then(|s| s.phase) == Some(Phase::Succeeded))
-                    .count();
-                Ok((done == count).then_some(()))
-            },
-        )
-        .await?;
-        let seconds = started.elapsed().as_secs_f64();
-        let (metrics_address, peak) = {
-            let operator = case.operator.lock().unwrap();
-            (operator.metrics_address.clone(), operator.peak_rss_kib())
-        };
-        let text = reqwest::get(format!("http://{metrics_address}/metrics"))
-            .await?
-            .text()
-            .await?;
-        let requests = sum_samples(&text, "archforge_kubernetes_requests_total");
-        ensure!(
-            requests > 0.0,
-            "no Kubernetes requests counted; metrics:\n{text}"
-        );
-        row = Some(ScaleRow {
-            builds: count,
-            seconds,
-            peak_rss_mib: peak.context("operator peak RSS")? as f64 / 1024.0,
-            requests_per_build: requests / count as f64,
-        });
-        Ok(())
-    })
-    .await?;
-    row.context("no figures")
-}
-
-// ---------------------------------------------------------------------------------------
 
 /// A scenario as libtest-mimic lists it: named after its function.
 struct Scenario {
@@ -195,45 +73,40 @@ macro_rules! body {
     }};
 }
 
-/// (how it runs, module::function, needs simulated nodes) of each scenario.
+/// `true` for a scenario marked `simulated_only`.
+macro_rules! simulated_only {
+    () => {
+        false
+    };
+    (simulated_only) => {
+        true
+    };
+}
+
+/// The scenarios, each `<how it runs> <module>::<function>[, simulated_only]`, named after
+/// their functions.
 macro_rules! scenarios {
-    ($(($kind:ident, $module:ident :: $scenario:ident, $simulated_only:expr)),* $(,)?) => {
+    ($($kind:ident $module:ident :: $scenario:ident $(, $only:ident)?;)*) => {
         vec![$(Scenario {
             name: stringify!($scenario),
-            simulated_only: $simulated_only,
+            simulated_only: simulated_only!($($only)?),
             body: body!($kind, $module::$scenario),
         }),*]
     };
 }
 
 fn scenarios() -> Vec<Scenario> {
-    scenarios![
-        (in_case, happy::happy_path_two_platforms, false),
-        (in_case, invalid::invalid_imagebuilds_are_refused, false),
-        (
-            in_case,
-            invalid::invalid_job_fields_stall_with_a_reason,
-            false
-        ),
-        (in_case, failures::one_failed_platform_fails_the_run, true),
-        (
-            in_case,
-            lifecycle::operator_restart_mid_run_completes_once,
-            false
-        ),
-        (
-            in_case,
-            lifecycle::spec_change_mid_run_starts_a_new_run,
-            false
-        ),
-        (
-            in_case,
-            lifecycle::deleting_an_imagebuild_collects_its_jobs,
-            false
-        ),
-        (own, registry::registry_outage_during_assembly, true),
-        (own, placement::no_node_for_a_platform_waits_for_one, false),
-    ]
+    scenarios! {
+        in_case happy::happy_path_two_platforms;
+        in_case invalid::invalid_imagebuilds_are_refused;
+        in_case invalid::invalid_job_fields_stall_with_a_reason;
+        in_case failures::one_failed_platform_fails_the_run, simulated_only;
+        in_case lifecycle::operator_restart_mid_run_completes_once;
+        in_case lifecycle::spec_change_mid_run_starts_a_new_run;
+        in_case lifecycle::deleting_an_imagebuild_collects_its_jobs;
+        own registry::registry_outage_during_assembly, simulated_only;
+        own placement::no_node_for_a_platform_waits_for_one;
+    }
 }
 
 fn main() -> ExitCode {
@@ -262,8 +135,8 @@ fn main() -> ExitCode {
     let mut argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("scale") {
         argv.remove(1);
-        let args = <ScaleArgs as clap::Parser>::parse_from(argv);
-        return match runtime.block_on(scale(suite, args)) {
+        let args = <scale::ScaleArgs as clap::Parser>::parse_from(argv);
+        return match runtime.block_on(scale::scale(suite, args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("archforge-e2e scale: {e:#}");
