@@ -7,6 +7,11 @@
 //!
 //! With ARCHFORGE_E2E_SIMULATE_NODES=1 the suite registers simulated amd64 and arm64 nodes
 //! and acts as their kubelet for builder pods (see `kubelet.rs`).
+//!
+//! The program's modules: `suite.rs` (what all scenarios share), `case.rs` (one scenario's
+//! namespace and operator, and the helpers scenarios act through), `scenarios/` (one module
+//! per group) and `scale.rs`. Helpers that need no cluster to be tested are the library's
+//! (`lib.rs`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
