@@ -20,10 +20,10 @@ pub async fn no_node_for_a_platform_waits_for_one(
     suite: Arc<Suite>,
     test: &'static str,
 ) -> anyhow::Result<()> {
-    let nodes: Api<Node> = Api::all(suite.client.clone());
+    let all_nodes: Api<Node> = Api::all(suite.client.clone());
     let mut missing = None;
     for arch in ["riscv64", "s390x", "ppc64le", "mips64le"] {
-        let found = nodes.list(&nodes::of_arch(arch)).await?;
+        let found = all_nodes.list(&nodes::of_arch(arch)).await?;
         if found.items.is_empty() {
             missing = Some(arch);
             break;
@@ -72,7 +72,7 @@ pub async fn no_node_for_a_platform_waits_for_one(
         started.and(finished)
     })
     .await;
-    let removed = nodes
+    let removed = all_nodes
         .delete(&nodes::node_name(arch), &DeleteParams::default())
         .await;
     if let Err(e) = removed
