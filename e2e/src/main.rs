@@ -7,1175 +7,111 @@
 //!
 //! With ARCHFORGE_E2E_SIMULATE_NODES=1 the suite registers simulated amd64 and arm64 nodes
 //! and acts as their kubelet for builder pods (see `kubelet.rs`).
+//!
+//! The program's modules: `suite.rs` (what all scenarios share), `case.rs` (one scenario's
+//! namespace and operator, and the helpers scenarios act through), `scenarios/` (one module
+//! per group) and `scale.rs`. Helpers that need no cluster to be tested are the library's
+//! (`lib.rs`).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-use anyhow::{Context as _, bail, ensure};
-use archforge::api::{ImageBuild, ImageBuildStatus, Phase};
-use archforge::plan::{BuilderSettings, KubeVersion, REBUILD_ANNOTATION};
-use archforge::registry::{Registry, RegistryOptions};
-use archforge::render::{BUILDER_CONTAINER, LABEL_GENERATION, LABEL_IMAGEBUILD, LABEL_PLATFORM};
-use archforge_e2e::cluster::{
-    FIELD_MANAGER, JOB_COUNT, POD_SECURITY_LEVEL, create_namespace, delete_namespace, imagebuild,
-    install_crd, is_current_run, is_pod_security_refusal, job_admitted, job_quota, namespace_name,
-    occurrences, privileged_pod, quota_enforces, read_index, wait_for,
-};
 use archforge_e2e::config::Settings;
-use archforge_e2e::kubelet::{Kubelet, Outcome, Selector};
-use archforge_e2e::nodes;
-use archforge_e2e::operator::{Operator, metrics_text, sum_samples, sum_samples_where};
-use archforge_e2e::proxy::Proxy;
 use futures::future::LocalBoxFuture;
-use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Node, Pod, ResourceQuota};
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
 use libtest_mimic::{Arguments, Failed, Trial};
-use serde_json::{Value, json};
 
-const AMD64: &str = "linux/amd64";
-const ARM64: &str = "linux/arm64";
+use crate::case::{Case, with_case};
+use crate::scenarios::{failures, happy, invalid, lifecycle, placement, registry};
+use crate::suite::{Suite, workspace_root};
 
-/// What every scenario shares: the cluster, the registry and the operator's settings.
-struct Suite {
-    settings: Settings,
-    client: Client,
-    registry: Arc<Registry>,
-    version: KubeVersion,
-    /// The operator runs with its defaults; scenarios check pods against them.
-    builder: BuilderSettings,
-    runtime: tokio::runtime::Handle,
-    logs: PathBuf,
+mod case;
+mod scale;
+mod scenarios;
+mod suite;
+
+/// A scenario as libtest-mimic lists it: named after its function.
+struct Scenario {
+    name: &'static str,
+    /// Ignored unless the suite simulates nodes (it drives the simulated builders).
+    simulated_only: bool,
+    body: Body,
 }
 
-impl Suite {
-    async fn connect(settings: Settings, runtime: tokio::runtime::Handle) -> anyhow::Result<Suite> {
-        let client = Client::try_default()
-            .await
-            .context("connecting with KUBECONFIG")?;
-        let info = client
-            .apiserver_version()
-            .await
-            .context("reading the server version")?;
-        let version = KubeVersion::from_info(&info.major, &info.minor)
-            .with_context(|| format!("unreadable server version {}.{}", info.major, info.minor))?;
-        ensure!(
-            version >= KubeVersion::OLDEST,
-            "the cluster runs Kubernetes {version}; archforge supports 1.24 and newer"
-        );
-        install_crd(&client).await?;
-        let builder = BuilderSettings::default();
-        if settings.simulate_nodes {
-            let arches = vec!["amd64".to_string(), "arm64".to_string()];
-            for arch in &arches {
-                nodes::ensure(&client, arch, &builder.fuse_resource).await?;
+/// How a scenario runs.
+#[derive(Clone, Copy)]
+enum Body {
+    /// In a fresh Case the harness starts and finishes (see `with_case`).
+    InCase(for<'a> fn(&'a Case) -> LocalBoxFuture<'a, anyhow::Result<()>>),
+    /// On its own, for a scenario that prepares or cleans up around its Case (a registry
+    /// proxy, a node).
+    Own(fn(Arc<Suite>, &'static str) -> LocalBoxFuture<'static, anyhow::Result<()>>),
+}
+
+impl Body {
+    async fn run(self, suite: Arc<Suite>, test: &'static str) -> anyhow::Result<()> {
+        match self {
+            Body::InCase(body) => {
+                with_case(&suite, test, None, async |case| body(case).await).await
             }
-            runtime.spawn(nodes::keep_ready(
-                client.clone(),
-                arches,
-                builder.fuse_resource.clone(),
-            ));
-        }
-        let registry = Registry::new(RegistryOptions {
-            insecure: if settings.insecure_registry {
-                vec![settings.registry.clone()]
-            } else {
-                vec![]
-            },
-            ..Default::default()
-        });
-        let logs = workspace_root().join("target/e2e-logs");
-        std::fs::create_dir_all(&logs)?;
-        eprintln!(
-            "archforge-e2e: Kubernetes {version}, registry {}, {} nodes; operator logs in {}",
-            settings.registry,
-            if settings.simulate_nodes {
-                "simulated"
-            } else {
-                "real"
-            },
-            logs.display()
-        );
-        Ok(Suite {
-            settings,
-            client,
-            registry: Arc::new(registry),
-            version,
-            builder,
-            runtime,
-            logs,
-        })
-    }
-
-    /// How long one run may take: seconds with simulated builders, minutes with real ones.
-    fn run_timeout(&self) -> Duration {
-        if self.settings.simulate_nodes {
-            Duration::from_secs(180)
-        } else {
-            Duration::from_secs(30 * 60)
+            Body::Own(body) => body(suite, test).await,
         }
     }
 }
 
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("e2e/ sits in the workspace")
-        .to_path_buf()
-}
-
-/// One scenario's world: a fresh namespace, an operator watching it, the simulated kubelet
-/// (with simulated nodes), and a record of every Job that ever existed there.
-struct Case {
-    suite: Arc<Suite>,
-    namespace: String,
-    operator: Mutex<Operator>,
-    kubelet: Option<Kubelet>,
-    builds: Api<ImageBuild>,
-    jobs: Api<Job>,
-    pods: Api<Pod>,
-    /// (ImageBuild, platform label, uid) of every Job seen in the namespace.
-    seen_jobs: Arc<Mutex<BTreeSet<(String, String, String)>>>,
-    job_watch: tokio::task::JoinHandle<()>,
-}
-
-impl Case {
-    async fn start(suite: &Arc<Suite>, test: &str, proxy: Option<&Proxy>) -> anyhow::Result<Case> {
-        let nonce = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .subsec_nanos()
-            ^ std::process::id();
-        let namespace = namespace_name(test, nonce & 0xfffff);
-        create_namespace(&suite.client, &namespace).await?;
-        let log = suite.logs.join(format!("{namespace}.log"));
-        let extra_insecure: Vec<String> = proxy.map(|p| vec![p.host()]).unwrap_or_default();
-        let operator = Operator::start(&suite.settings, &namespace, &log, &extra_insecure)?;
-        let kubelet = suite.settings.simulate_nodes.then(|| {
-            Kubelet::start(
-                suite.client.clone(),
-                &namespace,
-                suite.registry.clone(),
-                proxy.map(|p| (p.host(), suite.settings.registry.clone())),
-            )
-        });
-        let jobs: Api<Job> = Api::namespaced(suite.client.clone(), &namespace);
-        let seen_jobs: Arc<Mutex<BTreeSet<(String, String, String)>>> = Arc::default();
-        let seen = seen_jobs.clone();
-        let job_watch = tokio::spawn(
-            watcher(jobs.clone(), watcher::Config::default())
-                .default_backoff()
-                .applied_objects()
-                .for_each(move |job| {
-                    if let Ok(job) = job {
-                        let label = |key: &str| job.labels().get(key).cloned().unwrap_or_default();
-                        seen.lock().unwrap().insert((
-                            label(LABEL_IMAGEBUILD),
-                            label(LABEL_PLATFORM),
-                            job.uid().unwrap_or_default(),
-                        ));
-                    }
-                    async {}
-                }),
-        );
-        Ok(Case {
-            suite: suite.clone(),
-            builds: Api::namespaced(suite.client.clone(), &namespace),
-            pods: Api::namespaced(suite.client.clone(), &namespace),
-            jobs,
-            namespace,
-            operator: Mutex::new(operator),
-            kubelet,
-            seen_jobs,
-            job_watch,
-        })
-    }
-
-    /// Ends the scenario: the namespace goes (unless ARCHFORGE_E2E_KEEP), and a failure
-    /// says where the operator's log is.
-    async fn finish(self, outcome: anyhow::Result<()>) -> anyhow::Result<()> {
-        self.job_watch.abort();
-        let refused = if outcome.is_err() {
-            self.refused_pods().await
-        } else {
-            vec![]
-        };
-        let log = self.operator.lock().unwrap().log().display().to_string();
-        drop(self.operator);
-        drop(self.kubelet);
-        if outcome.is_ok() || !self.suite.settings.keep_namespaces {
-            delete_namespace(&self.suite.client, &self.namespace).await?;
+/// The [`Body`] of scenario function `$f`: `in_case` ones take the `&Case`, `own` ones the
+/// suite and their name.
+macro_rules! body {
+    (in_case, $f:path) => {{
+        fn body(case: &Case) -> LocalBoxFuture<'_, anyhow::Result<()>> {
+            Box::pin($f(case))
         }
-        outcome.with_context(|| {
-            let mut context = format!("namespace {}, operator log {log}", self.namespace);
-            if !refused.is_empty() {
-                context.push_str(&format!(
-                    "; the Job controller could not create pods: {}",
-                    refused.join(" | ")
-                ));
-            }
-            context
-        })
-    }
-
-    /// Why the Job controller could not create pods here (FailedCreate Events), e.g. a
-    /// builder pod that violates the namespace's Pod Security level: a scenario that then
-    /// times out waiting for pods says so.
-    async fn refused_pods(&self) -> Vec<String> {
-        let events: Api<Event> = Api::namespaced(self.suite.client.clone(), &self.namespace);
-        let Ok(list) = events.list(&ListParams::default()).await else {
-            return vec![];
-        };
-        let notes: BTreeSet<String> = list
-            .items
-            .into_iter()
-            .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
-            .filter_map(|e| e.note)
-            .collect();
-        notes.into_iter().take(3).collect()
-    }
-
-    fn policy(&self, rules: Vec<(Selector, Outcome)>) {
-        if let Some(kubelet) = &self.kubelet {
-            kubelet.policy.set(rules);
+        Body::InCase(body)
+    }};
+    (own, $f:path) => {{
+        fn body(
+            suite: Arc<Suite>,
+            test: &'static str,
+        ) -> LocalBoxFuture<'static, anyhow::Result<()>> {
+            Box::pin($f(suite, test))
         }
-    }
-
-    /// `kubectl apply --server-side` of an ImageBuild manifest.
-    async fn apply(&self, manifest: &Value) -> Result<ImageBuild, kube::Error> {
-        let name = manifest["metadata"]["name"].as_str().expect("a name");
-        self.builds
-            .patch(
-                name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(manifest),
-            )
-            .await
-    }
-
-    fn manifest(&self, name: &str, platforms: &[&str]) -> Value {
-        imagebuild(&self.suite.settings, &self.namespace, name, platforms, None)
-    }
-
-    async fn status(&self, name: &str) -> anyhow::Result<(i64, ImageBuildStatus)> {
-        let build = self.builds.get(name).await?;
-        Ok((
-            build.metadata.generation.unwrap_or_default(),
-            build.status.unwrap_or_default(),
-        ))
-    }
-
-    /// Waits until the current run (generation and rebuild annotation) reaches `phase`;
-    /// fails at once when it ends in the other terminal phase.
-    async fn wait_phase(
-        &self,
-        name: &str,
-        phase: Phase,
-        timeout: Duration,
-    ) -> anyhow::Result<ImageBuildStatus> {
-        wait_for(
-            &format!("ImageBuild {name} to be {phase:?}"),
-            timeout,
-            || async {
-                self.operator.lock().unwrap().check_alive()?;
-                let build = self.builds.get(name).await?;
-                if !is_current_run(&build) {
-                    return Ok(None);
-                }
-                let status = build.status.unwrap_or_default();
-                match status.phase {
-                    Some(p) if p == phase => Ok(Some(status)),
-                    Some(p @ (Phase::Succeeded | Phase::Failed)) => bail!(
-                        "ImageBuild {name} ended {p:?} instead of {phase:?}: {}",
-                        describe(&status)
-                    ),
-                    _ => Ok(None),
-                }
-            },
-        )
-        .await
-    }
-
-    async fn jobs_of(&self, name: &str, extra: &str) -> anyhow::Result<Vec<Job>> {
-        let selector = format!("{LABEL_IMAGEBUILD}={name}{extra}");
-        Ok(self
-            .jobs
-            .list(&ListParams::default().labels(&selector))
-            .await?
-            .items)
-    }
-
-    async fn pods_of(&self, name: &str, extra: &str) -> anyhow::Result<Vec<Pod>> {
-        let selector = format!("{LABEL_IMAGEBUILD}={name}{extra}");
-        Ok(self
-            .pods
-            .list(&ListParams::default().labels(&selector))
-            .await?
-            .items)
-    }
-
-    async fn wait_jobs(
-        &self,
-        name: &str,
-        extra: &str,
-        count: usize,
-        timeout: Duration,
-    ) -> anyhow::Result<Vec<Job>> {
-        wait_for(
-            &format!("{count} Jobs of {name}{extra}"),
-            timeout,
-            || async {
-                let jobs = self.jobs_of(name, extra).await?;
-                Ok((jobs.len() == count).then_some(jobs))
-            },
-        )
-        .await
-    }
-
-    /// The Events (events.k8s.io/v1) about ImageBuild `name`.
-    async fn events_about(&self, name: &str) -> anyhow::Result<Vec<Event>> {
-        let events: Api<Event> = Api::namespaced(self.suite.client.clone(), &self.namespace);
-        Ok(events
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .collect())
-    }
-
-    /// Reasons of the Events about ImageBuild `name`, with their types.
-    async fn events(&self, name: &str) -> anyhow::Result<Vec<(String, String)>> {
-        Ok(self
-            .events_about(name)
-            .await?
-            .into_iter()
-            .map(|e| (e.reason.unwrap_or_default(), e.type_.unwrap_or_default()))
-            .collect())
-    }
-
-    /// How many times an Event with `reason` was reported about `name`, repeats folded
-    /// into a series included.
-    async fn occurrences(&self, name: &str, reason: &str) -> anyhow::Result<i32> {
-        Ok(self
-            .events_about(name)
-            .await?
-            .iter()
-            .filter(|e| e.reason.as_deref() == Some(reason))
-            .map(occurrences)
-            .sum())
-    }
-
-    /// The Job creations the operator has sent so far (its own request counter: a refused
-    /// create leaves nothing in the cluster to count).
-    async fn job_creates(&self) -> anyhow::Result<f64> {
-        let address = self.operator.lock().unwrap().metrics_address.clone();
-        let text = metrics_text(&address).await?;
-        Ok(sum_samples_where(
-            &text,
-            "archforge_kubernetes_requests_total",
-            &[("verb", "create"), ("resource", "jobs")],
-        ))
-    }
-
-    /// Fails unless the namespace's Pod Security level is enforced: a privileged pod is
-    /// refused (a dry run, so nothing is created). Without this, pods admitted here would
-    /// prove nothing about the level.
-    async fn ensure_pod_security_enforced(&self) -> anyhow::Result<()> {
-        let params = PostParams {
-            dry_run: true,
-            field_manager: Some(FIELD_MANAGER.into()),
-        };
-        match self
-            .pods
-            .create(&params, &privileged_pod("archforge-e2e-privileged-probe"))
-            .await
-        {
-            Err(e) if is_pod_security_refusal(&e, POD_SECURITY_LEVEL) => Ok(()),
-            Ok(_) => bail!(
-                "namespace {} is labelled pod-security.kubernetes.io/enforce={POD_SECURITY_LEVEL}, but a privileged pod was admitted (dry run): the API server's PodSecurity admission is off, so this cluster cannot show that builder pods are {POD_SECURITY_LEVEL}-admissible",
-                self.namespace
-            ),
-            Err(e) => Err(anyhow::Error::new(e).context("a dry-run create of a privileged pod")),
-        }
-    }
-
-    async fn expect_event(&self, name: &str, reason: &str, type_: &str) -> anyhow::Result<()> {
-        wait_for(
-            &format!("a {type_} Event {reason} on {name}"),
-            Duration::from_secs(30),
-            || async {
-                let events = self.events(name).await?;
-                Ok(events
-                    .iter()
-                    .any(|(r, t)| r == reason && t == type_)
-                    .then_some(()))
-            },
-        )
-        .await
-    }
-
-    /// Starts a two-platform run of `name` whose builders the simulated kubelet holds (with
-    /// real builders, they simply build), and waits for its two Jobs.
-    async fn start_held_run(&self, name: &str) -> anyhow::Result<()> {
-        self.policy(vec![(Selector::default(), Outcome::Hold)]);
-        self.apply(&self.manifest(name, &[AMD64, ARM64])).await?;
-        self.wait_jobs(name, "", 2, Duration::from_secs(60)).await?;
-        Ok(())
-    }
-
-    async fn wait_no_pods(&self, name: &str, extra: &str, timeout: Duration) -> anyhow::Result<()> {
-        wait_for(
-            &format!("the builder pods of {name}{extra} to be gone"),
-            timeout,
-            || async { Ok(self.pods_of(name, extra).await?.is_empty().then_some(())) },
-        )
-        .await
-    }
-
-    /// Fails unless exactly one Job per platform of `name` ever existed (nothing rebuilt).
-    fn ensure_one_job_per_platform(&self, name: &str, platforms: usize) -> anyhow::Result<()> {
-        let jobs = self.jobs_ever(name);
-        ensure!(
-            jobs.len() == platforms && jobs.values().all(|uids| uids.len() == 1),
-            "exactly one Job per platform should ever exist: {jobs:?}"
-        );
-        Ok(())
-    }
-
-    /// UIDs of the Jobs of `name` that ever existed, per platform label.
-    fn jobs_ever(&self, name: &str) -> BTreeMap<String, BTreeSet<String>> {
-        let mut by_platform: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for (build, platform, uid) in self.seen_jobs.lock().unwrap().iter() {
-            if build == name {
-                by_platform
-                    .entry(platform.clone())
-                    .or_default()
-                    .insert(uid.clone());
-            }
-        }
-        by_platform
-    }
+        Body::Own(body)
+    }};
 }
 
-fn describe(status: &ImageBuildStatus) -> String {
-    let conditions: Vec<String> = status
-        .conditions
-        .iter()
-        .map(|c| format!("{}={} {}: {}", c.type_, c.status, c.reason, c.message))
-        .collect();
-    conditions.join("; ")
-}
-
-fn condition<'a>(
-    status: &'a ImageBuildStatus,
-    type_: &str,
-) -> anyhow::Result<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .with_context(|| format!("no {type_} condition: {}", describe(status)))
-}
-
-/// Runs `body` in a fresh Case and cleans up after it.
-async fn with_case(
-    suite: &Arc<Suite>,
-    test: &str,
-    proxy: Option<&Proxy>,
-    body: impl AsyncFnOnce(&Case) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let case = Case::start(suite, test, proxy).await?;
-    let outcome = body(&case).await;
-    case.finish(outcome).await
-}
-
-// ---------------------------------------------------------------------------------------
-// Scenarios
-
-async fn happy_path_two_platforms(suite: Arc<Suite>, test: &'static str) -> anyhow::Result<()> {
-    with_case(&suite, test, None, async |case| {
-        // The builder pods below are admitted at this level, with the default settings.
-        case.ensure_pod_security_enforced().await?;
-        case.apply(&case.manifest("app", &[AMD64, ARM64])).await?;
-        let status = case
-            .wait_phase("app", Phase::Succeeded, suite.run_timeout())
-            .await?;
-        ensure!(
-            condition(&status, "Ready")?.status == "True",
-            "{}",
-            describe(&status)
-        );
-
-        let digests: BTreeMap<String, String> = status
-            .platforms
-            .iter()
-            .map(|p| (p.platform.clone(), p.digest.clone().unwrap_or_default()))
-            .collect();
-        ensure!(
-            digests.keys().map(String::as_str).collect::<Vec<_>>() == [AMD64, ARM64]
-                && digests.values().all(|d| d.starts_with("sha256:")),
-            "per-platform digests: {digests:?}"
-        );
-
-        let nodes: Api<Node> = Api::all(suite.client.clone());
-        for platform in [AMD64, ARM64] {
-            let arch = platform.rsplit('/').next().unwrap();
-            let slug = platform.replace('/', "-");
-            let pods = case
-                .pods_of("app", &format!(",{LABEL_PLATFORM}={slug}"))
-                .await?;
-            ensure!(!pods.is_empty(), "no builder pod for {platform}");
-            for pod in pods {
-                let spec = pod.spec.clone().unwrap_or_default();
-                let node_name = spec
-                    .node_name
-                    .clone()
-                    .context("an unscheduled builder pod")?;
-                let node = nodes.get(&node_name).await?;
-                ensure!(
-                    node.labels().get("kubernetes.io/arch").map(String::as_str) == Some(arch),
-                    "{platform} pod {} ran on {node_name}, not an {arch} node",
-                    pod.name_any()
-                );
-                let builder = spec
-                    .containers
-                    .iter()
-                    .find(|c| c.name == BUILDER_CONTAINER)
-                    .context("no builder container")?;
-                let fuse = builder
-                    .resources
-                    .as_ref()
-                    .and_then(|r| r.limits.as_ref())
-                    .and_then(|l| l.get(&suite.builder.fuse_resource));
-                ensure!(
-                    fuse.map(|q| q.0.as_str()) == Some(suite.builder.fuse_quantity.as_str()),
-                    "fuse limit on the admitted pod: {fuse:?}"
-                );
-                let profile = format!("localhost/{}", suite.builder.apparmor_profile);
-                let annotation =
-                    format!("container.apparmor.security.beta.kubernetes.io/{BUILDER_CONTAINER}");
-                ensure!(
-                    pod.annotations().get(&annotation) == Some(&profile),
-                    "AppArmor annotation on the admitted pod: {:?}",
-                    pod.annotations().get(&annotation)
-                );
-                if suite.version.has_apparmor_field() {
-                    let field = builder
-                        .security_context
-                        .as_ref()
-                        .and_then(|s| s.app_armor_profile.as_ref())
-                        .or(spec
-                            .security_context
-                            .as_ref()
-                            .and_then(|s| s.app_armor_profile.as_ref()));
-                    ensure!(
-                        field.and_then(|p| p.localhost_profile.as_deref())
-                            == Some(suite.builder.apparmor_profile.as_str()),
-                        "appArmorProfile on a {} server: {field:?}",
-                        suite.version
-                    );
-                }
-            }
-        }
-
-        let image = status.image.clone().context("status.image")?;
-        let (index_digest, entries) = read_index(&suite.registry, &image).await?;
-        ensure!(
-            status.digest.as_deref() == Some(index_digest.as_str()),
-            "status.digest {:?} vs pushed {index_digest}",
-            status.digest
-        );
-        let pushed: BTreeMap<String, String> = entries.into_iter().collect();
-        ensure!(
-            pushed == digests,
-            "the index holds {pushed:?}, status says {digests:?}"
-        );
-
-        for reason in ["RunStarted", "PlatformSucceeded", "IndexPushed"] {
-            case.expect_event("app", reason, "Normal").await?;
-        }
-        Ok(())
-    })
-    .await
-}
-
-async fn invalid_imagebuilds_are_refused(
-    suite: Arc<Suite>,
-    test: &'static str,
-) -> anyhow::Result<()> {
-    with_case(&suite, test, None, async |case| {
-        // The structural schema is enforced by every supported version.
-        let mut bad = case.manifest("too-many-retries", &[AMD64]);
-        bad["spec"]["retries"] = json!(11);
-        match case.apply(&bad).await {
-            Err(kube::Error::Api(e)) if e.code == 422 => {
-                ensure!(e.message.contains("spec.retries"), "message: {}", e.message)
-            }
-            other => bail!("retries: 11 was not refused at apply time: {other:?}"),
-        }
-
-        // A CEL-only rule: refused where the cluster enforces CEL, Stalled otherwise.
-        let mut bad = case.manifest("arch-in-selector", &[AMD64]);
-        bad["spec"]["nodeSelector"]["kubernetes.io/arch"] = json!("arm64");
-        match case.apply(&bad).await {
-            Err(kube::Error::Api(e)) if e.code == 422 => ensure!(
-                e.message.contains("spec.nodeSelector: kubernetes.io/arch and kubernetes.io/os are set by archforge"),
-                "message: {}",
-                e.message
-            ),
-            Ok(_) => {
-                eprintln!("{test}: this cluster does not enforce CEL; checking the operator refuses it");
-                let status = case.wait_phase("arch-in-selector", Phase::Failed, Duration::from_secs(60)).await?;
-                let stalled = condition(&status, "Stalled")?;
-                ensure!(stalled.status == "True" && stalled.reason == "InvalidSpec", "{}", describe(&status));
-                ensure!(stalled.message.contains("spec.nodeSelector"), "{}", stalled.message);
-                case.expect_event("arch-in-selector", "InvalidSpec", "Warning").await?;
-                // Give a wrongly started run time to show its Jobs.
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                ensure!(case.jobs_of("arch-in-selector", "").await?.is_empty(), "an invalid ImageBuild got Jobs");
-            }
-            Err(e) => bail!("unexpected error: {e}"),
-        }
-        Ok(())
-    })
-    .await
-}
-
-async fn invalid_job_fields_stall_with_a_reason(
-    suite: Arc<Suite>,
-    test: &'static str,
-) -> anyhow::Result<()> {
-    const QUOTA: &str = "no-jobs";
-    with_case(&suite, test, None, async |case| {
-        // An admission rule every API server has refuses the Job the operator creates; the
-        // refusal must stall the run with the server's reason instead of a retry loop.
-        let quotas: Api<ResourceQuota> =
-            Api::namespaced(suite.client.clone(), &case.namespace);
-        quotas
-            .create(&PostParams::default(), &job_quota(QUOTA, 0))
-            .await?;
-        wait_for(
-            &format!("the quota controller to compute the status of ResourceQuota {QUOTA}"),
-            Duration::from_secs(60),
-            || async { Ok(quota_enforces(&quotas.get(QUOTA).await?, JOB_COUNT).then_some(())) },
-        )
-        .await?;
-        // The API server's admission reads quotas from its own cache; ask it directly.
-        wait_for(
-            &format!("the API server to refuse Jobs with {QUOTA}"),
-            Duration::from_secs(60),
-            || async { Ok((!job_admitted(&case.jobs, QUOTA).await?).then_some(())) },
-        )
-        .await?;
-
-        case.apply(&case.manifest("app", &[AMD64, ARM64])).await?;
-        let status = case
-            .wait_phase("app", Phase::Failed, Duration::from_secs(120))
-            .await?;
-        let says_why = |message: &str| message.contains("exceeded quota") || message.contains(QUOTA);
-        let stalled = condition(&status, "Stalled")?;
-        ensure!(
-            stalled.status == "True" && stalled.reason == "JobRejected" && says_why(&stalled.message),
-            "Stalled should be True/JobRejected with the server's message (exceeded quota: {QUOTA}): {}",
-            describe(&status)
-        );
-        let ready = condition(&status, "Ready")?;
-        ensure!(
-            ready.status == "False" && says_why(&ready.message),
-            "Ready should be False and say why (exceeded quota: {QUOTA}): {}",
-            describe(&status)
-        );
-        case.expect_event("app", "JobRejected", "Warning").await?;
-        let jobs = case.jobs.list(&ListParams::default()).await?.items;
-        ensure!(
-            jobs.is_empty() && case.jobs_ever("app").is_empty(),
-            "no Job may exist: now {:?}, ever {:?}",
-            jobs.iter().map(|j| j.name_any()).collect::<Vec<_>>(),
-            case.jobs_ever("app")
-        );
-
-        // Nothing changes until the ImageBuild does: no further creates (the old behaviour
-        // retried every 15 s) across a resync (20 s), and no repeated Event.
-        let creates = case.job_creates().await?;
-        ensure!(
-            creates >= 1.0,
-            "the operator's metrics count no Job create (archforge_kubernetes_requests_total{{verb=\"create\",resource=\"jobs\"}}), so retries cannot be counted"
-        );
-        let reported = case.occurrences("app", "JobRejected").await?;
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        let creates_after = case.job_creates().await?;
-        ensure!(
-            creates_after == creates,
-            "the operator kept creating the refused Jobs: {creates} creates, {creates_after} 30 s later"
-        );
-        let reported_after = case.occurrences("app", "JobRejected").await?;
-        ensure!(
-            reported_after == reported,
-            "JobRejected reported {reported} times, {reported_after} 30 s later"
-        );
-        let (_, still) = case.status("app").await?;
-        ensure!(
-            still.phase == Some(Phase::Failed)
-                && condition(&still, "Stalled")?.reason == "JobRejected",
-            "{:?}: {}",
-            still.phase,
-            describe(&still)
-        );
-
-        // Once the cause is gone, a change to the ImageBuild starts a run that succeeds.
-        quotas.delete(QUOTA, &DeleteParams::default()).await?;
-        wait_for(
-            &format!("the API server to admit Jobs without {QUOTA}"),
-            Duration::from_secs(60),
-            || async { job_admitted(&case.jobs, QUOTA).await.map(|ok| ok.then_some(())) },
-        )
-        .await?;
-        let mut manifest = case.manifest("app", &[AMD64, ARM64]);
-        manifest["metadata"]["annotations"] = json!({REBUILD_ANNOTATION: "after-quota"});
-        case.apply(&manifest).await?;
-        let status = case
-            .wait_phase("app", Phase::Succeeded, suite.run_timeout())
-            .await?;
-        ensure!(
-            status.rebuild.as_deref() == Some("after-quota")
-                && condition(&status, "Ready")?.status == "True",
-            "{:?}: {}",
-            status.rebuild,
-            describe(&status)
-        );
-        case.ensure_one_job_per_platform("app", 2)
-    })
-    .await
-}
-
-async fn one_failed_platform_fails_the_run(
-    suite: Arc<Suite>,
-    test: &'static str,
-) -> anyhow::Result<()> {
-    with_case(&suite, test, None, async |case| {
-        case.policy(vec![
-            (
-                Selector {
-                    platform: Some(AMD64.into()),
-                    ..Default::default()
-                },
-                Outcome::Hold,
-            ),
-            (
-                Selector {
-                    platform: Some(ARM64.into()),
-                    ..Default::default()
-                },
-                Outcome::Fail("RUN make: /bin/sh: make: not found".into()),
-            ),
-        ]);
-        case.apply(&case.manifest("app", &[AMD64, ARM64])).await?;
-        let status = case
-            .wait_phase("app", Phase::Failed, suite.run_timeout())
-            .await?;
-        // Ready is what `kubectl wait`, Argo CD and dashboards show: it must say which
-        // platform failed and why, not only that no index was pushed.
-        let ready = condition(&status, "Ready")?;
-        ensure!(ready.status == "False", "{}", describe(&status));
-        ensure!(
-            ready.message.contains(ARM64) && ready.message.contains("make: not found"),
-            "Ready's message does not name the failed platform ({ARM64}) and why (make: not found): {}",
-            ready.message
-        );
-        let arm = status
-            .platforms
-            .iter()
-            .find(|p| p.platform == ARM64)
-            .context("no arm64 status")?;
-        ensure!(
-            arm.message
-                .as_deref()
-                .is_some_and(|m| m.contains("make: not found")),
-            "arm64's message: {:?}",
-            arm.message
-        );
-        case.wait_jobs(
-            "app",
-            &format!(",{LABEL_PLATFORM}=linux-amd64"),
-            0,
-            Duration::from_secs(60),
-        )
-        .await?;
-        case.wait_no_pods(
-            "app",
-            &format!(",{LABEL_PLATFORM}=linux-amd64"),
-            Duration::from_secs(60),
-        )
-        .await?;
-        case.expect_event("app", "PlatformFailed", "Warning").await
-    })
-    .await
-}
-
-async fn operator_restart_mid_run_completes_once(
-    suite: Arc<Suite>,
-    test: &'static str,
-) -> anyhow::Result<()> {
-    with_case(&suite, test, None, async |case| {
-        case.start_held_run("app").await?;
-        case.operator.lock().unwrap().kill();
-        // The builds finish while no operator runs.
-        case.policy(vec![]);
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        case.operator.lock().unwrap().restart()?;
-        case.wait_phase("app", Phase::Succeeded, suite.run_timeout())
-            .await?;
-        case.ensure_one_job_per_platform("app", 2)
-    })
-    .await
-}
-
-async fn spec_change_mid_run_starts_a_new_run(
-    suite: Arc<Suite>,
-    test: &'static str,
-) -> anyhow::Result<()> {
-    with_case(&suite, test, None, async |case| {
-        case.policy(vec![(
-            Selector {
-                generation: Some(1),
-                ..Default::default()
-            },
-            Outcome::Hold,
-        )]);
-        let mut manifest = case.manifest("app", &[AMD64, ARM64]);
-        case.apply(&manifest).await?;
-        case.wait_jobs(
-            "app",
-            &format!(",{LABEL_GENERATION}=1"),
-            2,
-            Duration::from_secs(60),
-        )
-        .await?;
-        manifest["spec"]["buildArgs"] = json!([{"name": "VERSION", "value": "2"}]);
-        let changed = case.apply(&manifest).await?;
-        ensure!(
-            changed.metadata.generation == Some(2),
-            "generation {:?}",
-            changed.metadata.generation
-        );
-        let status = case
-            .wait_phase("app", Phase::Succeeded, suite.run_timeout())
-            .await?;
-        if suite.settings.simulate_nodes {
-            case.wait_jobs(
-                "app",
-                &format!(",{LABEL_GENERATION}=1"),
-                0,
-                Duration::from_secs(60),
-            )
-            .await?;
-        }
-        let runs: BTreeSet<i64> = status.history.iter().map(|r| r.generation).collect();
-        ensure!(
-            runs.contains(&1) && runs.contains(&2),
-            "history should hold both runs: {:?}",
-            status.history
-        );
-        Ok(())
-    })
-    .await
-}
-
-async fn deleting_an_imagebuild_collects_its_jobs(
-    suite: Arc<Suite>,
-    test: &'static str,
-) -> anyhow::Result<()> {
-    with_case(&suite, test, None, async |case| {
-        case.start_held_run("app").await?;
-        wait_for("builder pods", Duration::from_secs(60), || async {
-            Ok((case.pods_of("app", "").await?.len() >= 2).then_some(()))
-        })
-        .await?;
-        case.builds.delete("app", &DeleteParams::default()).await?;
-        case.wait_jobs("app", "", 0, Duration::from_secs(120))
-            .await?;
-        case.wait_no_pods("app", "", Duration::from_secs(120)).await
-    })
-    .await
-}
-
-async fn registry_outage_during_assembly(
-    suite: Arc<Suite>,
-    test: &'static str,
-) -> anyhow::Result<()> {
-    let proxy = Proxy::start(&suite.settings.registry).await?;
-    proxy.down().await;
-    with_case(&suite, test, Some(&proxy), async |case| {
-        let manifest = imagebuild(
-            &suite.settings,
-            &case.namespace,
-            "app",
-            &[AMD64, ARM64],
-            Some(&proxy.host()),
-        );
-        case.apply(&manifest).await?;
-        let during = wait_for(
-            "the assembly to find the registry unreachable",
-            suite.run_timeout(),
-            || async {
-                let (_, status) = case.status("app").await?;
-                let unreachable = status.phase == Some(Phase::Assembling)
-                    && status
-                        .conditions
-                        .iter()
-                        .any(|c| c.reason == "RegistryUnreachable");
-                Ok(unreachable.then_some(status))
-            },
-        )
-        .await?;
-        // Down for a while: the operator retries and must not rebuild anything.
-        tokio::time::sleep(Duration::from_secs(20)).await;
-        let (_, still) = case.status("app").await?;
-        ensure!(
-            still.phase == Some(Phase::Assembling),
-            "{:?}: {}",
-            still.phase,
-            describe(&still)
-        );
-        proxy.up().await?;
-        let status = case
-            .wait_phase("app", Phase::Succeeded, Duration::from_secs(180))
-            .await?;
-        let digests = |s: &ImageBuildStatus| {
-            s.platforms
-                .iter()
-                .map(|p| (p.platform.clone(), p.digest.clone()))
-                .collect::<Vec<_>>()
-        };
-        ensure!(
-            digests(&during) == digests(&status),
-            "digests changed: {:?} -> {:?}",
-            digests(&during),
-            digests(&status)
-        );
-        case.ensure_one_job_per_platform("app", 2)?;
-        let (_, entries) = read_index(
-            &suite.registry,
-            &format!("{}/e2e/{}/app:v1", suite.settings.registry, case.namespace),
-        )
-        .await?;
-        ensure!(entries.len() == 2, "index entries {entries:?}");
-        Ok(())
-    })
-    .await
-}
-
-async fn no_node_for_a_platform_waits_for_one(
-    suite: Arc<Suite>,
-    test: &'static str,
-) -> anyhow::Result<()> {
-    let nodes: Api<Node> = Api::all(suite.client.clone());
-    let mut missing = None;
-    for arch in ["riscv64", "s390x", "ppc64le", "mips64le"] {
-        let found = nodes
-            .list(&ListParams::default().labels(&format!("kubernetes.io/arch={arch}")))
-            .await?;
-        if found.items.is_empty() {
-            missing = Some(arch);
-            break;
-        }
-    }
-    let arch = missing.context("every candidate architecture has a node in this cluster")?;
-    let platform = format!("linux/{arch}");
-    let outcome = with_case(&suite, test, None, async |case| {
-        case.apply(&case.manifest("app", &[AMD64, &platform]))
-            .await?;
-        let status = wait_for("NoNodeForPlatform", Duration::from_secs(60), || async {
-            let (_, status) = case.status("app").await?;
-            let waiting = status
-                .conditions
-                .iter()
-                .any(|c| c.reason == "NoNodeForPlatform" && c.message.contains(&platform));
-            Ok(waiting.then_some(status))
-        })
-        .await?;
-        ensure!(status.phase == Some(Phase::Pending), "{:?}", status.phase);
-        ensure!(
-            case.jobs_of("app", "").await?.is_empty(),
-            "Jobs started without a node"
-        );
-        case.expect_event("app", "NoNodeForPlatform", "Warning")
-            .await?;
-
-        nodes::ensure(&suite.client, arch, &suite.builder.fuse_resource).await?;
-        let heartbeat = tokio::spawn(nodes::keep_ready(
-            suite.client.clone(),
-            vec![arch.to_string()],
-            suite.builder.fuse_resource.clone(),
-        ));
-        // The operator looks again within 30 s.
-        let started = case.wait_jobs("app", "", 2, Duration::from_secs(90)).await;
-        let finished = match (&started, suite.settings.simulate_nodes) {
-            (Ok(_), true) => case
-                .wait_phase("app", Phase::Succeeded, suite.run_timeout())
-                .await
-                .map(|_| ()),
-            _ => Ok(()),
-        };
-        heartbeat.abort();
-        started.and(finished)
-    })
-    .await;
-    let removed = nodes
-        .delete(&nodes::node_name(arch), &DeleteParams::default())
-        .await;
-    if let Err(e) = removed
-        && !archforge_e2e::cluster::is_not_found(&e)
-    {
-        eprintln!("{test}: could not remove the {arch} node: {e}");
-    }
-    outcome
-}
-
-// ---------------------------------------------------------------------------------------
-// Scale benchmark
-
-#[derive(clap::Parser, Debug)]
-struct ScaleArgs {
-    /// Numbers of ImageBuilds (two platforms each) to run, one round each.
-    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
-    builds: Vec<usize>,
-    /// ImageBuilds created at once.
-    #[arg(long, default_value_t = 32)]
-    parallel: usize,
-}
-
-struct ScaleRow {
-    builds: usize,
-    seconds: f64,
-    peak_rss_mib: f64,
-    requests_per_build: f64,
-}
-
-async fn scale(suite: Arc<Suite>, args: ScaleArgs) -> anyhow::Result<()> {
-    ensure!(
-        suite.settings.simulate_nodes,
-        "the scale benchmark needs ARCHFORGE_E2E_SIMULATE_NODES=1 (thousands of real builds are a different benchmark)"
-    );
-    let mut rows = Vec::new();
-    for &count in &args.builds {
-        let row = with_scale_case(&suite, count, args.parallel).await?;
-        eprintln!("{count} ImageBuilds: {:.1} s", row.seconds);
-        rows.push(row);
-    }
-    println!(
-        "| ImageBuilds | platforms each | time to all Succeeded | ImageBuilds/s | operator peak RSS | Kubernetes API requests per ImageBuild |"
-    );
-    println!("| --- | --- | --- | --- | --- | --- |");
-    for r in rows {
-        println!(
-            "| {} | 2 | {:.1} s | {:.1} | {:.1} MiB | {:.1} |",
-            r.builds,
-            r.seconds,
-            r.builds as f64 / r.seconds,
-            r.peak_rss_mib,
-            r.requests_per_build
-        );
-    }
-    Ok(())
-}
-
-async fn with_scale_case(
-    suite: &Arc<Suite>,
-    count: usize,
-    parallel: usize,
-) -> anyhow::Result<ScaleRow> {
-    let mut row = None;
-    with_case(suite, &format!("scale-{count}"), None, async |case| {
-        let started = Instant::now();
-        futures::stream::iter(0..count)
-            .map(|i| async move {
-                case.apply(&case.manifest(&format!("app-{i:04}"), &[AMD64, ARM64]))
-                    .await
-            })
-            .buffer_unordered(parallel)
-            .try_collect::<Vec<_>>()
-            .await?;
-        wait_for(
-            &format!("{count} ImageBuilds to succeed"),
-            Duration::from_secs(3600),
-            || async {
-                case.operator.lock().unwrap().check_alive()?;
-                let builds = case.builds.list(&ListParams::default()).await?.items;
-                let failed: Vec<String> = builds
-                    .iter()
-                    .filter(|b| b.status.as_ref().and_then(|s| s.phase) == Some(Phase::Failed))
-                    .map(|b| format!("{}: {}", b.name_any(), describe(b.status.as_ref().unwrap())))
-                    .collect();
-                ensure!(failed.is_empty(), "failed: {failed:?}");
-                let done = builds
-                    .iter()
-                    .filter(|b| b.status.as_ref().and_then(|s| s.phase) == Some(Phase::Succeeded))
-                    .count();
-                Ok((done == count).then_some(()))
-            },
-        )
-        .await?;
-        let seconds = started.elapsed().as_secs_f64();
-        let (metrics_address, peak) = {
-            let operator = case.operator.lock().unwrap();
-            (operator.metrics_address.clone(), operator.peak_rss_kib())
-        };
-        let text = reqwest::get(format!("http://{metrics_address}/metrics"))
-            .await?
-            .text()
-            .await?;
-        let requests = sum_samples(&text, "archforge_kubernetes_requests_total");
-        ensure!(
-            requests > 0.0,
-            "no Kubernetes requests counted; metrics:\n{text}"
-        );
-        row = Some(ScaleRow {
-            builds: count,
-            seconds,
-            peak_rss_mib: peak.context("operator peak RSS")? as f64 / 1024.0,
-            requests_per_build: requests / count as f64,
-        });
-        Ok(())
-    })
-    .await?;
-    row.context("no figures")
-}
-
-// ---------------------------------------------------------------------------------------
-
-type Scenario = fn(Arc<Suite>, &'static str) -> LocalBoxFuture<'static, anyhow::Result<()>>;
-
-/// (name, needs simulated nodes, body) of each scenario, named after its function.
-macro_rules! scenarios {
-    ($(($scenario:ident, $simulated_only:expr)),* $(,)?) => {
-        vec![$((
-            stringify!($scenario),
-            $simulated_only,
-            (|s, n| Box::pin($scenario(s, n))) as Scenario,
-        )),*]
+/// `true` for a scenario marked `simulated_only`.
+macro_rules! simulated_only {
+    () => {
+        false
+    };
+    (simulated_only) => {
+        true
     };
 }
 
-fn scenarios() -> Vec<(&'static str, bool, Scenario)> {
-    scenarios![
-        (happy_path_two_platforms, false),
-        (invalid_imagebuilds_are_refused, false),
-        (invalid_job_fields_stall_with_a_reason, false),
-        (one_failed_platform_fails_the_run, true),
-        (operator_restart_mid_run_completes_once, false),
-        (spec_change_mid_run_starts_a_new_run, false),
-        (deleting_an_imagebuild_collects_its_jobs, false),
-        (registry_outage_during_assembly, true),
-        (no_node_for_a_platform_waits_for_one, false),
-    ]
+/// The scenarios, each `<how it runs> <module>::<function>[, simulated_only]`, named after
+/// their functions.
+macro_rules! scenarios {
+    ($($kind:ident $module:ident :: $scenario:ident $(, $only:ident)?;)*) => {
+        vec![$(Scenario {
+            name: stringify!($scenario),
+            simulated_only: simulated_only!($($only)?),
+            body: body!($kind, $module::$scenario),
+        }),*]
+    };
+}
+
+fn scenarios() -> Vec<Scenario> {
+    scenarios! {
+        in_case happy::happy_path_two_platforms;
+        in_case invalid::invalid_imagebuilds_are_refused;
+        in_case invalid::invalid_job_fields_stall_with_a_reason;
+        in_case failures::one_failed_platform_fails_the_run, simulated_only;
+        in_case lifecycle::operator_restart_mid_run_completes_once;
+        in_case lifecycle::spec_change_mid_run_starts_a_new_run;
+        in_case lifecycle::deleting_an_imagebuild_collects_its_jobs;
+        own registry::registry_outage_during_assembly, simulated_only;
+        own placement::no_node_for_a_platform_waits_for_one;
+    }
 }
 
 fn main() -> ExitCode {
@@ -1204,8 +140,8 @@ fn main() -> ExitCode {
     let mut argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("scale") {
         argv.remove(1);
-        let args = <ScaleArgs as clap::Parser>::parse_from(argv);
-        return match runtime.block_on(scale(suite, args)) {
+        let args = <scale::ScaleArgs as clap::Parser>::parse_from(argv);
+        return match runtime.block_on(scale::scale(suite, args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("archforge-e2e scale: {e:#}");
@@ -1216,17 +152,44 @@ fn main() -> ExitCode {
 
     let trials = scenarios()
         .into_iter()
-        .map(|(name, simulated_only, body)| {
+        .map(|scenario| {
             let suite = suite.clone();
-            let ignored = simulated_only && !suite.settings.simulate_nodes;
-            Trial::test(name, move || {
+            let ignored = scenario.simulated_only && !suite.settings.simulate_nodes;
+            Trial::test(scenario.name, move || {
                 suite
                     .runtime
-                    .block_on(body(suite.clone(), name))
+                    .block_on(scenario.body.run(suite.clone(), scenario.name))
                     .map_err(|e| Failed::from(format!("{e:#}")))
             })
             .with_ignored_flag(ignored)
         })
         .collect();
     libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
+}
+
+#[cfg(test)]
+mod tests {
+    /// `make e2e`'s filters (E2E_ARGS) and CI name scenarios: they keep their names, order
+    /// and simulated-only marks wherever their code lives.
+    #[test]
+    fn scenarios_keep_their_names() {
+        let listed: Vec<(&str, bool)> = super::scenarios()
+            .into_iter()
+            .map(|s| (s.name, s.simulated_only))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("happy_path_two_platforms", false),
+                ("invalid_imagebuilds_are_refused", false),
+                ("invalid_job_fields_stall_with_a_reason", false),
+                ("one_failed_platform_fails_the_run", true),
+                ("operator_restart_mid_run_completes_once", false),
+                ("spec_change_mid_run_starts_a_new_run", false),
+                ("deleting_an_imagebuild_collects_its_jobs", false),
+                ("registry_outage_during_assembly", true),
+                ("no_node_for_a_platform_waits_for_one", false),
+            ]
+        );
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 /// Label on every simulated node; simulated-mode ImageBuilds select it, so builder pods
@@ -16,6 +16,14 @@ use serde_json::{Value, json};
 pub const SIMULATED_LABEL: &str = "archforge.dev/e2e-simulated";
 pub const NAME_PREFIX: &str = "archforge-e2e-sim-";
 const FIELD_MANAGER: &str = "archforge-e2e-kubelet";
+
+/// The well-known label of a node's architecture, which builder pods select.
+pub const ARCH_LABEL: &str = "kubernetes.io/arch";
+
+/// The list parameters that select the nodes of `arch`, simulated or not.
+pub fn of_arch(arch: &str) -> ListParams {
+    ListParams::default().labels(&format!("{ARCH_LABEL}={arch}"))
+}
 
 pub fn node_name(arch: &str) -> String {
     format!("{NAME_PREFIX}{arch}")
@@ -35,7 +43,7 @@ pub fn node(arch: &str) -> Node {
         "metadata": {
             "name": name,
             "labels": {
-                "kubernetes.io/arch": arch,
+                ARCH_LABEL: arch,
                 "kubernetes.io/os": "linux",
                 "kubernetes.io/hostname": name,
                 SIMULATED_LABEL: "true",
@@ -164,6 +172,10 @@ mod tests {
         let node = node("arm64");
         let labels = node.metadata.labels.unwrap();
         assert_eq!(labels["kubernetes.io/arch"], "arm64");
+        assert_eq!(
+            of_arch("arm64").label_selector.as_deref(),
+            Some("kubernetes.io/arch=arm64")
+        );
         assert_eq!(labels[SIMULATED_LABEL], "true");
         assert!(is_simulated(node.metadata.name.as_deref().unwrap()));
         assert!(!is_simulated("kind-worker"));

@@ -20,7 +20,7 @@ static LABEL_PREFIX_TOO_LONG: LazyLock<Regex> =
     LazyLock::new(|| compiled(LABEL_PREFIX_TOO_LONG_PATTERN));
 static LABEL_VALUE: LazyLock<Regex> = LazyLock::new(|| compiled(LABEL_VALUE_PATTERN));
 static RESOURCE_NAME: LazyLock<Regex> = LazyLock::new(|| compiled(RESOURCE_NAME_PATTERN));
-static QUANTITY: LazyLock<Regex> = LazyLock::new(|| compiled(QUANTITY_PATTERN));
+pub(super) static QUANTITY: LazyLock<Regex> = LazyLock::new(|| compiled(QUANTITY_PATTERN));
 
 /// Whether `key` is a Kubernetes label key (qualified name), as the CRD's CEL rule checks it.
 pub fn is_label_key(key: &str) -> bool {

@@ -3,7 +3,7 @@
 
 /// The largest quantity Kubernetes represents, in nano-units: `2^63-1` units. Larger values
 /// are capped by the API server, so they compare equal here too.
-const MAX_NANOS: i128 = i64::MAX as i128 * 1_000_000_000;
+pub(super) const MAX_NANOS: i128 = i64::MAX as i128 * 1_000_000_000;
 
 /// Parses a Kubernetes quantity (`500m`, `2`, `1.5Gi`, `1e3`) into nano-units, rounding up
 /// sub-nano fractions and capping at `2^63-1` units as the API server does. `None` when the

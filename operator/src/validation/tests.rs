@@ -1,3 +1,5 @@
+use super::kubernetes::QUANTITY;
+use super::quantity::MAX_NANOS;
 use super::*;
 
 const NANO: i128 = 1_000_000_000;

@@ -1,0 +1,311 @@
+//! What the simulated kubelet does to a pod: the outcome a test asked for its builder, and
+//! the action that follows from the pod's state.
+
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use archforge::api::MediaType;
+use archforge::plan::Platform;
+use archforge::render::{
+    BUILDER_CONTAINER, LABEL_GENERATION, LABEL_IMAGEBUILD, LABEL_MANAGED_BY, LABEL_PLATFORM,
+    MANAGER,
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+
+use crate::filter::JobFilter;
+use crate::nodes::is_simulated;
+
+/// What the simulated builder of a pod does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Push the platform's image and succeed.
+    Succeed,
+    /// Fail with this message (what a failed build would leave in its termination message).
+    Fail(String),
+    /// Keep running until the test changes its mind.
+    Hold,
+}
+
+/// The outcomes a test asked for; the first matching rule wins, and pods no rule matches
+/// succeed.
+#[derive(Clone, Default)]
+pub struct Policy(Arc<Mutex<Vec<(JobFilter, Outcome)>>>);
+
+impl Policy {
+    pub fn set(&self, rules: Vec<(JobFilter, Outcome)>) {
+        *self.0.lock().unwrap() = rules;
+    }
+
+    pub fn outcome(&self, imagebuild: &str, platform: &str, generation: Option<i64>) -> Outcome {
+        let rules = self.0.lock().unwrap();
+        rules
+            .iter()
+            .find(|(filter, _)| filter.matches(imagebuild, platform, generation))
+            .map(|(_, o)| o.clone())
+            .unwrap_or(Outcome::Succeed)
+    }
+}
+
+/// What the simulated kubelet does to one pod now.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// The pod is being deleted: remove it for good (grace period 0), as the kubelet does
+    /// once its containers stopped.
+    FinishDeletion,
+    Run,
+    Complete(Build),
+    Fail(String),
+}
+
+/// Where the builder of a pod pushes, from its container's environment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Build {
+    pub platform: Platform,
+    pub push_target: String,
+    pub media_type: MediaType,
+}
+
+fn builder_env(pod: &Pod, name: &str) -> Option<String> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == BUILDER_CONTAINER)?
+        .env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == name)?
+        .value
+        .clone()
+}
+
+/// The platform of a builder pod, from its label (`linux-arm64` for linux/arm64; os,
+/// architecture and variant never contain a dash).
+pub fn platform_of(pod: &Pod) -> Option<Platform> {
+    Platform::from_str(&pod.labels().get(LABEL_PLATFORM)?.replace('-', "/")).ok()
+}
+
+/// The `buildah push` argv of a builder pod: its command is `sh -c SCRIPT NAME N`, then the
+/// N build arguments, then the push arguments.
+fn push_argv_of(pod: &Pod) -> Option<Vec<String>> {
+    let command = pod
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == BUILDER_CONTAINER)?
+        .command
+        .clone()?;
+    let build_argc: usize = command.get(4)?.parse().ok()?;
+    let push = command.get(5 + build_argc..)?.to_vec();
+    (push.first().map(String::as_str) == Some("push")).then_some(push)
+}
+
+/// The builder's work as the rendered pod describes it: what its `buildah push` would do.
+pub fn build_of(pod: &Pod) -> Option<Build> {
+    let platform = platform_of(pod)?;
+    let push = push_argv_of(pod)?;
+    let format = push.windows(2).find(|w| w[0] == "--format")?[1].clone();
+    let media_type = match format.as_str() {
+        "v2s2" => MediaType::Docker,
+        _ => MediaType::Oci,
+    };
+    let push_target = push.last()?.strip_prefix("docker://")?.to_string();
+    // The pod's own record of its target must agree with what buildah is told.
+    if builder_env(pod, "ARCHFORGE_PUSH_TARGET").as_deref() != Some(push_target.as_str()) {
+        return None;
+    }
+    Some(Build {
+        platform,
+        push_target,
+        media_type,
+    })
+}
+
+/// Decides what to do with `pod`; `None` when it is not ours to act on (not an archforge
+/// builder pod, not bound to a simulated node, already finished, or already as held).
+pub fn decide(pod: &Pod, policy: &Policy) -> Option<Action> {
+    if pod.labels().get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGER) {
+        return None;
+    }
+    let node = pod.spec.as_ref()?.node_name.as_deref()?;
+    if !is_simulated(node) {
+        return None;
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Some(Action::FinishDeletion);
+    }
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let imagebuild = pod.labels().get(LABEL_IMAGEBUILD)?;
+    let platform = platform_of(pod)?.to_string();
+    let generation = pod
+        .labels()
+        .get(LABEL_GENERATION)
+        .and_then(|g| g.parse().ok());
+    match policy.outcome(imagebuild, &platform, generation) {
+        Outcome::Hold if phase == Some("Running") => None,
+        Outcome::Hold => Some(Action::Run),
+        Outcome::Fail(message) => Some(Action::Fail(message)),
+        Outcome::Succeed => build_of(pod).map(Action::Complete),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::pod;
+    use super::*;
+
+    #[test]
+    fn only_builder_pods_on_simulated_nodes_are_acted_on() {
+        let policy = Policy::default();
+        assert_eq!(
+            decide(&pod(None, Some("Pending"), "3"), &policy),
+            None,
+            "not scheduled"
+        );
+        assert_eq!(
+            decide(&pod(Some("kind-worker"), Some("Pending"), "3"), &policy),
+            None
+        );
+        let mut foreign = pod(Some("archforge-e2e-sim-arm64"), Some("Pending"), "3");
+        foreign
+            .labels_mut()
+            .insert(LABEL_MANAGED_BY.into(), "someone-else".into());
+        assert_eq!(decide(&foreign, &policy), None);
+        assert_eq!(
+            decide(
+                &pod(Some("archforge-e2e-sim-arm64"), Some("Succeeded"), "3"),
+                &policy
+            ),
+            None
+        );
+        assert_eq!(
+            decide(
+                &pod(Some("archforge-e2e-sim-arm64"), Some("Pending"), "3"),
+                &policy
+            ),
+            Some(Action::Complete(Build {
+                platform: "linux/arm64".parse().unwrap(),
+                push_target: "127.0.0.1:5000/e2e/app:v1-linux-arm64".into(),
+                media_type: MediaType::Oci,
+            }))
+        );
+        let mut deleting = pod(Some("archforge-e2e-sim-arm64"), Some("Running"), "3");
+        deleting.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+        );
+        assert_eq!(decide(&deleting, &policy), Some(Action::FinishDeletion));
+    }
+
+    /// The pods the Job controller makes from the Jobs archforge renders, bound to a node.
+    fn rendered_pods(node: &str) -> Vec<Pod> {
+        let manifest = crate::cluster::imagebuild(
+            &crate::config::Settings {
+                kubeconfig: "/k".into(),
+                registry: "10.0.0.5:5000".into(),
+                insecure_registry: true,
+                simulate_nodes: true,
+                operator: "archforge".into(),
+                git_url: crate::config::SIMULATED_GIT_URL.into(),
+                git_ref: crate::config::SIMULATED_GIT_REF.into(),
+                keep_namespaces: false,
+            },
+            "ns",
+            "app",
+            &["linux/amd64", "linux/arm64"],
+            None,
+        );
+        let mut build: archforge::api::ImageBuild = serde_json::from_value(manifest).unwrap();
+        build.metadata.uid = Some("u".into());
+        build.metadata.generation = Some(1);
+        let settings = archforge::settings::BuilderSettings::default();
+        let plan = archforge::plan::plan(
+            &archforge::validation::ValidSpec::check(&build).unwrap(),
+            &settings,
+            crate::config::SIMULATED_GIT_REF,
+            archforge::plan::AuthFile::None,
+        );
+        archforge::render::render_jobs(
+            &build,
+            &plan,
+            &settings,
+            archforge::settings::KubeVersion::OLDEST,
+        )
+        .into_iter()
+        .map(|job| {
+            let template = job.spec.unwrap().template;
+            let mut pod = Pod {
+                metadata: template.metadata.unwrap(),
+                spec: template.spec,
+                status: None,
+            };
+            pod.spec.as_mut().unwrap().node_name = Some(node.into());
+            pod
+        })
+        .collect()
+    }
+
+    #[test]
+    fn acts_on_the_pods_of_rendered_jobs() {
+        let policy = Policy::default();
+        let pods = rendered_pods("archforge-e2e-sim-amd64");
+        let actions: Vec<Action> = pods.iter().map(|p| decide(p, &policy).unwrap()).collect();
+        assert_eq!(
+            actions,
+            vec![
+                Action::Complete(Build {
+                    platform: "linux/amd64".parse().unwrap(),
+                    push_target: "10.0.0.5:5000/e2e/ns/app:v1-linux-amd64".into(),
+                    media_type: MediaType::Oci,
+                }),
+                Action::Complete(Build {
+                    platform: "linux/arm64".parse().unwrap(),
+                    push_target: "10.0.0.5:5000/e2e/ns/app:v1-linux-arm64".into(),
+                    media_type: MediaType::Oci,
+                }),
+            ]
+        );
+        policy.set(vec![(
+            JobFilter::of("app").platform("linux/arm64").generation(1),
+            Outcome::Hold,
+        )]);
+        assert_eq!(decide(&pods[1], &policy), Some(Action::Run));
+        assert!(
+            rendered_pods("kind-worker")
+                .iter()
+                .all(|p| decide(p, &policy).is_none())
+        );
+    }
+
+    #[test]
+    fn the_policy_picks_the_first_matching_rule() {
+        let policy = Policy::default();
+        policy.set(vec![
+            (JobFilter::any().generation(1), Outcome::Hold),
+            (
+                JobFilter::any().platform("linux/arm64"),
+                Outcome::Fail("RUN make: exit status 2".into()),
+            ),
+        ]);
+        let on_node =
+            |phase, generation| pod(Some("archforge-e2e-sim-arm64"), Some(phase), generation);
+        assert_eq!(decide(&on_node("Pending", "1"), &policy), Some(Action::Run));
+        assert_eq!(
+            decide(&on_node("Running", "1"), &policy),
+            None,
+            "already held"
+        );
+        assert_eq!(
+            decide(&on_node("Pending", "2"), &policy),
+            Some(Action::Fail("RUN make: exit status 2".into()))
+        );
+        assert_eq!(
+            policy.outcome("app", "linux/amd64", Some(2)),
+            Outcome::Succeed
+        );
+    }
+}
