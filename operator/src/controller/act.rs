@@ -4,98 +4,22 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
-use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
 
 use super::decide::Step;
 use super::error::{ReconcileError, Result};
-use super::observe::{owned_by, read_secret, secret_value};
+use super::jobs::{create_jobs, delete_jobs, unfinished};
+use super::observe::{read_secret, secret_value};
+use super::report::{Note, report};
 use super::{Context, Run, now};
 use crate::api::{ImageBuild, ImageBuildStatus, Phase, PlatformStatus};
 use crate::plan::BuildPlan;
 use crate::registry::{DockerConfig, PlatformImage, Registry, run_annotations};
-use crate::render::{MANAGER, render_job};
 use crate::source::redact_url;
 use crate::status::{self, progress, record_run, run_phase, set_phase_conditions};
 use crate::telemetry::{PlatformLabels, ResultLabels};
 use crate::validation::InvalidSpec;
-
-/// One Event to publish about the ImageBuild.
-pub struct Note {
-    type_: EventType,
-    reason: String,
-    action: &'static str,
-    text: String,
-    /// The Job it concerns: each platform's Event then stands on its own (the recorder
-    /// would otherwise fold them into one series).
-    job: Option<String>,
-}
-
-impl Note {
-    fn normal(reason: &str, action: &'static str, text: String, job: Option<String>) -> Self {
-        Note {
-            type_: EventType::Normal,
-            reason: reason.into(),
-            action,
-            text,
-            job,
-        }
-    }
-
-    fn warning(reason: &str, action: &'static str, text: String, job: Option<String>) -> Self {
-        Note {
-            type_: EventType::Warning,
-            ..Note::normal(reason, action, text, job)
-        }
-    }
-}
-
-/// Publishes `notes` and writes `status` (server-side apply, one field manager).
-pub async fn report(
-    ctx: &Context,
-    build: &ImageBuild,
-    status: &ImageBuildStatus,
-    notes: Vec<Note>,
-) -> Result<()> {
-    for note in notes {
-        ctx.metrics.api_request("create", "events");
-        let secondary = note
-            .job
-            .map(|name| k8s_openapi::api::core::v1::ObjectReference {
-                api_version: Some("batch/v1".into()),
-                kind: Some("Job".into()),
-                name: Some(name),
-                namespace: build.namespace(),
-                ..Default::default()
-            });
-        let event = Event {
-            type_: note.type_,
-            reason: note.reason.clone(),
-            note: Some(status::keep_tail(&note.text, 1000)),
-            action: note.action.into(),
-            secondary,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &build.object_ref(&())).await {
-            tracing::warn!(error = %e, reason = note.reason, "could not publish an event");
-        }
-    }
-    let api: Api<ImageBuild> =
-        Api::namespaced(ctx.client.clone(), &build.namespace().unwrap_or_default());
-    ctx.metrics.api_request("patch", "imagebuilds/status");
-    let body =
-        json!({"apiVersion": "archforge.dev/v1alpha1", "kind": "ImageBuild", "status": status});
-    api.patch_status(
-        &build.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .map_err(ReconcileError::PatchStatus)?;
-    Ok(())
-}
 
 /// An invalid spec: Stalled with every broken rule, one Warning Event, no Jobs.
 pub async fn refuse_invalid(
@@ -160,133 +84,6 @@ pub async fn pin_failed(
     );
     report(ctx, build, &run.status, notes).await?;
     Err(e)
-}
-
-/// Deletes `names` (background propagation: their pods go with them); gone already is fine.
-pub async fn delete_jobs(ctx: &Context, build: &ImageBuild, names: &[String]) -> Result<()> {
-    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &build.namespace().unwrap_or_default());
-    let params = DeleteParams {
-        propagation_policy: Some(PropagationPolicy::Background),
-        ..Default::default()
-    };
-    for name in names {
-        ctx.metrics.api_request("delete", "jobs");
-        match api.delete(name, &params).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(source) => {
-                return Err(ReconcileError::DeleteJob {
-                    name: name.clone(),
-                    source,
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-fn is_finished(job: &Job) -> bool {
-    job.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| {
-            cs.iter()
-                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
-        })
-}
-
-fn unfinished(jobs: &[Job]) -> Vec<String> {
-    jobs.iter()
-        .filter(|j| !is_finished(j))
-        .map(|j| j.name_any())
-        .collect()
-}
-
-/// Stops the Jobs of earlier runs that are still running.
-pub async fn stop_earlier_runs(ctx: &Context, build: &ImageBuild, stale: &[Job]) -> Result<()> {
-    delete_jobs(ctx, build, &unfinished(stale)).await
-}
-
-/// Whether the API server's refusal of a Job is final for this spec: a 4xx other than a
-/// conflict (409, a taken name), throttling (429) or a timeout (408).
-fn is_rejection(code: u16) -> bool {
-    (400..500).contains(&code) && !matches!(code, 404 | 408 | 409 | 429)
-}
-
-/// Creates one Job of the run; `Ok(false)` when it exists already. It never changes an
-/// existing object: a taken name is this ImageBuild's own Job (created by an earlier
-/// reconcile the watch has not shown yet) or someone else's, which is a conflict.
-async fn create_job(ctx: &Context, build: &ImageBuild, job: &Job, platform: &str) -> Result<bool> {
-    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &build.namespace().unwrap_or_default());
-    let name = job.name_any();
-    ctx.metrics.api_request("create", "jobs");
-    let params = PostParams {
-        field_manager: Some(MANAGER.into()),
-        ..Default::default()
-    };
-    match api.create(&params, job).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 409 => {
-            ctx.metrics.api_request("get", "jobs");
-            let existing = api
-                .get(&name)
-                .await
-                .map_err(|source| ReconcileError::ReadJob {
-                    name: name.clone(),
-                    source,
-                })?;
-            match owned_by(&existing, build) {
-                true => Ok(false),
-                false => Err(ReconcileError::JobNameConflict { name }),
-            }
-        }
-        Err(kube::Error::Api(s)) if is_rejection(s.code) => Err(ReconcileError::JobRejected {
-            platform: platform.to_string(),
-            message: s.message,
-        }),
-        Err(source) => Err(ReconcileError::CreateJob {
-            platform: platform.to_string(),
-            source,
-        }),
-    }
-}
-
-/// Creates the Jobs of `platforms`, each first checked against the Pod Security level:
-/// admission refuses pods, not Jobs, and a Job whose pods are refused only says so in the
-/// Job controller's Events. Returns how many were created; on an error, also the names of
-/// this run's Jobs that exist, so that a run that cannot start can be taken down.
-async fn create_jobs(
-    ctx: &Context,
-    build: &ImageBuild,
-    plan: &BuildPlan,
-    platforms: &[String],
-) -> std::result::Result<usize, (ReconcileError, Vec<String>)> {
-    let settings = &ctx.config.builder;
-    let jobs: Vec<(String, Job)> = plan
-        .platforms
-        .iter()
-        .filter(|p| platforms.contains(&p.platform.to_string()))
-        .map(|p| {
-            let job = render_job(build, plan, p, settings, ctx.config.version);
-            (p.platform.to_string(), job)
-        })
-        .collect();
-    for (_, job) in &jobs {
-        crate::podsecurity::check_job(job, settings.pod_security_level)
-            .map_err(|v| (v.into(), vec![]))?;
-    }
-    let mut created = 0;
-    let mut exist = Vec::new();
-    for (platform, job) in &jobs {
-        match create_job(ctx, build, job, platform).await {
-            Ok(new) => {
-                created += usize::from(new);
-                exist.push(job.name_any());
-            }
-            Err(e) => return Err((e, exist)),
-        }
-    }
-    Ok(created)
 }
 
 /// Ends the current run: conditions, history and metrics agree on the result.

@@ -12,7 +12,9 @@
 mod act;
 pub mod decide;
 mod error;
+mod jobs;
 mod observe;
+mod report;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,7 +139,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         commit: commit.clone(),
     });
     let plan = plan(&valid, &ctx.config.builder, &commit, auth_file(&build));
-    act::stop_earlier_runs(&ctx, &build, &stale).await?;
+    jobs::stop_earlier_runs(&ctx, &build, &stale).await?;
     let reports = observe::pod_reports(&ctx, &build, plan.generation, &current).await?;
     let platforms = platform_statuses(&plan, &current, &reports, &run.status.platforms);
     let architectures = match needs_placement(&current, &platforms) {

@@ -1,0 +1,86 @@
+//! The only place that tells the user anything: Events and the status.
+
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use super::Context;
+use super::error::{ReconcileError, Result};
+use crate::api::{ImageBuild, ImageBuildStatus};
+use crate::render::MANAGER;
+use crate::status;
+
+/// One Event to publish about the ImageBuild.
+pub struct Note {
+    type_: EventType,
+    reason: String,
+    action: &'static str,
+    text: String,
+    /// The Job it concerns: each platform's Event then stands on its own (the recorder
+    /// would otherwise fold them into one series).
+    job: Option<String>,
+}
+
+impl Note {
+    pub fn normal(reason: &str, action: &'static str, text: String, job: Option<String>) -> Self {
+        Note {
+            type_: EventType::Normal,
+            reason: reason.into(),
+            action,
+            text,
+            job,
+        }
+    }
+
+    pub fn warning(reason: &str, action: &'static str, text: String, job: Option<String>) -> Self {
+        Note {
+            type_: EventType::Warning,
+            ..Note::normal(reason, action, text, job)
+        }
+    }
+}
+
+/// Publishes `notes` and writes `status` (server-side apply, one field manager).
+pub async fn report(
+    ctx: &Context,
+    build: &ImageBuild,
+    status: &ImageBuildStatus,
+    notes: Vec<Note>,
+) -> Result<()> {
+    for note in notes {
+        ctx.metrics.api_request("create", "events");
+        let secondary = note
+            .job
+            .map(|name| k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("batch/v1".into()),
+                kind: Some("Job".into()),
+                name: Some(name),
+                namespace: build.namespace(),
+                ..Default::default()
+            });
+        let event = Event {
+            type_: note.type_,
+            reason: note.reason.clone(),
+            note: Some(status::keep_tail(&note.text, 1000)),
+            action: note.action.into(),
+            secondary,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &build.object_ref(&())).await {
+            tracing::warn!(error = %e, reason = note.reason, "could not publish an event");
+        }
+    }
+    let api: Api<ImageBuild> =
+        Api::namespaced(ctx.client.clone(), &build.namespace().unwrap_or_default());
+    ctx.metrics.api_request("patch", "imagebuilds/status");
+    let body =
+        json!({"apiVersion": "archforge.dev/v1alpha1", "kind": "ImageBuild", "status": status});
+    api.patch_status(
+        &build.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map_err(ReconcileError::PatchStatus)?;
+    Ok(())
+}
