@@ -83,7 +83,10 @@ fn rbac(args: &RbacArgs) -> crate::Result<String> {
     })
 }
 
-#[derive(clap::Args, Debug)]
+/// `archforge run`. It serializes to the effective configuration `--print-config` prints,
+/// so a new setting is in that output as soon as it is a field.
+#[derive(clap::Args, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RunArgs {
     /// Namespace to watch (repeatable); all namespaces when omitted.
     #[arg(
@@ -91,6 +94,7 @@ pub struct RunArgs {
         env = "ARCHFORGE_WATCH_NAMESPACES",
         value_delimiter = ','
     )]
+    #[serde(rename = "watchNamespaces")]
     pub namespaces: Vec<String>,
 
     /// Address of the /healthz, /readyz and /metrics endpoints.
@@ -111,6 +115,7 @@ pub struct RunArgs {
 
     /// How often an unfinished run is re-examined without a watch event.
     #[arg(long, env = "ARCHFORGE_RESYNC", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "crate::settings::as_humantime")]
     pub resync: std::time::Duration,
 
     /// Hold a Lease before reconciling, so that only one of several replicas acts.
@@ -131,49 +136,22 @@ pub struct RunArgs {
 
     /// Print the effective configuration (flags, environment, defaults) as JSON and exit.
     #[arg(long)]
+    #[serde(skip)]
     pub print_config: bool,
 
     #[command(flatten)]
+    #[serde(flatten)]
     pub settings: BuilderSettings,
 
     #[command(flatten)]
+    #[serde(flatten)]
     pub registry: RegistryArgs,
 }
 
-impl RunArgs {
-    /// The settings as the controller will use them, for `--print-config`.
-    pub fn effective_config(&self) -> serde_json::Value {
-        let s = &self.settings;
-        let duration = |d: std::time::Duration| humantime::format_duration(d).to_string();
-        serde_json::json!({
-            "watchNamespaces": self.namespaces,
-            "metricsAddress": self.metrics_address.to_string(),
-            "logFormat": self.log_format,
-            "historyLimit": self.history_limit,
-            "resync": duration(self.resync),
-            "leaderElect": self.leader_elect,
-            "leaderElectionNamespace": self.leader_election_namespace,
-            "leaderElectionLease": self.leader_election_lease,
-            "builderImage": s.builder_image,
-            "gitSyncImage": s.git_sync_image,
-            "apparmorProfile": s.apparmor_profile,
-            "fuseResource": s.fuse_resource,
-            "fuseQuantity": s.fuse_quantity,
-            "seccompProfile": s.seccomp_profile.to_string(),
-            "podSecurityLevel": s.pod_security_level.to_string(),
-            "defaultTimeout": duration(s.default_timeout),
-            "jobTTL": duration(s.job_ttl),
-            "builderUid": s.builder_uid,
-            "dockerConfig": self.registry.docker_config,
-            "caFiles": self.registry.ca_files,
-            "insecureRegistries": self.registry.insecure_registries,
-        })
-    }
-}
 
 async fn run_controller(args: &RunArgs) -> crate::Result<()> {
     if args.print_config {
-        println!("{:#}", args.effective_config());
+        println!("{:#}", serde_json::to_value(args).expect("settings serialize"));
         return Ok(());
     }
     crate::telemetry::init_logging(args.log_format == "json");
@@ -291,7 +269,8 @@ pub enum IndexCommand {
 }
 
 /// How to reach registries; shared by every command that talks to one.
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RegistryArgs {
     /// Docker config JSON with registry credentials (the format of ~/.docker/config.json
     /// and of kubernetes.io/dockerconfigjson Secrets). Anonymous when omitted.

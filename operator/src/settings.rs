@@ -107,7 +107,8 @@ impl fmt::Display for SeccompProfile {
 
 /// Operator-wide settings that shape every builder Job. Flags with environment fallbacks;
 /// the Helm chart's values map one to one onto them.
-#[derive(clap::Args, Clone, Debug, PartialEq)]
+#[derive(clap::Args, Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct BuilderSettings {
     /// Image of the builder container (buildah, run as a non-root user).
     #[arg(
@@ -153,6 +154,7 @@ pub struct BuilderSettings {
         env = "ARCHFORGE_SECCOMP_PROFILE",
         default_value = "RuntimeDefault"
     )]
+    #[serde(serialize_with = "as_display")]
     pub seccomp_profile: SeccompProfile,
 
     /// Pod Security level builder pods must meet (privileged, baseline or restricted): the
@@ -163,10 +165,12 @@ pub struct BuilderSettings {
 
     /// Timeout of one platform's build when spec.timeout is not set.
     #[arg(long, env = "ARCHFORGE_DEFAULT_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "as_humantime")]
     pub default_timeout: Duration,
 
     /// How long finished builder Jobs are kept before Kubernetes deletes them.
     #[arg(long, env = "ARCHFORGE_JOB_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[serde(rename = "jobTTL", serialize_with = "as_humantime")]
     pub job_ttl: Duration,
 
     /// UID (and GID) the builder runs as; must have subordinate ID ranges in the builder image.
@@ -225,4 +229,13 @@ mod tests {
         assert!("localhost/".parse::<SeccompProfile>().is_err());
         assert!("unconfined".parse::<SeccompProfile>().is_err());
     }
+}
+
+/// A duration as its flag is written (`30m`, `1h`), for `--print-config`.
+pub fn as_humantime<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+fn as_display<T: fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
 }
