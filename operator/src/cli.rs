@@ -148,10 +148,12 @@ pub struct RunArgs {
     pub registry: RegistryArgs,
 }
 
-
 async fn run_controller(args: &RunArgs) -> crate::Result<()> {
     if args.print_config {
-        println!("{:#}", serde_json::to_value(args).expect("settings serialize"));
+        println!(
+            "{:#}",
+            serde_json::to_value(args).expect("settings serialize")
+        );
         return Ok(());
     }
     crate::telemetry::init_logging(args.log_format == "json");

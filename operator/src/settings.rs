@@ -191,6 +191,15 @@ impl Default for BuilderSettings {
     }
 }
 
+/// A duration as its flag is written (`30m`, `1h`), for `--print-config`.
+pub fn as_humantime<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+fn as_display<T: fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,13 +238,4 @@ mod tests {
         assert!("localhost/".parse::<SeccompProfile>().is_err());
         assert!("unconfined".parse::<SeccompProfile>().is_err());
     }
-}
-
-/// A duration as its flag is written (`30m`, `1h`), for `--print-config`.
-pub fn as_humantime<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_duration(*d))
-}
-
-fn as_display<T: fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(value)
 }
