@@ -1,0 +1,273 @@
+//! git in place of git-sync: the credentials wired into git's environment, the commit pinned,
+//! exactly that commit fetched.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::Stdio;
+
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use super::LocalError;
+use super::process::{log_tail, run_logged};
+use super::secrets::GitAuth;
+use crate::api::ImageBuild;
+use crate::source::{GitCredentials, SourceError, is_full_sha, redact_url, resolve_commit};
+
+/// The environment every git command of a run gets, and the private directory holding the
+/// SSH key and known_hosts, removed when this is dropped (right after the checkout, so no
+/// build ever runs while the key is on disk).
+pub(super) struct GitAccess {
+    env: Vec<(&'static str, OsString)>,
+    /// The Secret in use, for messages.
+    secret: Option<String>,
+    http: Option<GitCredentials>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Characters a path may hold to be passed inside GIT_SSH_COMMAND (a shell string) and as an
+/// ssh option value (split on white space by ssh) without any quoting.
+fn plain_path(path: &Path) -> Option<&str> {
+    path.to_str().filter(|p| {
+        p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b))
+    })
+}
+
+fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(content)
+}
+
+/// Writes the key and known_hosts to a private directory and returns it with the
+/// GIT_SSH_COMMAND that uses them.
+fn ssh_files(key: &[u8], known_hosts: &[u8]) -> Result<(tempfile::TempDir, String), LocalError> {
+    // tempfile creates the directory 0700: only we can read the key.
+    let dir = tempfile::Builder::new()
+        .prefix("archforge-ssh-")
+        .tempdir()
+        .map_err(|e| LocalError::tool("creating a directory for the SSH key", e))?;
+    let key_path = dir.path().join("id");
+    let known_hosts_path = dir.path().join("known_hosts");
+    let (Some(key_arg), Some(known_hosts_arg)) =
+        (plain_path(&key_path), plain_path(&known_hosts_path))
+    else {
+        return Err(LocalError::Tool {
+            step: "preparing SSH".into(),
+            message: format!(
+                "the temporary directory {} holds characters an ssh command line cannot carry safely; set TMPDIR to a path of letters, digits and /._-",
+                dir.path().display()
+            ),
+        });
+    };
+    write_private(&key_path, key).map_err(|e| LocalError::tool("writing the SSH key", e))?;
+    write_private(&known_hosts_path, known_hosts)
+        .map_err(|e| LocalError::tool("writing known_hosts", e))?;
+    // Only our own paths and fixed options: -F /dev/null keeps ~/.ssh/config
+    // (ProxyCommand, other identities) out; the agent's keys are not offered;
+    // an unknown or changed host key ends the connection.
+    let command = format!(
+        "ssh -F /dev/null -i {key_arg} -o IdentitiesOnly=yes -o IdentityAgent=none \
+         -o StrictHostKeyChecking=yes -o UserKnownHostsFile={known_hosts_arg} \
+         -o GlobalKnownHostsFile=/dev/null -o UpdateHostKeys=no -o BatchMode=yes \
+         -o PasswordAuthentication=no -o KbdInteractiveAuthentication=no \
+         -o ControlMaster=no -o ControlPath=none"
+    );
+    Ok((dir, command))
+}
+
+impl GitAccess {
+    pub(super) fn new(auth: &GitAuth) -> Result<Self, LocalError> {
+        let mut access = GitAccess {
+            // Only the protocols the spec allows: git would also run `ext::` URLs as commands.
+            env: vec![
+                ("GIT_TERMINAL_PROMPT", "0".into()),
+                ("GIT_ALLOW_PROTOCOL", "http:https:ssh:git".into()),
+            ],
+            secret: None,
+            http: None,
+            _dir: None,
+        };
+        let secret = match auth {
+            GitAuth::Anonymous => return Ok(access),
+            GitAuth::Basic { secret, .. } | GitAuth::Ssh { secret, .. } => secret,
+        };
+        access.secret = Some(secret.clone());
+        // The machine's and the user's git config could hand the credentials to a
+        // credential store or rewrite the URL (insteadOf) to another server.
+        access.env.extend([
+            ("GIT_CONFIG_NOSYSTEM", "1".into()),
+            ("GIT_CONFIG_GLOBAL", "/dev/null".into()),
+        ]);
+        match auth {
+            GitAuth::Anonymous => {}
+            GitAuth::Basic { credentials, .. } => {
+                // A fixed helper of ours; the values reach it through the environment, never argv.
+                access.env.extend([
+                    ("GIT_CONFIG_COUNT", "1".into()),
+                    ("GIT_CONFIG_KEY_0", "credential.helper".into()),
+                    (
+                        "GIT_CONFIG_VALUE_0",
+                        "!f() { test \"$1\" = get && printf 'username=%s\\npassword=%s\\n' \"$ARCHFORGE_GIT_USERNAME\" \"$ARCHFORGE_GIT_PASSWORD\"; }; f".into(),
+                    ),
+                    ("ARCHFORGE_GIT_USERNAME", credentials.username.clone().into()),
+                    ("ARCHFORGE_GIT_PASSWORD", credentials.password.clone().into()),
+                ]);
+                access.http = Some(credentials.clone());
+            }
+            GitAuth::Ssh {
+                key, known_hosts, ..
+            } => {
+                let (dir, command) = ssh_files(key, known_hosts)?;
+                access.env.extend([
+                    ("GIT_SSH_COMMAND", command.into()),
+                    ("GIT_SSH_VARIANT", "ssh".into()),
+                ]);
+                access._dir = Some(dir);
+            }
+        }
+        Ok(access)
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new("git");
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    /// What a failed git command's output means, when it is about the credentials.
+    fn explain(&self, output: &str) -> Option<String> {
+        let secret = self.secret.as_deref().unwrap_or("(none)");
+        if output.contains("Host key verification failed") {
+            return Some(format!(
+                "host key verification failed: the SSH server's host key is not in the known_hosts of Secret {secret:?} (spec.source.git.credentialsSecret), and host keys are checked strictly. Add the server's key there after checking it (ssh-keyscan prints it; \"[host]:port\" when the port is not 22)"
+            ));
+        }
+        if output.contains("Permission denied (publickey") {
+            return Some(format!(
+                "the SSH server refused the key in ssh-privatekey of Secret {secret:?} (spec.source.git.credentialsSecret)"
+            ));
+        }
+        if output.contains("Authentication failed") || output.contains("could not read Username") {
+            return Some(format!(
+                "the git server refused the credentials of Secret {secret:?} (spec.source.git.credentialsSecret)"
+            ));
+        }
+        None
+    }
+
+    fn failure(&self, step: &str, output: String) -> LocalError {
+        let message = match self.explain(&output) {
+            Some(why) => format!("{why}\n{output}"),
+            None => output,
+        };
+        LocalError::Tool {
+            step: step.to_string(),
+            message,
+        }
+    }
+}
+
+async fn git(
+    access: &GitAccess,
+    args: &[&str],
+    cwd: &Path,
+    log: &Path,
+    cancel: &mut watch::Receiver<bool>,
+) -> Result<(), LocalError> {
+    let mut cmd = access.command();
+    cmd.args(args).current_dir(cwd);
+    let status = run_logged(cmd, log, cancel).await?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(access.failure(
+            &format!("git {}", args.first().copied().unwrap_or_default()),
+            format!("{status}; {}", log_tail(log, 5)),
+        ))
+    }
+}
+
+/// `git ls-remote` for URLs the smart-HTTP resolver does not speak (ssh, git://, file).
+async fn ls_remote(access: &GitAccess, url: &str, reference: &str) -> Result<String, LocalError> {
+    let out = access
+        .command()
+        .args(["ls-remote", "--", url, reference])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| LocalError::tool("git ls-remote", e))?;
+    if !out.status.success() {
+        return Err(access.failure(
+            "git ls-remote",
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let refs: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(sha, name)| (sha.to_string(), name.to_string()))
+        .collect();
+    crate::source::pick_commit(&refs, reference).ok_or_else(|| {
+        LocalError::Source(SourceError::RefNotFound {
+            url: redact_url(url),
+            reference: reference.into(),
+        })
+    })
+}
+
+/// Resolves the commit the way the controller does (smart HTTP), falling back to git.
+pub(super) async fn pin_commit(
+    build: &ImageBuild,
+    access: &GitAccess,
+) -> Result<String, LocalError> {
+    let git = &build.spec.source.git;
+    if is_full_sha(&git.r#ref) {
+        return Ok(git.r#ref.clone());
+    }
+    match resolve_commit(&git.url, &git.r#ref, access.http.as_ref()).await {
+        Err(SourceError::UnsupportedScheme { .. }) => ls_remote(access, &git.url, &git.r#ref).await,
+        other => Ok(other?),
+    }
+}
+
+/// Fetches exactly `commit` into `dir`, like git-sync does in a Job.
+pub(super) async fn checkout(
+    access: &GitAccess,
+    build: &ImageBuild,
+    commit: &str,
+    dir: &Path,
+    log: &Path,
+    cancel: &mut watch::Receiver<bool>,
+) -> Result<(), LocalError> {
+    let git_spec = &build.spec.source.git;
+    std::fs::create_dir_all(dir).map_err(|e| LocalError::tool("creating the checkout", e))?;
+    git(access, &["init", "-q"], dir, log, cancel).await?;
+    let depth = format!("--depth={}", git_spec.depth.unwrap_or(1));
+    let mut fetch = vec!["fetch", "-q"];
+    if git_spec.depth != Some(0) {
+        fetch.push(&depth);
+    }
+    fetch.extend(["--", &git_spec.url, commit]);
+    if git(access, &fetch, dir, log, cancel).await.is_err() {
+        // Servers that refuse to serve a commit by SHA still serve the ref it came from.
+        let mut by_ref = fetch.clone();
+        *by_ref.last_mut().expect("fetch has a refspec") = &git_spec.r#ref;
+        git(access, &by_ref, dir, log, cancel).await?;
+    }
+    git(
+        access,
+        &["-c", "advice.detachedHead=false", "checkout", "-q", commit],
+        dir,
+        log,
+        cancel,
+    )
+    .await
+}

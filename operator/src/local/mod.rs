@@ -1,0 +1,221 @@
+//! `archforge build --local`: one ImageBuild run on this machine, without a cluster.
+//!
+//! The same plan as the controller's Jobs: the commit is pinned with the same code, buildah
+//! gets the same `build` and `push` argv (plus only local storage flags in front and, when
+//! asked, a certificate directory), and the index is assembled by the same registry module.
+//! git replaces git-sync, and foreign architectures run under qemu-user-static.
+
+mod emulation;
+mod git;
+mod paths;
+mod platform;
+mod process;
+mod progress;
+mod secrets;
+mod workspace;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::api::{ImageBuild, MediaType};
+use crate::plan::{AuthFile, Platform, plan};
+use crate::registry::{
+    PlatformImage, PushedIndex, Registry, RegistryError, RegistryOptions, run_annotations,
+};
+use crate::settings::BuilderSettings;
+use crate::source::{SourceError, redact_url};
+
+pub use emulation::host_architecture;
+pub use process::log_tail;
+pub use secrets::LocalSecrets;
+
+/// How the local run is set up.
+#[derive(Clone, Debug, Default)]
+pub struct LocalOptions {
+    /// Platforms built at once; 0 means all of them.
+    pub jobs: usize,
+    /// Where buildah keeps images and layers; a fresh temporary directory when `None`
+    /// (a kept directory makes later builds reuse cached layers).
+    pub storage: Option<PathBuf>,
+    /// Docker config with registry credentials (passed to buildah with `--authfile`).
+    pub docker_config: Option<String>,
+    /// CA certificates (PEM files) to trust for the registries.
+    pub ca_files: Vec<String>,
+    /// `host:port` of registries spoken to over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    pub registry: RegistryOptions,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("invalid ImageBuild: {0}")]
+    InvalidSpec(#[from] crate::validation::InvalidSpec),
+
+    #[error("cannot read {path}: {source}")]
+    ReadFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("cannot pin the source: {0}")]
+    Source(#[from] SourceError),
+
+    #[error("{step} failed: {message}")]
+    Tool { step: String, message: String },
+
+    /// A Secret of the ImageBuild file is missing, incomplete or unreadable.
+    #[error("{0}")]
+    Credentials(String),
+
+    /// `contextDir` or `dockerfile` is missing from the checkout or leads out of it.
+    #[error("{0}")]
+    SourcePath(String),
+
+    #[error("{platform} failed: {message}\n--- last lines of its build log ({log}) ---\n{tail}")]
+    Platform {
+        platform: String,
+        message: String,
+        log: String,
+        tail: String,
+    },
+
+    #[error("{0}")]
+    Emulation(String),
+
+    #[error("assembling the image index failed: {0}")]
+    Registry(#[from] RegistryError),
+
+    #[error("interrupted: every builder process was stopped")]
+    Interrupted,
+}
+
+/// What one platform produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlatformResult {
+    pub platform: Platform,
+    pub reference: String,
+    pub digest: String,
+    pub elapsed: Duration,
+}
+
+/// What the whole run produced.
+#[derive(Clone, Debug)]
+pub struct LocalOutcome {
+    pub commit: String,
+    pub platforms: Vec<PlatformResult>,
+    pub index: PushedIndex,
+}
+
+impl LocalError {
+    /// A step of the run that failed before or around a tool (a file, a directory, a
+    /// process that would not start), with the error's own message.
+    fn tool(step: impl Into<String>, error: impl std::fmt::Display) -> Self {
+        LocalError::Tool {
+            step: step.into(),
+            message: error.to_string(),
+        }
+    }
+}
+
+/// Runs `build` locally: pin, check out, build and push every platform, assemble the index.
+/// `cancel` becoming true (Ctrl-C) stops every child process. No Secrets: a
+/// `credentialsSecret` is refused; see [`build_local_with_secrets`].
+pub async fn build_local(
+    build: &ImageBuild,
+    options: &LocalOptions,
+    cancel: watch::Receiver<bool>,
+) -> Result<LocalOutcome, LocalError> {
+    build_local_with_secrets(build, &LocalSecrets::default(), options, cancel).await
+}
+
+/// [`build_local`] with the Secrets that came with the ImageBuild (see
+/// [`LocalSecrets::from_file`]); `spec.source.git.credentialsSecret` is looked up there.
+pub async fn build_local_with_secrets(
+    build: &ImageBuild,
+    secrets: &LocalSecrets,
+    options: &LocalOptions,
+    cancel: watch::Receiver<bool>,
+) -> Result<LocalOutcome, LocalError> {
+    let progress = progress::Progress::start();
+    let valid = crate::validation::ValidSpec::check(build)?;
+    let access = git::GitAccess::new(&secrets::git_auth(build, secrets)?)?;
+    let commit = git::pin_commit(build, &access).await?;
+    let auth = match &options.docker_config {
+        Some(path) => AuthFile::Path(path),
+        None => AuthFile::None,
+    };
+    let plan = plan(&valid, &BuilderSettings::default(), &commit, auth);
+    for warning in emulation::check_emulation(&plan.platforms)? {
+        progress.say(None, &format!("warning: {warning}"));
+    }
+    progress.say(
+        None,
+        &format!("{} at {commit}", redact_url(&build.spec.source.git.url)),
+    );
+
+    let ws = workspace::Workspace::new(options)?;
+    let git_log = ws.logs.join("git.log");
+    git::checkout(
+        &access,
+        build,
+        &commit,
+        &ws.checkout,
+        &git_log,
+        &mut cancel.clone(),
+    )
+    .await?;
+    // The SSH key leaves the disk before any build runs.
+    drop(access);
+    paths::check_source_paths(build, &commit, &ws.checkout, options)?;
+
+    let platforms =
+        platform::build_platforms(&ws, &plan.platforms, options.jobs, &progress, &cancel).await?;
+    let index = assemble(
+        build,
+        &commit,
+        &platforms,
+        plan.media_type,
+        options,
+        &progress,
+    )
+    .await?;
+    Ok(LocalOutcome {
+        commit,
+        platforms,
+        index,
+    })
+}
+
+/// Pushes the image index of the built platforms, annotated with the run's source.
+async fn assemble(
+    build: &ImageBuild,
+    commit: &str,
+    platforms: &[PlatformResult],
+    media_type: MediaType,
+    options: &LocalOptions,
+    progress: &progress::Progress,
+) -> Result<PushedIndex, LocalError> {
+    progress.say(
+        None,
+        &format!("assembling the image index {}", build.spec.output.image),
+    );
+    let images: Vec<PlatformImage> = platforms
+        .iter()
+        .map(|r| PlatformImage {
+            platform: r.platform.clone(),
+            digest: r.digest.clone(),
+        })
+        .collect();
+    let created = jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .expect("whole seconds")
+        .to_string();
+    let annotations = run_annotations(&redact_url(&build.spec.source.git.url), commit, &created);
+    let registry = Registry::new(options.registry.clone());
+    Ok(registry
+        .assemble_index(&build.spec.output.image, &images, media_type, &annotations)
+        .await?)
+}
