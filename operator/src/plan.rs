@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::api::{ImageBuild, ImageBuildSpec, MediaType};
+use crate::api::{Emulation, ImageBuild, ImageBuildSpec, MediaType};
 use crate::settings::BuilderSettings;
 use crate::validation::{ValidSpec, parse_timeout};
 
@@ -82,6 +82,31 @@ pub struct PlatformPlan {
     pub media_type: MediaType,
     /// The registry credentials file buildah reads, when there is one.
     pub auth_file: Option<String>,
+    /// Whether the run may succeed without this platform.
+    pub allow_failure: bool,
+    /// Pod retries of this platform (its Job's backoffLimit).
+    pub retries: i32,
+    /// Deadline of this platform's build (its Job's activeDeadlineSeconds).
+    pub timeout: Duration,
+}
+
+/// Node label saying that a node runs foreign binaries of `<arch>` under QEMU (its value is
+/// "true"): `emulation.archforge.dev/arm64`. Set by the binfmt DaemonSet's instructions or by
+/// hand; emulated builds are scheduled only on nodes that carry it.
+pub const EMULATION_LABEL_PREFIX: &str = "emulation.archforge.dev/";
+
+/// The node label that marks nodes able to emulate `architecture`.
+pub fn emulation_label(architecture: &str) -> String {
+    format!("{EMULATION_LABEL_PREFIX}{architecture}")
+}
+
+/// Where one platform's builder runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// On a node of the platform's own architecture.
+    Native,
+    /// Under QEMU on a node of architecture `host` that is labelled as able to emulate it.
+    Emulated { host: String },
 }
 
 impl PlatformPlan {
@@ -121,8 +146,9 @@ pub struct BuildPlan {
     /// Commit SHA (or, before it was resolved, the ref) every platform checks out.
     pub revision: String,
     pub media_type: MediaType,
-    pub timeout: Duration,
-    pub retries: i32,
+    /// Whether platforms may be built under emulation, and after how long a wait.
+    pub emulation: Emulation,
+    pub emulation_after: Duration,
     pub platforms: Vec<PlatformPlan>,
 }
 
@@ -340,7 +366,16 @@ pub fn plan(
         .iter()
         .map(|p| {
             let platform: Platform = p.parse().expect("validated platforms parse");
+            let own = spec.platform_settings.iter().find(|s| &s.platform == p);
+            let timeout = own
+                .and_then(|s| s.timeout.as_deref())
+                .or(spec.timeout.as_deref())
+                .and_then(parse_timeout)
+                .unwrap_or(settings.default_timeout);
             PlatformPlan {
+                allow_failure: own.and_then(|s| s.allow_failure).unwrap_or(false),
+                retries: own.and_then(|s| s.retries).or(spec.retries).unwrap_or(1),
+                timeout,
                 job_name: job_name(&run_name, &platform),
                 push_target: platform_tag(&spec.output.image, &platform),
                 build_argv: build_argv(spec, &platform, auth),
@@ -359,12 +394,12 @@ pub fn plan(
         rebuild: run.rebuild,
         revision: revision.to_string(),
         media_type: spec.output.media_type,
-        timeout: spec
-            .timeout
+        emulation: spec.emulation.unwrap_or(settings.default_emulation),
+        emulation_after: spec
+            .emulation_after
             .as_deref()
             .and_then(parse_timeout)
-            .unwrap_or(settings.default_timeout),
-        retries: spec.retries.unwrap_or(1),
+            .unwrap_or_default(),
         platforms,
     }
 }

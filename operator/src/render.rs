@@ -8,7 +8,7 @@ use kube::Resource;
 use serde_json::{Value, json};
 
 use crate::api::ImageBuild;
-use crate::plan::{AuthFile, BuildPlan, PlatformPlan};
+use crate::plan::{AuthFile, BuildPlan, Placement, PlatformPlan, emulation_label};
 use crate::settings::{BuilderSettings, KubeVersion, SeccompProfile};
 
 /// Name of the builder container; the AppArmor annotation is keyed on it.
@@ -22,6 +22,8 @@ pub const LABEL_PLATFORM: &str = "archforge.dev/platform";
 pub const LABEL_GENERATION: &str = "archforge.dev/generation";
 pub const ANNOTATION_PLATFORM: &str = "archforge.dev/platform";
 pub const ANNOTATION_REVISION: &str = "archforge.dev/revision";
+/// On a Job built under emulation: the architecture of the node that emulates it.
+pub const ANNOTATION_EMULATED_ON: &str = "archforge.dev/emulated-on";
 /// The full ImageBuild name (the label may be shortened to fit 63 characters).
 pub const ANNOTATION_IMAGEBUILD: &str = "archforge.dev/imagebuild";
 pub const MANAGER: &str = "archforge";
@@ -259,6 +261,7 @@ pub fn render_job(
     build: &ImageBuild,
     plan: &BuildPlan,
     platform: &PlatformPlan,
+    placement: &Placement,
     settings: &BuilderSettings,
     version: KubeVersion,
 ) -> Job {
@@ -266,7 +269,7 @@ pub fn render_job(
     let spec = &build.spec;
     let mut labels = run_labels(name, plan.generation);
     labels.insert(LABEL_PLATFORM.to_string(), platform.platform.slug());
-    let annotations = BTreeMap::from([
+    let mut annotations = BTreeMap::from([
         (
             ANNOTATION_PLATFORM.to_string(),
             platform.platform.to_string(),
@@ -277,10 +280,19 @@ pub fn render_job(
 
     let mut node_selector: BTreeMap<String, String> =
         spec.node_selector.clone().unwrap_or_default();
-    node_selector.insert(
-        "kubernetes.io/arch".to_string(),
-        platform.platform.architecture.clone(),
-    );
+    let node_architecture = match placement {
+        Placement::Native => platform.platform.architecture.clone(),
+        Placement::Emulated { host } => {
+            // buildah already builds for --platform; the node must run it under QEMU.
+            node_selector.insert(
+                emulation_label(&platform.platform.architecture),
+                "true".to_string(),
+            );
+            annotations.insert(ANNOTATION_EMULATED_ON.to_string(), host.clone());
+            host.clone()
+        }
+    };
+    node_selector.insert("kubernetes.io/arch".to_string(), node_architecture);
     node_selector.insert("kubernetes.io/os".to_string(), platform.platform.os.clone());
 
     let mut volumes = vec![
@@ -335,8 +347,8 @@ pub fn render_job(
             "ownerReferences": owner,
         },
         "spec": {
-            "backoffLimit": plan.retries,
-            "activeDeadlineSeconds": plan.timeout.as_secs(),
+            "backoffLimit": platform.retries,
+            "activeDeadlineSeconds": platform.timeout.as_secs(),
             "ttlSecondsAfterFinished": settings.job_ttl.as_secs(),
             "template": {
                 "metadata": {"labels": labels, "annotations": pod_annotations},
@@ -358,7 +370,8 @@ pub fn render_job(
     serde_json::from_value(strip_nulls(job)).expect("a rendered Job is a valid Job")
 }
 
-/// All Jobs of one run, in the order of `spec.platforms`.
+/// All Jobs of one run, in the order of `spec.platforms`, each built natively (what
+/// `archforge render` shows).
 pub fn render_jobs(
     build: &ImageBuild,
     plan: &BuildPlan,
@@ -367,7 +380,7 @@ pub fn render_jobs(
 ) -> Vec<Job> {
     plan.platforms
         .iter()
-        .map(|p| render_job(build, plan, p, settings, version))
+        .map(|p| render_job(build, plan, p, &Placement::Native, settings, version))
         .collect()
 }
 

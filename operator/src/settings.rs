@@ -157,6 +157,11 @@ pub struct BuilderSettings {
     #[serde(serialize_with = "as_display")]
     pub seccomp_profile: SeccompProfile,
 
+    /// Emulation of ImageBuilds that set no spec.emulation: Never, Fallback or Always.
+    #[arg(long, env = "ARCHFORGE_DEFAULT_EMULATION", default_value = "Never")]
+    #[serde(serialize_with = "as_display")]
+    pub default_emulation: crate::api::Emulation,
+
     /// Pod Security level builder pods must meet (privileged, baseline or restricted): the
     /// level of the namespaces ImageBuilds run in. A Job whose pod would break it is not
     /// created; the ImageBuild is Stalled with the rule named.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use archforge::api::{ImageBuild, MediaType};
 use archforge::controller::{Config, Context, ReconcileError, error_policy, reconcile};
-use archforge::plan::{AuthFile, Platform, plan};
+use archforge::plan::{AuthFile, Placement, Platform, plan};
 use archforge::registry::{Registry, RegistryOptions};
 use archforge::render::render_job;
 use archforge::settings::{BuilderSettings, KubeVersion};
@@ -357,8 +357,15 @@ fn job(build: &ImageBuild, platform: &str, commit: &str, status: Value) -> Value
         .iter()
         .find(|p| p.platform.to_string() == platform)
         .unwrap();
-    let mut job =
-        serde_json::to_value(render_job(build, &plan, p, &settings, KubeVersion::OLDEST)).unwrap();
+    let mut job = serde_json::to_value(render_job(
+        build,
+        &plan,
+        p,
+        &Placement::Native,
+        &settings,
+        KubeVersion::OLDEST,
+    ))
+    .unwrap();
     job["metadata"]["uid"] = json!(job_uid(&p.job_name));
     job["status"] = status;
     job

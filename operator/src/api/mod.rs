@@ -64,6 +64,8 @@ use schema::{node_selector_schema, resources_schema, tolerations_schema};
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.platformSettings) || self.platformSettings.all(s, s.platform in self.platforms)").message("spec.platformSettings: every platform must also be listed in spec.platforms"))]
+#[x_kube(validation = Rule::new("!has(self.platformSettings) || self.platforms.exists(p, !self.platformSettings.exists(s, s.platform == p && has(s.allowFailure) && s.allowFailure))").message("spec.platformSettings: at least one platform must not allowFailure: an index needs a platform that must succeed"))]
 pub struct ImageBuildSpec {
     /// Where the build context comes from.
     pub source: Source,
@@ -75,6 +77,28 @@ pub struct ImageBuildSpec {
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     #[schemars(extend("items" = {"type": "string", "enum": ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/arm/v6", "linux/s390x", "linux/ppc64le", "linux/riscv64", "linux/386"]}))]
     pub platforms: Vec<String>,
+
+    /// Per-platform settings, keyed by a platform of spec.platforms: whether it may fail
+    /// without failing the run, and its own retries and timeout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["platform"]))]
+    pub platform_settings: Vec<PlatformSettings>,
+
+    /// Whether a platform may be built under QEMU emulation on a node of another
+    /// architecture: Never (the default unless the operator says otherwise), Fallback (when
+    /// no node of its own architecture is schedulable, after emulationAfter) or Always
+    /// (every platform on one host architecture). Emulated platforms are marked in
+    /// status.platforms[].emulated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emulation: Option<Emulation>,
+
+    /// How long a Fallback run waits for a native node before it emulates, as whole hours,
+    /// minutes and seconds (for example 5m, for node pools that scale up). Default 0s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(min = 2, max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('24h')").message("spec.emulationAfter: must be a duration of at most 24h"))]
+    pub emulation_after: Option<String>,
 
     /// Where the finished image index goes.
     pub output: Output,
@@ -129,6 +153,71 @@ pub struct ImageBuildSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "tolerations_schema")]
     pub tolerations: Option<Vec<Toleration>>,
+}
+
+/// How a platform without a node of its own architecture is built.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Emulation {
+    /// Only natively: wait for a node of the platform's architecture.
+    #[default]
+    Never,
+    /// Natively when a node of the architecture is schedulable, else under QEMU on a node
+    /// labelled as able to emulate it.
+    Fallback,
+    /// Every platform on one host architecture, the others under QEMU.
+    Always,
+}
+
+impl std::str::FromStr for Emulation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "Never" => Ok(Emulation::Never),
+            "Fallback" => Ok(Emulation::Fallback),
+            "Always" => Ok(Emulation::Always),
+            _ => Err(format!(
+                "{s:?} is not an emulation mode: use Never, Fallback or Always"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Emulation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Emulation::Never => "Never",
+            Emulation::Fallback => "Fallback",
+            Emulation::Always => "Always",
+        })
+    }
+}
+
+/// Settings of one platform.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlatformSettings {
+    /// The platform these settings are for; it must be listed in spec.platforms.
+    #[schemars(extend("enum" = ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/arm/v6", "linux/s390x", "linux/ppc64le", "linux/riscv64", "linux/386"]))]
+    pub platform: String,
+
+    /// When true, a failure of this platform does not fail the run: the index is pushed
+    /// with the platforms that succeeded (at least one that may not fail must succeed), and
+    /// Ready names what is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_failure: Option<bool>,
+
+    /// This platform's retries (its Job's backoffLimit); spec.retries otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10))]
+    pub retries: Option<i32>,
+
+    /// This platform's timeout (its Job's activeDeadlineSeconds), at most 24h; spec.timeout
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(min = 2, max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s') && duration(self) <= duration('24h')").message("spec.platformSettings[].timeout: must be a positive duration of at most 24h"))]
+    pub timeout: Option<String>,
 }
 
 /// Where the build context comes from.
@@ -278,6 +367,10 @@ pub struct ImageBuildStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
 
+    /// When the current run started (the emulation grace period counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+
     /// Platforms built out of platforms requested in the current run, for example 1/2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,
@@ -358,6 +451,10 @@ pub struct PlatformStatus {
     /// Why the platform is where it is; on failure, the end of the builder's log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// True when the platform is built under QEMU emulation on a node of another
+    /// architecture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emulated: Option<bool>,
 }
 
 /// A finished run.

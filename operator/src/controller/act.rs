@@ -14,10 +14,10 @@ use super::observe::{read_secret, secret_value};
 use super::report::{Note, report};
 use super::{Context, Run, now};
 use crate::api::{ImageBuild, ImageBuildStatus, Phase, PlatformStatus};
-use crate::plan::BuildPlan;
+use crate::plan::{BuildPlan, Placement};
 use crate::registry::{DockerConfig, PlatformImage, Registry, run_annotations};
 use crate::source::redact_url;
-use crate::status::{self, progress, record_run, run_phase, set_phase_conditions};
+use crate::status::{self, progress, record_run, set_phase_conditions};
 use crate::telemetry::{PlatformLabels, ResultLabels};
 use crate::validation::InvalidSpec;
 
@@ -86,11 +86,15 @@ pub async fn pin_failed(
     Err(e)
 }
 
+/// The reason of a run that pushed its index without platforms that were allowed to fail.
+const PARTIAL: &str = "IndexPushedWithoutOptionalPlatforms";
+
 /// Ends the current run: conditions, history and metrics agree on the result.
 fn finish_run(ctx: &Context, run: &mut Run, result: Phase, reason: &str, message: &str) {
     let generation = run.id.generation;
     set_phase_conditions(&mut run.status, result, reason, message, generation, now());
-    let failure = (result == Phase::Failed).then(|| message.to_string());
+    // History keeps why a run failed, and what a run that succeeded went without.
+    let failure = (result == Phase::Failed || reason == PARTIAL).then(|| message.to_string());
     record_run(
         &mut run.status,
         result,
@@ -147,6 +151,32 @@ fn newly_succeeded(ctx: &Context, run: &Run, platforms: &[PlatformStatus]) -> Ve
     notes
 }
 
+/// Warnings for the platforms allowed to fail that failed since the last report: the run
+/// goes on without them.
+fn newly_failed_optional(run: &Run, plan: &BuildPlan, platforms: &[PlatformStatus]) -> Vec<Note> {
+    plan.platforms
+        .iter()
+        .zip(platforms)
+        .filter(|(p, s)| p.allow_failure && s.phase == Phase::Failed)
+        .filter(|(_, s)| {
+            !run.same
+                || !run
+                    .previous
+                    .platforms
+                    .iter()
+                    .any(|b| b.platform == s.platform && b.phase == Phase::Failed)
+        })
+        .map(|(_, s)| {
+            let text = format!(
+                "{} failed and may fail; the run goes on without it: {}",
+                s.platform,
+                s.message.clone().unwrap_or_default()
+            );
+            Note::warning("OptionalPlatformFailed", "Build", text, s.job.clone())
+        })
+        .collect()
+}
+
 /// Carries out `step` and reports the run.
 pub async fn take(
     ctx: &Context,
@@ -159,14 +189,25 @@ pub async fn take(
 ) -> Result<Action> {
     let generation = plan.generation;
     let mut notes = newly_succeeded(ctx, &run, &platforms);
+    notes.extend(newly_failed_optional(&run, plan, &platforms));
     run.status.progress = Some(progress(&platforms));
     run.status.platforms = platforms;
     let action = match step {
-        Step::WaitForNodes { platforms } => {
-            let message = format!(
-                "no schedulable node with kubernetes.io/arch for {}; the run starts when one is Ready",
-                platforms.join(", ")
-            );
+        Step::WaitForNodes {
+            platforms,
+            retry_in,
+        } => {
+            let message = match retry_in {
+                Some(left) => format!(
+                    "no schedulable node with kubernetes.io/arch for {}; the run starts when one is Ready, or under emulation in {}",
+                    platforms.join(", "),
+                    humantime::format_duration(Duration::from_secs(left.as_secs()))
+                ),
+                None => format!(
+                    "no schedulable node with kubernetes.io/arch for {}; the run starts when one is Ready",
+                    platforms.join(", ")
+                ),
+            };
             let already = run
                 .previous
                 .conditions
@@ -189,7 +230,8 @@ pub async fn take(
                     None,
                 ));
             }
-            Action::requeue(Duration::from_secs(30))
+            let look_again = Duration::from_secs(30);
+            Action::requeue(retry_in.map_or(look_again, |left| left.min(look_again)))
         }
         Step::CreateJobs { platforms } => match create_jobs(ctx, build, plan, &platforms).await {
             Ok(created) => {
@@ -202,6 +244,14 @@ pub async fn take(
                         .collect();
                     let text = format!("building {} at {}", all.join(", "), plan.revision);
                     notes.insert(0, Note::normal("RunStarted", "CreateJobs", text, None));
+                }
+                for (platform, placement) in &platforms {
+                    if let Placement::Emulated { host } = placement {
+                        let text = format!(
+                            "{platform} builds under QEMU emulation on an {host} node: no {platform} node is schedulable and spec.emulation allows it (slower than native)"
+                        );
+                        notes.push(Note::normal("Emulated", "CreateJobs", text, None));
+                    }
                 }
                 building(ctx, &mut run, plan)
             }
@@ -231,10 +281,33 @@ pub async fn take(
         }
         Step::Assemble => match assemble(ctx, build, &run.status, plan).await {
             Ok(digest) => {
-                let message = format!("pushed {} ({digest})", build.spec.output.image);
+                let mut message = format!("pushed {} ({digest})", build.spec.output.image);
+                let missing: Vec<&str> = run
+                    .status
+                    .platforms
+                    .iter()
+                    .filter(|p| p.phase == Phase::Failed)
+                    .map(|p| p.platform.as_str())
+                    .collect();
+                let reason = match missing.is_empty() {
+                    true => "IndexPushed",
+                    false => {
+                        message.push_str(&format!(
+                            " without {}, which may fail and failed (see status.platforms)",
+                            missing.join(", ")
+                        ));
+                        notes.push(Note::warning(
+                            "PlatformsMissing",
+                            "Assemble",
+                            message.clone(),
+                            None,
+                        ));
+                        PARTIAL
+                    }
+                };
                 run.status.image = Some(build.spec.output.image.clone());
                 run.status.digest = Some(digest);
-                finish_run(ctx, &mut run, Phase::Succeeded, "IndexPushed", &message);
+                finish_run(ctx, &mut run, Phase::Succeeded, reason, &message);
                 notes.push(Note::normal("IndexPushed", "Assemble", message, None));
                 Action::await_change()
             }
@@ -265,12 +338,10 @@ pub async fn take(
     Ok(action)
 }
 
-/// The run is under way: every Job of it exists, even when no pod has started yet.
+/// The run is under way: every Job of it exists, even when no pod has started yet (a
+/// platform that may fail and failed does not end it).
 fn building(ctx: &Context, run: &mut Run, plan: &BuildPlan) -> Action {
-    let phase = match run_phase(&run.status.platforms) {
-        Phase::Pending => Phase::Building,
-        phase => phase,
-    };
+    let phase = Phase::Building;
     let message = format!(
         "{} of {} platforms built",
         run.status.progress.clone().unwrap_or_default(),
@@ -304,10 +375,12 @@ async fn assemble(
             })?;
         options.credentials = DockerConfig::from_json(name, &config)?;
     }
+    // Only what succeeded: a platform allowed to fail that failed is left out.
     let images: Vec<PlatformImage> = plan
         .platforms
         .iter()
         .zip(&status.platforms)
+        .filter(|(_, s)| s.phase == Phase::Succeeded)
         .map(|(p, s)| PlatformImage {
             platform: p.platform.clone(),
             digest: s.digest.clone().unwrap_or_default(),

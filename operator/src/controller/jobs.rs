@@ -8,7 +8,7 @@ use super::Context;
 use super::error::{ReconcileError, Result};
 use super::observe::owned_by;
 use crate::api::ImageBuild;
-use crate::plan::BuildPlan;
+use crate::plan::{BuildPlan, Placement};
 use crate::render::{MANAGER, render_job};
 
 /// Deletes `names` (background propagation: their pods go with them); gone already is fine.
@@ -108,16 +108,18 @@ pub async fn create_jobs(
     ctx: &Context,
     build: &ImageBuild,
     plan: &BuildPlan,
-    platforms: &[String],
+    platforms: &[(String, Placement)],
 ) -> std::result::Result<usize, (ReconcileError, Vec<String>)> {
     let settings = &ctx.config.builder;
     let jobs: Vec<(String, Job)> = plan
         .platforms
         .iter()
-        .filter(|p| platforms.contains(&p.platform.to_string()))
-        .map(|p| {
-            let job = render_job(build, plan, p, settings, ctx.config.version);
-            (p.platform.to_string(), job)
+        .filter_map(|p| {
+            let (name, placement) = platforms
+                .iter()
+                .find(|(n, _)| n == &p.platform.to_string())?;
+            let job = render_job(build, plan, p, placement, settings, ctx.config.version);
+            Some((name.clone(), job))
         })
         .collect();
     for (_, job) in &jobs {

@@ -38,7 +38,7 @@ use crate::settings::{BuilderSettings, KubeVersion};
 use crate::status::{platform_statuses, start_run};
 use crate::telemetry::{Metrics, ReasonLabels};
 use crate::validation::ValidSpec;
-use decide::{decide, needs_placement};
+use decide::{decide, needs_nodes};
 
 /// Controller-wide settings.
 #[derive(Clone, Debug)]
@@ -103,12 +103,25 @@ impl Run {
                 now(),
             ),
         };
+        let mut status = status;
+        // A run that started under an older operator gets its start time now.
+        status.start_time.get_or_insert_with(|| now().to_string());
         Run {
             id,
             same,
             previous,
             status,
         }
+    }
+
+    /// How long the run has been going (from `status.startTime`).
+    fn waited(&self) -> Duration {
+        self.status
+            .start_time
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(|start| now().duration_since(start).unsigned_abs())
+            .unwrap_or_default()
     }
 
     /// Whether this run has ended; only a change to the ImageBuild starts another.
@@ -142,11 +155,11 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
     jobs::stop_earlier_runs(&ctx, &build, &stale).await?;
     let reports = observe::pod_reports(&ctx, &build, plan.generation, &current).await?;
     let platforms = platform_statuses(&plan, &current, &reports, &run.status.platforms);
-    let architectures = match needs_placement(&current, &platforms) {
-        true => Some(observe::schedulable_architectures(&ctx).await?),
+    let nodes = match needs_nodes(&plan, &current, &platforms) {
+        true => Some(observe::nodes(&ctx).await?),
         false => None,
     };
-    let step = decide(&plan, &current, &platforms, architectures.as_ref());
+    let step = decide(&plan, &current, &platforms, nodes.as_ref(), run.waited());
     act::take(&ctx, &build, &plan, run, &current, platforms, step).await
 }
 

@@ -1,15 +1,15 @@
 //! Reading what the cluster (and the git server) says about one ImageBuild's run.
 
-use std::collections::BTreeSet;
-
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 use super::Context;
+use super::decide::Nodes;
 use super::error::{ReconcileError, Result};
 use crate::api::{ImageBuild, ImageBuildStatus};
+use crate::plan::EMULATION_LABEL_PREFIX;
 use crate::render::{ANNOTATION_REVISION, LABEL_GENERATION, LABEL_IMAGEBUILD};
 use crate::source::{GitCredentials, resolve_commit};
 use crate::status::{PodReport, owning_job, pod_report};
@@ -72,14 +72,16 @@ pub async fn pod_reports(
         .collect())
 }
 
-/// The architectures of nodes that can take a builder pod now.
-pub async fn schedulable_architectures(ctx: &Context) -> Result<BTreeSet<String>> {
+/// The nodes that can take a builder pod now (Ready and schedulable): their architectures,
+/// and which architectures each can emulate.
+pub async fn nodes(ctx: &Context) -> Result<Nodes> {
     ctx.metrics.api_request("list", "nodes");
     let nodes = Api::<Node>::all(ctx.client.clone())
         .list(&ListParams::default())
         .await
         .map_err(ReconcileError::ListNodes)?;
-    Ok(nodes
+    let mut seen = Nodes::default();
+    let usable = nodes
         .items
         .iter()
         .filter(|n| {
@@ -93,9 +95,25 @@ pub async fn schedulable_architectures(ctx: &Context) -> Result<BTreeSet<String>
                 .as_ref()
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
-        .filter_map(|n| n.labels().get("kubernetes.io/arch").cloned())
-        .collect())
+        });
+    for node in usable {
+        let Some(arch) = node.labels().get("kubernetes.io/arch") else {
+            continue;
+        };
+        seen.native.insert(arch.clone());
+        for (key, value) in node.labels() {
+            if let Some(target) = key.strip_prefix(EMULATION_LABEL_PREFIX)
+                && value == "true"
+                && target != arch
+            {
+                seen.emulating
+                    .entry(target.to_string())
+                    .or_default()
+                    .insert(arch.clone());
+            }
+        }
+    }
+    Ok(seen)
 }
 
 /// Reads a Secret of the ImageBuild's own namespace: a spec can never borrow another

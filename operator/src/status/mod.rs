@@ -137,6 +137,7 @@ pub fn platform_status(
         start_time: previous.and_then(|p| p.start_time.clone()),
         completion_time: previous.and_then(|p| p.completion_time.clone()),
         message: None,
+        emulated: None,
     };
     if let Some(previous) = previous
         && matches!(previous.phase, Phase::Succeeded | Phase::Failed)
@@ -152,6 +153,12 @@ pub fn platform_status(
     };
     let job_status = job.status.clone().unwrap_or_default();
     entry.start_time = time(&job_status.start_time).or(entry.start_time);
+    entry.emulated = job
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(crate::render::ANNOTATION_EMULATED_ON))
+        .then_some(true);
     if job_condition(job, "Complete").is_some() || job_status.succeeded.unwrap_or(0) > 0 {
         entry.completion_time = time(&job_status.completion_time).or(entry.completion_time);
         match pods.iter().find_map(|p| p.digest.clone()) {

@@ -153,6 +153,7 @@ fn a_recorded_result_survives_the_jobs_deletion() {
         start_time: None,
         completion_time: None,
         message: None,
+        emulated: None,
     };
     let s = platform_status("linux/amd64", "j", None, &[], Some(&before));
     assert_eq!(s, before);
@@ -168,6 +169,7 @@ fn phases_of_a_run() {
         start_time: None,
         completion_time: None,
         message: None,
+        emulated: None,
     };
     assert_eq!(
         run_phase(&[p(Phase::Pending), p(Phase::Pending)]),

@@ -156,6 +156,73 @@ impl Problems {
         }
     }
 
+    fn check_timeout(&mut self, field: &str, timeout: &str) {
+        match parse_timeout(timeout) {
+            Some(d) if !d.is_zero() && d.as_secs() <= MAX_TIMEOUT_SECONDS => {}
+            _ => self.add(
+                field,
+                format!(
+                    "{timeout:?} is not a positive duration of at most 24h (like 30m or 1h30m)"
+                ),
+            ),
+        }
+    }
+
+    fn check_retries(&mut self, field: &str, retries: i32) {
+        if !(0..=10).contains(&retries) {
+            self.add(field, "must be between 0 and 10");
+        }
+    }
+
+    fn check_platform_settings(&mut self, spec: &ImageBuildSpec) {
+        if spec.platform_settings.len() > 8 {
+            self.add("spec.platformSettings", "at most 8 entries");
+        }
+        let optional = |p: &String| {
+            spec.platform_settings
+                .iter()
+                .any(|s| &s.platform == p && s.allow_failure == Some(true))
+        };
+        if !spec.platforms.is_empty() && spec.platforms.iter().all(optional) {
+            self.add(
+                "spec.platformSettings",
+                "at least one platform must not allowFailure: an index needs a platform that must succeed",
+            );
+        }
+        for (i, settings) in spec.platform_settings.iter().enumerate() {
+            let field = format!("spec.platformSettings[{i}]");
+            let platform = &settings.platform;
+            if !KNOWN_PLATFORMS.contains(&platform.as_str()) {
+                self.add(
+                    format!("{field}.platform"),
+                    format!(
+                        "unsupported platform; supported: {}",
+                        KNOWN_PLATFORMS.join(", ")
+                    ),
+                );
+            } else if !spec.platforms.contains(platform) {
+                self.add(
+                    format!("{field}.platform"),
+                    format!("{platform} is not listed in spec.platforms"),
+                );
+            } else if spec.platform_settings[..i]
+                .iter()
+                .any(|s| &s.platform == platform)
+            {
+                self.add(
+                    format!("{field}.platform"),
+                    format!("{platform} has settings more than once"),
+                );
+            }
+            if let Some(timeout) = &settings.timeout {
+                self.check_timeout(&format!("{field}.timeout"), timeout);
+            }
+            if let Some(retries) = settings.retries {
+                self.check_retries(&format!("{field}.retries"), retries);
+            }
+        }
+    }
+
     fn check_relative_path(&mut self, field: &str, value: &str) {
         self.check_pattern(
             field,
@@ -270,20 +337,20 @@ impl ImageBuildSpec {
             p.check_resources(resources);
         }
         if let Some(timeout) = &self.timeout {
-            match parse_timeout(timeout) {
-                Some(d) if !d.is_zero() && d.as_secs() <= MAX_TIMEOUT_SECONDS => {}
+            p.check_timeout("spec.timeout", timeout);
+        }
+        if let Some(retries) = self.retries {
+            p.check_retries("spec.retries", retries);
+        }
+        p.check_platform_settings(self);
+        if let Some(after) = &self.emulation_after {
+            match parse_timeout(after) {
+                Some(d) if d.as_secs() <= MAX_TIMEOUT_SECONDS => {}
                 _ => p.add(
-                    "spec.timeout",
-                    format!(
-                        "{timeout:?} is not a positive duration of at most 24h (like 30m or 1h30m)"
-                    ),
+                    "spec.emulationAfter",
+                    "is not a duration of at most 24h (like 0s, 5m or 1h30m)",
                 ),
             }
-        }
-        if let Some(retries) = self.retries
-            && !(0..=10).contains(&retries)
-        {
-            p.add("spec.retries", "must be between 0 and 10");
         }
         if let Some(selector) = &self.node_selector {
             p.check_node_selector(selector);
