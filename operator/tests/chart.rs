@@ -624,6 +624,7 @@ fn chart_values_reach_the_operator() {
         defaults.seccomp_profile.to_string()
     );
     assert_eq!(config["podSecurityLevel"], "baseline");
+    assert_eq!(config["defaultEmulation"], "Never");
     assert_eq!(config["builderUid"], defaults.builder_uid);
     assert_eq!(config["logFormat"], "json");
     assert_eq!(config["leaderElect"], false);
@@ -649,6 +650,7 @@ fn chart_values_reach_the_operator() {
             "fuseQuantity": "2",
             "seccompProfile": "localhost/profiles/buildah.json",
             "podSecurityLevel": "privileged",
+            "defaultEmulation": "Fallback",
             "defaultTimeout": "45m",
             "jobTTL": "2h",
             "builderUid": 2000,
@@ -1045,5 +1047,36 @@ fn chart_readme_values_table_is_generated() {
     assert!(
         readme[start..end] == generated,
         "{readme_path}'s values table differs from values.yaml: run `make chart-readme`"
+    );
+}
+
+#[test]
+fn the_binfmt_daemonset_is_opt_in_and_registers_what_it_is_told() {
+    let objects = kustomize("config/binfmt");
+    check_types(&objects);
+    let set = find(&objects, "DaemonSet", "archforge-binfmt");
+    let pod = &set["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["initContainers"][0]["securityContext"]["privileged"],
+        true
+    );
+    assert_eq!(pod["nodeSelector"]["archforge.dev/binfmt"], "true");
+
+    let (_, defaults) = render_chart(None);
+    assert!(
+        !defaults
+            .iter()
+            .any(|o| o["metadata"]["name"] == "archforge-binfmt")
+    );
+    let (_, custom) = render_chart(Some(CUSTOM_VALUES));
+    check_types(&custom);
+    let set = find(&custom, "DaemonSet", "archforge-binfmt");
+    assert_eq!(set["metadata"]["namespace"], "node-setup");
+    let register = &set["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(register["args"], json!(["--install", "arm64"]));
+    // The builder side of the contract: the label the operator schedules emulated builds by.
+    assert_eq!(
+        archforge::plan::emulation_label("arm64"),
+        "emulation.archforge.dev/arm64"
     );
 }

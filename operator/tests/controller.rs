@@ -165,6 +165,26 @@ impl ApiServer {
             .await;
     }
 
+    /// Ready nodes: (architecture, extra labels) each.
+    async fn list_labelled_nodes(&mut self, nodes: &[(&str, &[(&str, &str)])]) {
+        let items = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (arch, extra))| {
+                let mut labels = json!({"kubernetes.io/arch": arch, "kubernetes.io/os": "linux"});
+                for (k, v) in extra.iter() {
+                    labels[*k] = json!(v);
+                }
+                json!({
+                    "metadata": {"name": format!("node-{i}"), "labels": labels},
+                    "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+                })
+            })
+            .collect();
+        self.expect(Method::GET, "/api/v1/nodes", &[], list("NodeList", items))
+            .await;
+    }
+
     async fn list_pods(&mut self, generation: i64, items: Vec<Value>) {
         let selector = format!(
             "labelSelector=archforge.dev/imagebuild=app,archforge.dev/generation={generation}"
@@ -1033,4 +1053,285 @@ async fn a_pod_that_only_looks_like_a_builder_is_ignored() {
     };
     let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
     action.unwrap();
+}
+
+/// An ImageBuild for linux/amd64 and linux/arm64 with `extra` fields in its spec.
+fn imagebuild_with(extra: Value, image: &str, status: Value) -> ImageBuild {
+    let mut object = serde_json::to_value(imagebuild(
+        "https://git.example.com/app.git",
+        SHA,
+        image,
+        1,
+        status,
+    ))
+    .unwrap();
+    for (k, v) in extra.as_object().unwrap() {
+        object["spec"][k] = v.clone();
+    }
+    serde_json::from_value(object).unwrap()
+}
+
+fn minutes_ago(minutes: i64) -> String {
+    let now = jiff::Timestamp::now();
+    (now - jiff::SignedDuration::from_mins(minutes))
+        .round(jiff::Unit::Second)
+        .unwrap()
+        .to_string()
+}
+
+const EMULATES_ARM64: &[(&str, &str)] = &[("emulation.archforge.dev/arm64", "true")];
+
+#[tokio::test]
+async fn fallback_waits_out_the_grace_period_then_emulates_on_a_labelled_node() {
+    let fallback = json!({"emulation": "Fallback", "emulationAfter": "5m"});
+    // Two minutes into the run: still waiting for a native arm64 node.
+    let early = json!({"observedGeneration": 1, "phase": "Pending", "source": {"commit": SHA},
+                       "startTime": minutes_ago(2)});
+    let build = imagebuild_with(fallback.clone(), "registry.example.com/team/app:v1", early);
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    let verify = async move {
+        server.list_jobs(vec![]).await;
+        server
+            .list_labelled_nodes(&[("amd64", EMULATES_ARM64)])
+            .await;
+        let event = server.event("NoNodeForPlatform", "Warning").await;
+        assert!(
+            event["note"]
+                .as_str()
+                .unwrap()
+                .contains("under emulation in 3m"),
+            "{event}"
+        );
+        let status = server.patch_status().await;
+        assert_eq!(status["phase"], "Pending");
+        server.done().await;
+    };
+    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    assert_eq!(
+        format!("{:?}", action.unwrap()),
+        format!("{:?}", Action::requeue(Duration::from_secs(30)))
+    );
+
+    // Ten minutes in: arm64 builds under emulation on the amd64 node that can emulate it.
+    let late = json!({"observedGeneration": 1, "phase": "Pending", "source": {"commit": SHA},
+                      "startTime": minutes_ago(10)});
+    let build = imagebuild_with(fallback, "registry.example.com/team/app:v1", late);
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    let verify = async move {
+        server.list_jobs(vec![]).await;
+        server
+            .list_labelled_nodes(&[("amd64", EMULATES_ARM64)])
+            .await;
+        let amd64 = server.create_job("app-1-linux-amd64").await;
+        let arm64 = server.create_job("app-1-linux-arm64").await;
+        let selector = |job: &Value| job["spec"]["template"]["spec"]["nodeSelector"].clone();
+        assert_eq!(
+            selector(&amd64),
+            json!({"kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux"})
+        );
+        assert_eq!(
+            selector(&arm64),
+            json!({"kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux",
+                   "emulation.archforge.dev/arm64": "true"})
+        );
+        assert_eq!(
+            arm64["metadata"]["annotations"]["archforge.dev/emulated-on"],
+            "amd64"
+        );
+        let command = arm64["spec"]["template"]["spec"]["containers"][0]["command"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert!(
+            command
+                .windows(2)
+                .any(|w| w[0] == "--platform" && w[1] == "linux/arm64"),
+            "the builder still builds for its target"
+        );
+        server.event("RunStarted", "Normal").await;
+        let event = server.event("Emulated", "Normal").await;
+        assert!(
+            event["note"]
+                .as_str()
+                .unwrap()
+                .starts_with("linux/arm64 builds under QEMU")
+        );
+        let status = server.patch_status().await;
+        assert_eq!(status["phase"], "Building");
+        server.done().await;
+    };
+    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    action.unwrap();
+}
+
+#[tokio::test]
+async fn always_builds_every_platform_on_one_host_and_status_says_emulated() {
+    let build = imagebuild_with(
+        json!({"emulation": "Always"}),
+        "registry.example.com/team/app:v1",
+        json!({"observedGeneration": 1, "phase": "Pending", "source": {"commit": SHA}}),
+    );
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    let verify = async move {
+        server.list_jobs(vec![]).await;
+        // Native arm64 nodes exist, but Always puts everything on amd64 (which can emulate).
+        server
+            .list_labelled_nodes(&[("amd64", EMULATES_ARM64), ("arm64", &[])])
+            .await;
+        server.create_job("app-1-linux-amd64").await;
+        let arm64 = server.create_job("app-1-linux-arm64").await;
+        assert_eq!(
+            arm64["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/arch"],
+            "amd64"
+        );
+        server.event("RunStarted", "Normal").await;
+        server.event("Emulated", "Normal").await;
+        server.patch_status().await;
+        server.done().await;
+    };
+    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    action.unwrap();
+
+    // Once the Jobs exist, status reads the placement from them.
+    let building = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA}});
+    let build = imagebuild_with(
+        json!({"emulation": "Always"}),
+        "registry.example.com/team/app:v1",
+        building,
+    );
+    let mut arm64 = job(&build, "linux/arm64", SHA, json!({"active": 1}));
+    arm64["metadata"]["annotations"]["archforge.dev/emulated-on"] = json!("amd64");
+    let jobs = vec![job(&build, "linux/amd64", SHA, json!({"active": 1})), arm64];
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    let verify = async move {
+        server.list_jobs(jobs).await;
+        server.list_pods(1, vec![]).await;
+        let status = server.patch_status().await;
+        assert!(status["platforms"][0].get("emulated").is_none(), "{status}");
+        assert_eq!(status["platforms"][1]["emulated"], true);
+        server.done().await;
+    };
+    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    action.unwrap();
+}
+
+// Multi-threaded: the verifier calls skopeo inside block_in_place.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_platform_allowed_to_fail_is_left_out_and_the_rest_is_published() {
+    let reg = TestRegistry::start(Mode::Plain);
+    let registry = Registry::new(reg.options());
+    let image = reg.image("team/app:v1");
+    let amd64: Platform = "linux/amd64".parse().unwrap();
+    let digest = registry
+        .push_synthetic_image(
+            &format!("{image}-{}", amd64.slug()),
+            &amd64,
+            MediaType::Oci,
+            "controller",
+        )
+        .await
+        .unwrap();
+    let status = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA}});
+    let optional_arm64 =
+        json!({"platformSettings": [{"platform": "linux/arm64", "allowFailure": true}]});
+    let build = imagebuild_with(optional_arm64, &image, status);
+    let (ctx, mut server) = setup(&build, reg.options());
+    let done = json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
+                      "conditions": [{"type": "Complete", "status": "True"}]});
+    let failed = json!({"failed": 2, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]});
+    let jobs = vec![
+        job(&build, "linux/amd64", SHA, done),
+        job(&build, "linux/arm64", SHA, failed),
+    ];
+    let pods = vec![
+        builder_pod("app-1-linux-amd64", 1, 0, &digest),
+        builder_pod("app-1-linux-arm64", 1, 1, "exec format error"),
+    ];
+    let (reg_for_check, image_for_check) = (&reg, image.clone());
+    let verify = async move {
+        server.list_jobs(jobs).await;
+        server.list_pods(1, pods).await;
+        server.event("PlatformSucceeded", "Normal").await;
+        let failed = server.event("OptionalPlatformFailed", "Warning").await;
+        assert!(
+            failed["note"]
+                .as_str()
+                .unwrap()
+                .contains("exec format error")
+        );
+        let missing = server.event("PlatformsMissing", "Warning").await;
+        assert!(
+            missing["note"]
+                .as_str()
+                .unwrap()
+                .contains("without linux/arm64")
+        );
+        server.event("IndexPushed", "Normal").await;
+        let status = server.patch_status().await;
+        assert_eq!(status["phase"], "Succeeded");
+        let ready = condition(&status, "Ready");
+        assert_eq!(
+            (ready["status"].as_str(), ready["reason"].as_str()),
+            (Some("True"), Some("IndexPushedWithoutOptionalPlatforms"))
+        );
+        assert!(ready["message"].as_str().unwrap().contains("linux/arm64"));
+        assert_eq!(status["platforms"][1]["phase"], "Failed");
+        assert_eq!(status["history"][0]["result"], "Succeeded");
+        assert!(
+            status["history"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("linux/arm64")
+        );
+        let raw = tokio::task::block_in_place(|| {
+            reg_for_check.skopeo_inspect(&image_for_check, &["--raw"])
+        });
+        let index: Value = serde_json::from_str(&raw).unwrap();
+        let manifests = index["manifests"].as_array().unwrap();
+        assert_eq!(manifests.len(), 1, "{index}");
+        assert_eq!(manifests[0]["platform"]["architecture"], "amd64");
+        server.done().await;
+    };
+    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    assert_eq!(
+        format!("{:?}", action.unwrap()),
+        format!("{:?}", Action::await_change())
+    );
+}
+
+#[tokio::test]
+async fn a_platform_that_may_not_fail_still_fails_the_run() {
+    let status = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA}});
+    let optional_arm64 =
+        json!({"platformSettings": [{"platform": "linux/arm64", "allowFailure": true}]});
+    let build = imagebuild_with(optional_arm64, "registry.example.com/team/app:v1", status);
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    let failed = json!({"failed": 2, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]});
+    let jobs = vec![
+        job(&build, "linux/amd64", SHA, failed),
+        job(&build, "linux/arm64", SHA, json!({"active": 1})),
+    ];
+    let pods = vec![builder_pod(
+        "app-1-linux-amd64",
+        1,
+        1,
+        "make: *** [all] Error 2",
+    )];
+    let verify = async move {
+        server.list_jobs(jobs).await;
+        server.list_pods(1, pods).await;
+        server.delete_job("app-1-linux-arm64").await;
+        server.event("PlatformFailed", "Warning").await;
+        let status = server.patch_status().await;
+        assert_eq!(status["phase"], "Failed");
+        let (_, reason, message) = said(&status, "Ready");
+        assert_eq!(reason, "PlatformFailed");
+        assert!(message.starts_with("linux/amd64 failed"), "{message}");
+        server.done().await;
+    };
+    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    assert_eq!(
+        format!("{:?}", action.unwrap()),
+        format!("{:?}", Action::await_change())
+    );
 }

@@ -704,3 +704,78 @@ fn ssh_credentials_are_readable_by_git_sync_only() {
     let pod = https.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     assert_eq!(pod.security_context.as_ref().unwrap().fs_group, None);
 }
+
+#[test]
+fn an_emulated_job_runs_on_the_host_architecture_and_builds_for_its_target() {
+    let build = common::sample();
+    let settings = BuilderSettings::default();
+    let plan = plan(
+        &ValidSpec::check(&build).unwrap(),
+        &settings,
+        "main",
+        AuthFile::None,
+    );
+    let arm64 = &plan.platforms[1];
+    let emulated = archforge::plan::Placement::Emulated {
+        host: "amd64".into(),
+    };
+    let job = archforge::render::render_job(
+        &build,
+        &plan,
+        arm64,
+        &emulated,
+        &settings,
+        KubeVersion::OLDEST,
+    );
+    let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let selector = pod.node_selector.as_ref().unwrap();
+    assert_eq!(selector["kubernetes.io/arch"], "amd64");
+    assert_eq!(selector["emulation.archforge.dev/arm64"], "true");
+    assert_eq!(
+        job.metadata.annotations.as_ref().unwrap()["archforge.dev/emulated-on"],
+        "amd64"
+    );
+    let argv = pod_container(&job, BUILDER_CONTAINER)
+        .command
+        .clone()
+        .unwrap();
+    assert!(argv.windows(2).any(|w| w == ["--platform", "linux/arm64"]));
+    // Same name as the native Job: a restart finds it whichever way it was placed.
+    assert_eq!(job.metadata.name.as_deref(), Some(arm64.job_name.as_str()));
+    assert_eq!(podsecurity::check_job(&job, Level::Baseline), Ok(()));
+    // Native placement carries neither the label nor the annotation.
+    let native = &render(&build, "1.24")[1];
+    let selector = native
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    assert!(
+        !selector
+            .node_selector
+            .as_ref()
+            .unwrap()
+            .contains_key("emulation.archforge.dev/arm64")
+    );
+}
+
+#[test]
+fn platform_settings_set_each_jobs_retries_and_deadline() {
+    let mut object = serde_json::to_value(common::sample()).unwrap();
+    object["spec"]["platformSettings"] =
+        json!([{"platform": "linux/arm64", "retries": 4, "timeout": "2h", "allowFailure": true}]);
+    let build: ImageBuild = serde_json::from_value(object).unwrap();
+    let jobs = render(&build, "1.24");
+    let spec = |i: usize| jobs[i].spec.clone().unwrap();
+    assert_eq!(
+        (spec(0).backoff_limit, spec(0).active_deadline_seconds),
+        (Some(1), Some(1800))
+    );
+    assert_eq!(
+        (spec(1).backoff_limit, spec(1).active_deadline_seconds),
+        (Some(4), Some(7200))
+    );
+}

@@ -958,3 +958,89 @@ fn every_problem_is_reported_at_once() {
         ["spec.platforms", "spec.output.image", "spec.retries"]
     );
 }
+
+#[test]
+fn platform_settings_and_emulation_are_accepted_when_valid() {
+    accepted(|s| {
+        s["platformSettings"] = json!([{"platform": "linux/arm64", "allowFailure": true,
+                                        "retries": 2, "timeout": "2h"}]);
+        s["emulation"] = json!("Fallback");
+        s["emulationAfter"] = json!("5m");
+    });
+    accepted(|s| {
+        s["emulation"] = json!("Always");
+        s["emulationAfter"] = json!("0s");
+    });
+}
+
+#[test]
+fn platform_settings_must_name_a_requested_platform() {
+    rejected(
+        |s| s["platformSettings"] = json!([{"platform": "linux/s390x", "allowFailure": true}]),
+        "spec.platformSettings[0].platform",
+        "not listed in spec.platforms",
+        Layer::Cel("spec.platformSettings: every platform must also be listed in spec.platforms"),
+    );
+    rejected(
+        |s| s["platformSettings"] = json!([{"platform": "linux/mips"}]),
+        "spec.platformSettings[0].platform",
+        "unsupported platform",
+        Layer::Schema,
+    );
+}
+
+#[test]
+fn some_platform_must_be_required() {
+    rejected(
+        |s| {
+            s["platformSettings"] = json!([
+                {"platform": "linux/amd64", "allowFailure": true},
+                {"platform": "linux/arm64", "allowFailure": true}
+            ])
+        },
+        "spec.platformSettings",
+        "at least one platform must not allowFailure",
+        Layer::Cel(
+            "spec.platformSettings: at least one platform must not allowFailure: an index needs a platform that must succeed",
+        ),
+    );
+}
+
+#[test]
+fn platform_settings_bounds() {
+    rejected(
+        |s| s["platformSettings"] = json!([{"platform": "linux/arm64", "retries": 11}]),
+        "spec.platformSettings[0].retries",
+        "between 0 and 10",
+        Layer::Schema,
+    );
+    rejected(
+        |s| s["platformSettings"] = json!([{"platform": "linux/arm64", "timeout": "0s"}]),
+        "spec.platformSettings[0].timeout",
+        "positive duration of at most 24h",
+        Layer::Cel("spec.platformSettings[].timeout: must be a positive duration of at most 24h"),
+    );
+    rejected(
+        |s| s["platformSettings"] = json!([{"platform": "linux/arm64", "timeout": "soon"}]),
+        "spec.platformSettings[0].timeout",
+        "positive duration",
+        Layer::Schema,
+    );
+}
+
+#[test]
+fn emulation_is_one_of_three_modes_and_its_wait_is_bounded() {
+    let object = object_with(|s| s["emulation"] = json!("Sometimes"));
+    assert!(!schema_errors(&crd_schema(), &object, "").is_empty());
+    let text = serde_json::to_string(&object).unwrap();
+    let err = archforge::manifest::parse_imagebuild("ib.yaml", &text)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("spec.emulation"), "{err}");
+    rejected(
+        |s| s["emulationAfter"] = json!("25h"),
+        "spec.emulationAfter",
+        "at most 24h",
+        Layer::Cel("spec.emulationAfter: must be a duration of at most 24h"),
+    );
+}
