@@ -85,6 +85,9 @@ pub fn needs_nodes(plan: &BuildPlan, jobs: &[Job], platforms: &[PlatformStatus])
     !without_job(plan, jobs, platforms).is_empty()
 }
 
+/// The platforms that cannot be placed yet, and when to look again at the latest.
+pub type Unplaced = (Vec<String>, Option<Duration>);
+
 /// Where each of `platforms` builds, or which cannot be placed yet. `waited` is how long
 /// the run has been waiting, for the Fallback grace period.
 pub fn place(
@@ -92,7 +95,7 @@ pub fn place(
     platforms: &[&PlatformPlan],
     nodes: &Nodes,
     waited: Duration,
-) -> Result<Vec<(String, Placement)>, (Vec<String>, Option<Duration>)> {
+) -> Result<Vec<(String, Placement)>, Unplaced> {
     let arch = |p: &PlatformPlan| p.platform.architecture.clone();
     let mut placed = Vec::new();
     let mut waiting = Vec::new();
