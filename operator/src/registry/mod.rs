@@ -1039,6 +1039,256 @@ mod tests {
         assert!(!platform_matches(&v7, &p("arm", None)));
     }
 
+    /// One error of every kind, with the reason and transience each must have.
+    fn every_error() -> Vec<(RegistryError, &'static str, bool)> {
+        let s = || "x".to_string();
+        vec![
+            (
+                RegistryError::InvalidReference {
+                    reference: s(),
+                    message: s(),
+                },
+                "InvalidReference",
+                false,
+            ),
+            (
+                RegistryError::PlatformMismatch {
+                    platform: s(),
+                    actual: s(),
+                    reference: s(),
+                },
+                "PlatformMismatch",
+                false,
+            ),
+            (
+                RegistryError::NestedIndex {
+                    platform: s(),
+                    reference: s(),
+                    media_type: s(),
+                },
+                "NestedIndex",
+                false,
+            ),
+            (
+                RegistryError::ManifestNotFound {
+                    platform: s(),
+                    reference: s(),
+                },
+                "ManifestNotFound",
+                false,
+            ),
+            (
+                RegistryError::Credentials {
+                    registry: s(),
+                    status: s(),
+                },
+                "RegistryCredentials",
+                false,
+            ),
+            (
+                RegistryError::Tls {
+                    registry: s(),
+                    message: s(),
+                },
+                "RegistryTLS",
+                false,
+            ),
+            (
+                RegistryError::PlainHttp { registry: s() },
+                "RegistryPlainHTTP",
+                false,
+            ),
+            (
+                RegistryError::Unreachable {
+                    registry: s(),
+                    attempts: 4,
+                    message: s(),
+                },
+                "RegistryUnreachable",
+                true,
+            ),
+            (
+                RegistryError::Registry {
+                    registry: s(),
+                    message: s(),
+                },
+                "RegistryError",
+                false,
+            ),
+            (
+                RegistryError::NotFound {
+                    registry: s(),
+                    message: s(),
+                },
+                "NotFound",
+                false,
+            ),
+            (
+                RegistryError::Malformed {
+                    what: "manifest",
+                    reference: s(),
+                    message: s(),
+                },
+                "MalformedManifest",
+                false,
+            ),
+            (
+                RegistryError::DigestMismatch {
+                    reference: s(),
+                    local_digest: s(),
+                    registry_digest: s(),
+                },
+                "DigestMismatch",
+                false,
+            ),
+            (
+                RegistryError::ContentDigestMismatch {
+                    what: "manifest",
+                    reference: s(),
+                    actual: s(),
+                },
+                "DigestMismatch",
+                false,
+            ),
+            (
+                RegistryError::ManifestTooLarge {
+                    reference: s(),
+                    limit: 1,
+                    what_limits: "the limit",
+                    detail: s(),
+                },
+                "ManifestTooLarge",
+                false,
+            ),
+            (
+                RegistryError::BlobTooLarge {
+                    reference: s(),
+                    limit: 1,
+                    what_limits: "the limit",
+                    detail: s(),
+                },
+                "BlobTooLarge",
+                false,
+            ),
+            (
+                RegistryError::SizeMismatch {
+                    what: "config blob",
+                    reference: s(),
+                    declared: 1,
+                    actual: 2,
+                },
+                "SizeMismatch",
+                false,
+            ),
+            (
+                RegistryError::UnsupportedDigest {
+                    what: "manifest",
+                    reference: s(),
+                    digest: s(),
+                },
+                "UnsupportedDigest",
+                false,
+            ),
+            (
+                RegistryError::UnsupportedMediaType {
+                    platform: s(),
+                    reference: s(),
+                    what: "manifest",
+                    media_type: s(),
+                },
+                "UnsupportedMediaType",
+                false,
+            ),
+            (
+                RegistryError::DuplicatePlatform {
+                    platform: s(),
+                    first: s(),
+                    second: s(),
+                },
+                "DuplicatePlatform",
+                false,
+            ),
+            (
+                RegistryError::DockerConfig {
+                    path: s(),
+                    message: s(),
+                },
+                "DockerConfig",
+                false,
+            ),
+            (
+                RegistryError::CaFile {
+                    path: s(),
+                    message: s(),
+                },
+                "CAFile",
+                false,
+            ),
+            (RegistryError::NoSources, "NoSources", false),
+        ]
+    }
+
+    #[test]
+    fn only_an_unreachable_registry_is_transient() {
+        for (error, reason, transient) in every_error() {
+            assert_eq!(error.reason(), reason, "{error:?}");
+            assert_eq!(error.is_transient(), transient, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn oci_client_errors_are_classified() {
+        let retried =
+            |e: OciDistributionError| matches!(classify("r", &e), Classified::Retriable(_));
+        let server = |code: u16| OciDistributionError::ServerError {
+            code,
+            url: "u".into(),
+            message: "m".into(),
+        };
+        assert!(retried(server(503)));
+        assert!(retried(server(429)));
+        assert!(!retried(server(400)));
+        assert!(!retried(server(409)));
+        assert!(matches!(
+            classify("r", &server(404)),
+            Classified::Final(RegistryError::NotFound { .. })
+        ));
+        let digest =
+            OciDistributionError::DigestError(oci_client::errors::DigestError::VerificationError {
+                expected: "sha256:a".into(),
+                actual: "sha256:b".into(),
+            });
+        assert!(!retried(digest));
+        assert!(!retried(OciDistributionError::SpecViolationError(
+            "x".into()
+        )));
+    }
+
+    #[test]
+    fn a_platform_given_twice_is_named() {
+        let image = |p: &str, d: &str| PlatformImage {
+            platform: p.parse().unwrap(),
+            digest: d.into(),
+        };
+        assert!(
+            check_unique_platforms(&[image("linux/amd64", "a"), image("linux/arm64", "b")]).is_ok()
+        );
+        assert!(
+            check_unique_platforms(&[image("linux/arm/v7", "a"), image("linux/arm/v6", "b")])
+                .is_ok()
+        );
+        let err = check_unique_platforms(&[image("linux/amd64", "a"), image("linux/amd64", "b")])
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "platform linux/amd64 is given twice (linux/amd64=a and linux/amd64=b); an index has one image per platform"
+        );
+        assert!(
+            check_unique_platforms(&[image("linux/arm64/v8", "a"), image("linux/arm64", "b")])
+                .is_err()
+        );
+    }
+
     #[test]
     fn references_need_host_and_tag() {
         assert!(parse_reference("127.0.0.1:5000/team/app:v1").is_ok());

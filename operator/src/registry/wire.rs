@@ -244,6 +244,7 @@ pub(crate) struct Wire {
     options: RegistryOptions,
     /// The Authorization header that answered each (registry, repository, operation)'s
     /// challenge, so the challenge is met once per assembly rather than once per request.
+    /// Basic credentials are not scoped: they are kept under the repository `*`, for all.
     auth: Mutex<HashMap<(String, String, Operation), HeaderValue>>,
 }
 
@@ -291,7 +292,14 @@ impl Wire {
             reference.repository().to_string(),
             operation,
         );
-        let cached = self.auth.lock().expect("auth cache").get(&key).cloned();
+        let any_repository = (registry.clone(), "*".to_string(), Operation::Pull);
+        let cached = {
+            let cache = self.auth.lock().expect("auth cache");
+            cache
+                .get(&key)
+                .or_else(|| cache.get(&any_repository))
+                .cloned()
+        };
         let request = |header: Option<HeaderValue>| {
             let mut request = build(&self.http).timeout(REQUEST_TIMEOUT);
             if let Some(h) = header {
@@ -319,10 +327,14 @@ impl Wire {
                     .to_string(),
             }));
         };
-        self.auth
-            .lock()
-            .expect("auth cache")
-            .insert(key, header.clone());
+        self.auth.lock().expect("auth cache").insert(
+            if header.as_bytes().starts_with(b"Basic ") {
+                any_repository
+            } else {
+                key
+            },
+            header.clone(),
+        );
         request(Some(header))
             .send()
             .await
