@@ -622,8 +622,9 @@ impl Registry {
             reference: shown.clone(),
             message,
         };
-        let head: ManifestHead =
-            serde_json::from_slice(&manifest.bytes).map_err(|e| malformed(e.to_string()))?;
+        // serde quotes the offending value, which here is the registry's text: keep it short.
+        let head: ManifestHead = serde_json::from_slice(&manifest.bytes)
+            .map_err(|e| malformed(quote(&e.to_string())))?;
         // OCI manifests may leave mediaType out; the Content-Type then says what it is.
         let media_type = head
             .media_type
@@ -634,7 +635,7 @@ impl Registry {
             return Err(RegistryError::NestedIndex {
                 platform,
                 reference: shown,
-                media_type,
+                media_type: quote(&media_type),
             });
         }
         if media_type != OCI_MANIFEST && media_type != DOCKER_MANIFEST {
@@ -676,7 +677,7 @@ impl Registry {
             serde_json::from_slice(&blob.bytes).map_err(|e| RegistryError::Malformed {
                 what: "config",
                 reference: shown.clone(),
-                message: e.to_string(),
+                message: quote(&e.to_string()),
             })?;
         let actual = IndexPlatform {
             architecture: config.architecture,
