@@ -126,6 +126,9 @@ fn git_sync_container(build: &ImageBuild, plan: &BuildPlan, settings: &BuilderSe
         format!("--root={WORKSPACE}"),
         format!("--link={SOURCE_LINK}"),
         "--one-time".to_string(),
+        // The tree that was pinned, nothing more: submodules would fetch from servers no
+        // one validated, and `build --local` builds without them too.
+        "--submodules=off".to_string(),
         format!("--depth={}", git.depth.unwrap_or(1)),
     ];
     let mut env = vec![json!({"name": "HOME", "value": "/tmp"})];

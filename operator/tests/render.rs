@@ -757,3 +757,29 @@ fn a_symlink_anywhere_in_the_checkout_that_leads_out_is_refused() {
         String::from_utf8_lossy(&run.output.stderr)
     );
 }
+
+/// Operator settings Kubernetes would refuse in the pod (or that would never start) are
+/// refused when the operator starts, naming the flag.
+#[test]
+fn operator_settings_the_kubelet_would_refuse_are_refused() {
+    for (flag, value) in [
+        ("--builder-uid", "0"),
+        ("--apparmor-profile", ""),
+        ("--apparmor-profile", "x y"),
+        ("--seccomp-profile", "localhost/../../etc/x"),
+        ("--seccomp-profile", "localhost//abs"),
+        ("--fuse-quantity", "-1"),
+        ("--fuse-quantity", "0"),
+        ("--fuse-resource", "fuse"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_archforge"))
+            .args(["render", &common::sample_path()])
+            .arg(format!("{flag}={value}"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag}={value:?} was accepted");
+        assert!(out.stdout.is_empty());
+        assert!(err.contains(flag), "{flag}={value:?}: {err}");
+    }
+}
