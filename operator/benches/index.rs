@@ -1,17 +1,21 @@
 //! Benchmark: `archforge index create` against buildah's `manifest create`, two
 //! `manifest add` and `manifest push --all`, in one run, against the same local registry and
 //! the same two images. Prints wall time and the HTTP requests the registry served (from its access log)
-//! for each, and the ratios. Run with `make bench-index`.
+//! for each, and the ratios. Then the peak RSS of `archforge index create` (the child's
+//! ru_maxrss, from wait4) against that registry and against a hostile one serving a 600 MiB
+//! config or manifest, which must be refused within 64 MiB. Run with `make bench-index`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::process::Command;
+use std::io::Read;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use archforge::api::MediaType;
 use archforge::plan::Platform;
-use archforge::registry::Registry;
+use archforge::registry::{MAX_CONFIG_BYTES, Registry, sha256_digest};
+use common::registry::hostile::{Body, HostileRegistry, Script, config_prefix, manifest_json};
 use common::registry::{self, Mode, TestRegistry};
 use common::{median, run};
 
@@ -36,6 +40,151 @@ fn main() {
         bench(mode);
     }
     println!("floor: 5 requests (2 manifest GETs, 2 config GETs, 1 index PUT)");
+    println!();
+    rss();
+}
+
+const MIB: u64 = 1 << 20;
+/// The peak RSS `archforge index create` may reach against any registry.
+const RSS_TARGET_MIB: f64 = 64.0;
+
+/// Runs `cmd` to its end and returns (succeeded, peak RSS in MiB, last stderr line).
+// The child is reaped by wait4, which std's wait cannot do: it drops the rusage.
+#[allow(clippy::zombie_processes)]
+fn peak_rss(cmd: &mut Command) -> (bool, f64, String) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = String::new();
+    // Read before reaping: the child must not block on a full pipe.
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid out-parameter; the pid is our own unreaped child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as libc::pid_t, "wait4");
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    let last = stderr.lines().last().unwrap_or_default().to_string();
+    // ru_maxrss is in KiB on Linux.
+    (ok, usage.ru_maxrss as f64 / 1024.0, last)
+}
+
+fn index_create(addr: &str, image: &str, sources: &[String]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_archforge"));
+    cmd.args(["index", "create", "--image", image])
+        .args(["--insecure-registry", addr]);
+    for source in sources {
+        cmd.args(["--source", source]);
+    }
+    cmd
+}
+
+fn rss() {
+    println!("peak RSS of archforge index create (wait4 ru_maxrss), target < {RSS_TARGET_MIB} MiB");
+    println!("{:<52} {:>10} {:>10}", "", "RSS (MiB)", "outcome");
+    let row = |name: &str, (ok, mib, last): (bool, f64, String), want_ok: bool| {
+        println!(
+            "{:<52} {:>10.1} {:>10}",
+            name,
+            mib,
+            if ok { "pushed" } else { "refused" }
+        );
+        if !ok {
+            println!("    {last}");
+        }
+        assert_eq!(ok, want_ok, "{name}: {last}");
+        assert!(mib < RSS_TARGET_MIB, "{name}: peak RSS {mib:.1} MiB");
+    };
+
+    let reg = TestRegistry::start(Mode::Plain);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let registry = Registry::new(reg.options());
+    let mut sources = Vec::new();
+    for p in ["linux/amd64", "linux/arm64"] {
+        let platform: Platform = p.parse().unwrap();
+        let tag = reg.image(&format!("bench/app:rss-{}", platform.slug()));
+        let digest = runtime
+            .block_on(registry.push_synthetic_image(&tag, &platform, MediaType::Oci, "bench"))
+            .unwrap();
+        sources.push(format!("{p}={digest}"));
+    }
+    row(
+        "[docker-registry] 2 platforms",
+        peak_rss(&mut index_create(
+            &reg.addr,
+            &reg.image("bench/app:rss"),
+            &sources,
+        )),
+        true,
+    );
+
+    let config_digest = sha256_digest(b"the config the manifest promises");
+    let honest_manifest = |declared: u64| {
+        let manifest = manifest_json(&config_digest, declared);
+        (sha256_digest(&manifest), Body::Exact(manifest))
+    };
+    let huge = 600 * MIB;
+    let cases = [
+        (
+            "[hostile] 600 MiB config, chunked, declared 4 MiB",
+            honest_manifest(MAX_CONFIG_BYTES),
+            Body::Chunked {
+                prefix: config_prefix(),
+                total: huge,
+            },
+        ),
+        (
+            "[hostile] 600 MiB config, chunked, declared 1500 B",
+            honest_manifest(1500),
+            Body::Chunked {
+                prefix: config_prefix(),
+                total: huge,
+            },
+        ),
+        (
+            "[hostile] 600 MiB config, Content-Length 600 MiB",
+            honest_manifest(MAX_CONFIG_BYTES),
+            Body::Announced {
+                prefix: config_prefix(),
+                total: huge,
+            },
+        ),
+        (
+            "[hostile] 600 MiB manifest, chunked",
+            (
+                sha256_digest(b"no such manifest"),
+                Body::Chunked {
+                    prefix: br#"{"schemaVersion":2,"padding":""#.to_vec(),
+                    total: huge,
+                },
+            ),
+            Body::Status(500),
+        ),
+    ];
+    for (name, (manifest_digest, manifest), config) in cases {
+        let hostile = HostileRegistry::start(Script {
+            manifest,
+            manifest_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            config,
+            push_digest: None,
+        });
+        row(
+            name,
+            peak_rss(&mut index_create(
+                &hostile.addr,
+                &hostile.image("bench/app:v1"),
+                &[format!("linux/amd64={manifest_digest}")],
+            )),
+            false,
+        );
+    }
 }
 
 fn bench(mode: Mode) {

@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 use crate::api::MediaType;
 use crate::manifest;
 use crate::plan::{Platform, plan};
-use crate::registry::{DockerConfig, PlatformImage, Registry, RegistryError, RegistryOptions};
+use crate::registry::{
+    DockerConfig, PlatformImage, Registry, RegistryError, RegistryOptions, check_unique_platforms,
+};
 use crate::render::{auth_file, render_jobs};
 use crate::settings::{BuilderSettings, KubeVersion};
 use crate::validation::ValidSpec;
@@ -361,6 +363,8 @@ pub struct IndexCreateArgs {
 }
 
 async fn index_create(args: &IndexCreateArgs) -> Result<String, RegistryError> {
+    // Before credentials are read or any registry is contacted.
+    check_unique_platforms(&args.sources)?;
     let registry = Registry::new(args.registry.options()?);
     let annotations = args.annotations.iter().cloned().collect();
     let pushed = registry

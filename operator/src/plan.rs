@@ -182,6 +182,13 @@ fn looks_hashed(label: &str) -> bool {
 /// one (an input that does is hashed too), so `foo.bar` (hashed) and a literal
 /// `foo-bar-<that hash>` never meet.
 pub fn dns_label(input: &str, max: usize) -> String {
+    dns_label_hashing(input, max, input)
+}
+
+/// [`dns_label`], with the hash (when one is needed) taken of `hash_of` instead of the
+/// input: an object's UID, which nobody chooses, makes a second preimage of a victim's
+/// hashed name useless, since the attacker's own UID goes into the attacker's hash.
+pub fn dns_label_hashing(input: &str, max: usize, hash_of: &str) -> String {
     let mut clean: String = input
         .to_ascii_lowercase()
         .chars()
@@ -195,7 +202,7 @@ pub fn dns_label(input: &str, max: usize) -> String {
     {
         return clean;
     }
-    let hash = short_hash(input);
+    let hash = short_hash(hash_of);
     clean.truncate(max.saturating_sub(hash.len() + 1));
     let trimmed = clean.trim_matches('-');
     if trimmed.is_empty() {
@@ -205,15 +212,17 @@ pub fn dns_label(input: &str, max: usize) -> String {
     }
 }
 
-/// The prefix of every Job name of one run: `<name>-<generation>[-r<hash of rebuild>]`.
-pub fn run_name(name: &str, generation: i64, rebuild: Option<&str>) -> String {
+/// The prefix of every Job name of one run: `<name>-<generation>[-r<hash of rebuild>]`. A
+/// name that must be shortened or changed is hashed by the ImageBuild's `uid` when known.
+pub fn run_name(name: &str, uid: Option<&str>, generation: i64, rebuild: Option<&str>) -> String {
     let suffix = match rebuild {
         Some(token) => format!("-{generation}-r{}", &short_hash(token)[..6]),
         None => format!("-{generation}"),
     };
     // Leave room for the longest platform slug ("-linux-ppc64le", 14 characters).
     let budget = MAX_NAME - suffix.len() - 14;
-    format!("{}{suffix}", dns_label(name, budget))
+    let hash_of = uid.map_or_else(|| name.to_string(), |uid| format!("uid:{uid}"));
+    format!("{}{suffix}", dns_label_hashing(name, budget, &hash_of))
 }
 
 /// The Job name of one platform of a run; deterministic, so a restart finds it again.
@@ -332,7 +341,8 @@ impl RunId {
     /// The prefix of this run's Job names.
     pub fn name(&self, build: &ImageBuild) -> String {
         let name = build.metadata.name.as_deref().unwrap_or("imagebuild");
-        run_name(name, self.generation, self.rebuild.as_deref())
+        let uid = build.metadata.uid.as_deref();
+        run_name(name, uid, self.generation, self.rebuild.as_deref())
     }
 }
 
@@ -424,7 +434,7 @@ mod tests {
     #[test]
     fn short_names_are_readable() {
         assert_eq!(
-            job_name(&run_name("guestbook", 3, None), &arm64()),
+            job_name(&run_name("guestbook", None, 3, None), &arm64()),
             "guestbook-3-linux-arm64"
         );
         let v7: Platform = "linux/arm/v7".parse().unwrap();
@@ -437,8 +447,8 @@ mod tests {
         let long_a = format!("{}a", "x".repeat(252));
         let long_b = format!("{}b", "x".repeat(252));
         let ppc: Platform = "linux/ppc64le".parse().unwrap();
-        let a = job_name(&run_name(&long_a, i64::MAX, Some("token")), &ppc);
-        let b = job_name(&run_name(&long_b, i64::MAX, Some("token")), &ppc);
+        let a = job_name(&run_name(&long_a, None, i64::MAX, Some("token")), &ppc);
+        let b = job_name(&run_name(&long_b, None, i64::MAX, Some("token")), &ppc);
         assert!(is_dns_label(&a), "{a}");
         assert!(is_dns_label(&b), "{b}");
         assert_ne!(a, b);
@@ -452,11 +462,35 @@ mod tests {
         let literal = dns_label(&dotted, 63);
         assert!(is_dns_label(&literal));
         assert_ne!(literal, dotted);
-        let run = |name: &str| job_name(&run_name(name, 1, None), &arm64());
+        let run = |name: &str| job_name(&run_name(name, None, 1, None), &arm64());
         assert_ne!(run("foo.bar"), run(&dotted));
         // Names that merely end in a number or in fewer hex digits stay readable.
         assert_eq!(dns_label("app-2026", 63), "app-2026");
         assert_eq!(dns_label("app-v2-cafe", 63), "app-v2-cafe");
+    }
+
+    #[test]
+    fn a_hashed_name_is_hashed_by_the_uid_so_a_chosen_name_cannot_take_it() {
+        // Two names whose 32-bit name hashes collide (found by a birthday search in a
+        // fraction of a second): hashing the name alone would give them one Job name.
+        let victim = format!("{}9451", "a".repeat(64));
+        let attacker = format!("{}60956", "a".repeat(64));
+        assert_eq!(
+            run_name(&victim, None, 1, None),
+            run_name(&attacker, None, 1, None)
+        );
+        // With the UIDs (which nobody picks) they differ.
+        assert_ne!(
+            run_name(&victim, Some("3f1c0d2e-uid-of-victim"), 1, None),
+            run_name(&attacker, Some("9a7b6c5d-uid-of-attacker"), 1, None)
+        );
+        let again = run_name(&victim, Some("3f1c0d2e-uid-of-victim"), 1, None);
+        assert_eq!(
+            again,
+            run_name(&victim, Some("3f1c0d2e-uid-of-victim"), 1, None)
+        );
+        // Short, valid names stay as they are, whatever the UID.
+        assert_eq!(run_name("app", Some("uid"), 1, None), "app-1");
     }
 
     #[test]
@@ -499,15 +533,15 @@ mod tests {
 
     #[test]
     fn rebuild_token_changes_the_run_name() {
-        let plain = run_name("app", 2, None);
-        let first = run_name("app", 2, Some("2026-11-23T10:00"));
-        let second = run_name("app", 2, Some("2026-11-23T11:00"));
+        let plain = run_name("app", None, 2, None);
+        let first = run_name("app", None, 2, Some("2026-11-23T10:00"));
+        let second = run_name("app", None, 2, Some("2026-11-23T11:00"));
         assert_eq!(plain, "app-2");
         assert!(first.starts_with("app-2-r"));
         assert_ne!(first, second);
         assert_eq!(
             first,
-            run_name("app", 2, Some("2026-11-23T10:00")),
+            run_name("app", None, 2, Some("2026-11-23T10:00")),
             "deterministic"
         );
     }

@@ -52,8 +52,11 @@ const GIT_SYNC_UID: i64 = 65533;
 ///
 /// The context directory and the Dockerfile are resolved before anything is built: a
 /// symlink committed in the repository (`rootlink -> /`) must not turn the builder's own
-/// filesystem, with the push credentials in it, into the build context. The checkout is
-/// mounted read-only, so what is checked is what buildah reads.
+/// filesystem, with the push credentials in it, into the build context. No other symlink of
+/// the checkout may point outside it either: buildah follows a `RUN --mount=type=bind`
+/// source through links (before 1.38.1, CVE-2024-11218). The checkout is mounted
+/// read-only, so what is checked is what buildah reads; `realpath -m` (GNU coreutils, in
+/// the default builder image) is needed, and without it the check fails closed.
 pub const BUILDER_SCRIPT: &str = r#"set -eu
 cd "$ARCHFORGE_WORKSPACE"
 cd "$(readlink source)"
@@ -70,6 +73,19 @@ for field in contextDir dockerfile; do
        exit 1 ;;
   esac
 done
+escape=$(find . -path ./.git -prune -o -type l -exec sh -c '
+  checkout=$1
+  shift
+  for link do
+    case "$(realpath -m -- "$link")/" in
+      "$checkout"/*) ;;
+      *) printf "%s\n" "$link"; exit 0 ;;
+    esac
+  done' archforge-links "$checkout" {} + | head -n 1)
+if [ -n "$escape" ]; then
+  printf 'archforge: the repository holds a symlink that points outside it (%s); refusing to build, because a RUN --mount or ADD could read through it\n' "$escape" >&2
+  exit 1
+fi
 build_argc=$1
 shift
 refs=
@@ -112,6 +128,9 @@ fn git_sync_container(build: &ImageBuild, plan: &BuildPlan, settings: &BuilderSe
         format!("--root={WORKSPACE}"),
         format!("--link={SOURCE_LINK}"),
         "--one-time".to_string(),
+        // The tree that was pinned, nothing more: submodules would fetch from servers no
+        // one validated, and `build --local` builds without them too.
+        "--submodules=off".to_string(),
         format!("--depth={}", git.depth.unwrap_or(1)),
     ];
     let mut env = vec![json!({"name": "HOME", "value": "/tmp"})];

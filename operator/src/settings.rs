@@ -86,7 +86,15 @@ impl FromStr for SeccompProfile {
             "Unconfined" => Ok(SeccompProfile::Unconfined),
             "RuntimeDefault" => Ok(SeccompProfile::RuntimeDefault),
             _ => match s.strip_prefix("localhost/") {
-                Some(path) if !path.is_empty() => Ok(SeccompProfile::Localhost(path.to_string())),
+                // The kubelet refuses a profile path that is absolute or climbs out of its
+                // seccomp directory.
+                Some(path)
+                    if !path.is_empty()
+                        && !path.starts_with('/')
+                        && !path.split('/').any(|part| part == ".." || part.is_empty()) =>
+                {
+                    Ok(SeccompProfile::Localhost(path.to_string()))
+                }
                 _ => Err(format!(
                     "{s:?} is not a seccomp profile: use Unconfined, RuntimeDefault or localhost/<path>"
                 )),
@@ -130,7 +138,8 @@ pub struct BuilderSettings {
     #[arg(
         long,
         env = "ARCHFORGE_APPARMOR_PROFILE",
-        default_value = "archforge-builder"
+        default_value = "archforge-builder",
+        value_parser = profile_name
     )]
     pub apparmor_profile: String,
 
@@ -138,12 +147,13 @@ pub struct BuilderSettings {
     #[arg(
         long,
         env = "ARCHFORGE_FUSE_RESOURCE",
-        default_value = "github.com/fuse"
+        default_value = "github.com/fuse",
+        value_parser = extended_resource
     )]
     pub fuse_resource: String,
 
     /// How many of the fuse resource each builder requests.
-    #[arg(long, env = "ARCHFORGE_FUSE_QUANTITY", default_value = "1")]
+    #[arg(long, env = "ARCHFORGE_FUSE_QUANTITY", default_value = "1", value_parser = whole_number)]
     pub fuse_quantity: String,
 
     /// Seccomp profile of the builder container: RuntimeDefault, localhost/<path> (for
@@ -179,7 +189,7 @@ pub struct BuilderSettings {
     pub job_ttl: Duration,
 
     /// UID (and GID) the builder runs as; must have subordinate ID ranges in the builder image.
-    #[arg(long, env = "ARCHFORGE_BUILDER_UID", default_value_t = 1000)]
+    #[arg(long, env = "ARCHFORGE_BUILDER_UID", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=2_147_483_647))]
     pub builder_uid: i64,
 }
 
@@ -193,6 +203,43 @@ impl Default for BuilderSettings {
         // Parsing no arguments yields exactly the documented defaults (ignoring the
         // environment would need clap's `env` to be switched off; tests set none).
         <Defaults as clap::Parser>::parse_from(["archforge"]).settings
+    }
+}
+
+/// An AppArmor profile name as the kubelet's `localhost/<name>` takes it.
+fn profile_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && s.as_bytes()[0].is_ascii_alphanumeric();
+    ok.then(|| s.to_string()).ok_or_else(|| {
+        format!("{s:?} is not an AppArmor profile name (letters, digits, '.', '_', '-')")
+    })
+}
+
+/// An extended resource name as a device plugin advertises it: `domain/name`.
+fn extended_resource(s: &str) -> Result<String, String> {
+    let ok = s.split_once('/').is_some_and(|(domain, name)| {
+        !domain.is_empty()
+            && !name.is_empty()
+            && domain.contains('.')
+            && domain
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b))
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    });
+    ok.then(|| s.to_string())
+        .ok_or_else(|| format!("{s:?} is not an extended resource name like github.com/fuse"))
+}
+
+/// A positive whole number, as an extended resource is counted.
+fn whole_number(s: &str) -> Result<String, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n > 0 && s == n.to_string() => Ok(s.to_string()),
+        _ => Err(format!("{s:?} is not a positive whole number")),
     }
 }
 

@@ -161,3 +161,39 @@ fn quantities_are_int_or_string_with_the_quantity_pattern() {
     }
     assert_eq!(resources["claims"]["maxItems"], 0);
 }
+
+/// Every `pattern` in the schema, with the path of the node that carries it.
+fn patterns(schema: &serde_json::Value, path: &str, found: &mut Vec<(String, String)>) {
+    if let Some(pattern) = schema.get("pattern").and_then(|p| p.as_str()) {
+        found.push((path.to_string(), pattern.to_string()));
+    }
+    if let Some(properties) = schema.get("properties").and_then(|p| p.as_object()) {
+        for (name, child) in properties {
+            patterns(child, &format!("{path}.{name}"), found);
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(child) = schema.get(key).filter(|c| c.is_object()) {
+            patterns(child, &format!("{path}[]"), found);
+        }
+    }
+}
+
+#[test]
+fn patterns_and_cel_regexes_avoid_classes_that_differ_between_rust_and_re2() {
+    // The API server runs schema patterns and CEL matches() with Go's RE2, whose \s, \d and
+    // \w are ASCII; archforge's Rust validation and these tests read them as Unicode. So
+    // neither may use them (nor \b or Unicode classes), and both engines agree.
+    let schema = common::crd_schema();
+    let mut found = Vec::new();
+    patterns(&schema, "", &mut found);
+    cel_rules(&schema, "", &mut found);
+    assert!(found.len() >= 20, "{found:?}");
+    for (path, text) in &found {
+        for class in [
+            r"\s", r"\S", r"\d", r"\D", r"\w", r"\W", r"\b", r"\B", r"\p", r"\P",
+        ] {
+            assert!(!text.contains(class), "{path}: {text} uses {class}");
+        }
+    }
+}

@@ -5,14 +5,16 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use archforge::api::MediaType;
 use archforge::plan::Platform;
 use archforge::registry::{
-    DockerConfig, PlatformImage, Registry, RegistryError, RegistryOptions, RetryPolicy,
-    sha256_digest,
+    DockerConfig, MAX_CONFIG_BYTES, PlatformImage, Registry, RegistryError, RegistryOptions,
+    RetryPolicy, parse_reference, sha256_digest,
 };
+use common::registry::hostile::{Body, HostileRegistry, Script, config_prefix, manifest_json};
 use common::registry::{Mode, PASSWORD, TestRegistry};
 use serde_json::Value;
 
@@ -461,5 +463,401 @@ async fn index_create_cli() {
         String::from_utf8_lossy(&out.stderr).contains("PLATFORM=DIGEST"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ---- A hostile or broken registry ----
+
+const MIB: u64 = 1 << 20;
+
+/// Options to reach a hostile registry: plain HTTP, quick retries.
+fn hostile_options(reg: &HostileRegistry) -> RegistryOptions {
+    RegistryOptions {
+        insecure: vec![reg.addr.clone()],
+        retry: RetryPolicy {
+            attempts: 3,
+            first_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(50),
+        },
+        ..Default::default()
+    }
+}
+
+/// Assembles one linux/amd64 image whose manifest is `manifest_digest` from `reg`.
+async fn assemble_from(reg: &HostileRegistry, manifest_digest: &str) -> RegistryError {
+    let images = vec![PlatformImage {
+        platform: platform("linux/amd64"),
+        digest: manifest_digest.to_string(),
+    }];
+    Registry::new(hostile_options(reg))
+        .assemble_index(
+            &reg.image("team/app:v1"),
+            &images,
+            MediaType::Oci,
+            &annotations(),
+        )
+        .await
+        .expect_err("the hostile registry's answer must be refused")
+}
+
+/// A script whose manifest is honest and names a config of `declared` bytes served as `config`.
+fn config_script(declared: u64, config: Body) -> (Script, String, String) {
+    let config_digest = sha256_digest(b"the config the manifest promises");
+    let manifest = manifest_json(&config_digest, declared);
+    let manifest_digest = sha256_digest(&manifest);
+    let script = Script {
+        manifest: Body::Exact(manifest),
+        manifest_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        config,
+        push_digest: None,
+    };
+    (script, manifest_digest, config_digest)
+}
+
+fn assert_permanent(err: &RegistryError, reason: &str) {
+    assert_eq!(err.reason(), reason, "{err}");
+    assert!(!err.is_transient(), "{reason} must not be retried: {err}");
+}
+
+#[tokio::test]
+async fn a_config_far_bigger_than_declared_is_refused_without_reading_it() {
+    // The descriptor says 1500 bytes; the registry streams 600 MiB without announcing a length.
+    let (script, manifest_digest, config_digest) = config_script(
+        1500,
+        Body::Chunked {
+            prefix: config_prefix(),
+            total: 600 * MIB,
+        },
+    );
+    let reg = HostileRegistry::start(script);
+    let err = assemble_from(&reg, &manifest_digest).await;
+    assert!(
+        matches!(err, RegistryError::BlobTooLarge { limit: 1500, .. }),
+        "{err:?}"
+    );
+    assert_permanent(&err, "BlobTooLarge");
+    let text = err.to_string();
+    assert!(text.contains(&config_digest), "{text}");
+    assert!(text.contains("descriptor's size of 1500 bytes"), "{text}");
+    let sent = reg.stats.blob_bytes_sent.load(Ordering::Relaxed);
+    assert!(
+        sent < 8 * MIB,
+        "the client read on after the declared size: the server got {sent} bytes out"
+    );
+    assert_eq!(reg.stats.blob_gets.load(Ordering::Relaxed), 1, "no retry");
+    assert_eq!(reg.stats.pushes.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_config_bigger_than_the_cap_is_refused_at_the_cap() {
+    // The descriptor claims exactly the cap, so only the cap stops the read; the registry
+    // also announces its 600 MiB honestly in Content-Length, which is refused before reading.
+    for (body, detail) in [
+        (
+            Body::Chunked {
+                prefix: config_prefix(),
+                total: 600 * MIB,
+            },
+            "sent more than 4194304 bytes",
+        ),
+        (
+            Body::Announced {
+                prefix: config_prefix(),
+                total: 600 * MIB,
+            },
+            "announces 629145600 bytes",
+        ),
+    ] {
+        let (script, manifest_digest, config_digest) = config_script(MAX_CONFIG_BYTES, body);
+        let reg = HostileRegistry::start(script);
+        let err = assemble_from(&reg, &manifest_digest).await;
+        assert_permanent(&err, "BlobTooLarge");
+        let text = err.to_string();
+        assert!(text.contains(&config_digest), "{text}");
+        assert!(text.contains(detail), "{text}");
+        let sent = reg.stats.blob_bytes_sent.load(Ordering::Relaxed);
+        assert!(sent < 8 * MIB, "the server got {sent} bytes out");
+    }
+}
+
+#[tokio::test]
+async fn a_config_declared_huge_is_refused_before_it_is_fetched() {
+    let (script, manifest_digest, config_digest) = config_script(600 * MIB, Body::Status(500));
+    let reg = HostileRegistry::start(script);
+    let err = assemble_from(&reg, &manifest_digest).await;
+    assert_permanent(&err, "BlobTooLarge");
+    let text = err.to_string();
+    assert!(text.contains(&config_digest), "{text}");
+    assert!(text.contains("declares 629145600 bytes"), "{text}");
+    assert!(text.contains("limit of 4194304 bytes"), "{text}");
+    assert_eq!(reg.stats.blob_gets.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_huge_manifest_is_refused_at_the_cap() {
+    let manifest_digest = sha256_digest(b"a manifest nobody can have");
+    let reg = HostileRegistry::start(Script {
+        manifest: Body::Chunked {
+            prefix: br#"{"schemaVersion":2,"padding":""#.to_vec(),
+            total: 600 * MIB,
+        },
+        manifest_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        config: Body::Status(500),
+        push_digest: None,
+    });
+    let err = assemble_from(&reg, &manifest_digest).await;
+    assert_permanent(&err, "ManifestTooLarge");
+    let text = err.to_string();
+    assert!(text.contains(&manifest_digest), "{text}");
+    assert!(text.contains("limit of 4194304 bytes"), "{text}");
+    let sent = reg.stats.manifest_bytes_sent.load(Ordering::Relaxed);
+    assert!(sent < 8 * MIB, "the server got {sent} bytes out");
+    assert_eq!(reg.stats.manifest_gets.load(Ordering::Relaxed), 1);
+    assert_eq!(reg.stats.pushes.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn bytes_that_do_not_hash_to_the_digest_are_refused_at_once() {
+    // The manifest asked for is not the one served.
+    let (script, _, _) = config_script(10, Body::Status(500));
+    let reg = HostileRegistry::start(script);
+    let asked = sha256_digest(b"the manifest the builder pushed");
+    let err = assemble_from(&reg, &asked).await;
+    assert_permanent(&err, "DigestMismatch");
+    assert!(err.to_string().contains(&asked), "{err}");
+    assert_eq!(
+        reg.stats.manifest_gets.load(Ordering::Relaxed),
+        1,
+        "no retry"
+    );
+
+    // The config served is the declared size but other bytes.
+    let wrong = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let (script, manifest_digest, config_digest) =
+        config_script(wrong.len() as u64, Body::Exact(wrong));
+    let reg = HostileRegistry::start(script);
+    let err = assemble_from(&reg, &manifest_digest).await;
+    assert_permanent(&err, "DigestMismatch");
+    assert!(err.to_string().contains(&config_digest), "{err}");
+    assert_eq!(reg.stats.blob_gets.load(Ordering::Relaxed), 1, "no retry");
+    assert_eq!(reg.stats.pushes.load(Ordering::Relaxed), 0);
+}
+
+/// A script that serves a valid amd64 image.
+fn honest_script() -> (Script, String) {
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let manifest = manifest_json(&sha256_digest(config), config.len() as u64);
+    let digest = sha256_digest(&manifest);
+    (
+        Script {
+            manifest: Body::Exact(manifest),
+            manifest_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            config: Body::Exact(config.to_vec()),
+            push_digest: None,
+        },
+        digest,
+    )
+}
+
+#[tokio::test]
+async fn a_push_answer_naming_another_digest_is_a_permanent_mismatch() {
+    let (mut script, digest) = honest_script();
+    let images = vec![PlatformImage {
+        platform: platform("linux/amd64"),
+        digest,
+    }];
+    // The honest script is accepted, so what fails below is the push answer alone.
+    let reg = HostileRegistry::start(script.clone());
+    let pushed = Registry::new(hostile_options(&reg))
+        .assemble_index(
+            &reg.image("team/app:v1"),
+            &images,
+            MediaType::Oci,
+            &annotations(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reg.stats.pushes.load(Ordering::Relaxed), 1);
+
+    let claimed = sha256_digest(b"something else");
+    script.push_digest = Some(claimed.clone());
+    let reg = HostileRegistry::start(script);
+    let err = assemble_from(&reg, &images[0].digest).await;
+    assert_permanent(&err, "DigestMismatch");
+    let text = err.to_string();
+    assert!(
+        text.contains(&claimed) && text.contains(&pushed.digest),
+        "{text}"
+    );
+    assert_eq!(reg.stats.pushes.load(Ordering::Relaxed), 1, "no retry");
+}
+
+#[tokio::test]
+async fn only_outages_and_overload_are_retried() {
+    for (code, transient) in [(503, true), (429, true), (400, false), (403, false)] {
+        let reg = HostileRegistry::start(Script {
+            manifest: Body::Status(code),
+            manifest_type: "application/json".into(),
+            config: Body::Status(500),
+            push_digest: None,
+        });
+        let err = assemble_from(&reg, &sha256_digest(b"x")).await;
+        let gets = reg.stats.manifest_gets.load(Ordering::Relaxed);
+        assert_eq!(err.is_transient(), transient, "HTTP {code}: {err:?}");
+        if transient {
+            assert!(
+                matches!(err, RegistryError::Unreachable { attempts: 3, .. }),
+                "{err:?}"
+            );
+            assert_eq!(gets, 3, "HTTP {code} is retried up to the policy");
+        } else {
+            assert_eq!(gets, 1, "HTTP {code} is final: {err}");
+        }
+        assert!(err.to_string().contains(&code.to_string()), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_config_in_a_real_registry_is_refused_by_the_cap() {
+    let reg = TestRegistry::start(Mode::Plain);
+    let registry = Registry::new(reg.options());
+    let target = parse_reference(&reg.image("team/app:v1-linux-amd64")).unwrap();
+    // An 8 MiB config that is otherwise a true amd64 config, honestly described.
+    let mut config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"padding":""#.to_vec();
+    config.resize(8 * MIB as usize - 2, b'x');
+    config.extend_from_slice(br#""}"#);
+    let config_digest = sha256_digest(&config);
+    let client = registry.client();
+    client
+        .auth(
+            &target,
+            &oci_client::secrets::RegistryAuth::Anonymous,
+            oci_client::RegistryOperation::Push,
+        )
+        .await
+        .unwrap();
+    client
+        .push_blob(&target, config.clone(), &config_digest)
+        .await
+        .unwrap();
+    let manifest = manifest_json(&config_digest, config.len() as u64);
+    client
+        .push_manifest_raw(
+            &target,
+            manifest.clone(),
+            http::HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
+        )
+        .await
+        .unwrap();
+    let images = vec![PlatformImage {
+        platform: platform("linux/amd64"),
+        digest: sha256_digest(&manifest),
+    }];
+    let index = reg.image("team/app:v1");
+    let err = registry
+        .assemble_index(&index, &images, MediaType::Oci, &annotations())
+        .await
+        .unwrap_err();
+    assert_permanent(&err, "BlobTooLarge");
+    let text = err.to_string();
+    assert!(text.contains(&config_digest), "{text}");
+    assert!(text.contains("declares 8388608 bytes"), "{text}");
+    assert!(text.contains("limit of 4194304 bytes"), "{text}");
+    assert!(!tag_exists(&reg, &index), "nothing is pushed");
+}
+
+#[tokio::test]
+async fn a_plain_http_registry_reached_over_https_is_named_with_the_fix() {
+    let reg = TestRegistry::start(Mode::Plain);
+    let images = push_two(
+        &Registry::new(reg.options()),
+        &reg.image("team/app"),
+        MediaType::Oci,
+    )
+    .await;
+    let options = RegistryOptions {
+        insecure: Vec::new(),
+        ..reg.options()
+    };
+    let err = Registry::new(options)
+        .assemble_index(
+            &reg.image("team/app:v1"),
+            &images,
+            MediaType::Oci,
+            &annotations(),
+        )
+        .await
+        .unwrap_err();
+    assert_permanent(&err, "RegistryPlainHTTP");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!(
+            "registry {} answered in plain HTTP to an HTTPS request",
+            reg.addr
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("--insecure-registry {}", reg.addr)),
+        "{text}"
+    );
+    assert!(text.contains("registry.insecureRegistries"), "{text}");
+    assert!(!text.contains("InvalidContentType"), "{text}");
+}
+
+#[tokio::test]
+async fn the_same_platform_twice_is_refused_before_any_request() {
+    let (script, digest) = honest_script();
+    let reg = HostileRegistry::start(script);
+    let other = sha256_digest(b"another amd64 image");
+    for (first, second) in [
+        ("linux/amd64", "linux/amd64"),
+        ("linux/arm64", "linux/arm64/v8"),
+    ] {
+        let images = vec![
+            PlatformImage {
+                platform: platform(first),
+                digest: digest.clone(),
+            },
+            PlatformImage {
+                platform: platform(second),
+                digest: other.clone(),
+            },
+        ];
+        let err = Registry::new(hostile_options(&reg))
+            .assemble_index(
+                &reg.image("team/app:v1"),
+                &images,
+                MediaType::Oci,
+                &annotations(),
+            )
+            .await
+            .unwrap_err();
+        assert_permanent(&err, "DuplicatePlatform");
+        assert!(
+            err.to_string()
+                .contains(&format!("platform {second} is given twice")),
+            "{err}"
+        );
+    }
+
+    let out = Command::new(env!("CARGO_BIN_EXE_archforge"))
+        .args(["index", "create", "--image", &reg.image("team/app:v1")])
+        .args(["--source", &format!("linux/amd64={digest}")])
+        .args(["--source", &format!("linux/amd64={other}")])
+        .args(["--insecure-registry", &reg.addr])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("platform linux/amd64 is given twice"),
+        "{stderr}"
+    );
+    assert!(
+        reg.requests().is_empty(),
+        "nothing may be fetched or pushed: {:?}",
+        reg.requests()
     );
 }

@@ -528,7 +528,17 @@ fn a_context_or_dockerfile_outside_the_checkout_is_refused_before_building() {
     }
     // A link that stays inside the repository is fine.
     let dir = tempfile::tempdir().unwrap();
-    let run = run_builder(&with_source("inside", "Dockerfile"), dir.path(), links);
+    let inside_only = |checkout: &std::path::Path| {
+        std::fs::create_dir_all(checkout.join("app")).unwrap();
+        std::fs::write(checkout.join("app/Dockerfile"), "FROM scratch\n").unwrap();
+        std::os::unix::fs::symlink("app", checkout.join("inside")).unwrap();
+        std::os::unix::fs::symlink("../app/Dockerfile", checkout.join("app/Again")).unwrap();
+    };
+    let run = run_builder(
+        &with_source("inside", "Dockerfile"),
+        dir.path(),
+        inside_only,
+    );
     assert!(
         run.output.status.success(),
         "{}",
@@ -778,4 +788,73 @@ fn platform_settings_set_each_jobs_retries_and_deadline() {
         (spec(1).backoff_limit, spec(1).active_deadline_seconds),
         (Some(4), Some(7200))
     );
+}
+
+/// Any symlink of the checkout that leads out of it is refused, used or not: buildah reads
+/// a `RUN --mount=type=bind,source=<link>` through it, which would put the push secret (or
+/// any file of the builder) into the image.
+#[test]
+fn a_symlink_anywhere_in_the_checkout_that_leads_out_is_refused() {
+    let job = &render(&common::sample(), "1.24")[0];
+    let with_link = |target: &'static str, at: &'static str| {
+        move |checkout: &std::path::Path| {
+            std::fs::create_dir_all(checkout.join("guestbook-go/deep/er")).unwrap();
+            std::fs::write(checkout.join("guestbook-go/Dockerfile"), "FROM scratch\n").unwrap();
+            std::os::unix::fs::symlink(target, checkout.join(at)).unwrap();
+        }
+    };
+    for (target, at) in [
+        ("/var/run/archforge/push/config.json", "leak"),
+        ("../../../../../../etc/passwd", "guestbook-go/deep/er/up"),
+        ("/nonexistent/dangling", "guestbook-go/dangling"),
+        ("../../../..", "guestbook-go/deep/er/four-up"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let run = run_builder(job, dir.path(), with_link(target, at));
+        let stderr = String::from_utf8_lossy(&run.output.stderr);
+        assert!(!run.output.status.success(), "{at} -> {target} was built");
+        assert!(run.calls.is_empty(), "buildah ran: {:?}", run.calls);
+        assert!(
+            stderr.contains("symlink that points outside it") && stderr.contains(at),
+            "{at} -> {target}: {stderr}"
+        );
+    }
+    // The same kind of link inside the repository is fine.
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_builder(
+        job,
+        dir.path(),
+        with_link("../Dockerfile", "guestbook-go/deep/df"),
+    );
+    assert!(
+        run.output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.output.stderr)
+    );
+}
+
+/// Operator settings Kubernetes would refuse in the pod (or that would never start) are
+/// refused when the operator starts, naming the flag.
+#[test]
+fn operator_settings_the_kubelet_would_refuse_are_refused() {
+    for (flag, value) in [
+        ("--builder-uid", "0"),
+        ("--apparmor-profile", ""),
+        ("--apparmor-profile", "x y"),
+        ("--seccomp-profile", "localhost/../../etc/x"),
+        ("--seccomp-profile", "localhost//abs"),
+        ("--fuse-quantity", "-1"),
+        ("--fuse-quantity", "0"),
+        ("--fuse-resource", "fuse"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_archforge"))
+            .args(["render", &common::sample_path()])
+            .arg(format!("{flag}={value}"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag}={value:?} was accepted");
+        assert!(out.stdout.is_empty());
+        assert!(err.contains(flag), "{flag}={value:?}: {err}");
+    }
 }

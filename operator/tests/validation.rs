@@ -462,6 +462,173 @@ fn git_urls_without_credentials_stay_valid() {
 }
 
 #[test]
+fn git_url_percent_encoded_user_or_host_is_refused() {
+    // git decodes %2d to '-' in an ssh:// URL's user and host before handing them to ssh.
+    for url in [
+        "ssh://%2doProxyCommand=touch@host/repo.git",
+        "ssh://%2D%6FProxyCommand=touch@host/repo.git",
+        "ssh://git%40x@host/repo.git",
+        "ssh://git@%2doProxyCommand=touch/repo.git",
+        "ssh://git@host%2dx:22/repo.git",
+        "%2doProxyCommand=touch@host:repo.git",
+        "git@%2doProxyCommand=touch:repo.git",
+    ] {
+        let text = rejected_text(
+            set_url(url),
+            "spec.source.git.url",
+            "must not contain '%'",
+            Layer::Schema,
+        );
+        assert!(
+            !text.contains("ProxyCommand") && !text.contains("%2"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn git_url_path_cannot_be_an_option() {
+    for url in [
+        "git@host:-oProxyCommand=touch",
+        "git@host:--upload-pack=touch",
+        "ssh://host/-oProxyCommand=touch",
+        "ssh://git@host:22/-oProxyCommand=touch",
+        "ssh://git@[::1]:2222/-x",
+    ] {
+        let text = rejected_text(
+            set_url(url),
+            "spec.source.git.url",
+            "the path of an ssh:// or user@host:path URL must not start with '-'",
+            Layer::Schema,
+        );
+        assert!(!text.contains("ProxyCommand"), "{text}");
+    }
+}
+
+#[test]
+fn git_urls_with_dashes_and_escapes_where_harmless_stay_valid() {
+    for url in [
+        "git@host:repo/-x.git",
+        "git@host:repo-x.git",
+        "ssh://host/repo-x.git",
+        "ssh://host//srv/repo.git",
+        "ssh://git@host/~user/repo.git",
+        "ssh://git@[::1]:2222/srv/repo.git",
+        "ssh://host",
+        "https://host/-repo.git",
+        "https://host/org/caf%C3%A9.git",
+        "git://host/org/a%20b.git",
+    ] {
+        accepted(set_url(url));
+    }
+}
+
+/// `pattern` as Go's RE2 reads it, in Rust regex syntax: RE2's `\s`, `\d` and `\w` are ASCII
+/// only (`\s` is `[\t\n\f\r ]`, without `\v`), where Rust's are Unicode. The API server
+/// checks schema patterns and CEL `matches()` with RE2, the test harness with Rust regex.
+fn re2_reading(pattern: &str) -> String {
+    let mut out = String::new();
+    let mut in_class = false;
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let next = chars.next().expect("no trailing backslash");
+                let set = match next {
+                    's' => Some(r"\t\n\f\r "),
+                    'd' => Some("0-9"),
+                    'w' => Some("0-9A-Za-z_"),
+                    _ => None,
+                };
+                match set {
+                    Some(set) if in_class => out.push_str(set),
+                    Some(set) => out.push_str(&format!("[{set}]")),
+                    None => {
+                        out.push('\\');
+                        out.push(next);
+                    }
+                }
+            }
+            '[' if !in_class => {
+                in_class = true;
+                out.push(c);
+            }
+            ']' if in_class => {
+                in_class = false;
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[test]
+fn git_url_whitespace_control_and_non_ascii_are_refused_as_the_api_server_reads_the_pattern() {
+    let schema = crd_schema();
+    let pattern = schema["properties"]["spec"]["properties"]["source"]["properties"]["git"]
+        ["properties"]["url"]["pattern"]
+        .as_str()
+        .expect("the URL has a pattern");
+    let re2 = regex::Regex::new(&re2_reading(pattern)).unwrap();
+    for c in [
+        '\u{b}', '\u{a0}', '\u{2028}', '\u{85}', '\u{3000}', '\t', ' ', '\u{0}', '\u{1b}',
+        '\u{7f}', 'é',
+    ] {
+        for url in [
+            format!("https://github.com/org/re{c}po.git"),
+            format!("git@github.com:org/re{c}po.git"),
+            format!("ssh://git@host/re{c}po.git"),
+            format!("ssh://gi{c}t@host/repo.git"),
+            format!("git://host/repo.git{c}"),
+        ] {
+            assert!(!re2.is_match(&url), "RE2 would accept {url:?}");
+            let text = rejected_text(
+                set_url(&url),
+                "spec.source.git.url",
+                "printable ASCII",
+                Layer::Schema,
+            );
+            assert!(!text.contains("repo"), "{text}");
+        }
+    }
+}
+
+#[test]
+fn rule_patterns_use_only_classes_rust_and_re2_read_alike() {
+    use archforge::api::*;
+    for (name, pattern) in [
+        ("IMAGE_REF_PATTERN", IMAGE_REF_PATTERN),
+        ("REPOSITORY_PATTERN", REPOSITORY_PATTERN),
+        ("DNS_LABEL_PATTERN", DNS_LABEL_PATTERN),
+        ("GIT_URL_PATTERN", GIT_URL_PATTERN),
+        ("GIT_URL_PASSWORD_PATTERN", GIT_URL_PASSWORD_PATTERN),
+        ("GIT_URL_USERINFO_PATTERN", GIT_URL_USERINFO_PATTERN),
+        ("GIT_URL_QUERY_PATTERN", GIT_URL_QUERY_PATTERN),
+        ("LABEL_KEY_PATTERN", LABEL_KEY_PATTERN),
+        (
+            "LABEL_PREFIX_TOO_LONG_PATTERN",
+            LABEL_PREFIX_TOO_LONG_PATTERN,
+        ),
+        ("LABEL_VALUE_PATTERN", LABEL_VALUE_PATTERN),
+        ("RESOURCE_NAME_PATTERN", RESOURCE_NAME_PATTERN),
+        ("QUANTITY_PATTERN", QUANTITY_PATTERN),
+        ("GIT_REF_PATTERN", GIT_REF_PATTERN),
+        ("RELATIVE_PATH_PATTERN", RELATIVE_PATH_PATTERN),
+        ("BUILD_ARG_NAME_PATTERN", BUILD_ARG_NAME_PATTERN),
+        ("TARGET_PATTERN", TARGET_PATTERN),
+        ("DURATION_PATTERN", DURATION_PATTERN),
+    ] {
+        for class in [
+            r"\s", r"\S", r"\d", r"\D", r"\w", r"\W", r"\b", r"\B", r"\p", r"\P",
+        ] {
+            assert!(!pattern.contains(class), "{name} uses {class}");
+        }
+        assert_eq!(re2_reading(pattern), pattern, "{name}");
+    }
+}
+
+#[test]
 fn node_selector_keys_are_label_keys() {
     let long_prefix = format!("{}.example.com/pool", "a".repeat(250));
     for key in [
@@ -723,6 +890,36 @@ fn resource_quantities_are_quantities() {
             Layer::Schema,
         );
     }
+}
+
+#[test]
+fn resource_quantity_exponents_have_at_most_two_digits() {
+    // apimachinery truncates the exponent to 32 bits: 1e4294967296 would be a 1-byte limit.
+    for quantity in [
+        "1e4294967296",
+        "1e100",
+        "1E-100",
+        "1e+100",
+        "1e007",
+        "5e99999999999",
+    ] {
+        rejected(
+            set_resources(json!({"limits": {"memory": quantity}})),
+            "spec.resources.limits[memory]",
+            "an exponent has at most 2 digits",
+            Layer::Schema,
+        );
+    }
+    rejected(
+        set_resources(json!({"requests": {"memory": "1Gi"}, "limits": {"memory": "1e4294967296"}})),
+        "spec.resources.limits[memory]",
+        "is not a Kubernetes quantity",
+        Layer::Schema,
+    );
+    accepted(set_resources(
+        json!({"requests": {"cpu": "1E-2", "memory": "1e3"}, "limits": {"cpu": "1e+2", "memory": "1e18"}}),
+    ));
+    accepted(set_resources(json!({"limits": {"memory": "5e99"}})));
 }
 
 #[test]

@@ -28,8 +28,13 @@ pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// A git URL git-sync and git accept. A leading `-` could be read as an option, so the
 /// scheme (or `user@host:` for scp-like SSH) is required, and neither the user nor the host
 /// may start with `-` (git hands both to ssh, which would read `-oProxyCommand=...` as an
-/// option). Credentials in the URL are refused by separate rules with their own messages.
-pub const GIT_URL_PATTERN: &str = r"^((https?|ssh|git)://([^-\s/?#@][^\s/?#@]*@)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*)(:[0-9]{0,5})?([/?#][^\s]*)?|[A-Za-z0-9_][A-Za-z0-9._-]*@[A-Za-z0-9][A-Za-z0-9.-]*:[^\s]+)$";
+/// option). For ssh:// and scp-like URLs also no `%` in the user or host (git decodes `%2d`
+/// to `-` before ssh sees it) and no path starting with `-`.
+/// Only printable ASCII (`\x21`-`\x7e`): the classes are spelled out because `\s` means
+/// Unicode whitespace in Rust regex and `[\t\n\f\r ]` in the API server's RE2, so U+000B,
+/// U+00A0 or U+2028 would pass one layer and not the other. Non-ASCII is percent-encoded.
+/// Credentials in the URL are refused by separate rules with their own messages.
+pub const GIT_URL_PATTERN: &str = r"^((https?|git)://([^-\x00-\x20\x7f-\x{10FFFF}/?#@][^\x00-\x20\x7f-\x{10FFFF}/?#@]*@)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*)(:[0-9]{0,5})?([/?#][\x21-\x7e]*)?|ssh://([^-%\x00-\x20\x7f-\x{10FFFF}/?#@][^%\x00-\x20\x7f-\x{10FFFF}/?#@]*@)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*)(:[0-9]{0,5})?([/?#]([\x21-\x2c\x2e-\x7e][\x21-\x7e]*)?)?|[A-Za-z0-9_][A-Za-z0-9._-]*@[A-Za-z0-9][A-Za-z0-9.-]*:[\x21-\x2c\x2e-\x7e][\x21-\x7e]*)$";
 /// An ssh:// URL whose user info carries a password (`ssh://user:pw@host/...`).
 pub const GIT_URL_PASSWORD_PATTERN: &str = r"^ssh://[^/?#@]*:[^/?#@]*@";
 /// An http(s):// or git:// URL with any user info: a token is often passed as the user name.
@@ -57,9 +62,13 @@ pub const LABEL_VALUE_PATTERN: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Z
 pub const RESOURCE_NAME_PATTERN: &str = r"^(cpu|memory|ephemeral-storage|hugepages-[0-9]+([KMGTPE]i|[kMGTPE])?|[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])$";
 /// A non-negative Kubernetes quantity: controller-gen's `resource.Quantity` pattern without
 /// the `-` sign (container resources may not be negative) and with a whole-number exponent
-/// (the API server's parser refuses `1e1.5`, which controller-gen's pattern lets through).
+/// (the API server's parser refuses `1e1.5`, which controller-gen's pattern lets through) of
+/// at most [`MAX_QUANTITY_EXPONENT_DIGITS`] digits: apimachinery truncates the exponent to
+/// 32 bits, so it would read `1e4294967296` as `1`.
 pub const QUANTITY_PATTERN: &str =
-    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?[0-9]+))?$";
+    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?[0-9]{1,2}))?$";
+/// Most digits of a quantity's decimal exponent: `1e99` is already capped at the maximum.
+pub const MAX_QUANTITY_EXPONENT_DIGITS: usize = 2;
 /// Most node selector entries an ImageBuild may add (bounds the CEL cost of the key rule).
 pub const MAX_NODE_SELECTOR_ENTRIES: usize = 32;
 /// Most tolerations an ImageBuild may add.

@@ -9,10 +9,11 @@ use regex::Regex;
 use super::{Problems, compiled, parse_quantity};
 use crate::api::{
     LABEL_KEY_MESSAGE, LABEL_KEY_PATTERN, LABEL_PREFIX_TOO_LONG_PATTERN, LABEL_VALUE_PATTERN,
-    MAX_LABEL_KEY_LENGTH, MAX_NODE_SELECTOR_ENTRIES, MAX_RESOURCE_ENTRIES, MAX_TOLERATIONS,
-    QUANTITY_PATTERN, RESERVED_NODE_SELECTOR_KEYS, RESOURCE_CLAIMS_MESSAGE, RESOURCE_NAME_MESSAGE,
-    RESOURCE_NAME_PATTERN, TOLERATION_EFFECTS, TOLERATION_EMPTY_KEY_MESSAGE,
-    TOLERATION_EXISTS_VALUE_MESSAGE, TOLERATION_OPERATORS, TOLERATION_SECONDS_MESSAGE,
+    MAX_LABEL_KEY_LENGTH, MAX_NODE_SELECTOR_ENTRIES, MAX_QUANTITY_EXPONENT_DIGITS,
+    MAX_RESOURCE_ENTRIES, MAX_TOLERATIONS, QUANTITY_PATTERN, RESERVED_NODE_SELECTOR_KEYS,
+    RESOURCE_CLAIMS_MESSAGE, RESOURCE_NAME_MESSAGE, RESOURCE_NAME_PATTERN, TOLERATION_EFFECTS,
+    TOLERATION_EMPTY_KEY_MESSAGE, TOLERATION_EXISTS_VALUE_MESSAGE, TOLERATION_OPERATORS,
+    TOLERATION_SECONDS_MESSAGE,
 };
 
 static LABEL_KEY: LazyLock<Regex> = LazyLock::new(|| compiled(LABEL_KEY_PATTERN));
@@ -175,7 +176,7 @@ impl Problems {
                 let Some(nanos) = nanos else {
                     self.add(
                         field,
-                        "is not a Kubernetes quantity (like 500m, 2, 512Mi or 4Gi)",
+                        format!("is not a Kubernetes quantity (like 500m, 2, 512Mi, 4Gi or 1e3; an exponent has at most {MAX_QUANTITY_EXPONENT_DIGITS} digits)"),
                     );
                     continue;
                 };

@@ -82,14 +82,35 @@ static GIT_URL_PASSWORD: LazyLock<Regex> = LazyLock::new(|| compiled(GIT_URL_PAS
 static GIT_URL_USERINFO: LazyLock<Regex> = LazyLock::new(|| compiled(GIT_URL_USERINFO_PATTERN));
 static GIT_URL_QUERY: LazyLock<Regex> = LazyLock::new(|| compiled(GIT_URL_QUERY_PATTERN));
 
-/// Whether git would hand `-...` to ssh as the user or host of `url`.
-fn user_or_host_is_an_option(url: &str) -> bool {
-    let authority = match url.split_once("://") {
-        Some((_, rest)) => rest.split(['/', '?', '#']).next().unwrap_or(""),
-        None => url.split(':').next().unwrap_or(""),
+/// Why [`GIT_URL_PATTERN`] refuses `url`, as specifically as the URL allows. Never quotes the
+/// URL: it may hold a secret or an attacker's payload, and this text reaches status and Events.
+fn git_url_problem(url: &str) -> &'static str {
+    let (ssh, authority, path) = match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            (
+                scheme == "ssh",
+                &rest[..end],
+                rest[end..].get(1..).unwrap_or(""),
+            )
+        }
+        None => {
+            let (authority, path) = url.split_once(':').unwrap_or((url, ""));
+            (authority.contains('@'), authority, path)
+        }
     };
     let (user, host) = authority.rsplit_once('@').unwrap_or(("", authority));
-    user.starts_with('-') || host.starts_with('-')
+    if user.starts_with('-') || host.starts_with('-') {
+        "the user and host of a git URL must not start with '-' (git would pass them to ssh as options)"
+    } else if !url.bytes().all(|b| b.is_ascii_graphic()) {
+        "must contain only printable ASCII: no spaces, control characters or non-ASCII characters (percent-encode them in the path)"
+    } else if ssh && authority.contains('%') {
+        "the user and host of an ssh:// or user@host:path URL must not contain '%' (git decodes percent-escapes before passing them to ssh, so an escaped '-' would become an option)"
+    } else if ssh && path.starts_with('-') {
+        "the path of an ssh:// or user@host:path URL must not start with '-' (it could be read as an option)"
+    } else {
+        "is not a git URL (https://, http://, ssh://, git:// or user@host:path)"
+    }
 }
 
 /// Parses a timeout in the `1h30m` form the schema allows.
@@ -142,17 +163,7 @@ impl Problems {
             }
         }
         if !GIT_URL.is_match(url) {
-            if user_or_host_is_an_option(url) {
-                self.add(
-                    field,
-                    "the user and host of a git URL must not start with '-' (git would pass them to ssh as options)",
-                );
-            } else {
-                self.add(
-                    field,
-                    "is not a git URL (https://, http://, ssh://, git:// or user@host:path)",
-                );
-            }
+            self.add(field, git_url_problem(url));
         }
     }
 

@@ -1,13 +1,16 @@
 //! Kubernetes quantities (`500m`, `1.5Gi`, `1e3`), parsed as the API server does, so that
 //! requests can be compared with limits before a Job exists.
 
+use crate::api::MAX_QUANTITY_EXPONENT_DIGITS;
+
 /// The largest quantity Kubernetes represents, in nano-units: `2^63-1` units. Larger values
 /// are capped by the API server, so they compare equal here too.
 pub(super) const MAX_NANOS: i128 = i64::MAX as i128 * 1_000_000_000;
 
 /// Parses a Kubernetes quantity (`500m`, `2`, `1.5Gi`, `1e3`) into nano-units, rounding up
 /// sub-nano fractions and capping at `2^63-1` units as the API server does. `None` when the
-/// text is not a quantity.
+/// text is not a quantity, or its exponent has more than
+/// [`MAX_QUANTITY_EXPONENT_DIGITS`] digits (which the API server would misread).
 pub fn parse_quantity(text: &str) -> Option<i128> {
     let (negative, rest) = match text.as_bytes().first()? {
         b'-' => (true, &text[1..]),
@@ -40,10 +43,15 @@ pub fn parse_quantity(text: &str) -> Option<i128> {
         "Pi" => (0, 50),
         "Ei" => (0, 60),
         _ => {
-            // Go's ParseInt decides what an exponent is: optional sign, decimal digits.
+            // Go's ParseInt decides what an exponent is: optional sign, decimal digits. The
+            // API server then truncates it to 32 bits (1e4294967296 is 1), so a long exponent
+            // is refused rather than capped as its true value would be.
             let exponent = suffix.strip_prefix(['e', 'E'])?;
             let digits = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            if digits.is_empty()
+                || digits.len() > MAX_QUANTITY_EXPONENT_DIGITS
+                || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
                 return None;
             }
             (exponent.parse().ok()?, 0)

@@ -12,6 +12,8 @@ use archforge::registry::{DockerConfig, RegistryOptions, RetryPolicy};
 
 use super::run;
 
+pub mod hostile;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// Plain HTTP, anonymous.

@@ -3,6 +3,12 @@
 //! Shared by the controller, the local executor and `archforge index create`. Each input is
 //! checked against the image it names (its config's os/architecture/variant must be the
 //! requested platform) before anything is pushed, and the index is pushed exactly once.
+//!
+//! A registry is untrusted input: every read is bounded (see `wire`), every byte read is
+//! checked against the digest asked for, and an answer that cannot change by waiting
+//! (a digest mismatch, an oversized blob, a 4xx) is a permanent error, not a retry.
+
+mod wire;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -18,6 +24,9 @@ use sha2::{Digest, Sha256};
 
 use crate::api::MediaType;
 use crate::plan::Platform;
+
+use wire::{Kind, Wire, quote};
+pub use wire::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES};
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -66,6 +75,11 @@ pub enum RegistryError {
     )]
     Tls { registry: String, message: String },
 
+    #[error(
+        "registry {registry} answered in plain HTTP to an HTTPS request; if it really serves plain HTTP, add it with --insecure-registry {registry} (Helm value registry.insecureRegistries)"
+    )]
+    PlainHttp { registry: String },
+
     #[error("registry {registry} unreachable after {attempts} attempts: {message}")]
     Unreachable {
         registry: String,
@@ -73,7 +87,7 @@ pub enum RegistryError {
         message: String,
     },
 
-    #[error("registry {registry} answered with an error: {message}")]
+    #[error("registry {registry} refused the request: {message}")]
     Registry { registry: String, message: String },
 
     #[error("registry {registry} does not have it: {message}")]
@@ -93,6 +107,73 @@ pub enum RegistryError {
         reference: String,
         local_digest: String,
         registry_digest: String,
+    },
+
+    #[error(
+        "the {what} {reference} read from the registry hashes to {actual}: the registry served other bytes than the digest names; refusing them"
+    )]
+    ContentDigestMismatch {
+        what: &'static str,
+        reference: String,
+        actual: String,
+    },
+
+    #[error(
+        "the manifest {reference} is over {what_limits} of {limit} bytes ({detail}); refusing to read it (manifests are capped at {MAX_MANIFEST_BYTES} bytes, 4 MiB)"
+    )]
+    ManifestTooLarge {
+        reference: String,
+        limit: u64,
+        what_limits: &'static str,
+        detail: String,
+    },
+
+    #[error(
+        "the config blob {reference} is over {what_limits} of {limit} bytes ({detail}); refusing to read it (image configs are capped at {MAX_CONFIG_BYTES} bytes, 4 MiB)"
+    )]
+    BlobTooLarge {
+        reference: String,
+        limit: u64,
+        what_limits: &'static str,
+        detail: String,
+    },
+
+    #[error(
+        "the {what} {reference} is {actual} bytes, but its descriptor declares {declared}; refusing it"
+    )]
+    SizeMismatch {
+        what: &'static str,
+        reference: String,
+        declared: u64,
+        actual: u64,
+    },
+
+    #[error(
+        "the {what} digest {digest:?} in {reference} is not a sha256:<64 lowercase hex> digest; archforge verifies only sha256"
+    )]
+    UnsupportedDigest {
+        what: &'static str,
+        reference: String,
+        digest: String,
+    },
+
+    #[error(
+        "the {platform} image {reference} has {what} media type {media_type:?}; an index entry must be an OCI image manifest or a Docker v2 manifest with an image config"
+    )]
+    UnsupportedMediaType {
+        platform: String,
+        reference: String,
+        what: &'static str,
+        media_type: String,
+    },
+
+    #[error(
+        "platform {platform} is given twice ({first} and {second}); an index has one image per platform"
+    )]
+    DuplicatePlatform {
+        platform: String,
+        first: String,
+        second: String,
     },
 
     #[error("docker config {path}: {message}")]
@@ -115,11 +196,19 @@ impl RegistryError {
             RegistryError::ManifestNotFound { .. } => "ManifestNotFound",
             RegistryError::Credentials { .. } => "RegistryCredentials",
             RegistryError::Tls { .. } => "RegistryTLS",
+            RegistryError::PlainHttp { .. } => "RegistryPlainHTTP",
             RegistryError::Unreachable { .. } => "RegistryUnreachable",
             RegistryError::Registry { .. } => "RegistryError",
             RegistryError::NotFound { .. } => "NotFound",
             RegistryError::Malformed { .. } => "MalformedManifest",
             RegistryError::DigestMismatch { .. } => "DigestMismatch",
+            RegistryError::ContentDigestMismatch { .. } => "DigestMismatch",
+            RegistryError::ManifestTooLarge { .. } => "ManifestTooLarge",
+            RegistryError::BlobTooLarge { .. } => "BlobTooLarge",
+            RegistryError::SizeMismatch { .. } => "SizeMismatch",
+            RegistryError::UnsupportedDigest { .. } => "UnsupportedDigest",
+            RegistryError::UnsupportedMediaType { .. } => "UnsupportedMediaType",
+            RegistryError::DuplicatePlatform { .. } => "DuplicatePlatform",
             RegistryError::DockerConfig { .. } => "DockerConfig",
             RegistryError::CaFile { .. } => "CAFile",
             RegistryError::NoSources => "NoSources",
@@ -127,11 +216,11 @@ impl RegistryError {
     }
 
     /// Whether trying again later could succeed (the controller backs off and retries).
+    /// Only a registry that could not be reached, timed out, or answered 5xx / 429 through
+    /// every retry is: any other answer (a digest mismatch, an oversized blob, a 4xx, bad
+    /// credentials) is the same the next time, so the run fails with `reason()`.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            RegistryError::Unreachable { .. } | RegistryError::Registry { .. }
-        )
+        matches!(self, RegistryError::Unreachable { .. })
     }
 }
 
@@ -274,11 +363,38 @@ impl RegistryOptions {
     }
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The digest (`sha256:<hex>`) of exactly these bytes.
 pub fn sha256_digest(bytes: &[u8]) -> String {
-    let hash = Sha256::digest(bytes);
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", hex(&Sha256::digest(bytes)))
+}
+
+/// The platform an image is for, as a key: `linux/arm64/v8` and `linux/arm64` are one
+/// (v8 is the only arm64 variant), so both in one index would be the same platform twice.
+fn platform_key(platform: &Platform) -> (String, String, Option<String>) {
+    let variant = platform
+        .variant
+        .clone()
+        .filter(|v| !(platform.architecture == "arm64" && v == "v8"));
+    (platform.os.clone(), platform.architecture.clone(), variant)
+}
+
+/// Refuses a list that names one platform twice, before anything is fetched or pushed.
+pub fn check_unique_platforms(images: &[PlatformImage]) -> RegistryResult<()> {
+    let mut seen: BTreeMap<_, &PlatformImage> = BTreeMap::new();
+    for image in images {
+        if let Some(first) = seen.insert(platform_key(&image.platform), image) {
+            return Err(RegistryError::DuplicatePlatform {
+                platform: image.platform.to_string(),
+                first: format!("{}={}", first.platform, first.digest),
+                second: format!("{}={}", image.platform, image.digest),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// One platform's image, already pushed to the target repository.
@@ -353,7 +469,11 @@ struct ManifestHead {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Descriptor {
+    #[serde(default)]
+    media_type: Option<String>,
     digest: String,
+    #[serde(default)]
+    size: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -390,6 +510,7 @@ fn describe(platform: &IndexPlatform) -> String {
 /// A registry client with credentials, trust settings and retries.
 pub struct Registry {
     client: Client,
+    wire: Wire,
     options: RegistryOptions,
 }
 
@@ -418,10 +539,13 @@ impl Registry {
         };
         Registry {
             client: Client::new(config),
+            wire: Wire::new(&options),
             options,
         }
     }
 
+    /// The oci-client underneath, for callers outside index assembly (tests, e2e). Its reads
+    /// are not bounded; assembly does not use it for reading.
     pub fn client(&self) -> &Client {
         &self.client
     }
@@ -432,11 +556,24 @@ impl Registry {
             .auth_for(reference.resolve_registry())
     }
 
-    /// Runs `op`, retrying connection failures and 5xx answers with exponential backoff.
+    /// Runs `op`, retrying connection failures, 5xx and 429 answers with exponential backoff.
     pub async fn with_retries<T, F, Fut>(&self, registry: &str, mut op: F) -> RegistryResult<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, OciDistributionError>>,
+    {
+        self.retrying(registry, || {
+            let attempt = op();
+            async move { attempt.await.map_err(|e| classify(registry, &e)) }
+        })
+        .await
+    }
+
+    /// `with_retries` for operations that classify their own failures.
+    async fn retrying<T, F, Fut>(&self, registry: &str, mut op: F) -> RegistryResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Classified>>,
     {
         let policy = self.options.retry;
         let mut delay = policy.first_delay;
@@ -444,8 +581,7 @@ impl Registry {
         loop {
             match op().await {
                 Ok(value) => return Ok(value),
-                Err(e) => {
-                    let classified = classify(registry, &e);
+                Err(classified) => {
                     let retriable = matches!(classified, Classified::Retriable(_));
                     if !retriable || attempt >= policy.attempts {
                         return Err(match classified {
@@ -457,7 +593,9 @@ impl Registry {
                             Classified::Final(error) => error,
                         });
                     }
-                    tracing::debug!(registry, attempt, error = %e, "registry request failed; retrying");
+                    if let Classified::Retriable(message) = &classified {
+                        tracing::debug!(registry, attempt, error = %message, "registry request failed; retrying");
+                    }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(policy.max_delay);
                     attempt += 1;
@@ -469,69 +607,77 @@ impl Registry {
     /// Fetches one platform's manifest and config, checks them, and returns its index entry.
     async fn inspect(&self, repo: &Reference, image: &PlatformImage) -> RegistryResult<IndexEntry> {
         let platform = image.platform.to_string();
-        let reference = Reference::with_digest(
-            repo.registry().to_string(),
-            repo.repository().to_string(),
-            image.digest.clone(),
-        );
-        let shown = reference.whole();
-        let auth = self.auth_for(&reference)?;
+        let registry = repo.resolve_registry();
+        let shown = format!("{registry}/{}@{}", repo.repository(), image.digest);
         let accepted = [OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST];
-        let (bytes, _) = self
-            .with_retries(repo.registry(), || {
-                self.client.pull_manifest_raw(&reference, &auth, &accepted)
+        let manifest = self
+            .retrying(registry, || {
+                self.wire
+                    .fetch(repo, Kind::Manifest, &image.digest, None, &accepted)
             })
             .await
             .map_err(|e| not_found_as(e, &platform, &shown))?;
-        let actual_digest = sha256_digest(&bytes);
-        if actual_digest != image.digest {
-            return Err(RegistryError::DigestMismatch {
-                reference: shown,
-                local_digest: image.digest.clone(),
-                registry_digest: actual_digest,
-            });
-        }
         let malformed = |message: String| RegistryError::Malformed {
             what: "manifest",
             reference: shown.clone(),
             message,
         };
-        let head: ManifestHead =
-            serde_json::from_slice(&bytes).map_err(|e| malformed(e.to_string()))?;
-        let media_type = head.media_type.unwrap_or_else(|| OCI_MANIFEST.to_string());
+        // serde quotes the offending value, which here is the registry's text: keep it short.
+        let head: ManifestHead = serde_json::from_slice(&manifest.bytes)
+            .map_err(|e| malformed(quote(&e.to_string())))?;
+        // OCI manifests may leave mediaType out; the Content-Type then says what it is.
+        let media_type = head
+            .media_type
+            .or(manifest.content_type)
+            .filter(|t| !t.is_empty() && t != "application/json")
+            .unwrap_or_else(|| OCI_MANIFEST.to_string());
         if head.manifests.is_some() || media_type == OCI_INDEX || media_type == DOCKER_LIST {
             return Err(RegistryError::NestedIndex {
                 platform,
                 reference: shown,
-                media_type,
+                media_type: quote(&media_type),
+            });
+        }
+        if media_type != OCI_MANIFEST && media_type != DOCKER_MANIFEST {
+            return Err(RegistryError::UnsupportedMediaType {
+                platform,
+                reference: shown,
+                what: "manifest",
+                media_type: quote(&media_type),
             });
         }
         let config = head
             .config
             .ok_or_else(|| malformed("no config descriptor".to_string()))?;
-
+        if let Some(config_type) = &config.media_type
+            && config_type != OCI_CONFIG
+            && config_type != DOCKER_CONFIG
+        {
+            return Err(RegistryError::UnsupportedMediaType {
+                platform,
+                reference: shown,
+                what: "config",
+                media_type: quote(config_type),
+            });
+        }
+        // The size is required by the image spec; without one, only the cap bounds the read.
         let blob = self
-            .with_retries(repo.registry(), || async {
-                let mut blob = Vec::new();
-                self.client
-                    .pull_blob(&reference, config.digest.as_str(), &mut blob)
-                    .await
-                    .map(|()| blob)
+            .retrying(registry, || {
+                self.wire.fetch(
+                    repo,
+                    Kind::Config,
+                    &config.digest,
+                    config.size,
+                    &[OCI_CONFIG, DOCKER_CONFIG],
+                )
             })
             .await
             .map_err(|e| not_found_as(e, &platform, &shown))?;
-        if sha256_digest(&blob) != config.digest {
-            return Err(RegistryError::Malformed {
-                what: "config",
-                reference: shown,
-                message: format!("its bytes do not hash to {}", config.digest),
-            });
-        }
         let config: ImageConfig =
-            serde_json::from_slice(&blob).map_err(|e| RegistryError::Malformed {
+            serde_json::from_slice(&blob.bytes).map_err(|e| RegistryError::Malformed {
                 what: "config",
                 reference: shown.clone(),
-                message: e.to_string(),
+                message: quote(&e.to_string()),
             })?;
         let actual = IndexPlatform {
             architecture: config.architecture,
@@ -541,14 +687,14 @@ impl Registry {
         if !platform_matches(&image.platform, &actual) {
             return Err(RegistryError::PlatformMismatch {
                 platform,
-                actual: describe(&actual),
+                actual: quote(&describe(&actual)),
                 reference: shown,
             });
         }
         Ok(IndexEntry {
             media_type,
             digest: image.digest.clone(),
-            size: bytes.len() as u64,
+            size: manifest.bytes.len() as u64,
             platform: actual,
         })
     }
@@ -567,6 +713,7 @@ impl Registry {
         if images.is_empty() {
             return Err(RegistryError::NoSources);
         }
+        check_unique_platforms(images)?;
         let repo = parse_reference(target)?;
         let mut manifests = Vec::with_capacity(images.len());
         for entry in futures::future::join_all(images.iter().map(|i| self.inspect(&repo, i))).await
@@ -586,34 +733,24 @@ impl Registry {
         };
         let bytes = serde_json::to_vec(&index).expect("an index serializes");
         let digest = sha256_digest(&bytes);
-        let auth = self.auth_for(&repo)?;
-        // Pushing needs a token with push scope; the pulls above only asked for pull.
-        self.with_retries(repo.registry(), || {
-            self.client
-                .auth(&repo, &auth, oci_client::RegistryOperation::Push)
-        })
-        .await?;
-        let location = self
-            .with_retries(repo.registry(), || {
-                self.client.push_manifest_raw(
-                    &repo,
-                    bytes.clone(),
-                    http::HeaderValue::from_static(index_type),
-                )
+        let answer = self
+            .retrying(repo.resolve_registry(), || {
+                self.wire.put_manifest(&repo, &bytes, index_type)
             })
             .await?;
-        // The registry's Location names the digest it computed; it must be ours.
-        if let Some(registry_digest) = location
-            .rsplit('/')
-            .next()
-            .filter(|d| d.starts_with("sha256:"))
-            && registry_digest != digest
+        // The registry names the digest it computed (Location, Docker-Content-Digest); a
+        // different one means it stored other bytes than were sent.
+        for registry_digest in [answer.location_digest, answer.header_digest]
+            .into_iter()
+            .flatten()
         {
-            return Err(RegistryError::DigestMismatch {
-                reference: target.to_string(),
-                local_digest: digest,
-                registry_digest: registry_digest.to_string(),
-            });
+            if registry_digest != digest {
+                return Err(RegistryError::DigestMismatch {
+                    reference: target.to_string(),
+                    local_digest: digest,
+                    registry_digest,
+                });
+            }
         }
         Ok(PushedIndex {
             reference: target.to_string(),
@@ -726,7 +863,8 @@ pub fn parse_reference(text: &str) -> RegistryResult<Reference> {
     Ok(reference)
 }
 
-enum Classified {
+/// One failed attempt: worth another (`Retriable`, with what went wrong) or not.
+pub(crate) enum Classified {
     Retriable(String),
     Final(RegistryError),
 }
@@ -772,17 +910,19 @@ fn classify(registry: &str, e: &OciDistributionError) -> Classified {
                 registry,
                 message: message.clone(),
             }),
-            500.. => Classified::Retriable(format!("HTTP {code}: {message}")),
+            408 | 429 | 500.. => Classified::Retriable(format!("HTTP {code}: {}", quote(message))),
             _ => Classified::Final(RegistryError::Registry {
                 registry,
-                message: format!("HTTP {code}: {message}"),
+                message: format!("HTTP {code}: {}", quote(message)),
             }),
         },
         OciDistributionError::RegistryError { envelope, .. } => {
             use oci_client::errors::OciErrorCode as Code;
             let text = envelope.to_string();
             let has = |wanted: &[Code]| envelope.errors.iter().any(|e| wanted.contains(&e.code));
-            if has(&[Code::ManifestUnknown, Code::BlobUnknown, Code::NameUnknown]) {
+            if has(&[Code::Toomanyrequests]) {
+                Classified::Retriable(quote(&text))
+            } else if has(&[Code::ManifestUnknown, Code::BlobUnknown, Code::NameUnknown]) {
                 Classified::Final(RegistryError::NotFound {
                     registry,
                     message: text,
@@ -799,30 +939,41 @@ fn classify(registry: &str, e: &OciDistributionError) -> Classified {
                 })
             }
         }
-        OciDistributionError::RequestError(inner) => {
-            let chain = error_chain(inner);
-            let lowered = chain.to_lowercase();
-            if lowered.contains("certificate")
-                || lowered.contains("tls")
-                || lowered.contains("handshake")
-            {
-                Classified::Final(RegistryError::Tls {
-                    registry,
-                    message: chain,
-                })
-            } else if inner.is_connect() || inner.is_timeout() || inner.is_request() {
-                Classified::Retriable(chain)
-            } else {
-                Classified::Final(RegistryError::Registry {
-                    registry,
-                    message: chain,
-                })
-            }
-        }
+        OciDistributionError::RequestError(inner) => classify_reqwest(&registry, inner),
+        OciDistributionError::DigestError(_) => Classified::Final(RegistryError::Registry {
+            registry,
+            message: format!("digest mismatch: {}", quote(&error_chain(e))),
+        }),
         other => Classified::Final(RegistryError::Registry {
             registry,
-            message: error_chain(other),
+            message: quote(&error_chain(other)),
         }),
+    }
+}
+
+/// What a failed HTTP exchange means: TLS and protocol trouble is final, only a connection
+/// that failed, broke or timed out is worth another attempt.
+fn classify_reqwest(registry: &str, e: &reqwest::Error) -> Classified {
+    let registry = registry.to_string();
+    let chain = error_chain(e);
+    // rustls reads the first bytes of a plain-HTTP answer ("HTTP/1.1 400 …") as a TLS record
+    // of an unknown type and says only "received corrupt message of type InvalidContentType".
+    if chain.contains("InvalidContentType") {
+        return Classified::Final(RegistryError::PlainHttp { registry });
+    }
+    let lowered = chain.to_lowercase();
+    if lowered.contains("certificate") || lowered.contains("tls") || lowered.contains("handshake") {
+        Classified::Final(RegistryError::Tls {
+            registry,
+            message: chain,
+        })
+    } else if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() {
+        Classified::Retriable(chain)
+    } else {
+        Classified::Final(RegistryError::Registry {
+            registry,
+            message: quote(&chain),
+        })
     }
 }
 
@@ -887,6 +1038,256 @@ mod tests {
         assert!(platform_matches(&v7, &p("arm", Some("v7"))));
         assert!(!platform_matches(&v7, &p("arm", Some("v6"))));
         assert!(!platform_matches(&v7, &p("arm", None)));
+    }
+
+    /// One error of every kind, with the reason and transience each must have.
+    fn every_error() -> Vec<(RegistryError, &'static str, bool)> {
+        let s = || "x".to_string();
+        vec![
+            (
+                RegistryError::InvalidReference {
+                    reference: s(),
+                    message: s(),
+                },
+                "InvalidReference",
+                false,
+            ),
+            (
+                RegistryError::PlatformMismatch {
+                    platform: s(),
+                    actual: s(),
+                    reference: s(),
+                },
+                "PlatformMismatch",
+                false,
+            ),
+            (
+                RegistryError::NestedIndex {
+                    platform: s(),
+                    reference: s(),
+                    media_type: s(),
+                },
+                "NestedIndex",
+                false,
+            ),
+            (
+                RegistryError::ManifestNotFound {
+                    platform: s(),
+                    reference: s(),
+                },
+                "ManifestNotFound",
+                false,
+            ),
+            (
+                RegistryError::Credentials {
+                    registry: s(),
+                    status: s(),
+                },
+                "RegistryCredentials",
+                false,
+            ),
+            (
+                RegistryError::Tls {
+                    registry: s(),
+                    message: s(),
+                },
+                "RegistryTLS",
+                false,
+            ),
+            (
+                RegistryError::PlainHttp { registry: s() },
+                "RegistryPlainHTTP",
+                false,
+            ),
+            (
+                RegistryError::Unreachable {
+                    registry: s(),
+                    attempts: 4,
+                    message: s(),
+                },
+                "RegistryUnreachable",
+                true,
+            ),
+            (
+                RegistryError::Registry {
+                    registry: s(),
+                    message: s(),
+                },
+                "RegistryError",
+                false,
+            ),
+            (
+                RegistryError::NotFound {
+                    registry: s(),
+                    message: s(),
+                },
+                "NotFound",
+                false,
+            ),
+            (
+                RegistryError::Malformed {
+                    what: "manifest",
+                    reference: s(),
+                    message: s(),
+                },
+                "MalformedManifest",
+                false,
+            ),
+            (
+                RegistryError::DigestMismatch {
+                    reference: s(),
+                    local_digest: s(),
+                    registry_digest: s(),
+                },
+                "DigestMismatch",
+                false,
+            ),
+            (
+                RegistryError::ContentDigestMismatch {
+                    what: "manifest",
+                    reference: s(),
+                    actual: s(),
+                },
+                "DigestMismatch",
+                false,
+            ),
+            (
+                RegistryError::ManifestTooLarge {
+                    reference: s(),
+                    limit: 1,
+                    what_limits: "the limit",
+                    detail: s(),
+                },
+                "ManifestTooLarge",
+                false,
+            ),
+            (
+                RegistryError::BlobTooLarge {
+                    reference: s(),
+                    limit: 1,
+                    what_limits: "the limit",
+                    detail: s(),
+                },
+                "BlobTooLarge",
+                false,
+            ),
+            (
+                RegistryError::SizeMismatch {
+                    what: "config blob",
+                    reference: s(),
+                    declared: 1,
+                    actual: 2,
+                },
+                "SizeMismatch",
+                false,
+            ),
+            (
+                RegistryError::UnsupportedDigest {
+                    what: "manifest",
+                    reference: s(),
+                    digest: s(),
+                },
+                "UnsupportedDigest",
+                false,
+            ),
+            (
+                RegistryError::UnsupportedMediaType {
+                    platform: s(),
+                    reference: s(),
+                    what: "manifest",
+                    media_type: s(),
+                },
+                "UnsupportedMediaType",
+                false,
+            ),
+            (
+                RegistryError::DuplicatePlatform {
+                    platform: s(),
+                    first: s(),
+                    second: s(),
+                },
+                "DuplicatePlatform",
+                false,
+            ),
+            (
+                RegistryError::DockerConfig {
+                    path: s(),
+                    message: s(),
+                },
+                "DockerConfig",
+                false,
+            ),
+            (
+                RegistryError::CaFile {
+                    path: s(),
+                    message: s(),
+                },
+                "CAFile",
+                false,
+            ),
+            (RegistryError::NoSources, "NoSources", false),
+        ]
+    }
+
+    #[test]
+    fn only_an_unreachable_registry_is_transient() {
+        for (error, reason, transient) in every_error() {
+            assert_eq!(error.reason(), reason, "{error:?}");
+            assert_eq!(error.is_transient(), transient, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn oci_client_errors_are_classified() {
+        let retried =
+            |e: OciDistributionError| matches!(classify("r", &e), Classified::Retriable(_));
+        let server = |code: u16| OciDistributionError::ServerError {
+            code,
+            url: "u".into(),
+            message: "m".into(),
+        };
+        assert!(retried(server(503)));
+        assert!(retried(server(429)));
+        assert!(!retried(server(400)));
+        assert!(!retried(server(409)));
+        assert!(matches!(
+            classify("r", &server(404)),
+            Classified::Final(RegistryError::NotFound { .. })
+        ));
+        let digest =
+            OciDistributionError::DigestError(oci_client::errors::DigestError::VerificationError {
+                expected: "sha256:a".into(),
+                actual: "sha256:b".into(),
+            });
+        assert!(!retried(digest));
+        assert!(!retried(OciDistributionError::SpecViolationError(
+            "x".into()
+        )));
+    }
+
+    #[test]
+    fn a_platform_given_twice_is_named() {
+        let image = |p: &str, d: &str| PlatformImage {
+            platform: p.parse().unwrap(),
+            digest: d.into(),
+        };
+        assert!(
+            check_unique_platforms(&[image("linux/amd64", "a"), image("linux/arm64", "b")]).is_ok()
+        );
+        assert!(
+            check_unique_platforms(&[image("linux/arm/v7", "a"), image("linux/arm/v6", "b")])
+                .is_ok()
+        );
+        let err = check_unique_platforms(&[image("linux/amd64", "a"), image("linux/amd64", "b")])
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "platform linux/amd64 is given twice (linux/amd64=a and linux/amd64=b); an index has one image per platform"
+        );
+        assert!(
+            check_unique_platforms(&[image("linux/arm64/v8", "a"), image("linux/arm64", "b")])
+                .is_err()
+        );
     }
 
     #[test]
