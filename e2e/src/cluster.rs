@@ -15,7 +15,7 @@ use kube::{Client, CustomResourceExt};
 use serde_json::{Value, json};
 
 use crate::config::Settings;
-use crate::nodes::SIMULATED_LABEL;
+use crate::nodes::{POOL_LABEL, SIMULATED_LABEL};
 
 pub const FIELD_MANAGER: &str = "archforge-e2e";
 
@@ -166,6 +166,47 @@ pub fn imagebuild(
         "metadata": {"name": name, "namespace": namespace},
         "spec": spec,
     })
+}
+
+/// Pins the builder pods of ImageBuild `manifest` to the scenario's own simulated nodes
+/// (those labelled [`POOL_LABEL`] `pool`), instead of the shared ones.
+pub fn select_pool(manifest: &mut Value, pool: &str) {
+    manifest["spec"]["nodeSelector"] = json!({POOL_LABEL: pool});
+}
+
+/// `image` (`host[:port]/repository[:tag]`) named by `digest` instead of its tag.
+pub fn by_digest(image: &str, digest: &str) -> String {
+    let (repository, last) = image.rsplit_once('/').unwrap_or(("", image));
+    let name = last.split(['@', ':']).next().unwrap_or(last);
+    match repository {
+        "" => format!("{name}@{digest}"),
+        _ => format!("{repository}/{name}@{digest}"),
+    }
+}
+
+/// The image configuration (`architecture`, `os`, labels...) of the image manifest
+/// `reference` names.
+pub async fn read_image_config(registry: &Registry, reference: &str) -> anyhow::Result<Value> {
+    let target = parse_reference(reference)?;
+    let auth = registry.auth_for(&target)?;
+    let (_, _, config) = registry
+        .client()
+        .pull_manifest_and_config(&target, &auth)
+        .await?;
+    Ok(serde_json::from_str(&config)?)
+}
+
+/// The platform (`os/arch[/variant]`) an image configuration says its binaries are for.
+pub fn config_platform(config: &Value) -> String {
+    let mut platform = format!(
+        "{}/{}",
+        config["os"].as_str().unwrap_or_default(),
+        config["architecture"].as_str().unwrap_or_default()
+    );
+    if let Some(variant) = config["variant"].as_str() {
+        platform = format!("{platform}/{variant}");
+    }
+    platform
 }
 
 /// The platforms (`os/arch[/variant]`) and digests of a pushed image index.
@@ -350,6 +391,56 @@ mod tests {
             Some("2"),
             json!({"observedGeneration": 1, "rebuild": "2"})
         )));
+    }
+
+    #[test]
+    fn a_pooled_imagebuild_selects_only_its_pool() {
+        let mut manifest = imagebuild(
+            &settings(true),
+            "af-e2e-x-1a2b3",
+            "app",
+            &["linux/amd64", "linux/arm64"],
+            None,
+        );
+        select_pool(&mut manifest, "af-e2e-x-1a2b3");
+        manifest["spec"]["emulation"] = json!("Fallback");
+        manifest["spec"]["emulationAfter"] = json!("0s");
+        let build: ImageBuild = serde_json::from_value(manifest).unwrap();
+        build.spec.validate().unwrap();
+        let selector = build.spec.node_selector.unwrap();
+        assert_eq!(selector.len(), 1, "{selector:?}");
+        assert_eq!(selector[POOL_LABEL], "af-e2e-x-1a2b3");
+        assert_eq!(
+            build.spec.emulation,
+            Some(archforge::api::Emulation::Fallback)
+        );
+    }
+
+    #[test]
+    fn names_an_image_by_digest() {
+        let digest = "sha256:abc";
+        assert_eq!(
+            by_digest("10.0.0.5:5000/e2e/ns/app:v1", digest),
+            "10.0.0.5:5000/e2e/ns/app@sha256:abc"
+        );
+        assert_eq!(
+            by_digest("10.0.0.5:5000/e2e/app", digest),
+            "10.0.0.5:5000/e2e/app@sha256:abc"
+        );
+        assert_eq!(by_digest("r/app@sha256:old", digest), "r/app@sha256:abc");
+        assert_eq!(by_digest("app:v1", digest), "app@sha256:abc");
+    }
+
+    #[test]
+    fn reads_the_platform_of_an_image_config() {
+        assert_eq!(
+            config_platform(&json!({"os": "linux", "architecture": "arm64"})),
+            "linux/arm64"
+        );
+        assert_eq!(
+            config_platform(&json!({"os": "linux", "architecture": "arm", "variant": "v7"})),
+            "linux/arm/v7"
+        );
     }
 
     #[test]

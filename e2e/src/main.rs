@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use archforge_e2e::config::Settings;
-use futures::future::LocalBoxFuture;
+use futures::future::{Either, LocalBoxFuture};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::case::{Case, with_case};
@@ -34,7 +34,16 @@ struct Scenario {
     name: &'static str,
     /// Ignored unless the suite simulates nodes (it drives the simulated builders).
     simulated_only: bool,
+    /// Changes the shared simulated nodes, so it runs while no other scenario does.
+    exclusive: bool,
     body: Body,
+}
+
+/// What a scenario is marked with in [`scenarios`].
+#[derive(Clone, Copy, PartialEq)]
+enum Mark {
+    SimulatedOnly,
+    Exclusive,
 }
 
 /// How a scenario runs.
@@ -45,6 +54,18 @@ enum Body {
     /// On its own, for a scenario that prepares or cleans up around its Case (a registry
     /// proxy, a node).
     Own(fn(Arc<Suite>, &'static str) -> LocalBoxFuture<'static, anyhow::Result<()>>),
+}
+
+impl Scenario {
+    async fn run(&self, suite: Arc<Suite>) -> anyhow::Result<()> {
+        // libtest runs scenarios side by side; one that cordons a shared node waits for the
+        // others to finish, and the others for it.
+        let _shared = match self.exclusive {
+            true => Either::Left(suite.shared_nodes.write().await),
+            false => Either::Right(suite.shared_nodes.read().await),
+        };
+        self.body.run(suite.clone(), self.name).await
+    }
 }
 
 impl Body {
@@ -78,24 +99,28 @@ macro_rules! body {
     }};
 }
 
-/// `true` for a scenario marked `simulated_only`.
-macro_rules! simulated_only {
-    () => {
-        false
-    };
+/// The [`Mark`] a scenario's mark stands for (another word does not compile).
+macro_rules! mark {
     (simulated_only) => {
-        true
+        Mark::SimulatedOnly
+    };
+    (exclusive) => {
+        Mark::Exclusive
     };
 }
 
-/// The scenarios, each `<how it runs> <module>::<function>[, simulated_only]`, named after
-/// their functions.
+/// The scenarios, each `<how it runs> <module>::<function>[, simulated_only][, exclusive]`,
+/// named after their functions.
 macro_rules! scenarios {
-    ($($kind:ident $module:ident :: $scenario:ident $(, $only:ident)?;)*) => {
-        vec![$(Scenario {
-            name: stringify!($scenario),
-            simulated_only: simulated_only!($($only)?),
-            body: body!($kind, $module::$scenario),
+    ($($kind:ident $module:ident :: $scenario:ident $(, $mark:ident)*;)*) => {
+        vec![$({
+            let marks: &[Mark] = &[$(mark!($mark)),*];
+            Scenario {
+                name: stringify!($scenario),
+                simulated_only: marks.contains(&Mark::SimulatedOnly),
+                exclusive: marks.contains(&Mark::Exclusive),
+                body: body!($kind, $module::$scenario),
+            }
         }),*]
     };
 }
@@ -111,6 +136,8 @@ fn scenarios() -> Vec<Scenario> {
         in_case lifecycle::deleting_an_imagebuild_collects_its_jobs;
         own registry::registry_outage_during_assembly, simulated_only;
         own placement::no_node_for_a_platform_waits_for_one;
+        own placement::emulated_platform_when_no_native_node, simulated_only, exclusive;
+        in_case failures::allowed_failure_publishes_the_rest, simulated_only;
     }
 }
 
@@ -155,10 +182,11 @@ fn main() -> ExitCode {
         .map(|scenario| {
             let suite = suite.clone();
             let ignored = scenario.simulated_only && !suite.settings.simulate_nodes;
-            Trial::test(scenario.name, move || {
+            let name = scenario.name;
+            Trial::test(name, move || {
                 suite
                     .runtime
-                    .block_on(scenario.body.run(suite.clone(), scenario.name))
+                    .block_on(scenario.run(suite.clone()))
                     .map_err(|e| Failed::from(format!("{e:#}")))
             })
             .with_ignored_flag(ignored)
@@ -173,22 +201,24 @@ mod tests {
     /// and simulated-only marks wherever their code lives.
     #[test]
     fn scenarios_keep_their_names() {
-        let listed: Vec<(&str, bool)> = super::scenarios()
+        let listed: Vec<(&str, bool, bool)> = super::scenarios()
             .into_iter()
-            .map(|s| (s.name, s.simulated_only))
+            .map(|s| (s.name, s.simulated_only, s.exclusive))
             .collect();
         assert_eq!(
             listed,
             [
-                ("happy_path_two_platforms", false),
-                ("invalid_imagebuilds_are_refused", false),
-                ("invalid_job_fields_stall_with_a_reason", false),
-                ("one_failed_platform_fails_the_run", true),
-                ("operator_restart_mid_run_completes_once", false),
-                ("spec_change_mid_run_starts_a_new_run", false),
-                ("deleting_an_imagebuild_collects_its_jobs", false),
-                ("registry_outage_during_assembly", true),
-                ("no_node_for_a_platform_waits_for_one", false),
+                ("happy_path_two_platforms", false, false),
+                ("invalid_imagebuilds_are_refused", false, false),
+                ("invalid_job_fields_stall_with_a_reason", false, false),
+                ("one_failed_platform_fails_the_run", true, false),
+                ("operator_restart_mid_run_completes_once", false, false),
+                ("spec_change_mid_run_starts_a_new_run", false, false),
+                ("deleting_an_imagebuild_collects_its_jobs", false, false),
+                ("registry_outage_during_assembly", true, false),
+                ("no_node_for_a_platform_waits_for_one", false, false),
+                ("emulated_platform_when_no_native_node", true, true),
+                ("allowed_failure_publishes_the_rest", true, false),
             ]
         );
     }

@@ -10,7 +10,7 @@ use archforge::registry::{Registry, RegistryOptions};
 use archforge::settings::{BuilderSettings, KubeVersion};
 use archforge_e2e::cluster::install_crd;
 use archforge_e2e::config::Settings;
-use archforge_e2e::nodes;
+use archforge_e2e::nodes::{self, SimulatedNode};
 use kube::Client;
 
 /// What every scenario shares: the cluster, the registry and the operator's settings.
@@ -29,6 +29,10 @@ pub struct Suite {
     pub runtime: tokio::runtime::Handle,
     /// The folder of the operators' logs, one file per namespace.
     pub logs: PathBuf,
+    /// Guards the shared simulated nodes: a scenario that changes them (cordons one) holds
+    /// it exclusively, every other scenario holds it shared for its whole run, so that no
+    /// scenario finds a shared node gone mid-run (`main.rs` takes it).
+    pub shared_nodes: tokio::sync::RwLock<()>,
 }
 
 impl Suite {
@@ -54,13 +58,17 @@ impl Suite {
         install_crd(&client).await?;
         let builder = BuilderSettings::default();
         if settings.simulate_nodes {
-            let arches = vec!["amd64".to_string(), "arm64".to_string()];
-            for arch in &arches {
-                nodes::ensure(&client, arch, &builder.fuse_resource).await?;
+            nodes::remove_stale_pooled(&client).await?;
+            let shared: Vec<SimulatedNode> = ["amd64", "arm64"]
+                .into_iter()
+                .map(SimulatedNode::shared)
+                .collect();
+            for node in &shared {
+                nodes::ensure(&client, node, &builder.fuse_resource).await?;
             }
             runtime.spawn(nodes::keep_ready(
                 client.clone(),
-                arches,
+                shared,
                 builder.fuse_resource.clone(),
             ));
         }
@@ -92,6 +100,7 @@ impl Suite {
             builder,
             runtime,
             logs,
+            shared_nodes: tokio::sync::RwLock::new(()),
         })
     }
 

@@ -203,6 +203,11 @@ mod tests {
 
     /// The pods the Job controller makes from the Jobs archforge renders, bound to a node.
     fn rendered_pods(node: &str) -> Vec<Pod> {
+        rendered_pods_placed(node, &archforge::plan::Placement::Native)
+    }
+
+    /// As [`rendered_pods`], each platform placed by `placement`.
+    fn rendered_pods_placed(node: &str, placement: &archforge::plan::Placement) -> Vec<Pod> {
         let manifest = crate::cluster::imagebuild(
             &crate::config::Settings {
                 kubeconfig: "/k".into(),
@@ -229,24 +234,49 @@ mod tests {
             crate::config::SIMULATED_GIT_REF,
             archforge::plan::AuthFile::None,
         );
-        archforge::render::render_jobs(
-            &build,
-            &plan,
-            &settings,
-            archforge::settings::KubeVersion::OLDEST,
-        )
-        .into_iter()
-        .map(|job| {
-            let template = job.spec.unwrap().template;
-            let mut pod = Pod {
-                metadata: template.metadata.unwrap(),
-                spec: template.spec,
-                status: None,
-            };
-            pod.spec.as_mut().unwrap().node_name = Some(node.into());
-            pod
-        })
-        .collect()
+        plan.platforms
+            .iter()
+            .map(|platform| {
+                let job = archforge::render::render_job(
+                    &build,
+                    &plan,
+                    platform,
+                    placement,
+                    &settings,
+                    archforge::settings::KubeVersion::OLDEST,
+                );
+                let template = job.spec.unwrap().template;
+                let mut pod = Pod {
+                    metadata: template.metadata.unwrap(),
+                    spec: template.spec,
+                    status: None,
+                };
+                pod.spec.as_mut().unwrap().node_name = Some(node.into());
+                pod
+            })
+            .collect()
+    }
+
+    /// An emulated pod (an arm64 build on an amd64 node) gets an image of its target
+    /// platform, from its platform label: never one of the node's architecture.
+    #[test]
+    fn an_emulated_pod_pushes_its_target_platform() {
+        let emulated = archforge::plan::Placement::Emulated {
+            host: "amd64".into(),
+        };
+        let pods = rendered_pods_placed("archforge-e2e-sim-amd64-1a2b3", &emulated);
+        let arm = &pods[1];
+        let selector = arm.spec.as_ref().unwrap().node_selector.clone().unwrap();
+        assert_eq!(selector[crate::nodes::ARCH_LABEL], "amd64", "{selector:?}");
+        assert_eq!(selector["emulation.archforge.dev/arm64"], "true");
+        assert_eq!(
+            decide(arm, &Policy::default()),
+            Some(Action::Complete(Build {
+                platform: "linux/arm64".parse().unwrap(),
+                push_target: "10.0.0.5:5000/e2e/ns/app:v1-linux-arm64".into(),
+                media_type: MediaType::Oci,
+            }))
+        );
     }
 
     #[test]

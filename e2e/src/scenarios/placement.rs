@@ -1,17 +1,25 @@
-//! Where builds run: a platform without a node waits for one.
+//! Where builds run: a platform without a node waits for one, or, when the ImageBuild allows
+//! it, builds under emulation on a node of another architecture.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use archforge::api::Phase;
-use archforge_e2e::cluster::wait_for;
+use archforge::plan::emulation_label;
+use archforge::render::{ANNOTATION_EMULATED_ON, BUILDER_CONTAINER, LABEL_PLATFORM};
+use archforge_e2e::cluster::{
+    by_digest, config_platform, read_image_config, read_index, select_pool, wait_for,
+};
 use archforge_e2e::filter::JobFilter;
-use archforge_e2e::nodes;
+use archforge_e2e::nodes::{self, POOL_LABEL, SimulatedNode};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, DeleteParams};
+use kube::ResourceExt;
+use kube::api::Api;
+use serde_json::json;
 
-use crate::case::{AMD64, with_case};
+use crate::case::{AMD64, ARM64, Case, with_case};
 use crate::suite::Suite;
 
 /// A platform no node has: the run waits (`NoNodeForPlatform`, naming it) without Jobs,
@@ -51,10 +59,11 @@ pub async fn no_node_for_a_platform_waits_for_one(
         case.expect_event("app", "NoNodeForPlatform", "Warning")
             .await?;
 
-        nodes::ensure(&suite.client, arch, &suite.builder.fuse_resource).await?;
+        let node = SimulatedNode::shared(arch);
+        nodes::ensure(&suite.client, &node, &suite.builder.fuse_resource).await?;
         let heartbeat = tokio::spawn(nodes::keep_ready(
             suite.client.clone(),
-            vec![arch.to_string()],
+            vec![node],
             suite.builder.fuse_resource.clone(),
         ));
         // The operator looks again within 30 s.
@@ -72,13 +81,185 @@ pub async fn no_node_for_a_platform_waits_for_one(
         started.and(finished)
     })
     .await;
-    let removed = all_nodes
-        .delete(&nodes::node_name(arch), &DeleteParams::default())
-        .await;
-    if let Err(e) = removed
-        && !archforge_e2e::cluster::is_not_found(&e)
-    {
-        eprintln!("{test}: could not remove the {arch} node: {e}");
+    if let Err(e) = nodes::remove(&suite.client, &nodes::node_name(arch)).await {
+        eprintln!("{test}: could not remove the {arch} node: {e:#}");
     }
     outcome
+}
+
+/// Only an amd64 node that can emulate arm64 (`emulation.archforge.dev/arm64=true`), the
+/// scenario's own, and `emulation: Fallback`: the arm64 Job runs on it with the emulation
+/// selector and annotation, status and an Event say emulated, and the index holds an arm64
+/// image the simulated builder pushed for the pod's target platform.
+///
+/// Placement counts every Ready, schedulable node of the cluster, so the shared arm64 node
+/// is cordoned meanwhile: the scenario is `exclusive` (no other runs then).
+pub async fn emulated_platform_when_no_native_node(
+    suite: Arc<Suite>,
+    test: &'static str,
+) -> anyhow::Result<()> {
+    let all_nodes: Api<Node> = Api::all(suite.client.clone());
+    let shared_arm64 = nodes::node_name("arm64");
+    let native: Vec<String> = all_nodes
+        .list(&nodes::of_arch("arm64"))
+        .await?
+        .items
+        .iter()
+        .filter(|n| n.name_any() != shared_arm64 && nodes::is_usable(n))
+        .map(|n| n.name_any())
+        .collect();
+    ensure!(
+        native.is_empty(),
+        "this cluster has schedulable arm64 nodes ({}): the operator would build linux/arm64 on them natively; run {test} on a cluster without arm64 nodes, or cordon them",
+        native.join(", ")
+    );
+    nodes::cordon(&suite.client, &shared_arm64, true)
+        .await
+        .with_context(|| format!("cordoning {shared_arm64}"))?;
+    let outcome = with_case(&suite, test, None, async |case| {
+        let host = SimulatedNode::pooled(
+            "amd64",
+            &case.namespace,
+            [(emulation_label("arm64"), "true".to_string())],
+        );
+        let outcome = match nodes::ensure(&suite.client, &host, &suite.builder.fuse_resource).await
+        {
+            Ok(()) => {
+                let heartbeat = tokio::spawn(nodes::keep_ready(
+                    suite.client.clone(),
+                    vec![host.clone()],
+                    suite.builder.fuse_resource.clone(),
+                ));
+                let outcome = emulated_build(case, &host).await;
+                heartbeat.abort();
+                outcome
+            }
+            Err(e) => Err(e.context(format!("registering node {}", host.name))),
+        };
+        if let Err(e) = nodes::remove(&suite.client, &host.name).await {
+            eprintln!("{test}: could not remove node {}: {e:#}", host.name);
+        }
+        outcome
+    })
+    .await;
+    // The other scenarios need it back, whatever happened here.
+    let uncordoned = nodes::cordon(&suite.client, &shared_arm64, false)
+        .await
+        .with_context(|| format!("uncordoning {shared_arm64}: kubectl uncordon {shared_arm64}"));
+    outcome.and(uncordoned)
+}
+
+async fn emulated_build(case: &Case, host: &SimulatedNode) -> anyhow::Result<()> {
+    let suite = &case.suite;
+    let mut manifest = case.manifest("app", &[AMD64, ARM64]);
+    select_pool(&mut manifest, &case.namespace);
+    manifest["spec"]["emulation"] = json!("Fallback");
+    manifest["spec"]["emulationAfter"] = json!("0s");
+    case.apply(&manifest).await?;
+    let status = case
+        .wait_phase("app", Phase::Succeeded, suite.run_timeout())
+        .await?;
+
+    let platform = |name: &str| {
+        status
+            .platforms
+            .iter()
+            .find(|p| p.platform == name)
+            .with_context(|| format!("no {name} in status.platforms: {:?}", status.platforms))
+    };
+    let arm = platform(ARM64)?;
+    ensure!(
+        arm.emulated == Some(true) && arm.phase == Phase::Succeeded,
+        "status.platforms[{ARM64}] should be Succeeded and emulated: {arm:?}"
+    );
+    let amd = platform(AMD64)?;
+    ensure!(
+        amd.emulated != Some(true),
+        "{AMD64} has a native node and must not be emulated: {amd:?}"
+    );
+
+    let arm_filter = JobFilter::of("app").platform(ARM64);
+    let jobs = case.jobs_of(&arm_filter).await?;
+    ensure!(jobs.len() == 1, "{} Jobs for {ARM64}", jobs.len());
+    let on = jobs[0].annotations().get(ANNOTATION_EMULATED_ON);
+    ensure!(
+        on.map(String::as_str) == Some("amd64"),
+        "Job {} should carry {ANNOTATION_EMULATED_ON}=amd64: {on:?}",
+        jobs[0].name_any()
+    );
+
+    let pods = case.pods_of(&arm_filter).await?;
+    ensure!(!pods.is_empty(), "no builder pod for {ARM64}");
+    let emulation = emulation_label("arm64");
+    for pod in &pods {
+        let name = pod.name_any();
+        let spec = pod.spec.clone().unwrap_or_default();
+        ensure!(
+            spec.node_name.as_deref() == Some(host.name.as_str()),
+            "the {ARM64} pod {name} should be bound to the amd64 node {}: {:?}",
+            host.name,
+            spec.node_name
+        );
+        let selector = spec.node_selector.unwrap_or_default();
+        let selects = |key: &str, value: &str| selector.get(key).map(String::as_str) == Some(value);
+        ensure!(
+            selects(nodes::ARCH_LABEL, "amd64")
+                && selects(&emulation, "true")
+                && selects(POOL_LABEL, &case.namespace),
+            "the {ARM64} pod {name} should select {}=amd64 and {emulation}=true (and its pool): {selector:?}",
+            nodes::ARCH_LABEL
+        );
+        ensure!(
+            pod.labels().get(LABEL_PLATFORM).map(String::as_str) == Some("linux-arm64"),
+            "the {ARM64} pod {name} is labelled {LABEL_PLATFORM}={:?}",
+            pod.labels().get(LABEL_PLATFORM)
+        );
+        let command = spec
+            .containers
+            .iter()
+            .find(|c| c.name == BUILDER_CONTAINER)
+            .and_then(|c| c.command.clone())
+            .unwrap_or_default();
+        ensure!(
+            command
+                .windows(2)
+                .any(|w| w[0] == "--platform" && w[1] == ARM64),
+            "the builder of {name} must still build for {ARM64} (--platform {ARM64}): {command:?}"
+        );
+    }
+    case.expect_event("app", "Emulated", "Normal").await?;
+
+    let image = status.image.clone().context("status.image")?;
+    let (index_digest, entries) = read_index(&suite.registry, &image).await?;
+    ensure!(
+        status.digest.as_deref() == Some(index_digest.as_str()),
+        "status.digest {:?} vs pushed {index_digest}",
+        status.digest
+    );
+    let pushed: BTreeMap<String, String> = entries.into_iter().collect();
+    let in_status: BTreeMap<String, String> = status
+        .platforms
+        .iter()
+        .map(|p| (p.platform.clone(), p.digest.clone().unwrap_or_default()))
+        .collect();
+    ensure!(
+        pushed == in_status && pushed.len() == 2,
+        "the index holds {pushed:?}, status says {in_status:?}"
+    );
+    // What the builder pushed, not only what the index says: an arm64 image from the
+    // emulated pod (the simulated builder labels its image with the pod's name).
+    let config = read_image_config(&suite.registry, &by_digest(&image, &pushed[ARM64])).await?;
+    ensure!(
+        config_platform(&config) == ARM64,
+        "the image behind the index's {ARM64} entry is for {} (an emulated build must produce the target's architecture, not the host's)",
+        config_platform(&config)
+    );
+    let pushed_by = config["config"]["Labels"]["dev.archforge.synthetic"].as_str();
+    ensure!(
+        pods.iter()
+            .any(|p| Some(p.name_any().as_str()) == pushed_by),
+        "the {ARM64} image was pushed by {pushed_by:?}, not by the emulated pod ({:?})",
+        pods.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+    );
+    case.ensure_one_job_per_platform("app", 2)
 }
