@@ -87,17 +87,8 @@ pub enum LocalError {
     },
 
     /// A platform's build or push outlived its timeout and was stopped.
-    #[error(
-        "{platform} failed: timed out after {timeout} ({from}) during buildah {step}; its buildah processes were stopped\n--- last lines of its build log ({log}) ---\n{tail}"
-    )]
-    PlatformTimedOut {
-        platform: String,
-        timeout: String,
-        from: String,
-        step: String,
-        log: String,
-        tail: String,
-    },
+    #[error("{0}")]
+    PlatformTimedOut(Box<TimedOut>),
 
     #[error("{0}")]
     Emulation(String),
@@ -111,6 +102,22 @@ pub enum LocalError {
 
     #[error("interrupted: every builder process was stopped")]
     Interrupted,
+}
+
+/// A platform whose build or push outlived its timeout (boxed: a rare error, kept off the
+/// size of every `Result`).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{platform} failed: timed out after {timeout} ({from}) during buildah {step}; its buildah processes were stopped\n--- last lines of its build log ({log}) ---\n{tail}"
+)]
+pub struct TimedOut {
+    pub platform: String,
+    pub timeout: String,
+    /// The field the timeout comes from.
+    pub from: String,
+    pub step: String,
+    pub log: String,
+    pub tail: String,
 }
 
 /// What one platform produced.

@@ -10,7 +10,7 @@ use super::emulation::is_foreign;
 use super::process::{Ended, log_tail, run_logged};
 use super::progress::Progress;
 use super::workspace::Workspace;
-use super::{LocalError, PlatformResult};
+use super::{LocalError, PlatformResult, TimedOut};
 use crate::api::ImageBuildSpec;
 use crate::plan::PlatformPlan;
 
@@ -119,14 +119,14 @@ impl Attempt<'_> {
         let ran = |ended: Ended, step: &str| match ended {
             Ended::Exited(status) if status.success() => Ok(()),
             Ended::Exited(status) => Err(failed(format!("buildah {step} exited with {status}"))),
-            Ended::TimedOut => Err(LocalError::PlatformTimedOut {
+            Ended::TimedOut => Err(LocalError::PlatformTimedOut(Box::new(TimedOut {
                 platform: platform.platform.to_string(),
                 timeout: humantime::format_duration(platform.timeout).to_string(),
                 from: self.timeout_from.to_string(),
                 step: step.to_string(),
                 log: log.display().to_string(),
                 tail: log_tail(&log, 25),
-            }),
+            }))),
         };
 
         self.progress.say(Some(&platform.platform), "building");
