@@ -225,8 +225,22 @@ pub struct BuildArgs {
     #[arg(long)]
     pub storage: Option<std::path::PathBuf>,
 
+    /// Whether platforms of another architecture than this machine's are built under
+    /// qemu-user-static: Never refuses them before anything starts; Fallback and Always
+    /// emulate them (one machine: the same thing). Overrides spec.emulation; Fallback when
+    /// neither is set.
+    #[arg(long, value_parser = emulation_parser())]
+    pub emulation: Option<crate::api::Emulation>,
+
     #[command(flatten)]
     pub registry: RegistryArgs,
+}
+
+/// Parses `--emulation` with the values listed in `--help` and in clap's refusal.
+fn emulation_parser() -> impl clap::builder::TypedValueParser<Value = crate::api::Emulation> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["Never", "Fallback", "Always"])
+        .map(|s| s.parse().expect("only the listed values get here"))
 }
 
 async fn build(args: &BuildArgs) -> crate::Result<()> {
@@ -240,6 +254,7 @@ async fn build(args: &BuildArgs) -> crate::Result<()> {
         ca_files: args.registry.ca_files.clone(),
         insecure_registries: args.registry.insecure_registries.clone(),
         registry: args.registry.options()?,
+        emulation: args.emulation,
     };
     let (stop, cancel) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -254,12 +269,24 @@ async fn build(args: &BuildArgs) -> crate::Result<()> {
     println!("digest  {}", outcome.index.digest);
     println!("commit  {}", outcome.commit);
     for p in &outcome.platforms {
+        let mut notes = format!("{:.1}s", p.elapsed.as_secs_f64());
+        if p.attempts > 1 {
+            notes.push_str(&format!(", {} attempts", p.attempts));
+        }
         println!(
-            "  {:<14} {}  ({:.1}s)  {}",
+            "  {:<14} {}  ({notes})  {}{}",
             p.platform.to_string(),
             p.digest,
-            p.elapsed.as_secs_f64(),
-            p.reference
+            p.reference,
+            if p.emulated { "  (emulated)" } else { "" }
+        );
+    }
+    for m in &outcome.missing {
+        println!(
+            "  {:<14} missing (allowFailure{}): {}",
+            m.platform.to_string(),
+            if m.emulated { ", emulated" } else { "" },
+            m.reason
         );
     }
     Ok(())

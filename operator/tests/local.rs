@@ -678,3 +678,223 @@ async fn an_http_source_is_fetched_with_the_secrets_username_and_password() {
         "the password leaked into the output"
     );
 }
+
+/// `archforge build --local FILE --insecure-registry ... EXTRA...`.
+fn archforge_build_with(file: &str, registry: &TestRegistry, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_archforge"))
+        .args([
+            "build",
+            "--local",
+            file,
+            "--insecure-registry",
+            &registry.addr,
+        ])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// The summary line of `platform` on stdout.
+fn summary_line<'a>(stdout: &'a str, platform: &str) -> &'a str {
+    stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with(platform))
+        .unwrap_or_else(|| panic!("no summary line for {platform}:\n{stdout}"))
+}
+
+#[test]
+fn an_unknown_emulation_mode_is_refused_by_the_command_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_archforge"))
+        .args(["build", "--local", "ib.yaml", "--emulation", "bogus"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("invalid value 'bogus' for '--emulation")
+            && stderr.contains("Never, Fallback, Always"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn emulation_never_refuses_a_foreign_platform_with_the_fix_before_anything_starts() {
+    assert_eq!(archforge::local::host_architecture(), "amd64");
+    let s = setup().await;
+    let dockerfile = format!("FROM {}\nRUN uname -m > /arch.txt\n", s.base);
+    let (url, _) = s
+        .git
+        .commit("app", &[("app/Dockerfile", &dockerfile)], "app");
+    let image = s.registry.image("team/never:v1");
+    let path = s.work.path().join("ib.yaml");
+
+    let file = imagebuild(&path, &url, "main", &image, "");
+    let out = archforge_build_with(&file, &s.registry, &["--emulation", "Never"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for wanted in [
+        "linux/arm64 cannot be built natively on this amd64 machine and emulation is Never (--emulation)",
+        "apt-get install qemu-user-static binfmt-support",
+        "update-binfmts --enable qemu-aarch64",
+        "--emulation Fallback",
+    ] {
+        assert!(stderr.contains(wanted), "{wanted:?} missing:\n{stderr}");
+    }
+    assert!(!stderr.contains("building"), "nothing was built:\n{stderr}");
+    assert!(!image_exists(&image), "nothing was pushed");
+    assert!(
+        !image_exists(&format!("{image}-linux-amd64")),
+        "nothing was pushed"
+    );
+
+    // spec.emulation alone has the same effect, and says where Never came from.
+    let file = imagebuild(&path, &url, "main", &image, "  emulation: Never\n");
+    let out = archforge_build(&file, &s.registry);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("emulation is Never (spec.emulation)"),
+        "{stderr}"
+    );
+    assert!(
+        !image_exists(&format!("{image}-linux-amd64")),
+        "nothing was pushed"
+    );
+}
+
+#[tokio::test]
+async fn emulation_fallback_from_the_flag_beats_the_spec_and_reports_emulated() {
+    let s = setup().await;
+    let dockerfile = format!("FROM {}\nRUN uname -m > /arch.txt\n", s.base);
+    let (url, _) = s
+        .git
+        .commit("app", &[("app/Dockerfile", &dockerfile)], "app");
+    let image = s.registry.image("team/fallback:v1");
+    let file = imagebuild(
+        &s.work.path().join("ib.yaml"),
+        &url,
+        "main",
+        &image,
+        "  emulation: Never\n",
+    );
+    let out = archforge_build_with(&file, &s.registry, &["--emulation", "Fallback"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        summary_line(&stdout, "linux/arm64").ends_with("(emulated)"),
+        "{stdout}"
+    );
+    assert!(
+        !summary_line(&stdout, "linux/amd64").contains("emulated"),
+        "{stdout}"
+    );
+    let (config, arch) =
+        read_file_from_image(&s.registry, &format!("{image}-linux-arm64"), "arch.txt");
+    assert_eq!(config["architecture"], "arm64");
+    assert_eq!(arch.trim(), "aarch64");
+}
+
+#[tokio::test]
+async fn an_allowed_failure_leaves_it_out_of_the_index_and_a_required_one_fails_the_run() {
+    let s = setup().await;
+    let only_on = |uname: &str| format!("FROM {}\nRUN [ \"$(uname -m)\" = {uname} ]\n", s.base);
+    let settings = "  platformSettings:\n    - platform: linux/arm64\n      allowFailure: true\n      retries: 1\n";
+    let path = s.work.path().join("ib.yaml");
+
+    // arm64 may fail, and does (after one retry): the index holds amd64 alone.
+    let (url, _) = s.git.commit(
+        "amd64-only",
+        &[("app/Dockerfile", &only_on("x86_64"))],
+        "x86_64 only",
+    );
+    let image = s.registry.image("team/partial:v1");
+    let file = imagebuild(&path, &url, "main", &image, settings);
+    let out = archforge_build(&file, &s.registry);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("linux/arm64") && stderr.contains("attempt 1 of 2 failed"),
+        "the allowed platform was retried once:\n{stderr}"
+    );
+    let missing = summary_line(&stdout, "linux/arm64");
+    assert!(
+        missing.contains(
+            "missing (allowFailure, emulated): linux/arm64 failed: buildah build exited with"
+        ),
+        "{stdout}"
+    );
+    let index: Value =
+        serde_json::from_str(&s.registry.skopeo_inspect(&image, &["--raw"])).unwrap();
+    let architectures: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    assert_eq!(architectures, ["amd64"]);
+
+    // amd64 may not fail, and does: the run fails and pushes no index, although arm64 built.
+    let (url, _) = s.git.commit(
+        "arm64-only",
+        &[("app/Dockerfile", &only_on("aarch64"))],
+        "aarch64 only",
+    );
+    let image = s.registry.image("team/required:v1");
+    let file = imagebuild(&path, &url, "main", &image, settings);
+    let out = archforge_build(&file, &s.registry);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("linux/amd64 failed: buildah build exited"),
+        "{stderr}"
+    );
+    assert!(image_exists(&format!("{image}-linux-arm64")), "{stderr}");
+    assert!(
+        !image_exists(&image),
+        "no index without a required platform"
+    );
+}
+
+#[tokio::test]
+async fn a_platform_timeout_stops_its_buildah_and_names_the_timeout() {
+    let s = setup().await;
+    let marker = format!("archforge-timeout-{}", std::process::id());
+    let dockerfile = format!(
+        "FROM {}\nRUN if [ \"$(uname -m)\" = aarch64 ]; then sleep 30 && echo {marker}; fi\n",
+        s.base
+    );
+    let (url, _) = s
+        .git
+        .commit("slow", &[("app/Dockerfile", &dockerfile)], "slow on arm64");
+    let image = s.registry.image("team/timeout:v1");
+    let file = imagebuild(
+        &s.work.path().join("ib.yaml"),
+        &url,
+        "main",
+        &image,
+        "  platformSettings:\n    - platform: linux/arm64\n      timeout: 2s\n",
+    );
+    let started = std::time::Instant::now();
+    let out = archforge_build(&file, &s.registry);
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "linux/arm64 failed: timed out after 2s (spec.platformSettings[linux/arm64].timeout)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        elapsed < std::time::Duration::from_secs(25),
+        "the 30s RUN was cut short: {elapsed:?}\n{stderr}"
+    );
+    assert_eq!(
+        processes_mentioning(&marker),
+        Vec::<String>::new(),
+        "the timed-out RUN outlived its buildah"
+    );
+    assert!(!image_exists(&image));
+}

@@ -1,9 +1,10 @@
-//! Whether a foreign platform can run here, under qemu-user-static.
+//! Whether a foreign platform may and can run here, under qemu-user-static.
 
 use std::path::Path;
 
 use super::LocalError;
-use crate::plan::PlatformPlan;
+use crate::api::Emulation;
+use crate::plan::Platform;
 
 /// The `kubernetes.io/arch`-style name of the machine's architecture.
 pub fn host_architecture() -> &'static str {
@@ -19,6 +20,11 @@ pub fn host_architecture() -> &'static str {
     }
 }
 
+/// Whether `platform` runs under emulation on this machine.
+pub(super) fn is_foreign(platform: &Platform) -> bool {
+    platform.architecture != host_architecture()
+}
+
 /// The binfmt_misc entry qemu-user-static registers for an architecture.
 fn qemu_binfmt(architecture: &str) -> &str {
     match architecture {
@@ -32,36 +38,116 @@ fn qemu_binfmt(architecture: &str) -> &str {
     }
 }
 
-/// Refuses early, with the fix, when a foreign platform cannot run here; otherwise one
-/// warning per emulated platform.
-pub(super) fn check_emulation(platforms: &[PlatformPlan]) -> Result<Vec<String>, LocalError> {
-    let mut warnings = Vec::new();
-    for p in platforms {
-        let arch = p.platform.architecture.as_str();
-        if arch == host_architecture() {
-            continue;
+/// The emulation mode of a local run and where it came from, for messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Mode {
+    pub(super) emulation: Emulation,
+    pub(super) from: &'static str,
+}
+
+impl Mode {
+    /// `--emulation` when given, else `spec.emulation`, else Fallback: a workstation has one
+    /// architecture, so emulating is the only way to build the others, and a flag typed for
+    /// this run is the most specific wish.
+    pub(super) fn resolve(flag: Option<Emulation>, spec: Option<Emulation>) -> Mode {
+        match (flag, spec) {
+            (Some(emulation), _) => Mode {
+                emulation,
+                from: "--emulation",
+            },
+            (None, Some(emulation)) => Mode {
+                emulation,
+                from: "spec.emulation",
+            },
+            (None, None) => Mode {
+                emulation: Emulation::Fallback,
+                from: "the local default",
+            },
         }
-        let entry = Path::new("/proc/sys/fs/binfmt_misc").join(qemu_binfmt(arch));
-        let enabled = std::fs::read_to_string(&entry)
+    }
+}
+
+/// Refuses early, with the fix, when a foreign platform may not (`Never`) or cannot (no
+/// binfmt registration) run here; otherwise one warning per emulated platform. `Always`
+/// is `Fallback` here: there is only this one host.
+pub(super) fn check_emulation(
+    platforms: &[Platform],
+    mode: Mode,
+) -> Result<Vec<String>, LocalError> {
+    let mut warnings = Vec::new();
+    for p in platforms.iter().filter(|p| is_foreign(p)) {
+        let entry = qemu_binfmt(&p.architecture);
+        if mode.emulation == Emulation::Never {
+            return Err(LocalError::Emulation(format!(
+                "{p} cannot be built natively on this {host} machine and emulation is Never \
+                 ({from}). To build it under QEMU, install it (apt-get install qemu-user-static \
+                 binfmt-support, then update-binfmts --enable {entry}) and run with \
+                 --emulation Fallback, or drop {p} from spec.platforms",
+                host = host_architecture(),
+                from = mode.from,
+            )));
+        }
+        let path = Path::new("/proc/sys/fs/binfmt_misc").join(entry);
+        let enabled = std::fs::read_to_string(&path)
             .map(|s| s.starts_with("enabled"))
             .unwrap_or(false);
         if !enabled {
             return Err(LocalError::Emulation(format!(
-                "{} cannot run on this {} machine: {} is not registered with binfmt_misc. \
-                 Install qemu-user-static and binfmt-support, mount binfmt_misc \
+                "{p} cannot run on this {} machine: {} is not registered with binfmt_misc. \
+                 Install qemu-user-static and binfmt-support (apt-get install qemu-user-static \
+                 binfmt-support), mount binfmt_misc \
                  (mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc) and run \
-                 update-binfmts --enable {}",
-                p.platform,
+                 update-binfmts --enable {entry}",
                 host_architecture(),
-                entry.display(),
-                qemu_binfmt(arch)
+                path.display(),
             )));
         }
         warnings.push(format!(
-            "{} is emulated with qemu-user-static on this {} machine: expect it to be several times slower than a native build",
-            p.platform,
+            "{p} is emulated with qemu-user-static on this {} machine: expect it to be several times slower than a native build",
             host_architecture()
         ));
     }
     Ok(warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn foreign() -> Platform {
+        let arch = if host_architecture() == "arm64" {
+            "amd64"
+        } else {
+            "arm64"
+        };
+        format!("linux/{arch}").parse().unwrap()
+    }
+
+    #[test]
+    fn the_flag_beats_the_spec_and_fallback_is_the_default() {
+        use Emulation::*;
+        assert_eq!(Mode::resolve(Some(Never), Some(Always)).emulation, Never);
+        assert_eq!(Mode::resolve(None, Some(Never)).from, "spec.emulation");
+        assert_eq!(Mode::resolve(None, None).emulation, Fallback);
+    }
+
+    #[test]
+    fn never_refuses_a_foreign_platform_with_the_fix() {
+        let native: Platform = format!("linux/{}", host_architecture()).parse().unwrap();
+        let mode = Mode::resolve(None, Some(Emulation::Never));
+        assert_eq!(
+            check_emulation(std::slice::from_ref(&native), mode).unwrap(),
+            Vec::<String>::new()
+        );
+        let message = check_emulation(&[native, foreign()], mode)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains(&foreign().to_string()), "{message}");
+        assert!(message.contains("(spec.emulation)"), "{message}");
+        assert!(message.contains("--emulation Fallback"), "{message}");
+        assert!(
+            message.contains("apt-get install qemu-user-static binfmt-support"),
+            "{message}"
+        );
+    }
 }

@@ -11,7 +11,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 
 use super::LocalError;
-use super::process::{log_tail, run_logged};
+use super::process::{Ended, log_tail, run_logged};
 use super::secrets::GitAuth;
 use crate::api::ImageBuild;
 use crate::source::{GitCredentials, SourceError, is_full_sha, redact_url, resolve_commit};
@@ -183,7 +183,9 @@ async fn git(
 ) -> Result<(), LocalError> {
     let mut cmd = access.command();
     cmd.args(args).current_dir(cwd);
-    let status = run_logged(cmd, log, cancel).await?;
+    let Ended::Exited(status) = run_logged(cmd, log, cancel, None).await? else {
+        unreachable!("git runs without a deadline")
+    };
     if status.success() {
         Ok(())
     } else {

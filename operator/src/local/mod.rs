@@ -3,7 +3,9 @@
 //! The same plan as the controller's Jobs: the commit is pinned with the same code, buildah
 //! gets the same `build` and `push` argv (plus only local storage flags in front and, when
 //! asked, a certificate directory), and the index is assembled by the same registry module.
-//! git replaces git-sync, and foreign architectures run under qemu-user-static.
+//! git replaces git-sync, and foreign architectures run under qemu-user-static unless
+//! emulation is `Never`. Each platform keeps its plan's failure policy: `retries` re-runs,
+//! one `timeout` for all of its attempts, and `allowFailure` leaves it out of the index.
 
 mod emulation;
 mod git;
@@ -19,7 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::api::{ImageBuild, MediaType};
+use crate::api::{Emulation, ImageBuild, MediaType};
 use crate::plan::{AuthFile, Platform, plan};
 use crate::registry::{
     PlatformImage, PushedIndex, Registry, RegistryError, RegistryOptions, run_annotations,
@@ -46,6 +48,8 @@ pub struct LocalOptions {
     /// `host:port` of registries spoken to over plain HTTP.
     pub insecure_registries: Vec<String>,
     pub registry: RegistryOptions,
+    /// `--emulation`: overrides `spec.emulation`; with neither, Fallback.
+    pub emulation: Option<Emulation>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,14 +86,38 @@ pub enum LocalError {
         tail: String,
     },
 
+    /// A platform's build or push outlived its timeout and was stopped.
+    #[error("{0}")]
+    PlatformTimedOut(Box<TimedOut>),
+
     #[error("{0}")]
     Emulation(String),
+
+    /// Every platform failed, and each of them was allowed to.
+    #[error("no platform was built, so there is no image index to assemble")]
+    NothingBuilt,
 
     #[error("assembling the image index failed: {0}")]
     Registry(#[from] RegistryError),
 
     #[error("interrupted: every builder process was stopped")]
     Interrupted,
+}
+
+/// A platform whose build or push outlived its timeout (boxed: a rare error, kept off the
+/// size of every `Result`).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{platform} failed: timed out after {timeout} ({from}) during buildah {step}; its buildah processes were stopped\n--- last lines of its build log ({log}) ---\n{tail}"
+)]
+pub struct TimedOut {
+    pub platform: String,
+    pub timeout: String,
+    /// The field the timeout comes from.
+    pub from: String,
+    pub step: String,
+    pub log: String,
+    pub tail: String,
 }
 
 /// What one platform produced.
@@ -99,6 +127,19 @@ pub struct PlatformResult {
     pub reference: String,
     pub digest: String,
     pub elapsed: Duration,
+    /// Built under qemu-user-static (its architecture is not this machine's).
+    pub emulated: bool,
+    /// Attempts it took, 1 without a retry.
+    pub attempts: u32,
+}
+
+/// A platform that failed, was allowed to (`allowFailure`), and is not in the index.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MissingPlatform {
+    pub platform: Platform,
+    pub emulated: bool,
+    /// Why it failed: the error's first line (the log file is named there).
+    pub reason: String,
 }
 
 /// What the whole run produced.
@@ -106,6 +147,8 @@ pub struct PlatformResult {
 pub struct LocalOutcome {
     pub commit: String,
     pub platforms: Vec<PlatformResult>,
+    /// Platforms left out of the index because they failed with `allowFailure`.
+    pub missing: Vec<MissingPlatform>,
     pub index: PushedIndex,
 }
 
@@ -141,6 +184,15 @@ pub async fn build_local_with_secrets(
 ) -> Result<LocalOutcome, LocalError> {
     let progress = progress::Progress::start();
     let valid = crate::validation::ValidSpec::check(build)?;
+    // Before any network or disk work: a platform that may not or cannot run here.
+    let requested: Vec<Platform> = build
+        .spec
+        .platforms
+        .iter()
+        .map(|p| p.parse().expect("validated platforms parse"))
+        .collect();
+    let mode = emulation::Mode::resolve(options.emulation, build.spec.emulation);
+    let warnings = emulation::check_emulation(&requested, mode)?;
     let access = git::GitAccess::new(&secrets::git_auth(build, secrets)?)?;
     let commit = git::pin_commit(build, &access).await?;
     let auth = match &options.docker_config {
@@ -148,7 +200,7 @@ pub async fn build_local_with_secrets(
         None => AuthFile::None,
     };
     let plan = plan(&valid, &BuilderSettings::default(), &commit, auth);
-    for warning in emulation::check_emulation(&plan.platforms)? {
+    for warning in warnings {
         progress.say(None, &format!("warning: {warning}"));
     }
     progress.say(
@@ -171,8 +223,29 @@ pub async fn build_local_with_secrets(
     drop(access);
     paths::check_source_paths(build, &commit, &ws.checkout, options)?;
 
-    let platforms =
-        platform::build_platforms(&ws, &plan.platforms, options.jobs, &progress, &cancel).await?;
+    let (platforms, failed) = platform::build_platforms(
+        &ws,
+        &build.spec,
+        &plan.platforms,
+        options.jobs,
+        &progress,
+        &cancel,
+    )
+    .await?;
+    let missing = failed
+        .into_iter()
+        .map(|f| MissingPlatform {
+            emulated: emulation::is_foreign(&f.platform.platform),
+            platform: f.platform.platform,
+            reason: f
+                .error
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        })
+        .collect();
     let index = assemble(
         build,
         &commit,
@@ -185,6 +258,7 @@ pub async fn build_local_with_secrets(
     Ok(LocalOutcome {
         commit,
         platforms,
+        missing,
         index,
     })
 }

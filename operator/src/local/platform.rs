@@ -6,10 +6,12 @@ use std::time::{Duration, Instant};
 use tokio::process::Command;
 use tokio::sync::{Semaphore, watch};
 
-use super::process::{log_tail, run_logged};
+use super::emulation::is_foreign;
+use super::process::{Ended, log_tail, run_logged};
 use super::progress::Progress;
 use super::workspace::Workspace;
-use super::{LocalError, PlatformResult};
+use super::{LocalError, PlatformResult, TimedOut};
+use crate::api::ImageBuildSpec;
 use crate::plan::PlatformPlan;
 
 /// Inserts local-only options before the `--` that ends a buildah argv.
@@ -20,102 +22,183 @@ fn with_options(mut argv: Vec<String>, extra: &[String]) -> Vec<String> {
 }
 
 /// Builds and pushes one platform in its own storage, with buildah's output in
-/// `logs/<platform>.log`.
+/// `logs/<platform>.log`, retrying a failed attempt up to the platform's `retries` times
+/// (as its Job's `backoffLimit` would) within one `timeout` for all attempts (as its Job's
+/// `activeDeadlineSeconds`). A timeout or Ctrl-C is not retried.
 async fn build_platform(
     ws: &Workspace,
     platform: &PlatformPlan,
+    timeout_from: &str,
     progress: &Progress,
-    mut cancel: watch::Receiver<bool>,
+    cancel: watch::Receiver<bool>,
 ) -> Result<PlatformResult, LocalError> {
     let started = Instant::now();
-    let slug = platform.platform.slug();
-    let log = ws.logs.join(format!("{slug}.log"));
-    let storage = ws.storage.join(&slug);
-    let buildah = |argv: Vec<String>| {
-        let mut cmd = Command::new("buildah");
-        cmd.arg("--root")
-            .arg(storage.join("root"))
-            .arg("--runroot")
-            .arg(storage.join("runroot"))
-            .args(["--storage-driver", "vfs"])
-            .args(argv)
-            .current_dir(&ws.checkout)
-            .env("BUILDAH_ISOLATION", "chroot");
-        if let Some(conf) = &ws.registries_conf {
-            cmd.env("CONTAINERS_REGISTRIES_CONF", conf);
+    let deadline = tokio::time::Instant::now() + platform.timeout;
+    let attempts = u32::try_from(platform.retries).unwrap_or(0) + 1;
+    let mut attempt = 1;
+    loop {
+        let run = Attempt {
+            ws,
+            platform,
+            timeout_from,
+            progress,
+            started,
+            deadline,
+        };
+        match run.once(cancel.clone()).await {
+            Ok(digest) => {
+                let elapsed = started.elapsed();
+                progress.say(
+                    Some(&platform.platform),
+                    &format!("pushed {digest} ({:.1}s)", elapsed.as_secs_f64()),
+                );
+                return Ok(PlatformResult {
+                    platform: platform.platform.clone(),
+                    reference: platform.push_target.clone(),
+                    digest,
+                    elapsed,
+                    emulated: is_foreign(&platform.platform),
+                    attempts: attempt,
+                });
+            }
+            Err(LocalError::Platform { message, .. }) if attempt < attempts => {
+                progress.say(
+                    Some(&platform.platform),
+                    &format!("attempt {attempt} of {attempts} failed ({message}); retrying"),
+                );
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
         }
-        cmd
-    };
-    let extra: Vec<String> = ws
-        .cert_dir
-        .iter()
-        .flat_map(|d| ["--cert-dir".to_string(), d.display().to_string()])
-        .collect();
-    let failed = |message: String| LocalError::Platform {
-        platform: platform.platform.to_string(),
-        message,
-        log: log.display().to_string(),
-        tail: log_tail(&log, 25),
-    };
-
-    progress.say(Some(&platform.platform), "building");
-    let status = run_logged(
-        buildah(with_options(platform.build_argv.clone(), &extra)),
-        &log,
-        &mut cancel,
-    )
-    .await?;
-    if !status.success() {
-        return Err(failed(format!("buildah build exited with {status}")));
     }
-    progress.say(
-        Some(&platform.platform),
-        &format!(
-            "built in {:.1}s; pushing {}",
-            started.elapsed().as_secs_f64(),
-            platform.push_target
-        ),
-    );
-    let digest_file = storage.join("digest");
-    let push = platform.push_argv(&digest_file.display().to_string());
-    let status = run_logged(buildah(with_options(push, &extra)), &log, &mut cancel).await?;
-    if !status.success() {
-        return Err(failed(format!("buildah push exited with {status}")));
-    }
-    let digest = std::fs::read_to_string(&digest_file)
-        .map(|d| d.trim().to_string())
-        .map_err(|e| failed(format!("buildah wrote no digest: {e}")))?;
-    let elapsed = started.elapsed();
-    progress.say(
-        Some(&platform.platform),
-        &format!("pushed {digest} ({:.1}s)", elapsed.as_secs_f64()),
-    );
-    Ok(PlatformResult {
-        platform: platform.platform.clone(),
-        reference: platform.push_target.clone(),
-        digest,
-        elapsed,
-    })
 }
 
-/// Builds every platform, `jobs` at once (0: all of them), and returns their results in
-/// the plan's order. Every platform runs to its end even when another fails; the first
-/// failure is the one returned.
+/// One attempt at building and pushing a platform.
+struct Attempt<'a> {
+    ws: &'a Workspace,
+    platform: &'a PlatformPlan,
+    timeout_from: &'a str,
+    progress: &'a Progress,
+    started: Instant,
+    deadline: tokio::time::Instant,
+}
+
+impl Attempt<'_> {
+    /// Builds and pushes, and returns the pushed digest.
+    async fn once(&self, mut cancel: watch::Receiver<bool>) -> Result<String, LocalError> {
+        let (ws, platform) = (self.ws, self.platform);
+        let slug = platform.platform.slug();
+        let log = ws.logs.join(format!("{slug}.log"));
+        let storage = ws.storage.join(&slug);
+        let buildah = |argv: Vec<String>| {
+            let mut cmd = Command::new("buildah");
+            cmd.arg("--root")
+                .arg(storage.join("root"))
+                .arg("--runroot")
+                .arg(storage.join("runroot"))
+                .args(["--storage-driver", "vfs"])
+                .args(argv)
+                .current_dir(&ws.checkout)
+                .env("BUILDAH_ISOLATION", "chroot");
+            if let Some(conf) = &ws.registries_conf {
+                cmd.env("CONTAINERS_REGISTRIES_CONF", conf);
+            }
+            cmd
+        };
+        let extra: Vec<String> = ws
+            .cert_dir
+            .iter()
+            .flat_map(|d| ["--cert-dir".to_string(), d.display().to_string()])
+            .collect();
+        let failed = |message: String| LocalError::Platform {
+            platform: platform.platform.to_string(),
+            message,
+            log: log.display().to_string(),
+            tail: log_tail(&log, 25),
+        };
+        let ran = |ended: Ended, step: &str| match ended {
+            Ended::Exited(status) if status.success() => Ok(()),
+            Ended::Exited(status) => Err(failed(format!("buildah {step} exited with {status}"))),
+            Ended::TimedOut => Err(LocalError::PlatformTimedOut(Box::new(TimedOut {
+                platform: platform.platform.to_string(),
+                timeout: humantime::format_duration(platform.timeout).to_string(),
+                from: self.timeout_from.to_string(),
+                step: step.to_string(),
+                log: log.display().to_string(),
+                tail: log_tail(&log, 25),
+            }))),
+        };
+
+        self.progress.say(Some(&platform.platform), "building");
+        let build = buildah(with_options(platform.build_argv.clone(), &extra));
+        ran(
+            run_logged(build, &log, &mut cancel, Some(self.deadline)).await?,
+            "build",
+        )?;
+        self.progress.say(
+            Some(&platform.platform),
+            &format!(
+                "built in {:.1}s; pushing {}",
+                self.started.elapsed().as_secs_f64(),
+                platform.push_target
+            ),
+        );
+        let digest_file = storage.join("digest");
+        let push = platform.push_argv(&digest_file.display().to_string());
+        let push = buildah(with_options(push, &extra));
+        ran(
+            run_logged(push, &log, &mut cancel, Some(self.deadline)).await?,
+            "push",
+        )?;
+        std::fs::read_to_string(&digest_file)
+            .map(|d| d.trim().to_string())
+            .map_err(|e| failed(format!("buildah wrote no digest: {e}")))
+    }
+}
+
+/// Where a platform's timeout comes from, for the message when it is exceeded.
+fn timeout_from(spec: &ImageBuildSpec, platform: &PlatformPlan) -> String {
+    let own = spec
+        .platform_settings
+        .iter()
+        .find(|s| s.platform == platform.platform.to_string() && s.timeout.is_some());
+    match (own, &spec.timeout) {
+        (Some(_), _) => format!("spec.platformSettings[{}].timeout", platform.platform),
+        (None, Some(_)) => "spec.timeout".to_string(),
+        (None, None) => {
+            "the default timeout; set spec.timeout or spec.platformSettings[].timeout".to_string()
+        }
+    }
+}
+
+/// A platform that failed although the run may go on without it (`allowFailure`).
+#[derive(Debug)]
+pub(super) struct Failed {
+    pub(super) platform: PlatformPlan,
+    pub(super) error: LocalError,
+}
+
+/// Builds every platform, `jobs` at once (0: all of them). Every platform runs to its end
+/// even when another fails. Returns the platforms built, in the plan's order, and the
+/// failures of platforms that `allowFailure`; the first failure of a platform that may not
+/// fail (or Ctrl-C) is returned as the error.
 pub(super) async fn build_platforms(
     ws: &Workspace,
+    spec: &ImageBuildSpec,
     platforms: &[PlatformPlan],
     jobs: usize,
     progress: &Progress,
     cancel: &watch::Receiver<bool>,
-) -> Result<Vec<PlatformResult>, LocalError> {
+) -> Result<(Vec<PlatformResult>, Vec<Failed>), LocalError> {
     let jobs = if jobs == 0 { platforms.len() } else { jobs };
     let permits = Semaphore::new(jobs.max(1));
     let heartbeat = std::io::stderr().is_terminal();
     let runs = platforms.iter().map(|platform| {
         let (permits, cancel) = (&permits, cancel.clone());
+        let from = timeout_from(spec, platform);
         async move {
             let _permit = permits.acquire().await.expect("the semaphore is never closed");
-            let work = build_platform(ws, platform, progress, cancel);
+            let work = build_platform(ws, platform, &from, progress, cancel);
             tokio::pin!(work);
             let mut ticker = tokio::time::interval(Duration::from_secs(15));
             ticker.tick().await;
@@ -128,18 +211,31 @@ pub(super) async fn build_platforms(
         }
     });
     let mut results = Vec::new();
+    let mut allowed = Vec::new();
     let mut first_error = None;
-    for result in futures::future::join_all(runs).await {
+    for (platform, result) in platforms.iter().zip(futures::future::join_all(runs).await) {
         match result {
             Ok(r) => results.push(r),
-            Err(e) => {
-                first_error.get_or_insert(e);
+            Err(LocalError::Interrupted) => return Err(LocalError::Interrupted),
+            Err(error) if platform.allow_failure => {
+                progress.say(
+                    Some(&platform.platform),
+                    "failed; it may (allowFailure), so the index is assembled without it",
+                );
+                allowed.push(Failed {
+                    platform: platform.clone(),
+                    error,
+                });
+            }
+            Err(error) => {
+                first_error.get_or_insert(error);
             }
         }
     }
     match first_error {
         Some(error) => Err(error),
-        None => Ok(results),
+        None if results.is_empty() => Err(LocalError::NothingBuilt),
+        None => Ok((results, allowed)),
     }
 }
 

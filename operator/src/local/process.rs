@@ -16,13 +16,23 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Runs `cmd` in its own process group with output to `log`. When `cancel` fires, the
-/// whole group gets SIGTERM, then SIGKILL, so no builder process outlives the run.
+/// How a logged process ended.
+#[derive(Debug)]
+pub(super) enum Ended {
+    Exited(ExitStatus),
+    /// The deadline passed first; the process group was stopped.
+    TimedOut,
+}
+
+/// Runs `cmd` in its own process group with output to `log`. When `cancel` fires or the
+/// `deadline` passes, the whole group gets SIGTERM, then SIGKILL, so no builder process
+/// outlives the run or its time.
 pub(super) async fn run_logged(
     mut cmd: Command,
     log: &Path,
     cancel: &mut watch::Receiver<bool>,
-) -> Result<ExitStatus, LocalError> {
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Ended, LocalError> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -39,19 +49,36 @@ pub(super) async fn run_logged(
         .spawn()
         .map_err(|e| LocalError::tool(format!("starting {program}"), e))?;
     let pgid = child.id().map(|id| id as i32);
-    tokio::select! {
-        status = child.wait() => status.map_err(|e| LocalError::tool(format!("waiting for {program}"), e)),
-        _ = cancel.wait_for(|stop| *stop) => {
-            if let Some(pgid) = pgid {
-                // SAFETY: kill(2) with a negative pid signals the process group we created.
-                unsafe { libc::kill(-pgid, libc::SIGTERM) };
-                if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
-                    unsafe { libc::kill(-pgid, libc::SIGKILL) };
-                    let _ = child.wait().await;
-                }
-            }
-            Err(LocalError::Interrupted)
+    let expired = async {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
         }
+    };
+    let interrupted = tokio::select! {
+        status = child.wait() => {
+            return status
+                .map(Ended::Exited)
+                .map_err(|e| LocalError::tool(format!("waiting for {program}"), e));
+        }
+        _ = cancel.wait_for(|stop| *stop) => true,
+        () = expired => false,
+    };
+    if let Some(pgid) = pgid {
+        // SAFETY: kill(2) with a negative pid signals the process group we created.
+        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_err()
+        {
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = child.wait().await;
+        }
+    }
+    if interrupted {
+        Err(LocalError::Interrupted)
+    } else {
+        Ok(Ended::TimedOut)
     }
 }
 
