@@ -678,3 +678,99 @@ async fn an_http_source_is_fetched_with_the_secrets_username_and_password() {
         "the password leaked into the output"
     );
 }
+
+/// `archforge build --local` with `--docker-config docker_config`.
+fn archforge_build_with_config(
+    file: &str,
+    registry: &TestRegistry,
+    docker_config: &Path,
+) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_archforge"))
+        .args([
+            "build",
+            "--local",
+            file,
+            "--insecure-registry",
+            &registry.addr,
+        ])
+        .arg("--docker-config")
+        .arg(docker_config)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_symlink_out_of_the_repository_cannot_leak_the_push_credentials_through_a_bind_mount() {
+    let s = setup().await;
+    let password = "archforge-registry-secret-417";
+    let config = s.work.path().join("docker-config.json");
+    std::fs::write(&config, s.registry.docker_config_json(password)).unwrap();
+    // buildah confines COPY to the context, but mounts a bind source's link target from the host.
+    let dockerfile = format!(
+        "FROM {}\nRUN --mount=type=bind,source=leak,target=/x cat /x > /stolen\n",
+        s.base
+    );
+    let (url, sha) = s.git.commit_with_links(
+        "leak",
+        &[("app/Dockerfile", &dockerfile)],
+        &[("app/leak", config.to_str().unwrap())],
+        "leak",
+    );
+    let image = s.registry.image("team/leak:v1");
+    let file = imagebuild(&s.work.path().join("ib.yaml"), &url, "main", &image, "");
+    let out = archforge_build_with_config(&file, &s.registry, &config);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        let (_, stolen) =
+            read_file_from_image(&s.registry, &format!("{image}-linux-amd64"), "stolen");
+        panic!(
+            "the build ran; the pushed image holds the password: {}\n{stdout}",
+            stolen.contains(password)
+        );
+    }
+    assert!(
+        stderr.contains(&format!(
+            "the repository's symlink \"app/leak\" (at commit {}) points outside it (to {:?})",
+            sha, config
+        )) && stderr.contains("because a RUN --mount or ADD could read through them"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("building"), "nothing was built:\n{stderr}");
+    assert!(
+        !image_exists(&format!("{image}-linux-amd64")),
+        "nothing was pushed"
+    );
+    assert!(
+        !image_exists(&format!("{image}-linux-arm64")),
+        "nothing was pushed"
+    );
+    assert!(!image_exists(&image), "nothing was pushed");
+    assert!(!format!("{stdout}{stderr}").contains(password));
+}
+
+#[tokio::test]
+async fn a_symlink_to_a_directory_of_the_repository_still_serves_a_bind_mount() {
+    let s = setup().await;
+    let dockerfile = format!(
+        "FROM {}\nRUN --mount=type=bind,source=lib,target=/x cat /x/util.txt > /got.txt\n",
+        s.base
+    );
+    let (out, image) = build_linked(
+        &s,
+        &[
+            ("app/Dockerfile", &dockerfile),
+            ("app/src/lib/util.txt", "in the repository\n"),
+        ],
+        &[("app/lib", "src/lib"), ("app/readme", "../README")],
+        "app",
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, got) = read_file_from_image(&s.registry, &format!("{image}-linux-amd64"), "got.txt");
+    assert_eq!(got, "in the repository\n");
+}

@@ -70,7 +70,8 @@ pub enum LocalError {
     #[error("{0}")]
     Credentials(String),
 
-    /// `contextDir` or `dockerfile` is missing from the checkout or leads out of it.
+    /// `contextDir` or `dockerfile` is missing from the checkout or leads out of it, or a
+    /// symlink of the checkout does.
     #[error("{0}")]
     SourcePath(String),
 
