@@ -204,10 +204,13 @@ mod tests {
         assert_eq!(refused(&root), None);
     }
 
+    /// A link's target, made from the checkout's path.
+    type Target = fn(&Path) -> PathBuf;
+
     #[test]
     fn every_kind_of_link_out_is_refused_by_its_path_in_the_repository() {
         let outside = |root: &Path| root.parent().unwrap().join("outside");
-        let cases: [(&str, fn(&Path) -> PathBuf); 6] = [
+        let cases: [(&str, Target); 6] = [
             ("absolute", |r| r.parent().unwrap().join("outside/secret")),
             ("relative", |_| PathBuf::from("../../../outside/secret")),
             ("dangling", |_| PathBuf::from("/no/such/file")),
