@@ -774,3 +774,16 @@ async fn a_symlink_to_a_directory_of_the_repository_still_serves_a_bind_mount() 
     let (_, got) = read_file_from_image(&s.registry, &format!("{image}-linux-amd64"), "got.txt");
     assert_eq!(got, "in the repository\n");
 }
+
+#[test]
+fn build_local_never_prints_a_malformed_secret_of_the_file() {
+    for (password_line, line, column) in common::MALFORMED_SECRET_LINES {
+        let dir = tempfile::tempdir().unwrap();
+        let file = common::write_imagebuild_with_secret_line(dir.path(), password_line);
+        let out = Command::new(env!("CARGO_BIN_EXE_archforge"))
+            .args(["build", "--local", &file])
+            .output()
+            .unwrap();
+        common::assert_malformed_secret_hidden(&out, line, column);
+    }
+}

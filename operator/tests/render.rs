@@ -704,3 +704,17 @@ fn ssh_credentials_are_readable_by_git_sync_only() {
     let pod = https.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     assert_eq!(pod.security_context.as_ref().unwrap().fs_group, None);
 }
+
+#[test]
+fn render_never_prints_a_malformed_secret_of_the_file() {
+    for (password_line, line, column) in common::MALFORMED_SECRET_LINES {
+        let dir = tempfile::tempdir().unwrap();
+        let file = common::write_imagebuild_with_secret_line(dir.path(), password_line);
+        let out = Command::new(env!("CARGO_BIN_EXE_archforge"))
+            .arg("render")
+            .arg(&file)
+            .output()
+            .unwrap();
+        common::assert_malformed_secret_hidden(&out, line, column);
+    }
+}
