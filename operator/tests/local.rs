@@ -787,3 +787,47 @@ fn build_local_never_prints_a_malformed_secret_of_the_file() {
         common::assert_malformed_secret_hidden(&out, line, column);
     }
 }
+
+#[tokio::test]
+async fn the_git_password_is_not_sent_to_the_host_a_redirect_leads_to() {
+    let trap = common::git::RedirectTrap::start();
+    let work = tempfile::tempdir().unwrap();
+    let password = "pa55-archforge-redirect-secret";
+    let url = format!("{}/team/app.git", trap.url);
+    // A full SHA is fetched by git itself (no smart-HTTP pinning first); "main" is pinned.
+    for git_ref in ["0123456789abcdef0123456789abcdef01234567", "main"] {
+        let file = imagebuild_source(
+            &work.path().join("ib.yaml"),
+            &url,
+            git_ref,
+            "      credentialsSecret: git-basic\n",
+            "127.0.0.1:1/team/app:v1",
+            &secret_document("git-basic", &[("username", "bot"), ("password", password)]),
+        );
+        let before = trap.requests().lines().count();
+        let out = Command::new(env!("CARGO_BIN_EXE_archforge"))
+            .args(["build", "--local", &file])
+            .env("TMPDIR", work.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        let requests = trap.requests();
+        assert!(
+            requests.lines().count() > before,
+            "the redirect was followed ({git_ref}):\n{stderr}"
+        );
+        assert!(
+            requests.lines().all(|l| l.ends_with(" -")),
+            "credentials went to the other host ({git_ref}):\n{requests}"
+        );
+        assert!(!stderr.contains(password), "{stderr}");
+        if git_ref != "main" {
+            assert!(
+                stderr.contains("the git server redirected to http://127.0.0.2:")
+                    && stderr.contains(&format!("are only given to {}", trap.url)),
+                "{stderr}"
+            );
+        }
+    }
+}
