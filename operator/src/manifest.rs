@@ -24,7 +24,7 @@ pub fn parse_imagebuild(path: &str, text: &str) -> Result<ImageBuild> {
         message,
     };
     let documents: Vec<serde_json::Value> =
-        serde_saphyr::from_multiple(text).map_err(|e| parse_error(e.to_string()))?;
+        serde_saphyr::from_multiple(text).map_err(|e| parse_error(yaml_error(text, &e)))?;
     let is_imagebuild =
         |v: &serde_json::Value| v.get("kind").and_then(|k| k.as_str()) == Some("ImageBuild");
     let value = match documents.iter().filter(|v| is_imagebuild(v)).count() {
@@ -54,9 +54,83 @@ pub fn parse_imagebuild(path: &str, text: &str) -> Result<ImageBuild> {
             kind.unwrap_or("(none)")
         )));
     }
-    // The path makes "unknown variant `zip`" say which field it is about.
-    serde_path_to_error::deserialize(value)
-        .map_err(|e| parse_error(format!("{}: {}", e.path(), e.inner())))
+    // The path says which field the error is about; the value itself is left out.
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        parse_error(format!(
+            "{}: {}",
+            e.path(),
+            without_value(&e.inner().to_string())
+        ))
+    })
+}
+
+/// Where the YAML of `text` is broken, and nothing of what is there: serde_saphyr's own
+/// message quotes the offending line, and in a file that carries the Secrets an ImageBuild
+/// needs that line may be a password (`password: "unclosed`).
+fn yaml_error(text: &str, error: &serde_saphyr::Error) -> String {
+    const UNSHOWN: &str = "the file's text is not shown, as it may hold Secrets";
+    match error.location() {
+        Some(at) if at.line() > 0 => format!(
+            "invalid YAML at line {} column {} (in its YAML document {}); {UNSHOWN}",
+            at.line(),
+            at.column(),
+            document_at(text, at.line())
+        ),
+        _ => format!("invalid YAML; {UNSHOWN}"),
+    }
+}
+
+/// The 1-based number of the YAML document (`---`-separated) holding 1-based `line`.
+fn document_at(text: &str, line: u64) -> usize {
+    let is_marker = |l: &str| l == "---" || l.starts_with("--- ") || l.starts_with("---\t");
+    let before: Vec<&str> = text
+        .lines()
+        .take(usize::try_from(line.saturating_sub(1)).unwrap_or(usize::MAX))
+        .collect();
+    let markers = before.iter().filter(|l| is_marker(l)).count();
+    // A stream that opens with `---` has no document before its first marker.
+    let opens_with_marker = text
+        .lines()
+        .map(str::trim_end)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .is_some_and(is_marker);
+    if opens_with_marker {
+        markers.max(1)
+    } else {
+        markers + 1
+    }
+}
+
+/// serde's message about a field without the value it found: "invalid type: string
+/// \"hunter2\", expected a sequence" becomes "invalid type: found a string, expected a
+/// sequence". Messages of a shape serde does not standardise are dropped whole.
+fn without_value(message: &str) -> String {
+    for kind in ["invalid type", "invalid value"] {
+        if let Some(rest) = message.strip_prefix(&format!("{kind}: "))
+            && let Some((found, expected)) = rest.rsplit_once(", expected ")
+        {
+            // "string \"x\"", "integer `5`", "map": the kind of value, before the value.
+            let found = found.split(['`', '"']).next().unwrap_or_default().trim();
+            return format!("{kind}: found a {found}, expected {expected}");
+        }
+    }
+    if message.starts_with("unknown variant ") {
+        return match message.rsplit_once(", expected ") {
+            Some((_, expected)) => format!("unknown variant, expected {expected}"),
+            None => "unknown variant".to_string(),
+        };
+    }
+    // Field names and counts only: the keys of an ImageBuild are not secret.
+    let keeps = [
+        "missing field `",
+        "unknown field `",
+        "duplicate field `",
+        "invalid length ",
+    ];
+    if keeps.iter().any(|k| message.starts_with(k)) {
+        return message.to_string();
+    }
+    "not a valid value here (the value is not shown)".to_string()
 }
 
 /// One object as a YAML document.
@@ -139,4 +213,53 @@ fn explain_rules(yaml: String, whys: &[&str]) -> String {
     }
     assert!(whys.next().is_none(), "every permission has its rule");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = "apiVersion: archforge.dev/v1alpha1\nkind: ImageBuild\nmetadata:\n  name: app\nspec:\n  source:\n    git:\n      url: https://example.com/app.git\n";
+
+    fn message(text: &str) -> String {
+        match parse_imagebuild("ib.yaml", text) {
+            Err(Error::ParseManifest { message, .. }) => message,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_is_named_without_its_value() {
+        let text = format!(
+            "{HEAD}  platforms: \"SUPERSECRET\"\n  output:\n    image: r.example.com/a:v1\n"
+        );
+        assert_eq!(
+            message(&text),
+            "spec.platforms: invalid type: found a string, expected a sequence"
+        );
+        let text = format!(
+            "{HEAD}  platforms: [linux/amd64]\n  output:\n    image: r.example.com/a:v1\n    mediaType: SUPERSECRET\n"
+        );
+        assert_eq!(
+            message(&text),
+            "spec.output.mediaType: unknown variant, expected `oci` or `docker`"
+        );
+        let text = format!("{HEAD}  platforms: [linux/amd64]\n");
+        assert_eq!(message(&text), "spec: missing field `output`");
+    }
+
+    #[test]
+    fn broken_yaml_is_located_by_document_line_and_column_only() {
+        let text = format!(
+            "# a comment\n---\n{HEAD}---\nkind: Secret\nstringData:\n  token: 'SUPERSECRET\n"
+        );
+        let shown = message(&text);
+        assert!(
+            shown.starts_with("invalid YAML at line 14 column 10 (in its YAML document 2)"),
+            "{shown}"
+        );
+        assert!(!shown.contains("SUPERSECRET"), "{shown}");
+        assert_eq!(document_at("a: 1\n---\nb: 2\n", 3), 2);
+        assert_eq!(document_at("---\na: 1\n", 2), 1);
+    }
 }

@@ -5,16 +5,18 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use archforge::api::MediaType;
 use archforge::plan::Platform;
 use archforge::registry::{
-    DockerConfig, MAX_CONFIG_BYTES, PlatformImage, Registry, RegistryError, RegistryOptions,
-    RetryPolicy, parse_reference, sha256_digest,
+    DockerConfig, MAX_CONFIG_BYTES, PlatformImage, PushedIndex, Registry, RegistryError,
+    RegistryOptions, RegistryResult, RetryPolicy, parse_reference, sha256_digest,
 };
-use common::registry::hostile::{Body, HostileRegistry, Script, config_prefix, manifest_json};
+use common::registry::hostile::{
+    Body, Counts, HostileRegistry, Script, config_prefix, manifest_json,
+};
 use common::registry::{Mode, PASSWORD, TestRegistry};
 use serde_json::Value;
 
@@ -166,85 +168,121 @@ async fn oci_index_over_tls_with_private_ca() {
     assemble_and_verify(Mode::Tls, MediaType::Oci).await;
 }
 
+/// A real registry holding amd64 and arm64 images (see `push_two`) under `team/app`, and the
+/// tag an index of them goes to.
+struct TwoImages {
+    reg: TestRegistry,
+    images: Vec<PlatformImage>,
+    target: String,
+}
+
+impl TwoImages {
+    async fn start(mode: Mode) -> Self {
+        let reg = TestRegistry::start(mode);
+        let images = push_two(
+            &Registry::new(reg.options()),
+            &reg.image("team/app"),
+            MediaType::Oci,
+        )
+        .await;
+        let target = reg.image("team/app:v1");
+        TwoImages {
+            reg,
+            images,
+            target,
+        }
+    }
+
+    /// A client with the options that reach this registry.
+    fn registry(&self) -> Registry {
+        Registry::new(self.reg.options())
+    }
+
+    /// Assembles the two images at `target` with a client configured by `options`.
+    async fn assemble_with(&self, options: RegistryOptions) -> RegistryResult<PushedIndex> {
+        assemble(&Registry::new(options), &self.target, &self.images).await
+    }
+
+    /// `err` is the permanent `reason`, and `target` was never pushed.
+    fn assert_refused(&self, err: &RegistryError, reason: &str) {
+        assert_permanent(err, reason);
+        assert!(
+            !tag_exists(&self.reg, &self.target),
+            "nothing may be pushed when an input is wrong: {err}"
+        );
+    }
+}
+
+/// Assembles an OCI index of `images` at `target`, with the test annotations.
+async fn assemble(
+    registry: &Registry,
+    target: &str,
+    images: &[PlatformImage],
+) -> RegistryResult<PushedIndex> {
+    registry
+        .assemble_index(target, images, MediaType::Oci, &annotations())
+        .await
+}
+
+/// Assembles the two images of a registry in `mode` with its options changed by `change`,
+/// which must be refused as `reason` with nothing pushed; returns the registry and the error.
+async fn refused_with(
+    mode: Mode,
+    change: impl FnOnce(&TestRegistry, &mut RegistryOptions),
+    reason: &str,
+) -> (TwoImages, RegistryError) {
+    let two = TwoImages::start(mode).await;
+    let mut options = two.reg.options();
+    change(&two.reg, &mut options);
+    let err = two.assemble_with(options).await.unwrap_err();
+    two.assert_refused(&err, reason);
+    (two, err)
+}
+
 #[tokio::test]
 async fn wrong_password_is_a_credentials_error() {
-    let reg = TestRegistry::start(Mode::Htpasswd);
-    let images = push_two(
-        &Registry::new(reg.options()),
-        &reg.image("team/app"),
-        MediaType::Oci,
-    )
-    .await;
-    let mut options = reg.options();
-    options.credentials =
-        DockerConfig::from_json("test", reg.docker_config_json("wrong-password").as_bytes())
-            .unwrap();
-    let err = Registry::new(options)
-        .assemble_index(
-            &reg.image("team/app:v1"),
-            &images,
-            MediaType::Oci,
-            &annotations(),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, RegistryError::Credentials { .. }), "{err:?}");
-    assert!(err.to_string().contains(&reg.addr), "{err}");
+    let wrong_password = |reg: &TestRegistry, options: &mut RegistryOptions| {
+        let config = reg.docker_config_json("wrong-password");
+        options.credentials = DockerConfig::from_json("test", config.as_bytes()).unwrap();
+    };
+    let (two, err) = refused_with(Mode::Htpasswd, wrong_password, "RegistryCredentials").await;
+    assert!(err.to_string().contains(&two.reg.addr), "{err}");
 }
 
 #[tokio::test]
 async fn missing_credentials_are_a_credentials_error() {
-    let reg = TestRegistry::start(Mode::Htpasswd);
-    let images = push_two(
-        &Registry::new(reg.options()),
-        &reg.image("team/app"),
-        MediaType::Oci,
-    )
-    .await;
-    let options = RegistryOptions {
-        insecure: vec![reg.addr.clone()],
-        ..reg.options()
+    let no_credentials = |reg: &TestRegistry, options: &mut RegistryOptions| {
+        options.insecure = vec![reg.addr.clone()];
+        options.credentials = DockerConfig::default();
     };
-    let options = RegistryOptions {
-        credentials: DockerConfig::default(),
-        ..options
-    };
-    let err = Registry::new(options)
-        .assemble_index(
-            &reg.image("team/app:v1"),
-            &images,
-            MediaType::Oci,
-            &annotations(),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, RegistryError::Credentials { .. }), "{err:?}");
+    refused_with(Mode::Htpasswd, no_credentials, "RegistryCredentials").await;
 }
 
 #[tokio::test]
 async fn unknown_ca_is_a_tls_error() {
-    let reg = TestRegistry::start(Mode::Tls);
-    let images = push_two(
-        &Registry::new(reg.options()),
-        &reg.image("team/app"),
-        MediaType::Oci,
-    )
-    .await;
-    let options = RegistryOptions {
-        ca_pems: Vec::new(),
-        ..reg.options()
-    };
-    let err = Registry::new(options)
-        .assemble_index(
-            &reg.image("team/app:v1"),
-            &images,
-            MediaType::Oci,
-            &annotations(),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, RegistryError::Tls { .. }), "{err:?}");
+    let no_ca = |_: &TestRegistry, options: &mut RegistryOptions| options.ca_pems.clear();
+    let (_, err) = refused_with(Mode::Tls, no_ca, "RegistryTLS").await;
     assert!(err.to_string().contains("--ca-file"), "{err}");
+}
+
+#[tokio::test]
+async fn a_plain_http_registry_reached_over_https_is_named_with_the_fix() {
+    let https = |_: &TestRegistry, options: &mut RegistryOptions| options.insecure.clear();
+    let (two, err) = refused_with(Mode::Plain, https, "RegistryPlainHTTP").await;
+    let text = err.to_string();
+    let addr = &two.reg.addr;
+    assert!(
+        text.contains(&format!(
+            "registry {addr} answered in plain HTTP to an HTTPS request"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("--insecure-registry {addr}")),
+        "{text}"
+    );
+    assert!(text.contains("registry.insecureRegistries"), "{text}");
+    assert!(!text.contains("InvalidContentType"), "{text}");
 }
 
 /// Whether `reference` exists, asked of the registry directly.
@@ -262,82 +300,53 @@ fn tag_exists(reg: &TestRegistry, reference: &str) -> bool {
 
 #[tokio::test]
 async fn an_amd64_image_in_the_arm64_slot_is_refused_and_nothing_is_pushed() {
-    let reg = TestRegistry::start(Mode::Plain);
-    let registry = Registry::new(reg.options());
-    let images = push_two(&registry, &reg.image("team/app"), MediaType::Oci).await;
+    let two = TwoImages::start(Mode::Plain).await;
     let swapped = vec![
-        images[0].clone(),
+        two.images[0].clone(),
         PlatformImage {
             platform: platform("linux/arm64"),
-            digest: images[0].digest.clone(),
+            digest: two.images[0].digest.clone(),
         },
     ];
-    let target = reg.image("team/app:v1");
-    let err = registry
-        .assemble_index(&target, &swapped, MediaType::Oci, &annotations())
+    let err = assemble(&two.registry(), &two.target, &swapped)
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, RegistryError::PlatformMismatch { .. }),
-        "{err:?}"
-    );
+    two.assert_refused(&err, "PlatformMismatch");
     let text = err.to_string();
     assert!(
         text.contains("linux/arm64 was built as linux/amd64"),
         "{text}"
     );
-    assert!(
-        !tag_exists(&reg, &target),
-        "nothing may be pushed when an input is wrong"
-    );
 }
 
 #[tokio::test]
 async fn a_missing_platform_manifest_is_named() {
-    let reg = TestRegistry::start(Mode::Plain);
-    let registry = Registry::new(reg.options());
-    let mut images = push_two(&registry, &reg.image("team/app"), MediaType::Oci).await;
-    images[1].digest = sha256_digest(b"never pushed");
-    let target = reg.image("team/app:v1");
-    let err = registry
-        .assemble_index(&target, &images, MediaType::Oci, &annotations())
+    let mut two = TwoImages::start(Mode::Plain).await;
+    two.images[1].digest = sha256_digest(b"never pushed");
+    let err = assemble(&two.registry(), &two.target, &two.images)
         .await
         .unwrap_err();
     assert!(
         matches!(&err, RegistryError::ManifestNotFound { platform, .. } if platform == "linux/arm64"),
         "{err:?}"
     );
-    assert!(!tag_exists(&reg, &target));
+    two.assert_refused(&err, "ManifestNotFound");
 }
 
 #[tokio::test]
 async fn an_index_is_not_an_image() {
-    let reg = TestRegistry::start(Mode::Plain);
-    let registry = Registry::new(reg.options());
-    let images = push_two(&registry, &reg.image("team/app"), MediaType::Oci).await;
-    let first = registry
-        .assemble_index(
-            &reg.image("team/app:inner"),
-            &images,
-            MediaType::Oci,
-            &annotations(),
-        )
-        .await
-        .unwrap();
+    let two = TwoImages::start(Mode::Plain).await;
+    let registry = two.registry();
+    let inner_tag = two.reg.image("team/app:inner");
+    let inner = assemble(&registry, &inner_tag, &two.images).await.unwrap();
+    // So that `assert_refused`'s "never pushed" can fail: a pushed tag is seen.
+    assert!(tag_exists(&two.reg, &inner_tag));
     let nested = vec![PlatformImage {
         platform: platform("linux/amd64"),
-        digest: first.digest,
+        digest: inner.digest,
     }];
-    let err = registry
-        .assemble_index(
-            &reg.image("team/app:outer"),
-            &nested,
-            MediaType::Oci,
-            &annotations(),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, RegistryError::NestedIndex { .. }), "{err:?}");
+    let err = assemble(&registry, &two.target, &nested).await.unwrap_err();
+    two.assert_refused(&err, "NestedIndex");
 }
 
 #[tokio::test]
@@ -363,15 +372,13 @@ async fn an_unreachable_registry_fails_after_bounded_retries() {
         digest: sha256_digest(b"x"),
     }];
     let started = Instant::now();
-    let err = Registry::new(options)
-        .assemble_index(
-            &format!("{addr}/team/app:v1"),
-            &images,
-            MediaType::Oci,
-            &annotations(),
-        )
-        .await
-        .unwrap_err();
+    let err = assemble(
+        &Registry::new(options),
+        &format!("{addr}/team/app:v1"),
+        &images,
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(err, RegistryError::Unreachable { attempts: 3, .. }),
         "{err:?}"
@@ -387,7 +394,11 @@ async fn an_unreachable_registry_fails_after_bounded_retries() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_registry_that_comes_back_is_retried_to_success() {
-    let mut reg = TestRegistry::start(Mode::Plain);
+    let TwoImages {
+        mut reg,
+        images,
+        target,
+    } = TwoImages::start(Mode::Plain).await;
     let registry = Registry::new(RegistryOptions {
         retry: RetryPolicy {
             attempts: 8,
@@ -396,11 +407,8 @@ async fn a_registry_that_comes_back_is_retried_to_success() {
         },
         ..reg.options()
     });
-    let images = push_two(&registry, &reg.image("team/app"), MediaType::Oci).await;
     reg.stop();
-    let target = reg.image("team/app:v1");
-    let annotations = annotations();
-    let assembling = registry.assemble_index(&target, &images, MediaType::Oci, &annotations);
+    let assembling = assemble(&registry, &target, &images);
     let restarting = async {
         tokio::time::sleep(Duration::from_millis(600)).await;
         tokio::task::block_in_place(|| reg.restart());
@@ -411,34 +419,49 @@ async fn a_registry_that_comes_back_is_retried_to_success() {
     assert_eq!(digest, pushed.digest);
 }
 
-#[tokio::test]
-async fn index_create_cli() {
-    let reg = TestRegistry::start(Mode::Htpasswd);
-    let images = push_two(
-        &Registry::new(reg.options()),
-        &reg.image("team/app"),
-        MediaType::Oci,
-    )
-    .await;
-    let config = reg.dir.path().join("docker-config.json");
-    std::fs::write(&config, reg.docker_config_json(PASSWORD)).unwrap();
-    let target = reg.image("team/app:v1");
+/// Runs `archforge index create` with `args`; returns whether it succeeded, its stdout and
+/// its stderr.
+fn index_create(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_archforge"))
-        .args(["index", "create", "--image", &target])
-        .args(["--source", &format!("linux/amd64={}", images[0].digest)])
-        .args(["--source", &format!("linux/arm64={}", images[1].digest)])
-        .args(["--docker-config", &config.display().to_string()])
-        .args(["--insecure-registry", &reg.addr])
-        .args(["--annotation", "org.opencontainers.image.revision=abc123"])
+        .args(["index", "create"])
+        .args(args)
         .output()
         .unwrap();
-    assert!(
+    (
         out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed = String::from_utf8(out.stdout).unwrap();
-    let (index, digest) = skopeo_raw(&reg, &target);
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `archforge index create` with `args`, which must fail, and returns its stderr.
+fn index_create_refused(args: &[&str]) -> String {
+    let (ok, _, stderr) = index_create(args);
+    assert!(!ok, "{args:?} was accepted: {stderr}");
+    stderr
+}
+
+#[tokio::test]
+async fn index_create_cli() {
+    let two = TwoImages::start(Mode::Htpasswd).await;
+    let config = two.reg.dir.path().join("docker-config.json");
+    std::fs::write(&config, two.reg.docker_config_json(PASSWORD)).unwrap();
+    let (ok, printed, stderr) = index_create(&[
+        "--image",
+        &two.target,
+        "--source",
+        &format!("linux/amd64={}", two.images[0].digest),
+        "--source",
+        &format!("linux/arm64={}", two.images[1].digest),
+        "--docker-config",
+        &config.display().to_string(),
+        "--insecure-registry",
+        &two.reg.addr,
+        "--annotation",
+        "org.opencontainers.image.revision=abc123",
+    ]);
+    assert!(ok, "{stderr}");
+    let (index, digest) = skopeo_raw(&two.reg, &two.target);
     assert_eq!(printed.trim(), digest);
     assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
     assert_eq!(
@@ -447,23 +470,9 @@ async fn index_create_cli() {
     );
 
     // A bad --source is refused with a clear message before any network traffic.
-    let out = Command::new(env!("CARGO_BIN_EXE_archforge"))
-        .args([
-            "index",
-            "create",
-            "--image",
-            &target,
-            "--source",
-            "linux/arm64:sha256:abc",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("PLATFORM=DIGEST"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr =
+        index_create_refused(&["--image", &two.target, "--source", "linux/arm64:sha256:abc"]);
+    assert!(stderr.contains("PLATFORM=DIGEST"), "{stderr}");
 }
 
 // ---- A hostile or broken registry ----
@@ -483,19 +492,26 @@ fn hostile_options(reg: &HostileRegistry) -> RegistryOptions {
     }
 }
 
+/// Assembles `images` from `reg` at `team/app:v1`.
+async fn assemble_hostile(
+    reg: &HostileRegistry,
+    images: &[PlatformImage],
+) -> RegistryResult<PushedIndex> {
+    assemble(
+        &Registry::new(hostile_options(reg)),
+        &reg.image("team/app:v1"),
+        images,
+    )
+    .await
+}
+
 /// Assembles one linux/amd64 image whose manifest is `manifest_digest` from `reg`.
 async fn assemble_from(reg: &HostileRegistry, manifest_digest: &str) -> RegistryError {
-    let images = vec![PlatformImage {
+    let images = [PlatformImage {
         platform: platform("linux/amd64"),
         digest: manifest_digest.to_string(),
     }];
-    Registry::new(hostile_options(reg))
-        .assemble_index(
-            &reg.image("team/app:v1"),
-            &images,
-            MediaType::Oci,
-            &annotations(),
-        )
+    assemble_hostile(reg, &images)
         .await
         .expect_err("the hostile registry's answer must be refused")
 }
@@ -519,6 +535,51 @@ fn assert_permanent(err: &RegistryError, reason: &str) {
     assert!(!err.is_transient(), "{reason} must not be retried: {err}");
 }
 
+/// Assembles the amd64 image `manifest_digest` from a hostile registry serving `script`. Its
+/// answer must be refused as the permanent `reason` with an error that says each of `says`,
+/// after exactly `seen` requests: what it took to find the fault, no retry, and nothing
+/// pushed after it.
+async fn refused_by(
+    script: Script,
+    manifest_digest: &str,
+    reason: &str,
+    seen: Counts,
+    says: &[&str],
+) -> (HostileRegistry, RegistryError) {
+    let reg = HostileRegistry::start(script);
+    let err = assemble_from(&reg, manifest_digest).await;
+    assert_permanent(&err, reason);
+    assert_eq!(reg.counts(), seen, "{reason}: {:?}", reg.requests());
+    let text = err.to_string();
+    for part in says {
+        assert!(text.contains(part), "{part:?} is not in: {text}");
+    }
+    (reg, err)
+}
+
+/// What a refusal of the config may cost: the manifest and the config fetched once each.
+const MANIFEST_AND_CONFIG: Counts = Counts {
+    manifest_gets: 1,
+    blob_gets: 1,
+    pushes: 0,
+};
+
+/// What a refusal of the manifest, or of a config before fetching it, may cost.
+const MANIFEST_ONLY: Counts = Counts {
+    manifest_gets: 1,
+    blob_gets: 0,
+    pushes: 0,
+};
+
+/// How many bytes the server got out: a refusal at a limit must stop reading near it.
+fn assert_read_stopped(sent: &AtomicU64) {
+    let sent = sent.load(Ordering::Relaxed);
+    assert!(
+        sent < 8 * MIB,
+        "the client read on after the limit: the server got {sent} bytes out"
+    );
+}
+
 #[tokio::test]
 async fn a_config_far_bigger_than_declared_is_refused_without_reading_it() {
     // The descriptor says 1500 bytes; the registry streams 600 MiB without announcing a length.
@@ -529,23 +590,19 @@ async fn a_config_far_bigger_than_declared_is_refused_without_reading_it() {
             total: 600 * MIB,
         },
     );
-    let reg = HostileRegistry::start(script);
-    let err = assemble_from(&reg, &manifest_digest).await;
+    let (reg, err) = refused_by(
+        script,
+        &manifest_digest,
+        "BlobTooLarge",
+        MANIFEST_AND_CONFIG,
+        &[&config_digest, "descriptor's size of 1500 bytes"],
+    )
+    .await;
     assert!(
         matches!(err, RegistryError::BlobTooLarge { limit: 1500, .. }),
         "{err:?}"
     );
-    assert_permanent(&err, "BlobTooLarge");
-    let text = err.to_string();
-    assert!(text.contains(&config_digest), "{text}");
-    assert!(text.contains("descriptor's size of 1500 bytes"), "{text}");
-    let sent = reg.stats.blob_bytes_sent.load(Ordering::Relaxed);
-    assert!(
-        sent < 8 * MIB,
-        "the client read on after the declared size: the server got {sent} bytes out"
-    );
-    assert_eq!(reg.stats.blob_gets.load(Ordering::Relaxed), 1, "no retry");
-    assert_eq!(reg.stats.pushes.load(Ordering::Relaxed), 0);
+    assert_read_stopped(&reg.stats.blob_bytes_sent);
 }
 
 #[tokio::test]
@@ -569,34 +626,39 @@ async fn a_config_bigger_than_the_cap_is_refused_at_the_cap() {
         ),
     ] {
         let (script, manifest_digest, config_digest) = config_script(MAX_CONFIG_BYTES, body);
-        let reg = HostileRegistry::start(script);
-        let err = assemble_from(&reg, &manifest_digest).await;
-        assert_permanent(&err, "BlobTooLarge");
-        let text = err.to_string();
-        assert!(text.contains(&config_digest), "{text}");
-        assert!(text.contains(detail), "{text}");
-        let sent = reg.stats.blob_bytes_sent.load(Ordering::Relaxed);
-        assert!(sent < 8 * MIB, "the server got {sent} bytes out");
+        let (reg, _) = refused_by(
+            script,
+            &manifest_digest,
+            "BlobTooLarge",
+            MANIFEST_AND_CONFIG,
+            &[&config_digest, detail],
+        )
+        .await;
+        assert_read_stopped(&reg.stats.blob_bytes_sent);
     }
 }
 
 #[tokio::test]
 async fn a_config_declared_huge_is_refused_before_it_is_fetched() {
     let (script, manifest_digest, config_digest) = config_script(600 * MIB, Body::Status(500));
-    let reg = HostileRegistry::start(script);
-    let err = assemble_from(&reg, &manifest_digest).await;
-    assert_permanent(&err, "BlobTooLarge");
-    let text = err.to_string();
-    assert!(text.contains(&config_digest), "{text}");
-    assert!(text.contains("declares 629145600 bytes"), "{text}");
-    assert!(text.contains("limit of 4194304 bytes"), "{text}");
-    assert_eq!(reg.stats.blob_gets.load(Ordering::Relaxed), 0);
+    refused_by(
+        script,
+        &manifest_digest,
+        "BlobTooLarge",
+        MANIFEST_ONLY,
+        &[
+            &config_digest,
+            "declares 629145600 bytes",
+            "limit of 4194304 bytes",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_huge_manifest_is_refused_at_the_cap() {
     let manifest_digest = sha256_digest(b"a manifest nobody can have");
-    let reg = HostileRegistry::start(Script {
+    let script = Script {
         manifest: Body::Chunked {
             prefix: br#"{"schemaVersion":2,"padding":""#.to_vec(),
             total: 600 * MIB,
@@ -604,43 +666,37 @@ async fn a_huge_manifest_is_refused_at_the_cap() {
         manifest_type: "application/vnd.oci.image.manifest.v1+json".into(),
         config: Body::Status(500),
         push_digest: None,
-    });
-    let err = assemble_from(&reg, &manifest_digest).await;
-    assert_permanent(&err, "ManifestTooLarge");
-    let text = err.to_string();
-    assert!(text.contains(&manifest_digest), "{text}");
-    assert!(text.contains("limit of 4194304 bytes"), "{text}");
-    let sent = reg.stats.manifest_bytes_sent.load(Ordering::Relaxed);
-    assert!(sent < 8 * MIB, "the server got {sent} bytes out");
-    assert_eq!(reg.stats.manifest_gets.load(Ordering::Relaxed), 1);
-    assert_eq!(reg.stats.pushes.load(Ordering::Relaxed), 0);
+    };
+    let (reg, _) = refused_by(
+        script,
+        &manifest_digest,
+        "ManifestTooLarge",
+        MANIFEST_ONLY,
+        &[&manifest_digest, "limit of 4194304 bytes"],
+    )
+    .await;
+    assert_read_stopped(&reg.stats.manifest_bytes_sent);
 }
 
 #[tokio::test]
 async fn bytes_that_do_not_hash_to_the_digest_are_refused_at_once() {
     // The manifest asked for is not the one served.
     let (script, _, _) = config_script(10, Body::Status(500));
-    let reg = HostileRegistry::start(script);
     let asked = sha256_digest(b"the manifest the builder pushed");
-    let err = assemble_from(&reg, &asked).await;
-    assert_permanent(&err, "DigestMismatch");
-    assert!(err.to_string().contains(&asked), "{err}");
-    assert_eq!(
-        reg.stats.manifest_gets.load(Ordering::Relaxed),
-        1,
-        "no retry"
-    );
+    refused_by(script, &asked, "DigestMismatch", MANIFEST_ONLY, &[&asked]).await;
 
     // The config served is the declared size but other bytes.
     let wrong = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
     let (script, manifest_digest, config_digest) =
         config_script(wrong.len() as u64, Body::Exact(wrong));
-    let reg = HostileRegistry::start(script);
-    let err = assemble_from(&reg, &manifest_digest).await;
-    assert_permanent(&err, "DigestMismatch");
-    assert!(err.to_string().contains(&config_digest), "{err}");
-    assert_eq!(reg.stats.blob_gets.load(Ordering::Relaxed), 1, "no retry");
-    assert_eq!(reg.stats.pushes.load(Ordering::Relaxed), 0);
+    refused_by(
+        script,
+        &manifest_digest,
+        "DigestMismatch",
+        MANIFEST_AND_CONFIG,
+        &[&config_digest],
+    )
+    .await;
 }
 
 /// A script that serves a valid amd64 image.
@@ -663,34 +719,34 @@ fn honest_script() -> (Script, String) {
 #[tokio::test]
 async fn a_push_answer_naming_another_digest_is_a_permanent_mismatch() {
     let (mut script, digest) = honest_script();
-    let images = vec![PlatformImage {
-        platform: platform("linux/amd64"),
-        digest,
-    }];
     // The honest script is accepted, so what fails below is the push answer alone.
     let reg = HostileRegistry::start(script.clone());
-    let pushed = Registry::new(hostile_options(&reg))
-        .assemble_index(
-            &reg.image("team/app:v1"),
-            &images,
-            MediaType::Oci,
-            &annotations(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(reg.stats.pushes.load(Ordering::Relaxed), 1);
+    let pushed = assemble_hostile(
+        &reg,
+        &[PlatformImage {
+            platform: platform("linux/amd64"),
+            digest: digest.clone(),
+        }],
+    )
+    .await
+    .unwrap();
+    let one_push = Counts {
+        pushes: 1,
+        ..MANIFEST_AND_CONFIG
+    };
+    assert_eq!(reg.counts(), one_push);
 
     let claimed = sha256_digest(b"something else");
     script.push_digest = Some(claimed.clone());
-    let reg = HostileRegistry::start(script);
-    let err = assemble_from(&reg, &images[0].digest).await;
-    assert_permanent(&err, "DigestMismatch");
-    let text = err.to_string();
-    assert!(
-        text.contains(&claimed) && text.contains(&pushed.digest),
-        "{text}"
-    );
-    assert_eq!(reg.stats.pushes.load(Ordering::Relaxed), 1, "no retry");
+    // One push, not retried.
+    refused_by(
+        script,
+        &digest,
+        "DigestMismatch",
+        one_push,
+        &[&claimed, &pushed.digest],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -703,7 +759,7 @@ async fn only_outages_and_overload_are_retried() {
             push_digest: None,
         });
         let err = assemble_from(&reg, &sha256_digest(b"x")).await;
-        let gets = reg.stats.manifest_gets.load(Ordering::Relaxed);
+        let gets = reg.counts().manifest_gets;
         assert_eq!(err.is_transient(), transient, "HTTP {code}: {err:?}");
         if transient {
             assert!(
@@ -755,55 +811,13 @@ async fn an_oversized_config_in_a_real_registry_is_refused_by_the_cap() {
         digest: sha256_digest(&manifest),
     }];
     let index = reg.image("team/app:v1");
-    let err = registry
-        .assemble_index(&index, &images, MediaType::Oci, &annotations())
-        .await
-        .unwrap_err();
+    let err = assemble(&registry, &index, &images).await.unwrap_err();
     assert_permanent(&err, "BlobTooLarge");
     let text = err.to_string();
     assert!(text.contains(&config_digest), "{text}");
     assert!(text.contains("declares 8388608 bytes"), "{text}");
     assert!(text.contains("limit of 4194304 bytes"), "{text}");
     assert!(!tag_exists(&reg, &index), "nothing is pushed");
-}
-
-#[tokio::test]
-async fn a_plain_http_registry_reached_over_https_is_named_with_the_fix() {
-    let reg = TestRegistry::start(Mode::Plain);
-    let images = push_two(
-        &Registry::new(reg.options()),
-        &reg.image("team/app"),
-        MediaType::Oci,
-    )
-    .await;
-    let options = RegistryOptions {
-        insecure: Vec::new(),
-        ..reg.options()
-    };
-    let err = Registry::new(options)
-        .assemble_index(
-            &reg.image("team/app:v1"),
-            &images,
-            MediaType::Oci,
-            &annotations(),
-        )
-        .await
-        .unwrap_err();
-    assert_permanent(&err, "RegistryPlainHTTP");
-    let text = err.to_string();
-    assert!(
-        text.contains(&format!(
-            "registry {} answered in plain HTTP to an HTTPS request",
-            reg.addr
-        )),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("--insecure-registry {}", reg.addr)),
-        "{text}"
-    );
-    assert!(text.contains("registry.insecureRegistries"), "{text}");
-    assert!(!text.contains("InvalidContentType"), "{text}");
 }
 
 #[tokio::test]
@@ -815,7 +829,7 @@ async fn the_same_platform_twice_is_refused_before_any_request() {
         ("linux/amd64", "linux/amd64"),
         ("linux/arm64", "linux/arm64/v8"),
     ] {
-        let images = vec![
+        let images = [
             PlatformImage {
                 platform: platform(first),
                 digest: digest.clone(),
@@ -825,15 +839,7 @@ async fn the_same_platform_twice_is_refused_before_any_request() {
                 digest: other.clone(),
             },
         ];
-        let err = Registry::new(hostile_options(&reg))
-            .assemble_index(
-                &reg.image("team/app:v1"),
-                &images,
-                MediaType::Oci,
-                &annotations(),
-            )
-            .await
-            .unwrap_err();
+        let err = assemble_hostile(&reg, &images).await.unwrap_err();
         assert_permanent(&err, "DuplicatePlatform");
         assert!(
             err.to_string()
@@ -842,15 +848,16 @@ async fn the_same_platform_twice_is_refused_before_any_request() {
         );
     }
 
-    let out = Command::new(env!("CARGO_BIN_EXE_archforge"))
-        .args(["index", "create", "--image", &reg.image("team/app:v1")])
-        .args(["--source", &format!("linux/amd64={digest}")])
-        .args(["--source", &format!("linux/amd64={other}")])
-        .args(["--insecure-registry", &reg.addr])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = index_create_refused(&[
+        "--image",
+        &reg.image("team/app:v1"),
+        "--source",
+        &format!("linux/amd64={digest}"),
+        "--source",
+        &format!("linux/amd64={other}"),
+        "--insecure-registry",
+        &reg.addr,
+    ]);
     assert!(
         stderr.contains("platform linux/amd64 is given twice"),
         "{stderr}"

@@ -679,6 +679,16 @@ async fn an_http_source_is_fetched_with_the_secrets_username_and_password() {
     );
 }
 
+/// `archforge build --local` with `--docker-config docker_config`.
+fn archforge_build_with_config(
+    file: &str,
+    registry: &TestRegistry,
+    docker_config: &Path,
+) -> Output {
+    let config = docker_config.display().to_string();
+    archforge_build_with(file, registry, &["--docker-config", &config])
+}
+
 /// `archforge build --local FILE --insecure-registry ... EXTRA...`.
 fn archforge_build_with(file: &str, registry: &TestRegistry, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_archforge"))
@@ -897,4 +907,137 @@ async fn a_platform_timeout_stops_its_buildah_and_names_the_timeout() {
         "the timed-out RUN outlived its buildah"
     );
     assert!(!image_exists(&image));
+}
+
+#[tokio::test]
+async fn a_symlink_out_of_the_repository_cannot_leak_the_push_credentials_through_a_bind_mount() {
+    let s = setup().await;
+    let password = "archforge-registry-secret-417";
+    let config = s.work.path().join("docker-config.json");
+    std::fs::write(&config, s.registry.docker_config_json(password)).unwrap();
+    // buildah confines COPY to the context, but mounts a bind source's link target from the host.
+    let dockerfile = format!(
+        "FROM {}\nRUN --mount=type=bind,source=leak,target=/x cat /x > /stolen\n",
+        s.base
+    );
+    let (url, sha) = s.git.commit_with_links(
+        "leak",
+        &[("app/Dockerfile", &dockerfile)],
+        &[("app/leak", config.to_str().unwrap())],
+        "leak",
+    );
+    let image = s.registry.image("team/leak:v1");
+    let file = imagebuild(&s.work.path().join("ib.yaml"), &url, "main", &image, "");
+    let out = archforge_build_with_config(&file, &s.registry, &config);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        let (_, stolen) =
+            read_file_from_image(&s.registry, &format!("{image}-linux-amd64"), "stolen");
+        panic!(
+            "the build ran; the pushed image holds the password: {}\n{stdout}",
+            stolen.contains(password)
+        );
+    }
+    assert!(
+        stderr.contains(&format!(
+            "the repository's symlink \"app/leak\" (at commit {}) points outside it (to {:?})",
+            sha, config
+        )) && stderr.contains("because a RUN --mount or ADD could read through them"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("building"), "nothing was built:\n{stderr}");
+    assert!(
+        !image_exists(&format!("{image}-linux-amd64")),
+        "nothing was pushed"
+    );
+    assert!(
+        !image_exists(&format!("{image}-linux-arm64")),
+        "nothing was pushed"
+    );
+    assert!(!image_exists(&image), "nothing was pushed");
+    assert!(!format!("{stdout}{stderr}").contains(password));
+}
+
+#[tokio::test]
+async fn a_symlink_to_a_directory_of_the_repository_still_serves_a_bind_mount() {
+    let s = setup().await;
+    let dockerfile = format!(
+        "FROM {}\nRUN --mount=type=bind,source=lib,target=/x cat /x/util.txt > /got.txt\n",
+        s.base
+    );
+    let (out, image) = build_linked(
+        &s,
+        &[
+            ("app/Dockerfile", &dockerfile),
+            ("app/src/lib/util.txt", "in the repository\n"),
+        ],
+        &[("app/lib", "src/lib"), ("app/readme", "../README")],
+        "app",
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, got) = read_file_from_image(&s.registry, &format!("{image}-linux-amd64"), "got.txt");
+    assert_eq!(got, "in the repository\n");
+}
+
+#[test]
+fn build_local_never_prints_a_malformed_secret_of_the_file() {
+    for (password_line, line, column) in common::MALFORMED_SECRET_LINES {
+        let dir = tempfile::tempdir().unwrap();
+        let file = common::write_imagebuild_with_secret_line(dir.path(), password_line);
+        let out = Command::new(env!("CARGO_BIN_EXE_archforge"))
+            .args(["build", "--local", &file])
+            .output()
+            .unwrap();
+        common::assert_malformed_secret_hidden(&out, line, column);
+    }
+}
+
+#[tokio::test]
+async fn the_git_password_is_not_sent_to_the_host_a_redirect_leads_to() {
+    let trap = common::git::RedirectTrap::start();
+    let work = tempfile::tempdir().unwrap();
+    let password = "pa55-archforge-redirect-secret";
+    let url = format!("{}/team/app.git", trap.url);
+    // A full SHA is fetched by git itself (no smart-HTTP pinning first); "main" is pinned.
+    for git_ref in ["0123456789abcdef0123456789abcdef01234567", "main"] {
+        let file = imagebuild_source(
+            &work.path().join("ib.yaml"),
+            &url,
+            git_ref,
+            "      credentialsSecret: git-basic\n",
+            "127.0.0.1:1/team/app:v1",
+            &secret_document("git-basic", &[("username", "bot"), ("password", password)]),
+        );
+        let before = trap.requests().lines().count();
+        let out = Command::new(env!("CARGO_BIN_EXE_archforge"))
+            .args(["build", "--local", &file])
+            .env("TMPDIR", work.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        let requests = trap.requests();
+        assert!(
+            requests.lines().count() > before,
+            "the redirect was followed ({git_ref}):\n{stderr}"
+        );
+        assert!(
+            requests.lines().all(|l| l.ends_with(" -")),
+            "credentials went to the other host ({git_ref}):\n{requests}"
+        );
+        assert!(!stderr.contains(password), "{stderr}");
+        if git_ref != "main" {
+            assert!(
+                stderr.contains("the git server redirected to http://127.0.0.2:")
+                    && stderr.contains(&format!("are only given to {}", trap.url)),
+                "{stderr}"
+            );
+        }
+    }
 }

@@ -858,3 +858,17 @@ fn operator_settings_the_kubelet_would_refuse_are_refused() {
         assert!(err.contains(flag), "{flag}={value:?}: {err}");
     }
 }
+
+#[test]
+fn render_never_prints_a_malformed_secret_of_the_file() {
+    for (password_line, line, column) in common::MALFORMED_SECRET_LINES {
+        let dir = tempfile::tempdir().unwrap();
+        let file = common::write_imagebuild_with_secret_line(dir.path(), password_line);
+        let out = Command::new(env!("CARGO_BIN_EXE_archforge"))
+            .arg("render")
+            .arg(&file)
+            .output()
+            .unwrap();
+        common::assert_malformed_secret_hidden(&out, line, column);
+    }
+}

@@ -276,8 +276,10 @@ fn media_type_is_oci_or_docker() {
     let err = archforge::manifest::parse_imagebuild("ib.yaml", &text)
         .unwrap_err()
         .to_string();
+    // The field and what it takes are named; the value is not repeated (a file's values
+    // may be Secrets).
     assert!(
-        err.contains("spec.output.mediaType") && err.contains("zip"),
+        err.contains("spec.output.mediaType") && err.contains("`oci` or `docker`"),
         "{err}"
     );
 }

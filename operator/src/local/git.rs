@@ -24,6 +24,8 @@ pub(super) struct GitAccess {
     /// The Secret in use, for messages.
     secret: Option<String>,
     http: Option<GitCredentials>,
+    /// The scheme://host[:port] the HTTP credentials are given to.
+    origin: Option<String>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -82,8 +84,26 @@ fn ssh_files(key: &[u8], known_hosts: &[u8]) -> Result<(tempfile::TempDir, Strin
     Ok((dir, command))
 }
 
+/// `url`'s scheme://host[:port], the only place git's credential helper answers for (as
+/// `credential.<origin>.helper`): git asks its helpers about whatever host a redirect leads
+/// to, and an unscoped helper would hand the Secret's password to that host.
+fn origin(url: &str) -> Result<String, LocalError> {
+    reqwest::Url::parse(url)
+        .ok()
+        .map(|u| u.origin())
+        .filter(|o| o.is_tuple())
+        .map(|o| o.ascii_serialization())
+        .ok_or_else(|| {
+            LocalError::Credentials(format!(
+                "spec.source.git.url {:?} has no scheme://host to scope its credentials to",
+                redact_url(url)
+            ))
+        })
+}
+
 impl GitAccess {
-    pub(super) fn new(auth: &GitAuth) -> Result<Self, LocalError> {
+    /// The environment for fetching `url` with `auth`.
+    pub(super) fn new(url: &str, auth: &GitAuth) -> Result<Self, LocalError> {
         let mut access = GitAccess {
             // Only the protocols the spec allows: git would also run `ext::` URLs as commands.
             env: vec![
@@ -92,6 +112,7 @@ impl GitAccess {
             ],
             secret: None,
             http: None,
+            origin: None,
             _dir: None,
         };
         let secret = match auth {
@@ -109,9 +130,10 @@ impl GitAccess {
             GitAuth::Anonymous => {}
             GitAuth::Basic { credentials, .. } => {
                 // A fixed helper of ours; the values reach it through the environment, never argv.
+                let origin = origin(url)?;
                 access.env.extend([
                     ("GIT_CONFIG_COUNT", "1".into()),
-                    ("GIT_CONFIG_KEY_0", "credential.helper".into()),
+                    ("GIT_CONFIG_KEY_0", format!("credential.{origin}.helper").into()),
                     (
                         "GIT_CONFIG_VALUE_0",
                         "!f() { test \"$1\" = get && printf 'username=%s\\npassword=%s\\n' \"$ARCHFORGE_GIT_USERNAME\" \"$ARCHFORGE_GIT_PASSWORD\"; }; f".into(),
@@ -120,6 +142,7 @@ impl GitAccess {
                     ("ARCHFORGE_GIT_PASSWORD", credentials.password.clone().into()),
                 ]);
                 access.http = Some(credentials.clone());
+                access.origin = Some(origin);
             }
             GitAuth::Ssh {
                 key, known_hosts, ..
@@ -152,6 +175,18 @@ impl GitAccess {
         if output.contains("Permission denied (publickey") {
             return Some(format!(
                 "the SSH server refused the key in ssh-privatekey of Secret {secret:?} (spec.source.git.credentialsSecret)"
+            ));
+        }
+        // git names the server it wanted credentials for; not ours means a redirect.
+        if let Some(origin) = &self.origin
+            && let Some(asked) = output
+                .split("could not read Username for '")
+                .nth(1)
+                .and_then(|rest| rest.split('\'').next())
+            && asked.trim_end_matches('/') != origin
+        {
+            return Some(format!(
+                "the git server redirected to {asked}, which asked for credentials; those of Secret {secret:?} (spec.source.git.credentialsSecret) are only given to {origin}, the host of spec.source.git.url. Use the URL the server redirects to, if it is trusted"
             ));
         }
         if output.contains("Authentication failed") || output.contains("could not read Username") {
@@ -272,4 +307,42 @@ pub(super) async fn checkout(
         cancel,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_credential_helper_is_scoped_to_the_repositorys_origin() {
+        let key = |url: &str| {
+            let auth = GitAuth::Basic {
+                secret: "git".into(),
+                credentials: GitCredentials {
+                    username: "bot".into(),
+                    password: "pw".into(),
+                },
+            };
+            let access = GitAccess::new(url, &auth).unwrap();
+            let value = |name: &str| {
+                let found = access.env.iter().find(|(k, _)| *k == name);
+                found.map(|(_, v)| v.to_string_lossy().into_owned())
+            };
+            assert_eq!(value("GIT_CONFIG_COUNT").as_deref(), Some("1"));
+            value("GIT_CONFIG_KEY_0").unwrap()
+        };
+        assert_eq!(
+            key("https://git.example.com/team/app.git"),
+            "credential.https://git.example.com.helper"
+        );
+        assert_eq!(
+            key("http://bot@127.0.0.1:8080/cgi-bin/git/app.git"),
+            "credential.http://127.0.0.1:8080.helper"
+        );
+        // The default port is git's default too.
+        assert_eq!(
+            key("https://git.example.com:443/app.git"),
+            "credential.https://git.example.com.helper"
+        );
+    }
 }

@@ -74,7 +74,8 @@ pub enum LocalError {
     #[error("{0}")]
     Credentials(String),
 
-    /// `contextDir` or `dockerfile` is missing from the checkout or leads out of it.
+    /// `contextDir` or `dockerfile` is missing from the checkout or leads out of it, or a
+    /// symlink of the checkout does.
     #[error("{0}")]
     SourcePath(String),
 
@@ -193,7 +194,10 @@ pub async fn build_local_with_secrets(
         .collect();
     let mode = emulation::Mode::resolve(options.emulation, build.spec.emulation);
     let warnings = emulation::check_emulation(&requested, mode)?;
-    let access = git::GitAccess::new(&secrets::git_auth(build, secrets)?)?;
+    let access = git::GitAccess::new(
+        &build.spec.source.git.url,
+        &secrets::git_auth(build, secrets)?,
+    )?;
     let commit = git::pin_commit(build, &access).await?;
     let auth = match &options.docker_config {
         Some(path) => AuthFile::Path(path),

@@ -14,32 +14,25 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use base64::Engine;
 use oci_client::Reference;
-use oci_client::secrets::RegistryAuth;
 use reqwest::StatusCode;
 use reqwest::header::{
     ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, LOCATION, WWW_AUTHENTICATE,
 };
 use sha2::{Digest, Sha256};
 
-use super::{Classified, RegistryError, RegistryOptions, classify_reqwest, hex};
+use super::auth::{Operation, authorization, parse_challenge};
+use super::bounded::{
+    MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, digest_of, error_text, is_sha256_digest, quote,
+    read_at_most,
+};
+use super::classify::{classify_reqwest, status_error};
+use super::error::{Classified, RegistryError};
+use super::{CONNECT_TIMEOUT, READ_TIMEOUT, RegistryOptions, USER_AGENT};
 
-/// The most a manifest may weigh: the OCI distribution spec lets registries refuse manifests
-/// over 4 MiB, so no conforming image has a bigger one.
-pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
-/// The most an image config may weigh. Real configs are a few KiB (history and labels); the
-/// manifest's limit is the guide.
-pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
-/// How much of an error answer is read, to quote its first lines.
-const MAX_ERROR_BYTES: u64 = 64 << 10;
-/// The most a token endpoint's answer may weigh (tokens are a few KiB).
-const MAX_TOKEN_BYTES: u64 = 1 << 20;
 /// How long one request may take in all, so a registry that trickles bytes cannot hold a
 /// reconcile for ever (the read timeout only bounds the gap between two reads).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-/// How much of a registry's error text goes into a message (status, Events).
-const MAX_QUOTED_CHARS: usize = 300;
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What is being read: decides the absolute cap and how an excess is named.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -71,12 +64,6 @@ impl Kind {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-enum Operation {
-    Pull,
-    Push,
-}
-
 /// A body read in full, its digest checked.
 pub(crate) struct Fetched {
     pub bytes: Vec<u8>,
@@ -89,153 +76,6 @@ pub(crate) struct PushAnswer {
     pub location_digest: Option<String>,
     /// `Docker-Content-Digest`, when sent.
     pub header_digest: Option<String>,
-}
-
-/// Whether `digest` is `sha256:` and 64 lowercase hex digits: the only form archforge hashes,
-/// and the only one allowed into a URL path (a hostile manifest's "digest" could otherwise
-/// be `../../other/manifests/x` or carry a query).
-pub(crate) fn is_sha256_digest(digest: &str) -> bool {
-    digest.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    })
-}
-
-/// A registry's text, cut short and kept to one printable line, fit for a message.
-pub(crate) fn quote(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_QUOTED_CHARS)
-        .collect();
-    if text.chars().count() > MAX_QUOTED_CHARS {
-        out.push('…');
-    }
-    out.trim().to_string()
-}
-
-/// Reads at most `limit` bytes of the body. `Ok(None)` when the body is longer: the rest is
-/// not read, and dropping the response closes the connection.
-async fn read_at_most(
-    response: &mut reqwest::Response,
-    limit: u64,
-    mut hasher: Option<&mut Sha256>,
-) -> Result<Option<Vec<u8>>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        if body.len() as u64 + chunk.len() as u64 > limit {
-            return Ok(None);
-        }
-        if let Some(h) = hasher.as_deref_mut() {
-            h.update(&chunk);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Some(body))
-}
-
-/// The first `MAX_ERROR_BYTES` of an error answer, as text for a message.
-async fn error_text(mut response: reqwest::Response) -> String {
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        let room = MAX_ERROR_BYTES as usize - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= MAX_ERROR_BYTES as usize {
-            break;
-        }
-    }
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        errors: Vec<EnvelopeError>,
-    }
-    #[derive(serde::Deserialize)]
-    struct EnvelopeError {
-        code: String,
-        #[serde(default)]
-        message: String,
-    }
-    let text = match serde_json::from_slice::<Envelope>(&body) {
-        Ok(envelope) if !envelope.errors.is_empty() => envelope
-            .errors
-            .iter()
-            .map(|e| format!("{}: {}", e.code, e.message))
-            .collect::<Vec<_>>()
-            .join("; "),
-        _ => String::from_utf8_lossy(&body).into_owned(),
-    };
-    quote(&text)
-}
-
-/// What a non-success status means: the caller retries only `Retriable`.
-pub(crate) fn status_error(registry: &str, status: StatusCode, text: &str) -> Classified {
-    let registry = registry.to_string();
-    let detail = if text.is_empty() {
-        format!("HTTP {status}")
-    } else {
-        format!("HTTP {status}: {text}")
-    };
-    match status.as_u16() {
-        401 | 403 => Classified::Final(RegistryError::Credentials {
-            registry,
-            status: detail,
-        }),
-        404 => Classified::Final(RegistryError::NotFound {
-            registry,
-            message: detail,
-        }),
-        // Overload and outages pass; everything else is the registry's considered answer.
-        408 | 429 | 500.. => Classified::Retriable(detail),
-        _ => Classified::Final(RegistryError::Registry {
-            registry,
-            message: detail,
-        }),
-    }
-}
-
-/// A parsed `WWW-Authenticate` challenge.
-#[derive(Debug, Default, PartialEq)]
-pub(crate) struct Challenge {
-    pub scheme: String,
-    pub params: HashMap<String, String>,
-}
-
-/// Parses `Bearer realm="…",service="…",scope="…"` (or `Basic realm="…"`).
-pub(crate) fn parse_challenge(header: &str) -> Challenge {
-    let header = header.trim();
-    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
-    let mut params = HashMap::new();
-    let mut chars = rest.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
-            chars.next();
-        }
-        let key: String = chars
-            .by_ref()
-            .take_while(|c| *c != '=')
-            .collect::<String>()
-            .trim()
-            .to_ascii_lowercase();
-        if key.is_empty() {
-            break;
-        }
-        let mut value = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => value.extend(chars.next()),
-                    '"' => break,
-                    c => value.push(c),
-                }
-            }
-        } else {
-            value = chars.by_ref().take_while(|c| *c != ',').collect();
-        }
-        params.insert(key, value.trim().to_string());
-    }
-    Challenge {
-        scheme: scheme.to_ascii_lowercase(),
-        params,
-    }
 }
 
 /// The bounded HTTP side of a `Registry`.
@@ -251,9 +91,9 @@ pub(crate) struct Wire {
 impl Wire {
     pub fn new(options: &RegistryOptions) -> Self {
         let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .read_timeout(Duration::from_secs(60))
-            .user_agent(concat!("archforge/", env!("CARGO_PKG_VERSION")));
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .user_agent(USER_AGENT);
         for pem in &options.ca_pems {
             // add_ca_file checked these are PEM; a bundle that still fails to parse leaves
             // the system roots, and the TLS error then names --ca-file.
@@ -320,7 +160,9 @@ impl Wire {
             .and_then(|v| v.to_str().ok())
             .map(parse_challenge);
         drop(response);
-        let Some(header) = self.answer(reference, operation, challenge).await? else {
+        let Some(header) =
+            authorization(&self.http, &self.options, reference, operation, challenge).await?
+        else {
             return Err(Classified::Final(RegistryError::Credentials {
                 registry: registry.clone(),
                 status: "401 Unauthorized, and the docker config has no credentials for it"
@@ -339,127 +181,6 @@ impl Wire {
             .send()
             .await
             .map_err(|e| classify_reqwest(&registry, &e))
-    }
-
-    /// The Authorization header that meets `challenge`, if the credentials can.
-    async fn answer(
-        &self,
-        reference: &Reference,
-        operation: Operation,
-        challenge: Option<Challenge>,
-    ) -> Result<Option<HeaderValue>, Classified> {
-        let registry = reference.resolve_registry();
-        let auth = self
-            .options
-            .credentials
-            .auth_for(registry)
-            .map_err(Classified::Final)?;
-        let header = |value: String| {
-            HeaderValue::from_str(&value).map(Some).map_err(|_| {
-                Classified::Final(RegistryError::Credentials {
-                    registry: registry.to_string(),
-                    status: "the credentials or token are not a valid HTTP header value"
-                        .to_string(),
-                })
-            })
-        };
-        let basic = |user: &str, password: &str| {
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-            )
-        };
-        let challenge = challenge.unwrap_or_default();
-        match (challenge.scheme.as_str(), &auth) {
-            (_, RegistryAuth::Bearer(token)) => header(format!("Bearer {token}")),
-            ("bearer", _) => {
-                let token = self.token(reference, operation, &challenge, &auth).await?;
-                header(format!("Bearer {token}"))
-            }
-            (_, RegistryAuth::Basic(user, password)) => header(basic(user, password)),
-            (_, RegistryAuth::Anonymous) => Ok(None),
-        }
-    }
-
-    /// Asks the challenge's realm for a token, with basic credentials when there are some.
-    async fn token(
-        &self,
-        reference: &Reference,
-        operation: Operation,
-        challenge: &Challenge,
-        auth: &RegistryAuth,
-    ) -> Result<String, Classified> {
-        let registry = reference.resolve_registry().to_string();
-        let refused = |status: String| {
-            Classified::Final(RegistryError::Credentials {
-                registry: registry.clone(),
-                status,
-            })
-        };
-        let realm = challenge
-            .params
-            .get("realm")
-            .and_then(|r| reqwest::Url::parse(r).ok())
-            .filter(|u| matches!(u.scheme(), "https" | "http"))
-            .ok_or_else(|| refused("its Bearer challenge names no usable token realm".into()))?;
-        // Credentials go to the realm the registry names (as with docker); never in clear
-        // text to a host that was not declared as plain HTTP.
-        let realm_host = match (realm.host_str(), realm.port()) {
-            (Some(host), Some(port)) => format!("{host}:{port}"),
-            (Some(host), None) => host.to_string(),
-            _ => String::new(),
-        };
-        if realm.scheme() == "http" && !self.options.insecure.contains(&realm_host) {
-            return Err(refused(format!(
-                "its token realm {realm_host} is plain HTTP and not listed with --insecure-registry"
-            )));
-        }
-        let scope = match operation {
-            Operation::Pull => format!("repository:{}:pull", reference.repository()),
-            Operation::Push => format!("repository:{}:pull,push", reference.repository()),
-        };
-        let mut query = vec![("scope", scope)];
-        if let Some(service) = challenge.params.get("service") {
-            query.push(("service", service.clone()));
-        }
-        let mut request = self.http.get(realm).query(&query).timeout(REQUEST_TIMEOUT);
-        if let RegistryAuth::Basic(user, password) = auth {
-            request = request.basic_auth(user, Some(password));
-        }
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| classify_reqwest(&registry, &e))?;
-        let status = response.status();
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            // The token endpoint's text is not quoted: it may echo what was sent.
-            return Err(refused(format!(
-                "the token endpoint answered HTTP {status}"
-            )));
-        }
-        if !status.is_success() {
-            return Err(status_error(&registry, status, "from the token endpoint"));
-        }
-        let body = read_at_most(&mut response, MAX_TOKEN_BYTES, None)
-            .await
-            .map_err(|e| classify_reqwest(&registry, &e))?
-            .ok_or_else(|| {
-                refused(format!(
-                    "the token endpoint's answer is over the {MAX_TOKEN_BYTES}-byte limit"
-                ))
-            })?;
-        #[derive(serde::Deserialize)]
-        struct Token {
-            #[serde(default)]
-            token: Option<String>,
-            #[serde(default)]
-            access_token: Option<String>,
-        }
-        serde_json::from_slice::<Token>(&body)
-            .ok()
-            .and_then(|t| t.token.or(t.access_token))
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| refused("the token endpoint's answer carries no token".into()))
     }
 
     /// Reads the manifest or config blob `digest` of `repo`, at most `declared` bytes (when
@@ -568,7 +289,7 @@ impl Wire {
                 actual: bytes.len() as u64,
             }));
         }
-        let actual = format!("sha256:{}", hex(&hasher.finalize()));
+        let actual = digest_of(hasher);
         if actual != digest {
             return Err(Classified::Final(RegistryError::ContentDigestMismatch {
                 what: kind.what(),
@@ -628,66 +349,5 @@ impl Wire {
             location_digest,
             header_digest,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn challenges_parse() {
-        let c = parse_challenge(
-            r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:team/app:pull""#,
-        );
-        assert_eq!(c.scheme, "bearer");
-        assert_eq!(c.params["realm"], "https://auth.example.com/token");
-        assert_eq!(c.params["service"], "registry.example.com");
-        assert_eq!(c.params["scope"], "repository:team/app:pull");
-        let c = parse_challenge(r#"Basic realm="archforge-test""#);
-        assert_eq!(c.scheme, "basic");
-        assert_eq!(c.params["realm"], "archforge-test");
-        assert_eq!(parse_challenge("Basic").params.len(), 0);
-    }
-
-    #[test]
-    fn only_sha256_digests_reach_a_url() {
-        let good = format!("sha256:{}", "a".repeat(64));
-        assert!(is_sha256_digest(&good));
-        assert!(!is_sha256_digest(&format!("sha256:{}", "A".repeat(64))));
-        assert!(!is_sha256_digest(&format!("sha512:{}", "a".repeat(128))));
-        assert!(!is_sha256_digest("sha256:../../x/manifests/latest"));
-        assert!(!is_sha256_digest(&format!("{good}?x=1")));
-    }
-
-    #[test]
-    fn quotes_are_short_single_lines() {
-        assert_eq!(quote("a\nb"), "a b");
-        let long = "x".repeat(10_000);
-        assert_eq!(quote(&long).chars().count(), MAX_QUOTED_CHARS + 1);
-    }
-
-    #[test]
-    fn only_outages_and_overload_are_retried() {
-        let retried = |code: u16| {
-            matches!(
-                status_error("r", StatusCode::from_u16(code).unwrap(), ""),
-                Classified::Retriable(_)
-            )
-        };
-        for code in [408, 429, 500, 502, 503, 504] {
-            assert!(retried(code), "{code}");
-        }
-        for code in [400, 401, 403, 404, 405, 409, 413, 415] {
-            assert!(!retried(code), "{code}");
-        }
-        assert!(matches!(
-            status_error("r", StatusCode::NOT_FOUND, ""),
-            Classified::Final(RegistryError::NotFound { .. })
-        ));
-        assert!(matches!(
-            status_error("r", StatusCode::FORBIDDEN, ""),
-            Classified::Final(RegistryError::Credentials { .. })
-        ));
     }
 }

@@ -176,3 +176,89 @@ impl Drop for GitServer {
         let _ = self.child.wait();
     }
 }
+
+/// Two HTTP servers: one at `url` that redirects every request to the same path on another
+/// host (127.0.0.2), and that other host, which asks for basic auth and records every
+/// Authorization header it is sent (the credentials a redirect would steal).
+pub struct RedirectTrap {
+    /// Base URL of the redirecting server (`http://127.0.0.1:<port>`).
+    pub url: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+    child: Child,
+}
+
+const REDIRECT_TRAP_SERVER: &str = r#"
+import http.server, sys, threading
+redirect_port, trap_port, log = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+class Redirect(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(302)
+        self.send_header("Location", "http://127.0.0.2:%d%s" % (trap_port, self.path))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    do_POST = do_GET
+class Trap(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        with open(log, "a") as f:
+            f.write("%s %s\n" % (self.path, self.headers.get("Authorization", "-")))
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="trap"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    do_POST = do_GET
+trap = http.server.ThreadingHTTPServer(("127.0.0.2", trap_port), Trap)
+threading.Thread(target=trap.serve_forever, daemon=True).start()
+http.server.ThreadingHTTPServer(("127.0.0.1", redirect_port), Redirect).serve_forever()
+"#;
+
+fn free_port_on(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl RedirectTrap {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("authorization.log");
+        std::fs::write(&log, "").unwrap();
+        let (redirect, trap) = (free_port_on("127.0.0.1"), free_port_on("127.0.0.2"));
+        let child = Command::new("python3")
+            .args(["-c", REDIRECT_TRAP_SERVER])
+            .arg(redirect.to_string())
+            .arg(trap.to_string())
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 is installed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for addr in [format!("127.0.0.1:{redirect}"), format!("127.0.0.2:{trap}")] {
+            while std::net::TcpStream::connect(&addr).is_err() {
+                assert!(Instant::now() < deadline, "redirect trap did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedirectTrap {
+            url: format!("http://127.0.0.1:{redirect}"),
+            log,
+            _dir: dir,
+            child,
+        }
+    }
+
+    /// One line per request the other host got: its path and Authorization header (`-`: none).
+    pub fn requests(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+impl Drop for RedirectTrap {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -220,3 +220,47 @@ pub fn cel_errors(schema: &Value, object: &Value) -> Vec<String> {
         Err(errors) => errors.iter().map(|e| e.message.clone()).collect(),
     }
 }
+
+/// The secret text in [`MALFORMED_SECRET_LINES`].
+pub const MALFORMED_SECRET: &str = "SUPERSECRET-pass-123";
+
+/// Secret values that break the YAML, each with the (1-based) line and column where
+/// serde_saphyr reports the error in [`write_imagebuild_with_secret_line`]'s file.
+pub const MALFORMED_SECRET_LINES: [(&str, u64, u64); 2] = [
+    ("  password: \"SUPERSECRET-pass-123", 20, 13),
+    ("  password: SUPERSECRET-pass-123: pass", 20, 33),
+];
+
+/// Writes an ImageBuild file (HTTPS source, credentialsSecret `git`) followed by the Secret
+/// `git` whose last line is `password_line`, and returns its path.
+pub fn write_imagebuild_with_secret_line(dir: &std::path::Path, password_line: &str) -> String {
+    let path = dir.join("ib.yaml");
+    let text = format!(
+        "apiVersion: archforge.dev/v1alpha1\nkind: ImageBuild\nmetadata:\n  name: app\nspec:\n  source:\n    git:\n      url: https://git.example.com/team/app.git\n      credentialsSecret: git\n  platforms: [linux/amd64]\n  output:\n    image: registry.example.com/team/app:v1\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: git\nstringData:\n  username: bot\n{password_line}\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// Asserts that `out` failed, names the line and column of the broken YAML, and shows no
+/// part of the malformed Secret.
+pub fn assert_malformed_secret_hidden(out: &std::process::Output, line: u64, column: u64) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for shown in [&stdout, &stderr] {
+        assert!(
+            !shown.contains("SUPERSECRET"),
+            "the Secret's value was printed:\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains(&format!(
+            "ib.yaml is not an ImageBuild: invalid YAML at line {line} column {column} (in its YAML document 2)"
+        )),
+        "{stderr}"
+    );
+}

@@ -52,6 +52,14 @@ pub struct Stats {
     pub requests: Mutex<Vec<String>>,
 }
 
+/// How many of each request the server has answered, to compare in one assertion.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Counts {
+    pub manifest_gets: usize,
+    pub blob_gets: usize,
+    pub pushes: usize,
+}
+
 pub struct HostileRegistry {
     /// `127.0.0.1:<port>`.
     pub addr: String,
@@ -98,6 +106,14 @@ impl HostileRegistry {
     /// `host:port/name:tag` in this registry.
     pub fn image(&self, name: &str) -> String {
         format!("{}/{name}", self.addr)
+    }
+
+    pub fn counts(&self) -> Counts {
+        Counts {
+            manifest_gets: self.stats.manifest_gets.load(Ordering::Relaxed),
+            blob_gets: self.stats.blob_gets.load(Ordering::Relaxed),
+            pushes: self.stats.pushes.load(Ordering::Relaxed),
+        }
     }
 
     pub fn requests(&self) -> Vec<String> {
@@ -160,19 +176,18 @@ fn respond(
             sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             Ok(())
         }
-        Body::Chunked { prefix, total } => {
+        Body::Chunked { prefix, total } | Body::Announced { prefix, total } => {
+            let chunked = matches!(body, Body::Chunked { .. });
+            let framing = if chunked {
+                "Transfer-Encoding: chunked".to_string()
+            } else {
+                format!("Content-Length: {total}")
+            };
             write!(
                 stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n"
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n{framing}\r\n\r\n"
             )?;
-            write_body(stream, prefix, *total, true, sent)
-        }
-        Body::Announced { prefix, total } => {
-            write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {total}\r\n\r\n"
-            )?;
-            write_body(stream, prefix, *total, false, sent)
+            write_body(stream, prefix, *total, chunked, sent)
         }
         Body::Status(code) => {
             let body =
