@@ -13,8 +13,9 @@ use super::jobs::{create_jobs, delete_jobs, unfinished};
 use super::observe::{read_secret, secret_value};
 use super::report::{Note, report};
 use super::{Context, Run, now};
+use crate::api::Emulation;
 use crate::api::{ImageBuild, ImageBuildStatus, Phase, PlatformStatus};
-use crate::plan::{BuildPlan, Placement};
+use crate::plan::{BuildPlan, Placement, emulation_label};
 use crate::registry::{DockerConfig, PlatformImage, Registry, run_annotations};
 use crate::source::redact_url;
 use crate::status::{self, progress, record_run, set_phase_conditions};
@@ -197,15 +198,31 @@ pub async fn take(
             platforms,
             retry_in,
         } => {
-            let message = match retry_in {
-                Some(left) => format!(
-                    "no schedulable node with kubernetes.io/arch for {}; the run starts when one is Ready, or under emulation in {}",
-                    platforms.join(", "),
+            let list = platforms.join(", ");
+            let labels = || {
+                let labels: Vec<String> = plan
+                    .platforms
+                    .iter()
+                    .filter(|p| platforms.contains(&p.platform.to_string()))
+                    .map(|p| format!("{}=true", emulation_label(&p.platform.architecture)))
+                    .collect();
+                labels.join(", ")
+            };
+            let message = match (plan.emulation, retry_in) {
+                (_, Some(left)) => format!(
+                    "no schedulable node with kubernetes.io/arch for {list}; the run starts when one is Ready, or under emulation in {}",
                     humantime::format_duration(Duration::from_secs(left.as_secs()))
                 ),
-                None => format!(
-                    "no schedulable node with kubernetes.io/arch for {}; the run starts when one is Ready",
-                    platforms.join(", ")
+                (Emulation::Never, None) => format!(
+                    "no schedulable node with kubernetes.io/arch for {list}; the run starts when one is Ready"
+                ),
+                (Emulation::Fallback, None) => format!(
+                    "no schedulable node with kubernetes.io/arch for {list}, and none labelled {} to emulate it; the run starts when either is Ready",
+                    labels()
+                ),
+                (Emulation::Always, None) => format!(
+                    "emulation is Always, but no one architecture's nodes can build every platform: {list} need a schedulable node of that architecture labelled {}; the run starts when there is one",
+                    labels()
                 ),
             };
             let already = run
@@ -247,9 +264,14 @@ pub async fn take(
                 }
                 for (platform, placement) in &platforms {
                     if let Placement::Emulated { host } = placement {
-                        let text = format!(
-                            "{platform} builds under QEMU emulation on an {host} node: no {platform} node is schedulable and spec.emulation allows it (slower than native)"
-                        );
+                        let text = match plan.emulation {
+                            Emulation::Always => format!(
+                                "{platform} builds under QEMU emulation on an {host} node: emulation is Always, so every platform builds on {host} nodes (slower than native)"
+                            ),
+                            _ => format!(
+                                "{platform} builds under QEMU emulation on an {host} node: no node of its own architecture is schedulable and emulation is Fallback (slower than native)"
+                            ),
+                        };
                         notes.push(Note::normal("Emulated", "CreateJobs", text, None));
                     }
                 }

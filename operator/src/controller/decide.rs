@@ -129,7 +129,15 @@ pub fn place(
                             .is_some_and(|hosts| hosts.contains(host))
                 })
             };
-            match host_preference(nodes.native.iter()).find(can_take) {
+            // Among the hosts that can, the one most platforms build natively on; then the
+            // preference order: Always emulates only what it must.
+            let native_on =
+                |host: &String| plan.platforms.iter().filter(|p| &arch(p) == host).count();
+            let mut hosts: Vec<String> = host_preference(nodes.native.iter())
+                .filter(|h| can_take(h))
+                .collect();
+            hosts.sort_by_key(|h| std::cmp::Reverse(native_on(h)));
+            match hosts.into_iter().next() {
                 Some(host) => {
                     for p in platforms {
                         let placement = if arch(p) == host {
@@ -376,6 +384,31 @@ mod tests {
             ),
             Step::WaitForNodes { .. }
         ));
+    }
+
+    #[test]
+    fn always_prefers_the_host_most_platforms_build_natively_on() {
+        let plan = plan_of(serde_json::json!({
+            "emulation": "Always", "platforms": ["linux/arm64", "linux/arm/v7"]
+        }));
+        let pending = [
+            status("linux/arm64", Phase::Pending),
+            status("linux/arm/v7", Phase::Pending),
+        ];
+        // amd64 could take both, but arm64 builds one of them natively.
+        let n = nodes(
+            &["amd64", "arm64"],
+            &[("arm64", "amd64"), ("arm", "amd64"), ("arm", "arm64")],
+        );
+        assert_eq!(
+            decide(&plan, &[], &pending, Some(&n), Duration::ZERO),
+            Step::CreateJobs {
+                platforms: vec![
+                    ("linux/arm64".into(), Placement::Native),
+                    ("linux/arm/v7".into(), emulated("arm64"))
+                ]
+            }
+        );
     }
 
     #[test]

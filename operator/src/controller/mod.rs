@@ -104,8 +104,16 @@ impl Run {
             ),
         };
         let mut status = status;
-        // A run that started under an older operator gets its start time now.
-        status.start_time.get_or_insert_with(|| now().to_string());
+        // A run that started under an older operator (or whose start time does not parse)
+        // gets its start time now, so an emulation grace period always ends.
+        if status
+            .start_time
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .is_none()
+        {
+            status.start_time = Some(now().to_string());
+        }
         Run {
             id,
             same,
@@ -114,13 +122,14 @@ impl Run {
         }
     }
 
-    /// How long the run has been going (from `status.startTime`).
+    /// How long the run has been going (from `status.startTime`). A start in the future
+    /// (clock skew between replicas, an edited status) has not waited at all.
     fn waited(&self) -> Duration {
         self.status
             .start_time
             .as_deref()
             .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-            .map(|start| now().duration_since(start).unsigned_abs())
+            .and_then(|start| Duration::try_from(now().duration_since(start)).ok())
             .unwrap_or_default()
     }
 
@@ -229,5 +238,39 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started_at(start: &str) -> Run {
+        let build: ImageBuild = serde_json::from_value(serde_json::json!({
+            "apiVersion": "archforge.dev/v1alpha1", "kind": "ImageBuild",
+            "metadata": {"name": "app", "generation": 1},
+            "spec": {"source": {"git": {"url": "https://g.example.com/a.git"}},
+                     "platforms": ["linux/amd64"],
+                     "output": {"image": "r.example.com/a:v1"}},
+            "status": {"observedGeneration": 1, "startTime": start}
+        }))
+        .unwrap();
+        Run::begin(&build, 10)
+    }
+
+    #[test]
+    fn a_start_in_the_future_has_not_waited() {
+        let future = (now() + jiff::SignedDuration::from_hours(1)).to_string();
+        assert_eq!(started_at(&future).waited(), Duration::ZERO);
+        let past = (now() - jiff::SignedDuration::from_mins(10)).to_string();
+        let waited = started_at(&past).waited();
+        assert!(waited >= Duration::from_secs(599), "{waited:?}");
+    }
+
+    #[test]
+    fn an_unreadable_start_time_is_reset_so_the_grace_period_ends() {
+        let run = started_at("not a time");
+        let start = run.status.start_time.as_deref().unwrap();
+        assert!(start.parse::<jiff::Timestamp>().is_ok(), "{start}");
     }
 }

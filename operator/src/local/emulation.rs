@@ -22,7 +22,13 @@ pub fn host_architecture() -> &'static str {
 
 /// Whether `platform` runs under emulation on this machine.
 pub(super) fn is_foreign(platform: &Platform) -> bool {
-    platform.architecture != host_architecture()
+    !runs_natively(host_architecture(), &platform.architecture)
+}
+
+/// Whether a CPU of `host` runs `architecture`'s binaries itself: its own, and 32-bit x86 on
+/// x86-64 (arm/v7 on arm64 is left out: not every arm64 CPU has the 32-bit instructions).
+fn runs_natively(host: &str, architecture: &str) -> bool {
+    host == architecture || (host == "amd64" && architecture == "386")
 }
 
 /// The binfmt_misc entry qemu-user-static registers for an architecture.
@@ -113,6 +119,14 @@ pub(super) fn check_emulation(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn x86_64_runs_32_bit_x86_natively() {
+        assert!(runs_natively("amd64", "386"));
+        assert!(runs_natively("arm64", "arm64"));
+        assert!(!runs_natively("arm64", "arm"));
+        assert!(!runs_natively("amd64", "arm64"));
+    }
 
     fn foreign() -> Platform {
         let arch = if host_architecture() == "arm64" {

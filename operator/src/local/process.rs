@@ -67,13 +67,11 @@ pub(super) async fn run_logged(
     if let Some(pgid) = pgid {
         // SAFETY: kill(2) with a negative pid signals the process group we created.
         unsafe { libc::kill(-pgid, libc::SIGTERM) };
-        if tokio::time::timeout(Duration::from_secs(5), child.wait())
-            .await
-            .is_err()
-        {
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            let _ = child.wait().await;
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        // Whatever the leader did: a member of the group may ignore SIGTERM (a daemon a RUN
+        // step started). Signalling a group with no process left is harmless (ESRCH).
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = child.wait().await;
     }
     if interrupted {
         Err(LocalError::Interrupted)
@@ -97,5 +95,43 @@ mod tests {
         .unwrap();
         let tail = log_tail(&path, 3);
         assert_eq!(tail, "line 28\nline 29\nline 30");
+    }
+
+    /// Whether `pid` is a live process (a zombie, waiting for a reaper, is not).
+    fn running(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit(')').next().map(|rest| rest.trim().to_string()))
+            .is_some_and(|rest| !rest.starts_with('Z'))
+    }
+
+    #[tokio::test]
+    async fn a_group_member_that_ignores_sigterm_does_not_outlive_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let log = dir.path().join("log");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "(trap '' TERM; sleep 300 & echo $! > {}; wait) & sleep 1; exec sleep 300",
+            pidfile.display()
+        ));
+        let (_tx, mut rx) = watch::channel(false);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let ended = run_logged(cmd, &log, &mut rx, Some(deadline))
+            .await
+            .unwrap();
+        assert!(matches!(ended, Ended::TimedOut));
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let alive = running(pid);
+        if alive {
+            // SAFETY: cleaning up the test's own process.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        assert!(!alive, "pid {pid} of the timed-out group is still running");
     }
 }
