@@ -868,3 +868,182 @@ async fn the_same_platform_twice_is_refused_before_any_request() {
         reg.requests()
     );
 }
+
+/// A one-answer HTTP server on `ip`: every request gets `reply(path)`; the request heads it
+/// received are kept, to see what a client sent there.
+struct Canned {
+    addr: String,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Canned {
+    fn start(ip: &str, reply: impl Fn(&str) -> String + Send + 'static) -> Canned {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut stream = stream;
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                seen.lock().unwrap().push(head);
+                let _ = stream.write_all(reply(&path).as_bytes());
+            }
+        });
+        Canned { addr, heads }
+    }
+
+    fn saw_authorization(&self) -> bool {
+        self.heads
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|h| h.to_ascii_lowercase().contains("\nauthorization:"))
+    }
+}
+
+fn http(status: &str, headers: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The registry redirects its manifest to another host, which asks for credentials with a
+/// token realm of its choosing: the registry's password must go nowhere.
+#[tokio::test]
+async fn credentials_never_follow_a_redirect_into_another_hosts_token_realm() {
+    let realm = Canned::start("127.0.0.3", |_| http("200 OK", "", r#"{"token":"t"}"#));
+    let realm_url = format!("http://{}/token", realm.addr);
+    let storage = Canned::start("127.0.0.2", move |_| {
+        http(
+            "401 Unauthorized",
+            &format!("WWW-Authenticate: Bearer realm=\"{realm_url}\",service=\"x\"\r\n"),
+            "",
+        )
+    });
+    let storage_addr = storage.addr.clone();
+    let registry = Canned::start("127.0.0.1", move |path| {
+        http(
+            "307 Temporary Redirect",
+            &format!("Location: http://{storage_addr}{path}\r\n"),
+            "",
+        )
+    });
+    let config = format!(
+        r#"{{"auths":{{"{}":{{"username":"alice","password":"S3cretPW"}}}}}}"#,
+        registry.addr
+    );
+    let options = RegistryOptions {
+        credentials: DockerConfig::from_json("test", config.as_bytes()).unwrap(),
+        insecure: vec![registry.addr.clone(), realm.addr.clone()],
+        retry: RetryPolicy {
+            attempts: 1,
+            ..RetryPolicy::default()
+        },
+        ..Default::default()
+    };
+    let image = format!("{}/team/app:v1", registry.addr);
+    let sources = [PlatformImage {
+        platform: platform("linux/amd64"),
+        digest: format!("sha256:{}", "2d".repeat(32)),
+    }];
+    let err = Registry::new(options)
+        .assemble_index(&image, &sources, MediaType::Oci, &annotations())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert_eq!(err.reason(), "RegistryCredentials", "{text}");
+    assert!(
+        text.contains("after a redirect") && text.contains(&storage.addr),
+        "{text}"
+    );
+    assert!(
+        !realm.saw_authorization(),
+        "the password went to the foreign realm"
+    );
+    assert!(!text.contains("S3cretPW"));
+}
+
+/// A redirect to an internal page: the page's text must not reach status and Events, and an
+/// HTTPS registry may not be led down to plain HTTP.
+#[tokio::test]
+async fn a_redirect_to_another_host_is_not_quoted() {
+    let internal = Canned::start("127.0.0.2", |_| {
+        http(
+            "418 I'm a teapot",
+            "",
+            "internal-only page: db_password=hunter2",
+        )
+    });
+    let internal_addr = internal.addr.clone();
+    let registry = Canned::start("127.0.0.1", move |_| {
+        http(
+            "302 Found",
+            &format!("Location: http://{internal_addr}/internal/admin?x=1\r\n"),
+            "",
+        )
+    });
+    let options = RegistryOptions {
+        insecure: vec![registry.addr.clone()],
+        retry: RetryPolicy {
+            attempts: 1,
+            ..RetryPolicy::default()
+        },
+        ..Default::default()
+    };
+    let image = format!("{}/team/app:v1", registry.addr);
+    let sources = [PlatformImage {
+        platform: platform("linux/amd64"),
+        digest: format!("sha256:{}", "2d".repeat(32)),
+    }];
+    let err = Registry::new(options)
+        .assemble_index(&image, &sources, MediaType::Oci, &annotations())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(
+        text.contains("after a redirect") && text.contains(&internal.addr),
+        "{text}"
+    );
+}
+
+/// A registry that answers too slowly (here: never) is given up on at the assembly's
+/// deadline, as a transient failure the next reconcile retries.
+#[tokio::test]
+async fn an_assembly_that_outlives_its_deadline_is_given_up() {
+    let slow = Canned::start("127.0.0.1", |_| {
+        std::thread::sleep(Duration::from_secs(30));
+        http("200 OK", "", "")
+    });
+    let options = RegistryOptions {
+        insecure: vec![slow.addr.clone()],
+        deadline: Some(Duration::from_secs(1)),
+        ..Default::default()
+    };
+    let image = format!("{}/team/app:v1", slow.addr);
+    let sources = [PlatformImage {
+        platform: platform("linux/amd64"),
+        digest: format!("sha256:{}", "2d".repeat(32)),
+    }];
+    let started = Instant::now();
+    let err = Registry::new(options)
+        .assemble_index(&image, &sources, MediaType::Oci, &annotations())
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("not assembled within 1s"), "{err}");
+}

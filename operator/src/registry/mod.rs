@@ -81,7 +81,12 @@ pub struct RegistryOptions {
     /// `host:port` of registries reached over plain HTTP.
     pub insecure: Vec<String>,
     pub retry: RetryPolicy,
+    /// How long one index assembly may take in all; 10 minutes when `None`.
+    pub deadline: Option<Duration>,
 }
+
+/// The default deadline of one index assembly.
+pub const ASSEMBLY_DEADLINE: Duration = Duration::from_secs(600);
 
 impl RegistryOptions {
     /// Reads a PEM bundle to trust in addition to the system roots.
@@ -219,7 +224,40 @@ impl Registry {
     /// (`host/repo:tag`, the repository the platform images live in). Nothing is pushed
     /// unless every input checks out. `annotations` are passed in (not taken from the clock)
     /// so that assembling the same run twice yields the same bytes and digest.
+    ///
+    /// The whole assembly has a deadline (`RegistryOptions::deadline`, 10 minutes by default):
+    /// every request is bounded, but a registry trickling its answers within each bound,
+    /// retried, could otherwise hold the run (and the reconcile) for over an hour. Running out
+    /// of time is transient: the next attempt may meet a healthier registry.
     pub async fn assemble_index(
+        &self,
+        target: &str,
+        images: &[PlatformImage],
+        media_type: MediaType,
+        annotations: &BTreeMap<String, String>,
+    ) -> RegistryResult<PushedIndex> {
+        let deadline = self.options.deadline.unwrap_or(ASSEMBLY_DEADLINE);
+        match tokio::time::timeout(
+            deadline,
+            self.assemble(target, images, media_type, annotations),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(RegistryError::Unreachable {
+                registry: parse_reference(target)
+                    .map(|r| r.resolve_registry().to_string())
+                    .unwrap_or_else(|_| target.to_string()),
+                attempts: 1,
+                message: format!(
+                    "the index was not assembled within {}; archforge stops waiting on a registry that slow",
+                    humantime::format_duration(deadline)
+                ),
+            }),
+        }
+    }
+
+    async fn assemble(
         &self,
         target: &str,
         images: &[PlatformImage],

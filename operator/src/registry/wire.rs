@@ -34,6 +34,18 @@ use super::{CONNECT_TIMEOUT, READ_TIMEOUT, RegistryOptions, USER_AGENT};
 /// reconcile for ever (the read timeout only bounds the gap between two reads).
 pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Redirects followed for one request: storage behind a registry is one or two hops away.
+const MAX_REDIRECTS: usize = 3;
+
+/// `host[:port]` of `url`, the way registries are named (the port only when it is given).
+fn authority(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    }
+}
+
 /// What is being read: decides the absolute cap and how an excess is named.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Kind {
@@ -90,10 +102,27 @@ pub(crate) struct Wire {
 
 impl Wire {
     pub fn new(options: &RegistryOptions) -> Self {
+        let insecure = options.insecure.clone();
         let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
-            .user_agent(USER_AGENT);
+            .user_agent(USER_AGENT)
+            // Registries redirect blob reads to storage; a hostile one could point anywhere.
+            // Follow a few hops, and never from HTTPS down to plain HTTP unless that host was
+            // given as insecure. (reqwest drops Authorization on a hop to another host; an
+            // answer from another host is never quoted and never given credentials: `send`.)
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                let downgrade = attempt.url().scheme() == "http"
+                    && attempt.previous().iter().any(|u| u.scheme() == "https")
+                    && !insecure.contains(&authority(attempt.url()));
+                if attempt.previous().len() > MAX_REDIRECTS {
+                    attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+                } else if downgrade {
+                    attempt.error("a redirect from HTTPS to plain HTTP")
+                } else {
+                    attempt.follow()
+                }
+            }));
         for pem in &options.ca_pems {
             // add_ca_file checked these are PEM; a bundle that still fails to parse leaves
             // the system roots, and the TLS error then names --ca-file.
@@ -108,6 +137,16 @@ impl Wire {
             options: options.clone(),
             auth: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether `url` is on `registry` itself (same scheme and authority), rather than where
+    /// a redirect led.
+    fn is_own(&self, url: &reqwest::Url, registry: &str) -> bool {
+        let scheme = self.base(registry);
+        let same_scheme = scheme.starts_with(&format!("{}://", url.scheme()));
+        let host = url.host_str().unwrap_or_default();
+        let with_default = format!("{host}:{}", url.port_or_known_default().unwrap_or(0));
+        same_scheme && (authority(url) == registry || with_default == registry)
     }
 
     fn base(&self, registry: &str) -> String {
@@ -153,6 +192,17 @@ impl Wire {
             .map_err(|e| classify_reqwest(&registry, &e))?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
+        }
+        if !self.is_own(response.url(), &registry) {
+            // A host the registry redirected to asks for credentials: its token realm could be
+            // anyone's. The registry's credentials are for the registry alone.
+            return Err(Classified::Final(RegistryError::Credentials {
+                registry: registry.clone(),
+                status: format!(
+                    "401 from {} after a redirect; archforge gives the credentials of {registry} only to {registry}",
+                    authority(response.url())
+                ),
+            }));
         }
         let challenge = response
             .headers()
@@ -245,6 +295,16 @@ impl Wire {
             })
             .await?;
         let status = response.status();
+        if status != StatusCode::OK && !self.is_own(response.url(), &registry) {
+            // Not the registry's own answer: its body is not quoted into status and Events.
+            return Err(Classified::Final(RegistryError::Registry {
+                registry: registry.clone(),
+                message: format!(
+                    "HTTP {status} from {} after a redirect (for {shown}; the answer is not shown)",
+                    authority(response.url())
+                ),
+            }));
+        }
         if status != StatusCode::OK {
             let text = error_text(response).await;
             return Err(match status_error(&registry, status, &text) {
