@@ -541,11 +541,7 @@ async fn all_platforms_succeeded_assembles_and_pushes_the_index() {
         assert_eq!(status["history"][0]["digest"], status["digest"]);
         server.done().await;
     };
-    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
-    assert_eq!(
-        format!("{:?}", action.unwrap()),
-        format!("{:?}", Action::await_change())
-    );
+    waits_for_change(reconciled(&build, ctx, verify).await);
 }
 
 #[tokio::test]
@@ -612,11 +608,7 @@ async fn one_failed_platform_fails_the_run_and_stops_the_other() {
         assert_eq!(status["history"][0]["result"], "Failed");
         server.done().await;
     };
-    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
-    assert_eq!(
-        format!("{:?}", action.unwrap()),
-        format!("{:?}", Action::await_change())
-    );
+    waits_for_change(reconciled(&build, ctx, verify).await);
 }
 
 #[tokio::test]
@@ -690,8 +682,7 @@ async fn a_restart_mid_run_finds_its_jobs_and_creates_nothing() {
         assert_eq!(status["platforms"][0]["startTime"], "2026-11-23T10:00:00Z");
         server.done().await;
     };
-    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
-    action.unwrap();
+    reconciled(&build, ctx, verify).await.unwrap();
 }
 
 #[tokio::test]
@@ -743,8 +734,7 @@ async fn a_spec_change_mid_run_stops_the_old_jobs_and_starts_a_new_run() {
         );
         server.done().await;
     };
-    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
-    action.unwrap();
+    reconciled(&build, ctx, verify).await.unwrap();
 }
 
 #[tokio::test]
@@ -847,6 +837,24 @@ async fn a_registry_outage_during_assembly_keeps_the_digests_and_rebuilds_nothin
         format!("{action:?}"),
         format!("{:?}", Action::requeue(Duration::from_secs(15))),
         "a transient error is retried"
+    );
+}
+
+/// One reconcile of `build`, with `verify` playing the API server; its result.
+async fn reconciled(
+    build: &ImageBuild,
+    ctx: Arc<Context>,
+    verify: impl std::future::Future<Output = ()>,
+) -> Result<Action, ReconcileError> {
+    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    action
+}
+
+/// The reconcile succeeded and waits for the ImageBuild to change.
+fn waits_for_change(action: Result<Action, ReconcileError>) {
+    assert_eq!(
+        format!("{:?}", action.unwrap()),
+        format!("{:?}", Action::await_change())
     );
 }
 
@@ -972,11 +980,7 @@ async fn a_job_name_taken_by_another_owner_is_a_conflict_not_an_adoption() {
         assert!(message.contains("app-1-linux-arm64"), "{message}");
         server.done().await;
     };
-    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
-    assert_eq!(
-        format!("{:?}", action.unwrap()),
-        format!("{:?}", Action::await_change())
-    );
+    waits_for_change(reconciled(&build, ctx, verify).await);
 }
 
 #[tokio::test]
@@ -1006,11 +1010,7 @@ async fn a_builder_pod_pod_security_would_refuse_is_never_created() {
         );
         server.done().await;
     };
-    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
-    assert_eq!(
-        format!("{:?}", action.unwrap()),
-        format!("{:?}", Action::await_change())
-    );
+    waits_for_change(reconciled(&build, ctx, verify).await);
 }
 
 #[tokio::test]
@@ -1051,8 +1051,7 @@ async fn a_pod_that_only_looks_like_a_builder_is_ignored() {
         assert_eq!(status["platforms"][1]["digest"], real_digest.as_str());
         server.done().await;
     };
-    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
-    action.unwrap();
+    reconciled(&build, ctx, verify).await.unwrap();
 }
 
 /// An ImageBuild for linux/amd64 and linux/arm64 with `extra` fields in its spec.
@@ -1160,8 +1159,7 @@ async fn fallback_waits_out_the_grace_period_then_emulates_on_a_labelled_node() 
         assert_eq!(status["phase"], "Building");
         server.done().await;
     };
-    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
-    action.unwrap();
+    reconciled(&build, ctx, verify).await.unwrap();
 }
 
 #[tokio::test]
@@ -1189,8 +1187,7 @@ async fn always_builds_every_platform_on_one_host_and_status_says_emulated() {
         server.patch_status().await;
         server.done().await;
     };
-    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
-    action.unwrap();
+    reconciled(&build, ctx, verify).await.unwrap();
 
     // Once the Jobs exist, status reads the placement from them.
     let building = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA}});
@@ -1211,8 +1208,7 @@ async fn always_builds_every_platform_on_one_host_and_status_says_emulated() {
         assert_eq!(status["platforms"][1]["emulated"], true);
         server.done().await;
     };
-    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
-    action.unwrap();
+    reconciled(&build, ctx, verify).await.unwrap();
 }
 
 // Multi-threaded: the verifier calls skopeo inside block_in_place.
@@ -1292,11 +1288,7 @@ async fn a_platform_allowed_to_fail_is_left_out_and_the_rest_is_published() {
         assert_eq!(manifests[0]["platform"]["architecture"], "amd64");
         server.done().await;
     };
-    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
-    assert_eq!(
-        format!("{:?}", action.unwrap()),
-        format!("{:?}", Action::await_change())
-    );
+    waits_for_change(reconciled(&build, ctx, verify).await);
 }
 
 #[tokio::test]
@@ -1329,9 +1321,5 @@ async fn a_platform_that_may_not_fail_still_fails_the_run() {
         assert!(message.starts_with("linux/amd64 failed"), "{message}");
         server.done().await;
     };
-    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
-    assert_eq!(
-        format!("{:?}", action.unwrap()),
-        format!("{:?}", Action::await_change())
-    );
+    waits_for_change(reconciled(&build, ctx, verify).await);
 }

@@ -909,6 +909,29 @@ impl Canned {
     }
 }
 
+const ONE_ATTEMPT: RetryPolicy = RetryPolicy {
+    attempts: 1,
+    first_delay: Duration::from_millis(10),
+    max_delay: Duration::from_millis(10),
+};
+
+/// Assembles an index of one amd64 image at `registry`, expecting a refusal.
+async fn assemble_one_amd64(options: RegistryOptions, registry: &str) -> RegistryError {
+    let sources = [PlatformImage {
+        platform: platform("linux/amd64"),
+        digest: format!("sha256:{}", "2d".repeat(32)),
+    }];
+    Registry::new(options)
+        .assemble_index(
+            &format!("{registry}/team/app:v1"),
+            &sources,
+            MediaType::Oci,
+            &annotations(),
+        )
+        .await
+        .unwrap_err()
+}
+
 fn http(status: &str, headers: &str, body: &str) -> String {
     format!(
         "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -944,21 +967,10 @@ async fn credentials_never_follow_a_redirect_into_another_hosts_token_realm() {
     let options = RegistryOptions {
         credentials: DockerConfig::from_json("test", config.as_bytes()).unwrap(),
         insecure: vec![registry.addr.clone(), realm.addr.clone()],
-        retry: RetryPolicy {
-            attempts: 1,
-            ..RetryPolicy::default()
-        },
+        retry: ONE_ATTEMPT,
         ..Default::default()
     };
-    let image = format!("{}/team/app:v1", registry.addr);
-    let sources = [PlatformImage {
-        platform: platform("linux/amd64"),
-        digest: format!("sha256:{}", "2d".repeat(32)),
-    }];
-    let err = Registry::new(options)
-        .assemble_index(&image, &sources, MediaType::Oci, &annotations())
-        .await
-        .unwrap_err();
+    let err = assemble_one_amd64(options, &registry.addr).await;
     let text = err.to_string();
     assert_eq!(err.reason(), "RegistryCredentials", "{text}");
     assert!(
@@ -993,21 +1005,10 @@ async fn a_redirect_to_another_host_is_not_quoted() {
     });
     let options = RegistryOptions {
         insecure: vec![registry.addr.clone()],
-        retry: RetryPolicy {
-            attempts: 1,
-            ..RetryPolicy::default()
-        },
+        retry: ONE_ATTEMPT,
         ..Default::default()
     };
-    let image = format!("{}/team/app:v1", registry.addr);
-    let sources = [PlatformImage {
-        platform: platform("linux/amd64"),
-        digest: format!("sha256:{}", "2d".repeat(32)),
-    }];
-    let err = Registry::new(options)
-        .assemble_index(&image, &sources, MediaType::Oci, &annotations())
-        .await
-        .unwrap_err();
+    let err = assemble_one_amd64(options, &registry.addr).await;
     let text = err.to_string();
     assert!(!text.contains("hunter2"), "{text}");
     assert!(
@@ -1029,16 +1030,8 @@ async fn an_assembly_that_outlives_its_deadline_is_given_up() {
         deadline: Some(Duration::from_secs(1)),
         ..Default::default()
     };
-    let image = format!("{}/team/app:v1", slow.addr);
-    let sources = [PlatformImage {
-        platform: platform("linux/amd64"),
-        digest: format!("sha256:{}", "2d".repeat(32)),
-    }];
     let started = Instant::now();
-    let err = Registry::new(options)
-        .assemble_index(&image, &sources, MediaType::Oci, &annotations())
-        .await
-        .unwrap_err();
+    let err = assemble_one_amd64(options, &slow.addr).await;
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "{:?}",
