@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, ensure};
 use archforge::api::Phase;
 use archforge::render::BUILDER_CONTAINER;
-use archforge_e2e::cluster::read_index;
 use archforge_e2e::filter::JobFilter;
 use archforge_e2e::nodes;
 use k8s_openapi::api::core::v1::Node;
@@ -103,13 +102,7 @@ pub async fn happy_path_two_platforms(case: &Case) -> anyhow::Result<()> {
         }
     }
 
-    let image = status.image.clone().context("status.image")?;
-    let (index_digest, entries) = read_index(&suite.registry, &image).await?;
-    ensure!(
-        status.digest.as_deref() == Some(index_digest.as_str()),
-        "status.digest {:?} vs pushed {index_digest}",
-        status.digest
-    );
+    let entries = super::pushed_index(&suite.registry, &status).await?;
     let pushed: BTreeMap<String, String> = entries.into_iter().collect();
     ensure!(
         pushed == digests,
