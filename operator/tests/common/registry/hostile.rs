@@ -2,8 +2,11 @@
 //! distribution API (`/v2/`, one manifest, one config blob, manifest PUT) to serve what a real
 //! registry would refuse to store: configs far bigger than their descriptor says, manifests
 //! over any sane size, bytes that do not hash to the digest asked for, and a push answer that
-//! names another digest. It counts what it sent, so a test can tell how much a client read
-//! before it hung up. A test double because docker-registry cannot be made to lie.
+//! names another digest; redirects (of reads, of the push, of the token endpoint), a challenge
+//! for credentials with a token endpoint at `/token`, and bodies cut off mid-way. It counts
+//! what it sent, so a test can tell how much a client read before it hung up, and records
+//! every Authorization header it was sent, so a test can tell which host got credentials.
+//! A test double because docker-registry cannot be made to lie.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -23,6 +26,10 @@ pub enum Body {
     Announced { prefix: Vec<u8>, total: u64 },
     /// An error status with a short JSON body.
     Status(u16),
+    /// A redirect (`status` 301, 302, 303, 307 or 308) to `location`.
+    Redirect { status: u16, location: String },
+    /// `Content-Length: total`, then only `prefix`, then the connection is closed.
+    Truncated { prefix: Vec<u8>, total: u64 },
 }
 
 /// What the hostile registry serves.
@@ -36,6 +43,28 @@ pub struct Script {
     /// The digest named in the Location and Docker-Content-Digest of a manifest PUT answer;
     /// the true digest of the pushed bytes when `None`.
     pub push_digest: Option<String>,
+    /// When set, any manifest or blob request without an Authorization header is answered
+    /// 401 with this `WWW-Authenticate` challenge (any header is accepted).
+    pub challenge: Option<String>,
+    /// The answer to a manifest PUT instead of storing it (a redirect, say).
+    pub push: Option<Body>,
+    /// The answer at `/token`; `{"token":"t"}` when `None`.
+    pub token: Option<Body>,
+}
+
+impl Default for Script {
+    /// Nothing to serve: every manifest and blob is 404.
+    fn default() -> Self {
+        Script {
+            manifest: Body::Status(404),
+            manifest_type: "application/json".into(),
+            config: Body::Status(404),
+            push_digest: None,
+            challenge: None,
+            push: None,
+            token: None,
+        }
+    }
 }
 
 /// What the server has done so far.
@@ -50,6 +79,8 @@ pub struct Stats {
     pub pushes: AtomicUsize,
     /// `METHOD path` of every request, in order.
     pub requests: Mutex<Vec<String>>,
+    /// `METHOD path: Authorization` of every request that carried credentials, in order.
+    pub authorized: Mutex<Vec<String>>,
 }
 
 /// How many of each request the server has answered, to compare in one assertion.
@@ -118,6 +149,11 @@ impl HostileRegistry {
 
     pub fn requests(&self) -> Vec<String> {
         self.stats.requests.lock().unwrap().clone()
+    }
+
+    /// `METHOD path: Authorization` of the requests that carried credentials.
+    pub fn authorized(&self) -> Vec<String> {
+        self.stats.authorized.lock().unwrap().clone()
     }
 }
 
@@ -198,6 +234,20 @@ fn respond(
                 body.len()
             )
         }
+        Body::Redirect { status, location } => write!(
+            stream,
+            "HTTP/1.1 {status} Scripted\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
+        ),
+        Body::Truncated { prefix, total } => {
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {total}\r\n\r\n"
+            )?;
+            stream.write_all(prefix)?;
+            sent.fetch_add(prefix.len() as u64, Ordering::Relaxed);
+            // The error ends `serve`, which drops the stream: the connection closes mid-body.
+            Err(std::io::Error::other("hung up mid-body, as scripted"))
+        }
     }
 }
 
@@ -233,6 +283,7 @@ fn serve(stream: TcpStream, script: &Script, stats: &Stats) {
             parts.next().unwrap_or_default().to_string(),
         );
         let mut length = 0usize;
+        let mut authorization = None;
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header).unwrap_or(0) == 0 {
@@ -241,10 +292,12 @@ fn serve(stream: TcpStream, script: &Script, stats: &Stats) {
             if header == "\r\n" || header == "\n" {
                 break;
             }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap_or(0);
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                } else if name.eq_ignore_ascii_case("authorization") {
+                    authorization = Some(value.trim().to_string());
+                }
             }
         }
         let mut body = vec![0; length];
@@ -256,10 +309,34 @@ fn serve(stream: TcpStream, script: &Script, stats: &Stats) {
             .lock()
             .unwrap()
             .push(format!("{method} {path}"));
+        if let Some(authorization) = &authorization {
+            stats
+                .authorized
+                .lock()
+                .unwrap()
+                .push(format!("{method} {path}: {authorization}"));
+        }
+        let guarded = path.contains("/manifests/") || path.contains("/blobs/");
         let result = match (method.as_str(), path.as_str()) {
             ("GET", "/v2/") => stream.write_all(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
             ),
+            (_, _) if guarded && authorization.is_none() && script.challenge.is_some() => write!(
+                stream,
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: {}\r\nContent-Length: 0\r\n\r\n",
+                script.challenge.as_deref().unwrap_or_default()
+            ),
+            ("GET", p) if p.starts_with("/token") => match &script.token {
+                Some(body) => respond(
+                    &mut stream,
+                    body,
+                    "application/json",
+                    &stats.manifest_bytes_sent,
+                ),
+                None => stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"token\":\"t\"}",
+                ),
+            },
             ("GET", p) if p.contains("/manifests/") => {
                 stats.manifest_gets.fetch_add(1, Ordering::Relaxed);
                 respond(
@@ -289,10 +366,13 @@ fn serve(stream: TcpStream, script: &Script, stats: &Stats) {
                     .split("/manifests/")
                     .next()
                     .unwrap_or_default();
-                write!(
-                    stream,
-                    "HTTP/1.1 201 Created\r\nLocation: /v2/{repo}/manifests/{digest}\r\nDocker-Content-Digest: {digest}\r\nContent-Length: 0\r\n\r\n"
-                )
+                match &script.push {
+                    Some(answer) => respond(&mut stream, answer, "application/json", &AtomicU64::new(0)),
+                    None => write!(
+                        stream,
+                        "HTTP/1.1 201 Created\r\nLocation: /v2/{repo}/manifests/{digest}\r\nDocker-Content-Digest: {digest}\r\nContent-Length: 0\r\n\r\n"
+                    ),
+                }
             }
             _ => stream.write_all(
                 b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
