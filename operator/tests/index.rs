@@ -1044,3 +1044,59 @@ async fn an_assembly_that_outlives_its_deadline_is_given_up() {
     assert!(err.is_transient(), "{err}");
     assert!(err.to_string().contains("not assembled within 1s"), "{err}");
 }
+
+// ---- Pushes and token requests take no redirect; plain HTTP only to listed hosts; signed
+// URLs stay out of messages; a connection that breaks mid-answer ----
+
+/// Options to reach every one of `listed` over plain HTTP, with `hostile_options`' retries:
+/// so that only the rule under test can stop a request to any of them.
+fn listed_options(listed: &[&HostileRegistry]) -> RegistryOptions {
+    RegistryOptions {
+        insecure: listed.iter().map(|r| r.addr.clone()).collect(),
+        ..hostile_options(listed[0])
+    }
+}
+
+/// Assembles the linux/amd64 image `digest` from `reg` at `team/app:v1` with `options`.
+async fn assemble_with_options(
+    reg: &HostileRegistry,
+    options: RegistryOptions,
+    digest: &str,
+) -> RegistryResult<PushedIndex> {
+    let images = [PlatformImage {
+        platform: platform("linux/amd64"),
+        digest: digest.to_string(),
+    }];
+    assemble(&Registry::new(options), &reg.image("team/app:v1"), &images).await
+}
+
+#[tokio::test]
+async fn a_connection_dropped_mid_body_is_retried_then_unreachable() {
+    // A manifest cut off after a few bytes is the network's doing, not the registry's
+    // considered answer: worth another attempt, like a refused connection.
+    let registry = HostileRegistry::start(Script {
+        manifest: Body::Truncated {
+            prefix: br#"{"schemaVersion":2,"#.to_vec(),
+            total: 1000,
+        },
+        ..honest_script().0
+    });
+    let err = assemble_with_options(
+        &registry,
+        listed_options(&[&registry]),
+        &sha256_digest(b"x"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::Unreachable { attempts: 3, .. }),
+        "{err:?}"
+    );
+    assert!(err.is_transient());
+    assert!(err.to_string().contains("broke off"), "{err}");
+    assert_eq!(
+        registry.counts().manifest_gets,
+        3,
+        "retried up to the policy"
+    );
+}

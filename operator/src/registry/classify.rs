@@ -33,6 +33,18 @@ pub(super) fn status_error(registry: &str, status: StatusCode, text: &str) -> Cl
     }
 }
 
+/// Whether `e` or one of its sources is an I/O error: the connection's doing.
+fn has_io_source(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(error) = next {
+        if error.is::<std::io::Error>() {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
@@ -117,7 +129,7 @@ pub(super) fn classify(registry: &str, e: &OciDistributionError) -> Classified {
 }
 
 /// What a failed HTTP exchange means: TLS and protocol trouble is final, only a connection
-/// that failed, broke or timed out is worth another attempt.
+/// that failed, broke (before or while answering) or timed out is worth another attempt.
 pub(super) fn classify_reqwest(registry: &str, e: &reqwest::Error) -> Classified {
     let registry = registry.to_string();
     let chain = error_chain(e);
@@ -134,6 +146,11 @@ pub(super) fn classify_reqwest(registry: &str, e: &reqwest::Error) -> Classified
         })
     } else if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() {
         Classified::Transient(chain)
+    } else if e.is_decode() && has_io_source(e) {
+        // reqwest names a connection that closed mid-body ("end of file before message
+        // length reached") a decode error, the I/O error underneath: the network's doing,
+        // not the registry's considered answer.
+        Classified::Transient(format!("the connection broke off mid-answer: {chain}"))
     } else {
         Classified::Final(RegistryError::Registry {
             registry,
