@@ -526,7 +526,6 @@ fn config_script(declared: u64, config: Body) -> (Script, String, String) {
         manifest_type: "application/vnd.oci.image.manifest.v1+json".into(),
         config,
         push_digest: None,
-        ..Default::default()
     };
     (script, manifest_digest, config_digest)
 }
@@ -667,7 +666,6 @@ async fn a_huge_manifest_is_refused_at_the_cap() {
         manifest_type: "application/vnd.oci.image.manifest.v1+json".into(),
         config: Body::Status(500),
         push_digest: None,
-        ..Default::default()
     };
     let (reg, _) = refused_by(
         script,
@@ -713,7 +711,6 @@ fn honest_script() -> (Script, String) {
             manifest_type: "application/vnd.oci.image.manifest.v1+json".into(),
             config: Body::Exact(config.to_vec()),
             push_digest: None,
-            ..Default::default()
         },
         digest,
     )
@@ -760,7 +757,6 @@ async fn only_outages_and_overload_are_retried() {
             manifest_type: "application/json".into(),
             config: Body::Status(500),
             push_digest: None,
-            ..Default::default()
         });
         let err = assemble_from(&reg, &sha256_digest(b"x")).await;
         let gets = reg.counts().manifest_gets;

@@ -43,6 +43,12 @@ pub struct Script {
     /// The digest named in the Location and Docker-Content-Digest of a manifest PUT answer;
     /// the true digest of the pushed bytes when `None`.
     pub push_digest: Option<String>,
+}
+
+/// What the hostile registry does beyond serving its `Script`: kept apart so that a
+/// `Script` literal (in tests and benches) does not change as these are added.
+#[derive(Clone, Debug, Default)]
+pub struct Tricks {
     /// When set, any manifest or blob request without an Authorization header is answered
     /// 401 with this `WWW-Authenticate` challenge (any header is accepted).
     pub challenge: Option<String>,
@@ -60,9 +66,6 @@ impl Default for Script {
             manifest_type: "application/json".into(),
             config: Body::Status(404),
             push_digest: None,
-            challenge: None,
-            push: None,
-            token: None,
         }
     }
 }
@@ -119,16 +122,21 @@ pub fn config_prefix() -> Vec<u8> {
 
 impl HostileRegistry {
     pub fn start(script: Script) -> Self {
+        Self::start_with(script, Tricks::default())
+    }
+
+    /// Serves `script`, and plays `tricks`.
+    pub fn start_with(script: Script, tricks: Tricks) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let stats = Arc::new(Stats::default());
-        let script = Arc::new(script);
+        let script = Arc::new((script, tricks));
         let served = stats.clone();
         // Detached: the listener lives as long as the test process.
         std::thread::spawn(move || {
             for stream in listener.incoming().map_while(Result::ok) {
                 let (script, stats) = (script.clone(), served.clone());
-                std::thread::spawn(move || serve(stream, &script, &stats));
+                std::thread::spawn(move || serve(stream, &script.0, &script.1, &stats));
             }
         });
         HostileRegistry { addr, stats }
@@ -268,7 +276,7 @@ fn small_send_buffer(stream: &TcpStream) {
     }
 }
 
-fn serve(stream: TcpStream, script: &Script, stats: &Stats) {
+fn serve(stream: TcpStream, script: &Script, tricks: &Tricks, stats: &Stats) {
     small_send_buffer(&stream);
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut stream = stream;
@@ -321,12 +329,12 @@ fn serve(stream: TcpStream, script: &Script, stats: &Stats) {
             ("GET", "/v2/") => stream.write_all(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
             ),
-            (_, _) if guarded && authorization.is_none() && script.challenge.is_some() => write!(
+            (_, _) if guarded && authorization.is_none() && tricks.challenge.is_some() => write!(
                 stream,
                 "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: {}\r\nContent-Length: 0\r\n\r\n",
-                script.challenge.as_deref().unwrap_or_default()
+                tricks.challenge.as_deref().unwrap_or_default()
             ),
-            ("GET", p) if p.starts_with("/token") => match &script.token {
+            ("GET", p) if p.starts_with("/token") => match &tricks.token {
                 Some(body) => respond(
                     &mut stream,
                     body,
@@ -366,7 +374,7 @@ fn serve(stream: TcpStream, script: &Script, stats: &Stats) {
                     .split("/manifests/")
                     .next()
                     .unwrap_or_default();
-                match &script.push {
+                match &tricks.push {
                     Some(answer) => respond(&mut stream, answer, "application/json", &AtomicU64::new(0)),
                     None => write!(
                         stream,
