@@ -15,7 +15,7 @@ use archforge::registry::{
     RegistryOptions, RegistryResult, RetryPolicy, parse_reference, sha256_digest,
 };
 use common::registry::hostile::{
-    Body, Counts, HostileRegistry, Script, config_prefix, manifest_json,
+    Body, Counts, HostileRegistry, Script, Tricks, config_prefix, manifest_json,
 };
 use common::registry::{Mode, PASSWORD, TestRegistry};
 use serde_json::Value;
@@ -966,7 +966,12 @@ async fn credentials_never_follow_a_redirect_into_another_hosts_token_realm() {
     );
     let options = RegistryOptions {
         credentials: DockerConfig::from_json("test", config.as_bytes()).unwrap(),
-        insecure: vec![registry.addr.clone(), realm.addr.clone()],
+        // Every host is listed, so that only the rule under test can stop the password.
+        insecure: vec![
+            registry.addr.clone(),
+            storage.addr.clone(),
+            realm.addr.clone(),
+        ],
         retry: ONE_ATTEMPT,
         ..Default::default()
     };
@@ -1004,7 +1009,8 @@ async fn a_redirect_to_another_host_is_not_quoted() {
         )
     });
     let options = RegistryOptions {
-        insecure: vec![registry.addr.clone()],
+        // The internal host is listed: plain HTTP to an unlisted one is not even followed.
+        insecure: vec![registry.addr.clone(), internal.addr.clone()],
         retry: ONE_ATTEMPT,
         ..Default::default()
     };
@@ -1095,4 +1101,139 @@ async fn a_connection_dropped_mid_body_is_retried_then_unreachable() {
         3,
         "retried up to the policy"
     );
+}
+
+/// A docker config with `alice`'s password for `reg`.
+fn alice_for(reg: &HostileRegistry) -> DockerConfig {
+    let json = format!(
+        r#"{{"auths": {{"{}": {{"username": "alice", "password": "S3cretPW"}}}}}}"#,
+        reg.addr
+    );
+    DockerConfig::from_json("config.json", json.as_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn a_redirected_index_push_is_not_followed() {
+    // The registry answers the index PUT with a 307 elsewhere. Following it would push the
+    // index to a host nobody named (and call it done): a push goes to the registry or fails.
+    let (script, digest) = honest_script();
+    let elsewhere = HostileRegistry::start(script.clone());
+    let registry = HostileRegistry::start_with(
+        script,
+        Tricks {
+            push: Some(Body::Redirect {
+                status: 307,
+                location: format!(
+                    "http://{}/v2/team/app/manifests/v1?X-Amz-Signature=S1GNED",
+                    elsewhere.addr
+                ),
+            }),
+            ..Tricks::default()
+        },
+    );
+    let err = assemble_with_options(&registry, listed_options(&[&registry, &elsewhere]), &digest)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        elsewhere.requests(),
+        Vec::<String>::new(),
+        "the push went elsewhere"
+    );
+    assert_permanent(&err, "RegistryError");
+    assert_eq!(registry.counts().pushes, 1, "not retried");
+    let text = err.to_string();
+    for part in [
+        registry.addr.as_str(),
+        elsewhere.addr.as_str(),
+        "HTTP 307",
+        "push",
+    ] {
+        assert!(text.contains(part), "{part:?} is not in: {text}");
+    }
+    assert!(!text.contains("S1GNED"), "{text}");
+}
+
+#[tokio::test]
+async fn a_redirected_token_request_is_not_followed() {
+    // The registry's challenge names realm T; T redirects the token request to U. The
+    // credentials are for the realm the registry named, and a token is taken from it alone:
+    // U must hear nothing, and the Authorization headers recorded show who got what.
+    let (script, digest) = honest_script();
+    let elsewhere = HostileRegistry::start(Script::default());
+    let realm = HostileRegistry::start_with(
+        Script::default(),
+        Tricks {
+            token: Some(Body::Redirect {
+                status: 307,
+                location: format!("http://{}/token", elsewhere.addr),
+            }),
+            ..Tricks::default()
+        },
+    );
+    let registry = HostileRegistry::start_with(
+        script,
+        Tricks {
+            challenge: Some(format!(
+                r#"Bearer realm="http://{}/token",service="x""#,
+                realm.addr
+            )),
+            ..Tricks::default()
+        },
+    );
+    let options = RegistryOptions {
+        credentials: alice_for(&registry),
+        ..listed_options(&[&registry, &realm, &elsewhere])
+    };
+    let err = assemble_with_options(&registry, options, &digest)
+        .await
+        .unwrap_err();
+    assert_eq!(elsewhere.requests(), Vec::<String>::new(), "{err}");
+    assert_eq!(
+        registry.authorized(),
+        Vec::<String>::new(),
+        "no token, none sent"
+    );
+    let given = realm.authorized();
+    assert!(
+        given.len() == 1 && given[0].starts_with("GET /token?") && given[0].contains(": Basic "),
+        "alice's credentials go to the named realm, once: {given:?}"
+    );
+    assert_permanent(&err, "RegistryCredentials");
+    let text = err.to_string();
+    for part in [realm.addr.as_str(), "HTTP 307", "redirect"] {
+        assert!(text.contains(part), "{part:?} is not in: {text}");
+    }
+    assert!(!text.contains("S3cretPW"), "{text}");
+}
+
+#[tokio::test]
+async fn a_redirect_to_plain_http_elsewhere_is_not_followed() {
+    // Plain HTTP goes only to hosts listed as insecure, whoever names them: the registry
+    // being plain HTTP itself lists it, not the hosts it points at.
+    let elsewhere = HostileRegistry::start(honest_script().0);
+    let registry = HostileRegistry::start(Script {
+        manifest: Body::Redirect {
+            status: 307,
+            location: format!("http://{}/v2/team/app/manifests/x", elsewhere.addr),
+        },
+        ..Script::default()
+    });
+    let err = assemble_with_options(
+        &registry,
+        listed_options(&[&registry]),
+        &sha256_digest(b"x"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(elsewhere.requests(), Vec::<String>::new(), "{err}");
+    assert_permanent(&err, "RegistryError");
+    assert_eq!(registry.counts().manifest_gets, 1, "not retried");
+    let text = err.to_string();
+    for part in [
+        registry.addr.as_str(),
+        elsewhere.addr.as_str(),
+        "--insecure-registry",
+    ] {
+        assert!(text.contains(part), "{part:?} is not in: {text}");
+    }
 }

@@ -163,7 +163,8 @@ pub(super) fn parse_challenge(header: &str) -> Challenge {
     }
 }
 
-/// The Authorization header that meets `challenge`, if the credentials can.
+/// The Authorization header that meets `challenge`, if the credentials can. `http` must
+/// follow no redirects (the token request goes to the named realm or nowhere).
 pub(super) async fn authorization(
     http: &reqwest::Client,
     options: &RegistryOptions,
@@ -203,6 +204,7 @@ pub(super) async fn authorization(
 }
 
 /// Asks the challenge's realm for a token, with basic credentials when there are some.
+/// `http` must follow no redirects.
 async fn fetch_token(
     http: &reqwest::Client,
     options: &RegistryOptions,
@@ -253,6 +255,12 @@ async fn fetch_token(
         .await
         .map_err(|e| classify_reqwest(&registry, &e))?;
     let status = response.status();
+    if status.is_redirection() {
+        // `http` follows no redirect: the credentials and the token are the named realm's.
+        return Err(refused(format!(
+            "the token endpoint {realm_host} answered HTTP {status}, a redirect; archforge asks for a token only at the realm the registry names and follows no redirect from it"
+        )));
+    }
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         // The token endpoint's text is not quoted: it may echo what was sent.
         return Err(refused(format!(

@@ -6,6 +6,7 @@ use reqwest::StatusCode;
 
 use super::bounded::quote;
 use super::error::{Classified, RegistryError};
+use super::wire::RedirectRefused;
 
 /// What a non-success status means: the caller retries only `Transient`.
 pub(super) fn status_error(registry: &str, status: StatusCode, text: &str) -> Classified {
@@ -33,16 +34,18 @@ pub(super) fn status_error(registry: &str, status: StatusCode, text: &str) -> Cl
     }
 }
 
-/// Whether `e` or one of its sources is an I/O error: the connection's doing.
-fn has_io_source(e: &(dyn std::error::Error + 'static)) -> bool {
+/// The first of `e` and its sources that is a `T`.
+fn find_source<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
     let mut next = Some(e);
     while let Some(error) = next {
-        if error.is::<std::io::Error>() {
-            return true;
+        if let Some(found) = error.downcast_ref::<T>() {
+            return Some(found);
         }
         next = error.source();
     }
-    false
+    None
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -132,6 +135,12 @@ pub(super) fn classify(registry: &str, e: &OciDistributionError) -> Classified {
 /// that failed, broke (before or while answering) or timed out is worth another attempt.
 pub(super) fn classify_reqwest(registry: &str, e: &reqwest::Error) -> Classified {
     let registry = registry.to_string();
+    if let Some(RedirectRefused(why)) = find_source::<RedirectRefused>(e) {
+        return Classified::Final(RegistryError::Registry {
+            registry,
+            message: why.clone(),
+        });
+    }
     let chain = error_chain(e);
     // rustls reads the first bytes of a plain-HTTP answer ("HTTP/1.1 400 …") as a TLS record
     // of an unknown type and says only "received corrupt message of type InvalidContentType".
@@ -146,7 +155,7 @@ pub(super) fn classify_reqwest(registry: &str, e: &reqwest::Error) -> Classified
         })
     } else if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() {
         Classified::Transient(chain)
-    } else if e.is_decode() && has_io_source(e) {
+    } else if e.is_decode() && find_source::<std::io::Error>(e).is_some() {
         // reqwest names a connection that closed mid-body ("end of file before message
         // length reached") a decode error, the I/O error underneath: the network's doing,
         // not the registry's considered answer.

@@ -19,6 +19,7 @@ use reqwest::StatusCode;
 use reqwest::header::{
     ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, LOCATION, WWW_AUTHENTICATE,
 };
+use reqwest::redirect::Policy;
 use sha2::{Digest, Sha256};
 
 use super::auth::{Operation, authorization, parse_challenge};
@@ -38,12 +39,54 @@ pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_REDIRECTS: usize = 3;
 
 /// `host[:port]` of `url`, the way registries are named (the port only when it is given).
-fn authority(url: &reqwest::Url) -> String {
+pub(super) fn authority(url: &reqwest::Url) -> String {
     let host = url.host_str().unwrap_or_default();
     match url.port() {
         Some(port) => format!("{host}:{port}"),
         None => host.to_string(),
     }
+}
+
+/// Whether `url`'s host is in `insecure` (`host:port`, or `host` alone for the default port).
+pub(super) fn is_listed(insecure: &[String], url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    let with_default = format!("{host}:{}", url.port_or_known_default().unwrap_or(0));
+    insecure
+        .iter()
+        .any(|r| *r == authority(url) || *r == with_default)
+}
+
+/// Why a redirect was not followed, as the redirect policy hands it to reqwest: found again
+/// in the error's sources by `classify_reqwest`, and shown instead of reqwest's wording,
+/// which names the URL the redirect came from (after a hop, a signed storage URL).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct RedirectRefused(pub String);
+
+/// Registries redirect reads to storage; a hostile one could point anywhere. Follow a few
+/// hops, and to plain HTTP only when that host is listed as insecure: that the registry
+/// itself is listed says nothing of the hosts it points at (an internal plain-HTTP page, or
+/// a downgrade of what should have been HTTPS). reqwest drops Authorization on a hop to
+/// another host; an answer from another host is never quoted and never given credentials
+/// (`send`, `fetch`).
+fn redirect_policy(insecure: Vec<String>) -> Policy {
+    Policy::custom(move |attempt| {
+        if attempt.previous().len() > MAX_REDIRECTS {
+            let error = format!(
+                "it redirected more than {MAX_REDIRECTS} times in a row (to {host} last); archforge follows at most {MAX_REDIRECTS}",
+                host = authority(attempt.url())
+            );
+            attempt.error(RedirectRefused(error))
+        } else if attempt.url().scheme() != "https" && !is_listed(&insecure, attempt.url()) {
+            let error = format!(
+                "it redirected to plain HTTP at {host}, which is not listed with --insecure-registry; archforge follows redirects to plain HTTP only to hosts so listed (Helm value registry.insecureRegistries)",
+                host = authority(attempt.url())
+            );
+            attempt.error(RedirectRefused(error))
+        } else {
+            attempt.follow()
+        }
+    })
 }
 
 /// What is being read: decides the absolute cap and how an excess is named.
@@ -92,7 +135,13 @@ pub(crate) struct PushAnswer {
 
 /// The bounded HTTP side of a `Registry`.
 pub(crate) struct Wire {
+    /// For manifest and config reads: follows redirects under `redirect_policy`.
     http: reqwest::Client,
+    /// For the index push and the token exchange: follows none. Registries redirect reads
+    /// to their storage, never a push; and a token is asked of the realm the registry
+    /// named, with its credentials. A redirect there would send the index, or take a
+    /// token, somewhere nobody named.
+    direct: reqwest::Client,
     options: RegistryOptions,
     /// The Authorization header that answered each (registry, repository, operation)'s
     /// challenge, so the challenge is met once per assembly rather than once per request.
@@ -102,38 +151,26 @@ pub(crate) struct Wire {
 
 impl Wire {
     pub fn new(options: &RegistryOptions) -> Self {
-        let insecure = options.insecure.clone();
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .user_agent(USER_AGENT)
-            // Registries redirect blob reads to storage; a hostile one could point anywhere.
-            // Follow a few hops, and never from HTTPS down to plain HTTP unless that host was
-            // given as insecure. (reqwest drops Authorization on a hop to another host; an
-            // answer from another host is never quoted and never given credentials: `send`.)
-            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-                let downgrade = attempt.url().scheme() == "http"
-                    && attempt.previous().iter().any(|u| u.scheme() == "https")
-                    && !insecure.contains(&authority(attempt.url()));
-                if attempt.previous().len() > MAX_REDIRECTS {
-                    attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
-                } else if downgrade {
-                    attempt.error("a redirect from HTTPS to plain HTTP")
-                } else {
-                    attempt.follow()
+        let client = |redirects: Policy| {
+            let mut builder = reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(READ_TIMEOUT)
+                .user_agent(USER_AGENT)
+                .redirect(redirects);
+            for pem in &options.ca_pems {
+                // add_ca_file checked these are PEM; a bundle that still fails to parse
+                // leaves the system roots, and the TLS error then names --ca-file.
+                if let Ok(certs) = reqwest::Certificate::from_pem_bundle(pem) {
+                    builder = builder.tls_certs_merge(certs);
                 }
-            }));
-        for pem in &options.ca_pems {
-            // add_ca_file checked these are PEM; a bundle that still fails to parse leaves
-            // the system roots, and the TLS error then names --ca-file.
-            if let Ok(certs) = reqwest::Certificate::from_pem_bundle(pem) {
-                builder = builder.tls_certs_merge(certs);
             }
-        }
-        Wire {
-            http: builder
+            builder
                 .build()
-                .expect("a reqwest client with rustls builds"),
+                .expect("a reqwest client with rustls builds")
+        };
+        Wire {
+            http: client(redirect_policy(options.insecure.clone())),
+            direct: client(Policy::none()),
             options: options.clone(),
             auth: Mutex::new(HashMap::new()),
         }
@@ -158,9 +195,11 @@ impl Wire {
         format!("{scheme}://{registry}/v2")
     }
 
-    /// Sends the request `build` makes, answering the registry's auth challenge once.
+    /// Sends the request `build` makes with `http`, answering the registry's auth challenge
+    /// once.
     async fn send(
         &self,
+        http: &reqwest::Client,
         reference: &Reference,
         operation: Operation,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
@@ -180,7 +219,7 @@ impl Wire {
                 .cloned()
         };
         let request = |header: Option<HeaderValue>| {
-            let mut request = build(&self.http).timeout(REQUEST_TIMEOUT);
+            let mut request = build(http).timeout(REQUEST_TIMEOUT);
             if let Some(h) = header {
                 request = request.header(AUTHORIZATION, h);
             }
@@ -211,7 +250,7 @@ impl Wire {
             .map(parse_challenge);
         drop(response);
         let Some(header) =
-            authorization(&self.http, &self.options, reference, operation, challenge).await?
+            authorization(&self.direct, &self.options, reference, operation, challenge).await?
         else {
             return Err(Classified::Final(RegistryError::Credentials {
                 registry: registry.clone(),
@@ -290,7 +329,7 @@ impl Wire {
         );
         let accept = accept.join(", ");
         let mut response = self
-            .send(repo, Operation::Pull, |http| {
+            .send(&self.http, repo, Operation::Pull, |http| {
                 http.get(&url).header(ACCEPT, accept.as_str())
             })
             .await?;
@@ -379,13 +418,29 @@ impl Wire {
             target.repository()
         );
         let response = self
-            .send(target, Operation::Push, |http| {
+            .send(&self.direct, target, Operation::Push, |http| {
                 http.put(&url)
                     .header(CONTENT_TYPE, media_type)
                     .body(bytes.to_vec())
             })
             .await?;
         let status = response.status();
+        if status.is_redirection() {
+            // Only the Location's host is named: the rest may be a signed URL.
+            let to = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| response.url().join(l).ok())
+                .map(|u| authority(&u))
+                .unwrap_or_else(|| "nowhere usable".to_string());
+            return Err(Classified::Final(RegistryError::Registry {
+                registry: registry.clone(),
+                message: format!(
+                    "the index push to {registry} was answered HTTP {status} to {to}; archforge pushes only to the registry named and follows no redirect of a push"
+                ),
+            }));
+        }
         if !status.is_success() {
             let text = error_text(response).await;
             return Err(status_error(&registry, status, &text));
