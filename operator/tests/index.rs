@@ -1237,3 +1237,24 @@ async fn a_redirect_to_plain_http_elsewhere_is_not_followed() {
         assert!(text.contains(part), "{part:?} is not in: {text}");
     }
 }
+
+#[tokio::test]
+async fn a_signed_query_in_a_redirect_never_reaches_the_message() {
+    // Storage redirects carry pre-signed URLs whose query is a credential. reqwest names the
+    // URL a refused redirect came from (here the signed one, hop after hop): not shown.
+    let digest = sha256_digest(b"x");
+    let looping = HostileRegistry::start(Script {
+        manifest: Body::Redirect {
+            status: 308,
+            location: format!("/v2/team/app/manifests/{digest}?X-Amz-Signature=S1GNED"),
+        },
+        ..Script::default()
+    });
+    let err = assemble_with_options(&looping, listed_options(&[&looping]), &digest)
+        .await
+        .unwrap_err();
+    assert_permanent(&err, "RegistryError");
+    let text = err.to_string();
+    assert!(text.contains("follows at most 3"), "{text}");
+    assert!(!text.contains("S1GNED"), "{text}");
+}

@@ -141,7 +141,19 @@ pub(super) fn classify_reqwest(registry: &str, e: &reqwest::Error) -> Classified
             message: why.clone(),
         });
     }
-    let chain = error_chain(e);
+    let mut chain = error_chain(e);
+    // reqwest names the URL in its errors. Its query (and any user:password) can be a
+    // credential: a pre-signed storage URL, docker distribution's upload `_state`.
+    if let Some(url) = e.url()
+        && (url.query().is_some() || url.fragment().is_some() || !url.username().is_empty())
+    {
+        let mut shown = url.clone();
+        shown.set_query(None);
+        shown.set_fragment(None);
+        let _ = shown.set_password(None);
+        let _ = shown.set_username("");
+        chain = chain.replace(url.as_str(), shown.as_str());
+    }
     // rustls reads the first bytes of a plain-HTTP answer ("HTTP/1.1 400 …") as a TLS record
     // of an unknown type and says only "received corrupt message of type InvalidContentType".
     if chain.contains("InvalidContentType") {
@@ -198,6 +210,22 @@ mod tests {
         assert!(!retried(OciDistributionError::SpecViolationError(
             "x".into()
         )));
+    }
+
+    #[tokio::test]
+    async fn a_url_in_a_message_is_shown_without_its_query() {
+        // Nothing listens on port 1 of loopback: a connection error naming the URL.
+        let closed = "http://127.0.0.1:1/v2/a/blobs/uploads/u?_state=S1GNED&X-Amz-Signature=S1GNED";
+        let e = reqwest::Client::new().get(closed).send().await.unwrap_err();
+        assert!(e.to_string().contains("S1GNED"), "reqwest names it: {e}");
+        let Classified::Transient(message) = classify_reqwest("r", &e) else {
+            panic!("a refused connection is transient");
+        };
+        assert!(
+            message.contains("http://127.0.0.1:1/v2/a/blobs/uploads/u)"),
+            "{message}"
+        );
+        assert!(!message.contains("S1GNED"), "{message}");
     }
 
     #[test]
