@@ -1258,3 +1258,50 @@ async fn a_signed_query_in_a_redirect_never_reaches_the_message() {
     assert!(text.contains("follows at most 3"), "{text}");
     assert!(!text.contains("S1GNED"), "{text}");
 }
+
+#[tokio::test]
+async fn an_outage_of_the_storage_a_read_is_redirected_to_is_retried() {
+    // The storage behind a registry has outages and overload like the registry: its 503 is
+    // worth another attempt (its body still unquoted), its 404 is the image not being there.
+    for (code, transient, reason) in [
+        (503, true, "RegistryUnreachable"),
+        (404, false, "ManifestNotFound"),
+    ] {
+        let storage = HostileRegistry::start(Script {
+            manifest: Body::Status(code),
+            ..Script::default()
+        });
+        let registry = HostileRegistry::start(Script {
+            manifest: Body::Redirect {
+                status: 307,
+                location: format!("http://{}/s/v2/team/app/manifests/x", storage.addr),
+            },
+            ..Script::default()
+        });
+        let err = assemble_with_options(
+            &registry,
+            listed_options(&[&registry, &storage]),
+            &sha256_digest(b"x"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.reason(), reason, "HTTP {code}: {err}");
+        assert_eq!(err.is_transient(), transient, "HTTP {code}: {err}");
+        let attempts = if transient { 3 } else { 1 };
+        assert_eq!(
+            storage.counts().manifest_gets,
+            attempts,
+            "HTTP {code}: {err}"
+        );
+        let text = err.to_string();
+        if transient {
+            for part in [storage.addr.as_str(), "HTTP 503", "after a redirect"] {
+                assert!(text.contains(part), "{part:?} is not in: {text}");
+            }
+        }
+        assert!(
+            !text.contains("scripted"),
+            "the storage's body is quoted: {text}"
+        );
+    }
+}

@@ -34,6 +34,25 @@ pub(super) fn status_error(registry: &str, status: StatusCode, text: &str) -> Cl
     }
 }
 
+/// What a non-success status from `host`, where the registry redirected a read, means:
+/// `message` names it; the answer itself is never quoted (the registry chose the page, and it
+/// may be an internal one).
+pub(super) fn foreign_status_error(
+    registry: &str,
+    status: StatusCode,
+    message: String,
+) -> Classified {
+    let registry = registry.to_string();
+    match status.as_u16() {
+        404 => Classified::Final(RegistryError::NotFound { registry, message }),
+        // The storage behind a registry has outages and overload like the registry.
+        408 | 429 | 500.. => Classified::Transient(message),
+        // A 401 is refused before this (`send`); a 403 is the storage refusing the
+        // registry's pre-signed URL, not archforge's credentials.
+        _ => Classified::Final(RegistryError::Registry { registry, message }),
+    }
+}
+
 /// The first of `e` and its sources that is a `T`.
 fn find_source<'a, T: std::error::Error + 'static>(
     e: &'a (dyn std::error::Error + 'static),

@@ -27,7 +27,7 @@ use super::bounded::{
     MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, digest_of, error_text, is_sha256_digest, quote,
     read_at_most,
 };
-use super::classify::{classify_reqwest, status_error};
+use super::classify::{classify_reqwest, foreign_status_error, status_error};
 use super::error::{Classified, RegistryError};
 use super::{CONNECT_TIMEOUT, READ_TIMEOUT, RegistryOptions, USER_AGENT};
 
@@ -336,13 +336,11 @@ impl Wire {
         let status = response.status();
         if status != StatusCode::OK && !self.is_own(response.url(), &registry) {
             // Not the registry's own answer: its body is not quoted into status and Events.
-            return Err(Classified::Final(RegistryError::Registry {
-                registry: registry.clone(),
-                message: format!(
-                    "HTTP {status} from {} after a redirect (for {shown}; the answer is not shown)",
-                    authority(response.url())
-                ),
-            }));
+            let message = format!(
+                "HTTP {status} from {} after a redirect (for {shown}; the answer is not shown)",
+                authority(response.url())
+            );
+            return Err(foreign_status_error(&registry, status, message));
         }
         if status != StatusCode::OK {
             let text = error_text(response).await;
