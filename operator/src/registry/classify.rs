@@ -34,9 +34,9 @@ pub(super) fn status_error(registry: &str, status: StatusCode, text: &str) -> Cl
     }
 }
 
-/// What a non-success status from `host`, where the registry redirected a read, means:
-/// `message` names it; the answer itself is never quoted (the registry chose the page, and it
-/// may be an internal one).
+/// What a non-success `status` from the host the registry redirected a read to means, as
+/// `message` (the caller's, naming that host): its answer is never quoted, since the registry
+/// chose the page and it may be an internal one.
 pub(super) fn foreign_status_error(
     registry: &str,
     status: StatusCode,

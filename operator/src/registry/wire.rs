@@ -39,7 +39,7 @@ pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_REDIRECTS: usize = 3;
 
 /// `host[:port]` of `url`, the way registries are named (the port only when it is given).
-pub(super) fn authority(url: &reqwest::Url) -> String {
+fn authority(url: &reqwest::Url) -> String {
     let host = url.host_str().unwrap_or_default();
     match url.port() {
         Some(port) => format!("{host}:{port}"),
@@ -48,7 +48,7 @@ pub(super) fn authority(url: &reqwest::Url) -> String {
 }
 
 /// Whether `url`'s host is in `insecure` (`host:port`, or `host` alone for the default port).
-pub(super) fn is_listed(insecure: &[String], url: &reqwest::Url) -> bool {
+fn is_listed(insecure: &[String], url: &reqwest::Url) -> bool {
     let host = url.host_str().unwrap_or_default();
     let with_default = format!("{host}:{}", url.port_or_known_default().unwrap_or(0));
     insecure
