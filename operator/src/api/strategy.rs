@@ -4,7 +4,9 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Which rootless builder runs each platform's one-shot Job.
+/// The rootless builder of each platform's one-shot Job: buildah or buildkit (one BuildKit
+/// daemon per builder pod, started and stopped with it). Defaults to the operator's default
+/// strategy (buildah unless the operator says otherwise).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
@@ -46,7 +48,10 @@ impl std::fmt::Display for Strategy {
     }
 }
 
-/// How the platforms of one ImageBuild use its registry cache (BuildKit).
+/// BuildKit: PerPlatform (the default) imports and exports only each platform's own ref,
+/// <image>:<os>-<arch>[-<variant>]; Shared also imports the other platforms' refs, while each
+/// platform still writes only its own. Ignored by buildah, whose cache is keyed by layer
+/// content.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CacheScope {
     /// Each platform imports and exports only its own ref, `<cache.image>:<os>-<arch>[-<variant>]`.
