@@ -8,8 +8,9 @@ use kube::Resource;
 use serde_json::{Value, json};
 
 use crate::api::ImageBuild;
+use crate::api::Strategy;
 use crate::plan::{AuthFile, BuildPlan, Placement, PlatformPlan, emulation_label};
-use crate::settings::{BuilderSettings, KubeVersion, SeccompProfile};
+use crate::settings::{BUILDKIT_UID, BuilderSettings, KubeVersion, SeccompProfile};
 
 /// Name of the builder container; the AppArmor annotation is keyed on it.
 pub const BUILDER_CONTAINER: &str = "builder";
@@ -41,6 +42,55 @@ const GIT_SECRET_DIR: &str = "/etc/git-secret";
 /// git-sync's own non-root user (from its image).
 const GIT_SYNC_UID: i64 = 65533;
 
+/// The checks both builder scripts run before building (see [`BUILDER_SCRIPT`]): contextDir
+/// and the Dockerfile exist and resolve inside the checkout. A literal, so that `concat!`
+/// can put it in front of each strategy's own lines.
+macro_rules! source_checks {
+    () => {
+        r#"set -eu
+cd "$ARCHFORGE_WORKSPACE"
+cd "$(readlink source)"
+checkout=$(pwd -P)
+for field in contextDir dockerfile; do
+  if [ "$field" = contextDir ]; then path=$ARCHFORGE_CONTEXT_DIR; else path=$ARCHFORGE_DOCKERFILE; fi
+  if [ ! -e "$path" ]; then
+    printf 'archforge: spec.source.%s: %s does not exist in the repository\n' "$field" "$path" >&2
+    exit 1
+  fi
+  case "$(realpath "$path")/" in
+    "$checkout"/*) ;;
+    *) printf 'archforge: spec.source.%s: %s resolves outside the repository (through a symlink); refusing to build\n' "$field" "$path" >&2
+       exit 1 ;;
+  esac
+done
+"#
+    };
+}
+
+/// The buildah script's refusal of any symlink of the checkout that points outside it (see
+/// [`BUILDER_SCRIPT`]). BuildKit does not need it: buildctl sends a symlink of the context
+/// as a symlink, and the daemon resolves it inside the context, never on the pod's own
+/// filesystem. And the rootless BuildKit image (Alpine, BusyBox) is not known to carry GNU
+/// `realpath -m`, without which the scan refuses every repository holding a link.
+macro_rules! link_checks {
+    () => {
+        r#"escape=$(find . -path ./.git -prune -o -type l -exec sh -c '
+  checkout=$1
+  shift
+  for link do
+    case "$(realpath -m -- "$link")/" in
+      "$checkout"/*) ;;
+      *) printf "%s\n" "$link"; exit 0 ;;
+    esac
+  done' archforge-links "$checkout" {} + | head -n 1)
+if [ -n "$escape" ]; then
+  printf 'archforge: the repository holds a symlink that points outside it (%s); refusing to build, because a RUN --mount or ADD could read through it\n' "$escape" >&2
+  exit 1
+fi
+"#
+    };
+}
+
 /// The builder's entrypoint. It is a constant and holds no buildah flag: its arguments are
 /// the count of the build argv, the build argv and the push argv, both from the plan (the
 /// same lists the local executor runs). Every user value reaches it as a positional argument
@@ -57,36 +107,10 @@ const GIT_SYNC_UID: i64 = 65533;
 /// source through links (before 1.38.1, CVE-2024-11218). The checkout is mounted
 /// read-only, so what is checked is what buildah reads; `realpath -m` (GNU coreutils, in
 /// the default builder image) is needed, and without it the check fails closed.
-pub const BUILDER_SCRIPT: &str = r#"set -eu
-cd "$ARCHFORGE_WORKSPACE"
-cd "$(readlink source)"
-checkout=$(pwd -P)
-for field in contextDir dockerfile; do
-  if [ "$field" = contextDir ]; then path=$ARCHFORGE_CONTEXT_DIR; else path=$ARCHFORGE_DOCKERFILE; fi
-  if [ ! -e "$path" ]; then
-    printf 'archforge: spec.source.%s: %s does not exist in the repository\n' "$field" "$path" >&2
-    exit 1
-  fi
-  case "$(realpath "$path")/" in
-    "$checkout"/*) ;;
-    *) printf 'archforge: spec.source.%s: %s resolves outside the repository (through a symlink); refusing to build\n' "$field" "$path" >&2
-       exit 1 ;;
-  esac
-done
-escape=$(find . -path ./.git -prune -o -type l -exec sh -c '
-  checkout=$1
-  shift
-  for link do
-    case "$(realpath -m -- "$link")/" in
-      "$checkout"/*) ;;
-      *) printf "%s\n" "$link"; exit 0 ;;
-    esac
-  done' archforge-links "$checkout" {} + | head -n 1)
-if [ -n "$escape" ]; then
-  printf 'archforge: the repository holds a symlink that points outside it (%s); refusing to build, because a RUN --mount or ADD could read through it\n' "$escape" >&2
-  exit 1
-fi
-build_argc=$1
+pub const BUILDER_SCRIPT: &str = concat!(
+    source_checks!(),
+    link_checks!(),
+    r#"build_argc=$1
 shift
 refs=
 i=1
@@ -97,7 +121,39 @@ done
 eval "buildah $refs"
 shift "$build_argc"
 exec buildah "$@"
-"#;
+"#
+);
+
+/// The BuildKit builder's entrypoint: the same contextDir and Dockerfile checks as
+/// [`BUILDER_SCRIPT`] (buildctl would follow a `rootlink -> /` context on the pod's own
+/// filesystem, push credentials included), then
+/// `buildctl-daemonless.sh` with every argument it was given (the plan's `buildctl build`
+/// argv and `--metadata-file`), which starts a rootless buildkitd for this one build and
+/// stops it after. It holds no BuildKit flag. The pushed manifest's digest is read from
+/// buildctl's metadata file (`"containerimage.digest": "sha256:..."`, written by buildctl, not
+/// by the user) and written to the termination log only when it is `sha256:` and 64
+/// lowercase hex digits; anything else fails the build rather than report it.
+pub const BUILDKIT_SCRIPT: &str = concat!(
+    source_checks!(),
+    r#"metadata=$ARCHFORGE_METADATA_FILE
+rm -f -- "$metadata"
+buildctl-daemonless.sh "$@"
+digest=
+if [ -f "$metadata" ]; then
+  digest=$(sed -n 's/.*"containerimage\.digest"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' "$metadata" | head -n 1)
+fi
+hex=${digest#sha256:}
+valid=yes
+case "$digest" in sha256:*) ;; *) valid=no ;; esac
+case "$hex" in *[!0-9a-f]*) valid=no ;; esac
+[ "${#hex}" -eq 64 ] || valid=no
+if [ "$valid" != yes ]; then
+  printf 'archforge: buildctl pushed the image but its metadata file (%s) holds no valid containerimage.digest (sha256: and 64 lowercase hex digits); refusing to report one\n' "$metadata" >&2
+  exit 1
+fi
+printf '%s' "$digest" > "$ARCHFORGE_TERMINATION_LOG"
+"#
+);
 
 /// The labels every object of one run carries; also the selector for finding them.
 pub fn run_labels(imagebuild: &str, generation: i64) -> BTreeMap<String, String> {
@@ -198,14 +254,10 @@ pub fn is_ssh_url(url: &str) -> bool {
     url.starts_with("ssh://") || !url.contains("://")
 }
 
-fn builder_container(
-    build: &ImageBuild,
-    platform: &PlatformPlan,
-    settings: &BuilderSettings,
-    version: KubeVersion,
-) -> Value {
-    let spec = &build.spec;
-    let mut resources = spec
+/// The builder container's resources: the spec's, with the fuse device as a limit.
+fn builder_resources(build: &ImageBuild, settings: &BuilderSettings) -> Value {
+    let mut resources = build
+        .spec
         .resources
         .as_ref()
         .map(|r| serde_json::to_value(r).expect("resources serialize"))
@@ -215,6 +267,130 @@ fn builder_container(
     if let Some(requests) = resources.get_mut("requests").and_then(Value::as_object_mut) {
         requests.remove(&settings.fuse_resource);
     }
+    resources
+}
+
+/// The AppArmor profile (a name loaded on the nodes) of the builder container.
+fn apparmor_profile<'a>(platform: &PlatformPlan, settings: &'a BuilderSettings) -> &'a str {
+    match platform.strategy {
+        Strategy::Buildah => &settings.apparmor_profile,
+        Strategy::Buildkit => &settings.buildkit_apparmor_profile,
+    }
+}
+
+/// The builder container's security context: non-root, not privileged, every capability
+/// dropped but the two the setuid newuidmap/newgidmap helpers need (both rootless builders
+/// map their subordinate IDs with them, so no_new_privs must stay off), and the strategy's
+/// seccomp and AppArmor profiles.
+fn builder_security(
+    uid: i64,
+    seccomp_profile: &SeccompProfile,
+    apparmor: &str,
+    version: KubeVersion,
+) -> Value {
+    let mut security = json!({
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "runAsNonRoot": true,
+        "privileged": false,
+        "allowPrivilegeEscalation": true,
+        "capabilities": {"drop": ["ALL"], "add": ["SETUID", "SETGID"]},
+        "seccompProfile": seccomp(seccomp_profile),
+    });
+    if version.has_apparmor_field() {
+        security["appArmorProfile"] = json!({"type": "Localhost", "localhostProfile": apparmor});
+    }
+    security
+}
+
+fn builder_container(
+    build: &ImageBuild,
+    platform: &PlatformPlan,
+    settings: &BuilderSettings,
+    version: KubeVersion,
+) -> Value {
+    match platform.strategy {
+        Strategy::Buildah => buildah_container(build, platform, settings, version),
+        Strategy::Buildkit => buildkit_container(build, platform, settings, version),
+    }
+}
+
+/// Where the BuildKit builder's buildkitd keeps its state: the image declares it a volume,
+/// and rootless BuildKit needs it to be a real (emptyDir) mount, not the image's overlay.
+const BUILDKIT_STATE: &str = "/home/user/.local/share/buildkit";
+/// Where buildctl writes the build's metadata (the pushed digest among it).
+pub const BUILDKIT_OUTPUT_DIR: &str = "/var/run/archforge/output";
+pub const BUILDKIT_METADATA_FILE: &str = "/var/run/archforge/output/metadata.json";
+/// buildkitd's flags. Without a process sandbox, RUN steps share the builder container's PID
+/// namespace: a new one needs a fresh /proc mounted, which the kernel refuses while the
+/// container's /proc has masked paths ("mount_too_revealing"), and Kubernetes unmasks it only
+/// with procMount: Unmasked, which Pod Security baseline forbids. The pod is one-shot, so a
+/// process a RUN step leaves behind dies with it.
+pub const BUILDKITD_FLAGS: &str = "--oci-worker-no-process-sandbox";
+
+fn buildkit_container(
+    build: &ImageBuild,
+    platform: &PlatformPlan,
+    settings: &BuilderSettings,
+    version: KubeVersion,
+) -> Value {
+    let spec = &build.spec;
+    let mut env = vec![
+        json!({"name": "BUILDKITD_FLAGS", "value": BUILDKITD_FLAGS}),
+        json!({"name": "HOME", "value": "/home/user"}),
+        json!({"name": "ARCHFORGE_WORKSPACE", "value": WORKSPACE}),
+        // Not read by the script (the --output argv carries it): for whoever inspects the pod.
+        json!({"name": "ARCHFORGE_PUSH_TARGET", "value": platform.push_target}),
+        json!({"name": "ARCHFORGE_CONTEXT_DIR", "value": crate::plan::context_dir(spec)}),
+        json!({"name": "ARCHFORGE_DOCKERFILE", "value": crate::plan::dockerfile_path(spec)}),
+        json!({"name": "ARCHFORGE_METADATA_FILE", "value": BUILDKIT_METADATA_FILE}),
+        json!({"name": "ARCHFORGE_TERMINATION_LOG", "value": TERMINATION_LOG}),
+    ];
+    let mut mounts = vec![
+        json!({"name": "workspace", "mountPath": WORKSPACE, "readOnly": true}),
+        json!({"name": "buildkit", "mountPath": BUILDKIT_STATE}),
+        json!({"name": "builder-output", "mountPath": BUILDKIT_OUTPUT_DIR}),
+    ];
+    if spec.output.push_secret.is_some() {
+        // buildctl reads registry credentials from $DOCKER_CONFIG/config.json.
+        env.push(json!({"name": "DOCKER_CONFIG", "value": PUSH_AUTH_DIR}));
+        mounts.push(
+            json!({"name": "push-credentials", "mountPath": PUSH_AUTH_DIR, "readOnly": true}),
+        );
+    }
+    let mut command = vec![
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        BUILDKIT_SCRIPT.to_string(),
+        "archforge-builder".to_string(),
+    ];
+    command.extend(platform.build_argv.iter().cloned());
+    command.extend(platform.metadata_argv(BUILDKIT_METADATA_FILE));
+    json!({
+        "name": BUILDER_CONTAINER,
+        "image": settings.buildkit_image,
+        "command": command,
+        "env": env,
+        "volumeMounts": mounts,
+        "resources": builder_resources(build, settings),
+        "securityContext": builder_security(
+            BUILDKIT_UID,
+            &settings.buildkit_seccomp_profile,
+            &settings.buildkit_apparmor_profile,
+            version,
+        ),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    })
+}
+
+fn buildah_container(
+    build: &ImageBuild,
+    platform: &PlatformPlan,
+    settings: &BuilderSettings,
+    version: KubeVersion,
+) -> Value {
+    let spec = &build.spec;
 
     let env = vec![
         json!({"name": "BUILDAH_ISOLATION", "value": "chroot"}),
@@ -236,23 +412,6 @@ fn builder_container(
         );
     }
 
-    let mut security = json!({
-        "runAsUser": settings.builder_uid,
-        "runAsGroup": settings.builder_uid,
-        "runAsNonRoot": true,
-        "privileged": false,
-        // newuidmap/newgidmap are setuid helpers that map the builder's subordinate IDs
-        // into its user namespace; no_new_privs would stop them, and they need SETUID and
-        // SETGID in the bounding set. Every other capability is dropped.
-        "allowPrivilegeEscalation": true,
-        "capabilities": {"drop": ["ALL"], "add": ["SETUID", "SETGID"]},
-        "seccompProfile": seccomp(&settings.seccomp_profile),
-    });
-    if version.has_apparmor_field() {
-        security["appArmorProfile"] =
-            json!({"type": "Localhost", "localhostProfile": settings.apparmor_profile});
-    }
-
     let mut command = vec![
         "/bin/sh".to_string(),
         "-c".to_string(),
@@ -268,8 +427,13 @@ fn builder_container(
         "command": command,
         "env": env,
         "volumeMounts": mounts,
-        "resources": resources,
-        "securityContext": security,
+        "resources": builder_resources(build, settings),
+        "securityContext": builder_security(
+            settings.builder_uid,
+            &settings.seccomp_profile,
+            &settings.apparmor_profile,
+            version,
+        ),
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     })
@@ -317,8 +481,14 @@ pub fn render_job(
     let mut volumes = vec![
         json!({"name": "workspace", "emptyDir": {}}),
         json!({"name": "git-tmp", "emptyDir": {}}),
-        json!({"name": "containers", "emptyDir": {}}),
     ];
+    match platform.strategy {
+        Strategy::Buildah => volumes.push(json!({"name": "containers", "emptyDir": {}})),
+        Strategy::Buildkit => volumes.extend([
+            json!({"name": "buildkit", "emptyDir": {}}),
+            json!({"name": "builder-output", "emptyDir": {}}),
+        ]),
+    }
     if let Some(secret) = &spec.output.push_secret {
         volumes.push(json!({
             "name": "push-credentials",
@@ -346,7 +516,7 @@ pub fn render_job(
     let pod_annotations = BTreeMap::from([
         (
             format!("container.apparmor.security.beta.kubernetes.io/{BUILDER_CONTAINER}"),
-            format!("localhost/{}", settings.apparmor_profile),
+            format!("localhost/{}", apparmor_profile(platform, settings)),
         ),
         (ANNOTATION_IMAGEBUILD.to_string(), name.to_string()),
     ]);

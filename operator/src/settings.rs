@@ -191,7 +191,46 @@ pub struct BuilderSettings {
     /// UID (and GID) the builder runs as; must have subordinate ID ranges in the builder image.
     #[arg(long, env = "ARCHFORGE_BUILDER_UID", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=2_147_483_647))]
     pub builder_uid: i64,
+
+    /// Build strategy of ImageBuilds that set no spec.strategy: buildah or buildkit.
+    #[arg(long, env = "ARCHFORGE_DEFAULT_STRATEGY", default_value = "buildah")]
+    #[serde(serialize_with = "as_display")]
+    pub default_strategy: crate::api::Strategy,
+
+    /// Image of the BuildKit builder container: a rootless BuildKit image with
+    /// buildctl-daemonless.sh, rootlesskit and a user 1000 with subordinate IDs.
+    #[arg(
+        long,
+        env = "ARCHFORGE_BUILDKIT_IMAGE",
+        default_value = "docker.io/moby/buildkit:v0.17.0-rootless"
+    )]
+    pub buildkit_image: String,
+
+    /// Name of the AppArmor profile loaded on the nodes for BuildKit builder containers
+    /// (config/apparmor/archforge-buildkit).
+    #[arg(
+        long,
+        env = "ARCHFORGE_BUILDKIT_APPARMOR_PROFILE",
+        default_value = "archforge-buildkit",
+        value_parser = profile_name
+    )]
+    pub buildkit_apparmor_profile: String,
+
+    /// Seccomp profile of BuildKit builder containers. The default is the shipped
+    /// config/seccomp/archforge-buildkit.json (installed by the seccomp loader): the runtimes'
+    /// default profiles refuse the unshare and mount calls rootlesskit and runc make.
+    #[arg(
+        long,
+        env = "ARCHFORGE_BUILDKIT_SECCOMP_PROFILE",
+        default_value = "localhost/archforge/archforge-buildkit.json"
+    )]
+    #[serde(serialize_with = "as_display")]
+    pub buildkit_seccomp_profile: SeccompProfile,
 }
+
+/// The UID (and GID) of the rootless BuildKit image's user: its /etc/subuid maps that user
+/// only, and changing it means rebuilding the image, so it is not a setting.
+pub const BUILDKIT_UID: i64 = 1000;
 
 impl Default for BuilderSettings {
     fn default() -> Self {

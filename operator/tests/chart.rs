@@ -626,6 +626,16 @@ fn chart_values_reach_the_operator() {
     assert_eq!(config["podSecurityLevel"], "baseline");
     assert_eq!(config["defaultEmulation"], "Never");
     assert_eq!(config["builderUid"], defaults.builder_uid);
+    assert_eq!(config["defaultStrategy"], "buildah");
+    assert_eq!(config["buildkitImage"], defaults.buildkit_image);
+    assert_eq!(
+        config["buildkitApparmorProfile"],
+        defaults.buildkit_apparmor_profile
+    );
+    assert_eq!(
+        config["buildkitSeccompProfile"],
+        defaults.buildkit_seccomp_profile.to_string()
+    );
     assert_eq!(config["logFormat"], "json");
     assert_eq!(config["leaderElect"], false);
     assert_eq!(config["watchNamespaces"], json!([]));
@@ -654,6 +664,10 @@ fn chart_values_reach_the_operator() {
             "defaultTimeout": "45m",
             "jobTTL": "2h",
             "builderUid": 2000,
+            "defaultStrategy": "buildkit",
+            "buildkitImage": "registry.example.com/mirror/buildkit:v0.17.0-rootless",
+            "buildkitApparmorProfile": "buildkit-strict",
+            "buildkitSeccompProfile": "localhost/profiles/buildkit.json",
             "dockerConfig": null,
             "caFiles": ["/etc/archforge/ca/bundle.pem"],
             "insecureRegistries": ["registry.internal:5000"],

@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use archforge::api::ImageBuild;
+use archforge::api::Strategy;
 use archforge::plan::{AuthFile, plan};
 use archforge::podsecurity::{self, Level};
 use archforge::render::{
@@ -871,4 +872,509 @@ fn render_never_prints_a_malformed_secret_of_the_file() {
             .unwrap();
         common::assert_malformed_secret_hidden(&out, line, column);
     }
+}
+
+// --- BuildKit ---------------------------------------------------------------------------
+
+fn buildkit_sample() -> ImageBuild {
+    let path = common::repo_root().join("config/samples/imagebuild-buildkit.yaml");
+    let mut build = archforge::manifest::read_imagebuild(path.to_str().unwrap()).unwrap();
+    build.metadata.uid = Some("0b6f2c7e-8d41-4a3e-b5f9-2c1d7e9a4b80".to_string());
+    build.metadata.generation = Some(2);
+    build
+}
+
+/// The sample with `strategy: buildkit` and `change` applied to its spec.
+fn buildkit_with(change: impl FnOnce(&mut serde_json::Value)) -> ImageBuild {
+    let mut object = serde_json::to_value(buildkit_sample()).unwrap();
+    change(&mut object["spec"]);
+    serde_json::from_value(object).unwrap()
+}
+
+fn argv_of(job: &Job) -> Vec<String> {
+    pod_container(job, BUILDER_CONTAINER)
+        .command
+        .clone()
+        .unwrap()
+        .split_off(4)
+}
+
+/// Values of every `flag value` pair of an argv.
+fn values_of<'a>(argv: &'a [String], flag: &str) -> Vec<&'a str> {
+    argv.windows(2)
+        .filter(|w| w[0] == flag)
+        .map(|w| w[1].as_str())
+        .collect()
+}
+
+#[test]
+fn buildkit_jobs_on_1_24() {
+    golden(
+        "buildkit-jobs-1.24.yaml",
+        &to_yaml(&render(&buildkit_sample(), "1.24")),
+    );
+}
+
+#[test]
+fn buildkit_jobs_on_1_30() {
+    golden(
+        "buildkit-jobs-1.30.yaml",
+        &to_yaml(&render(&buildkit_sample(), "1.30")),
+    );
+}
+
+#[test]
+fn buildkit_jobs_are_confined_unprivileged_and_admissible_at_baseline() {
+    for version in ["1.24", "1.30"] {
+        for job in render(&buildkit_sample(), version) {
+            assert_eq!(podsecurity::check_job(&job, Level::Baseline), Ok(()));
+            let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+            let builder = pod_container(&job, BUILDER_CONTAINER);
+            assert_eq!(
+                builder.image.as_deref(),
+                Some(BuilderSettings::default().buildkit_image.as_str())
+            );
+            let security = builder.security_context.as_ref().unwrap();
+            assert_eq!(security.privileged, Some(false));
+            assert_eq!(security.run_as_non_root, Some(true));
+            assert_eq!(security.run_as_user, Some(1000));
+            assert_eq!(security.proc_mount, None, "baseline forbids Unmasked");
+            let seccomp = security.seccomp_profile.as_ref().unwrap();
+            assert_eq!(
+                (seccomp.type_.as_str(), seccomp.localhost_profile.as_deref()),
+                ("Localhost", Some("archforge/archforge-buildkit.json"))
+            );
+            let annotations = job.spec.as_ref().unwrap().template.metadata.as_ref();
+            assert_eq!(
+                annotations.unwrap().annotations.as_ref().unwrap()["container.apparmor.security.beta.kubernetes.io/builder"],
+                "localhost/archforge-buildkit"
+            );
+            assert_eq!(
+                security
+                    .app_armor_profile
+                    .as_ref()
+                    .map(|p| p.localhost_profile.as_deref().unwrap()),
+                (version == "1.30").then_some("archforge-buildkit")
+            );
+            let limits = builder.resources.as_ref().unwrap().limits.as_ref().unwrap();
+            assert_eq!(limits["github.com/fuse"].0, "1");
+            let env = builder.env.as_ref().unwrap();
+            let var = |name: &str| {
+                env.iter()
+                    .find(|e| e.name == name)
+                    .and_then(|e| e.value.clone())
+            };
+            assert_eq!(
+                var("BUILDKITD_FLAGS").as_deref(),
+                Some("--oci-worker-no-process-sandbox")
+            );
+            assert_eq!(
+                var("DOCKER_CONFIG").as_deref(),
+                Some("/var/run/archforge/push")
+            );
+            // buildkitd's state is an emptyDir, as rootless BuildKit needs.
+            let state = builder
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.mount_path == "/home/user/.local/share/buildkit")
+                .unwrap();
+            let volume = pod
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == state.name)
+                .unwrap();
+            assert!(volume.empty_dir.is_some());
+            // The metadata file buildctl is told about is the one the script reads.
+            let argv = argv_of(&job);
+            assert_eq!(
+                values_of(&argv, "--metadata-file"),
+                [var("ARCHFORGE_METADATA_FILE").unwrap().as_str()]
+            );
+        }
+    }
+}
+
+#[test]
+fn unconfined_buildkit_seccomp_is_refused_at_baseline_with_the_rule_named() {
+    let build = buildkit_sample();
+    let settings = BuilderSettings {
+        buildkit_seccomp_profile: "Unconfined".parse().unwrap(),
+        ..BuilderSettings::default()
+    };
+    let plan = plan(
+        &ValidSpec::check(&build).unwrap(),
+        &settings,
+        "main",
+        auth_file(&build),
+    );
+    let jobs = render_jobs(&build, &plan, &settings, KubeVersion::OLDEST);
+    let refused = podsecurity::check_job(&jobs[0], Level::Baseline).unwrap_err();
+    let rules: Vec<&str> = refused.violations.iter().map(|v| v.rule).collect();
+    assert_eq!(rules, ["seccompProfile_baseline"], "{refused}");
+}
+
+#[test]
+fn buildkit_cache_is_per_platform_by_default_and_shared_only_for_reading() {
+    let per_platform = render(&buildkit_sample(), "1.24");
+    for (job, slug) in per_platform.iter().zip(["linux-amd64", "linux-arm64"]) {
+        let argv = argv_of(job);
+        let own = format!("registry.example.com/team/guestbook-cache:{slug}");
+        assert_eq!(
+            values_of(&argv, "--import-cache"),
+            [format!("type=registry,ref={own}")]
+        );
+        assert_eq!(
+            values_of(&argv, "--export-cache"),
+            [format!("type=registry,ref={own},mode=max")]
+        );
+    }
+    let shared = render(
+        &buildkit_with(|spec| spec["cache"]["scope"] = json!("Shared")),
+        "1.24",
+    );
+    let arm = argv_of(&shared[1]);
+    assert_eq!(
+        values_of(&arm, "--import-cache"),
+        [
+            "type=registry,ref=registry.example.com/team/guestbook-cache:linux-arm64",
+            "type=registry,ref=registry.example.com/team/guestbook-cache:linux-amd64",
+        ]
+    );
+    assert_eq!(
+        values_of(&arm, "--export-cache"),
+        ["type=registry,ref=registry.example.com/team/guestbook-cache:linux-arm64,mode=max"],
+        "a platform writes only its own ref, even when shared"
+    );
+    let uncached = render(&buildkit_with(|spec| spec["cache"] = json!(null)), "1.24");
+    let argv = argv_of(&uncached[0]);
+    assert!(values_of(&argv, "--import-cache").is_empty());
+    assert!(values_of(&argv, "--export-cache").is_empty());
+}
+
+#[test]
+fn one_plan_feeds_both_strategies() {
+    let buildkit = buildkit_sample();
+    let buildah = buildkit_with(|spec| spec["strategy"] = json!("buildah"));
+    let settings = BuilderSettings::default();
+    let plan_of = |build: &ImageBuild| {
+        plan(
+            &ValidSpec::check(build).unwrap(),
+            &settings,
+            "abc123",
+            auth_file(build),
+        )
+    };
+    let (a, b) = (plan_of(&buildah), plan_of(&buildkit));
+    assert_eq!(a.platforms.len(), b.platforms.len());
+    for (a, b) in a.platforms.iter().zip(&b.platforms) {
+        assert_eq!(
+            (
+                &a.platform,
+                &a.job_name,
+                &a.push_target,
+                a.timeout,
+                a.retries
+            ),
+            (
+                &b.platform,
+                &b.job_name,
+                &b.push_target,
+                b.timeout,
+                b.retries
+            )
+        );
+        assert_eq!(a.build_argv[0], "build");
+        assert_eq!(b.build_argv[0], "build");
+        assert!(a.build_argv.contains(&"--platform".to_string()));
+        assert!(b.build_argv.contains(&format!("platform={}", b.platform)));
+        assert!(b.build_argv.contains(&format!(
+            "type=image,name={},push=true,oci-mediatypes=true",
+            b.push_target
+        )));
+    }
+    // The operator-wide default picks the strategy of an ImageBuild that names none.
+    let unnamed = buildkit_with(|spec| spec["strategy"] = json!(null));
+    let defaulted = plan(
+        &ValidSpec::check(&unnamed).unwrap(),
+        &BuilderSettings {
+            default_strategy: Strategy::Buildkit,
+            ..BuilderSettings::default()
+        },
+        "abc123",
+        AuthFile::None,
+    );
+    assert_eq!(defaulted.platforms[0].strategy, Strategy::Buildkit);
+    assert_eq!(
+        plan_of(&unnamed).platforms[0].strategy,
+        Strategy::Buildah,
+        "buildah is the default"
+    );
+    // A Docker-format ImageBuild asks BuildKit for Docker media types.
+    let docker = plan_of(&buildkit_with(|spec| {
+        spec["output"]["mediaType"] = json!("docker")
+    }));
+    assert!(
+        docker.platforms[0]
+            .build_argv
+            .last()
+            .unwrap()
+            .ends_with(",oci-mediatypes=false")
+    );
+}
+
+/// What the BuildKit builder container did when run for real under `/bin/sh`.
+struct BuildkitRun {
+    output: std::process::Output,
+    /// Each `buildctl-daemonless.sh` invocation's arguments.
+    calls: Vec<Vec<String>>,
+    /// What the script wrote to the termination log, if anything.
+    termination: Option<String>,
+}
+
+/// Runs the BuildKit builder container's real command and environment under `/bin/sh`, with
+/// a `buildctl-daemonless.sh` on PATH that records its arguments and, as buildctl does,
+/// writes `metadata` (when given) to the file named by `--metadata-file`, then exits with
+/// `status`. The metadata and termination paths are moved into `dir`, in the argv and the
+/// environment alike.
+fn run_buildkit(
+    job: &Job,
+    dir: &std::path::Path,
+    fill: impl FnOnce(&std::path::Path),
+    metadata: Option<&str>,
+    status: i32,
+) -> BuildkitRun {
+    let builder = pod_container(job, BUILDER_CONTAINER);
+    let workspace = dir.join("workspace");
+    std::fs::create_dir_all(workspace.join(".worktrees/abc")).unwrap();
+    std::os::unix::fs::symlink(".worktrees/abc", workspace.join("source")).unwrap();
+    fill(&workspace.join(".worktrees/abc"));
+    let bin = dir.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let log = dir.join("argv.log");
+    let canned = dir.join("canned-metadata.json");
+    if let Some(metadata) = metadata {
+        std::fs::write(&canned, metadata).unwrap();
+    }
+    let fake = bin.join("buildctl-daemonless.sh");
+    std::fs::write(
+        &fake,
+        format!(
+            r#"#!/bin/sh
+prev=
+for a in "$@"; do
+  printf '%s\0' "$a" >> '{log}'
+  if [ "$prev" = --metadata-file ] && [ -f '{canned}' ]; then cp '{canned}' "$a"; fi
+  prev=$a
+done
+printf '\n\0' >> '{log}'
+exit {status}
+"#,
+            log = log.display(),
+            canned = canned.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let metadata_file = dir.join("metadata.json").display().to_string();
+    let termination = dir.join("termination-log");
+    let relocate = |value: &str| {
+        if value == archforge::render::BUILDKIT_METADATA_FILE {
+            metadata_file.clone()
+        } else {
+            value.to_string()
+        }
+    };
+    let command = builder.command.as_ref().unwrap();
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(command[1..].iter().map(|a| relocate(a)))
+        .env_clear()
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()));
+    for var in builder.env.as_ref().unwrap() {
+        let value = match var.name.as_str() {
+            "ARCHFORGE_WORKSPACE" => workspace.display().to_string(),
+            "ARCHFORGE_TERMINATION_LOG" => termination.display().to_string(),
+            _ => relocate(var.value.as_deref().unwrap()),
+        };
+        cmd.env(&var.name, value);
+    }
+    let output = cmd.output().unwrap();
+    let recorded = std::fs::read_to_string(&log).unwrap_or_default();
+    let calls = recorded
+        .split("\n\0")
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.split('\0')
+                .filter(|a| !a.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .collect();
+    BuildkitRun {
+        output,
+        calls,
+        termination: std::fs::read_to_string(&termination).ok(),
+    }
+}
+
+fn guestbook_checkout(checkout: &std::path::Path) {
+    std::fs::create_dir_all(checkout.join("guestbook-go")).unwrap();
+    std::fs::write(checkout.join("guestbook-go/Dockerfile"), "FROM scratch\n").unwrap();
+}
+
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// buildctl's metadata file as it writes it (indented JSON), with `digest`.
+fn metadata_with(digest: &str) -> String {
+    format!(
+        "{{\n  \"containerimage.config.digest\": \"sha256:{}\",\n  \"containerimage.descriptor\": {{\n    \"mediaType\": \"application/vnd.oci.image.manifest.v1+json\",\n    \"digest\": \"{DIGEST}\",\n    \"size\": 480\n  }},\n  \"containerimage.digest\": \"{digest}\",\n  \"image.name\": \"registry.example.com/team/guestbook:v1-linux-arm64\"\n}}\n",
+        "f".repeat(64)
+    )
+}
+
+#[test]
+fn build_args_reach_buildctl_verbatim_and_the_digest_reaches_the_termination_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("pwned");
+    let hostile = format!(
+        r#"$(touch {m}); `touch {m}` "x' ; touch {m}, a=b,type=local"#,
+        m = marker.display()
+    );
+    let build = buildkit_with(|spec| {
+        spec["buildArgs"] = json!([
+            {"name": "EVIL", "value": hostile},
+            {"name": "LINES", "value": "a  b\n$HOME\n--output=type=local,dest=/"},
+        ]);
+        spec["target"] = json!("runtime");
+    });
+    let job = &render(&build, "1.24")[1];
+    let run = run_buildkit(
+        job,
+        dir.path(),
+        guestbook_checkout,
+        Some(&metadata_with(DIGEST)),
+        0,
+    );
+    assert!(
+        run.output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.output.stderr)
+    );
+    assert!(!marker.exists(), "a build arg was executed by a shell");
+    assert_eq!(run.calls.len(), 1, "one buildctl call: {:?}", run.calls);
+    let call = &run.calls[0];
+    let metadata = dir.path().join("metadata.json").display().to_string();
+    assert_eq!(
+        *call,
+        [
+            "build",
+            "--frontend",
+            "dockerfile.v0",
+            "--local",
+            "context=guestbook-go",
+            "--local",
+            "dockerfile=guestbook-go",
+            "--opt",
+            "filename=Dockerfile",
+            "--opt",
+            "platform=linux/arm64",
+            "--opt",
+            &format!("build-arg:EVIL={hostile}"),
+            "--opt",
+            "build-arg:LINES=a  b\n$HOME\n--output=type=local,dest=/",
+            "--opt",
+            "target=runtime",
+            "--import-cache",
+            "type=registry,ref=registry.example.com/team/guestbook-cache:linux-arm64",
+            "--export-cache",
+            "type=registry,ref=registry.example.com/team/guestbook-cache:linux-arm64,mode=max",
+            "--output",
+            "type=image,name=registry.example.com/team/guestbook:v1-linux-arm64,push=true,oci-mediatypes=true",
+            "--metadata-file",
+            metadata.as_str(),
+        ]
+    );
+    assert_eq!(run.termination.as_deref(), Some(DIGEST));
+
+    // buildctl may write its metadata on one line as well.
+    let dir = tempfile::tempdir().unwrap();
+    let compact = format!(
+        r#"{{"containerimage.descriptor":{{"digest":"sha256:{}"}},"containerimage.digest":"{DIGEST}"}}"#,
+        "e".repeat(64)
+    );
+    let run = run_buildkit(job, dir.path(), guestbook_checkout, Some(&compact), 0);
+    assert!(run.output.status.success());
+    assert_eq!(run.termination.as_deref(), Some(DIGEST));
+}
+
+#[test]
+fn a_missing_or_malformed_digest_is_never_reported() {
+    let job = &render(&buildkit_sample(), "1.24")[0];
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("pwned");
+    let injected = format!("$(touch {})", marker.display());
+    let short = &DIGEST[..DIGEST.len() - 1];
+    let long = format!("{DIGEST}0");
+    let upper = DIGEST.to_uppercase().replace("SHA256", "sha256");
+    let other = DIGEST.replace("sha256", "sha512");
+    let cases: Vec<(&str, Option<String>)> = vec![
+        ("no metadata file", None),
+        ("no digest key", Some("{\"image.name\": \"x\"}".to_string())),
+        ("a short digest", Some(metadata_with(short))),
+        ("a long digest", Some(metadata_with(&long))),
+        ("upper-case hex", Some(metadata_with(&upper))),
+        ("another algorithm", Some(metadata_with(&other))),
+        ("shell syntax", Some(metadata_with(&injected))),
+        ("an empty digest", Some(metadata_with(""))),
+    ];
+    for (what, metadata) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let run = run_buildkit(job, dir.path(), guestbook_checkout, metadata.as_deref(), 0);
+        let stderr = String::from_utf8_lossy(&run.output.stderr);
+        assert!(!run.output.status.success(), "{what}: reported a digest");
+        assert_eq!(run.termination, None, "{what}");
+        assert!(
+            stderr.contains("holds no valid containerimage.digest"),
+            "{what}: {stderr}"
+        );
+    }
+    assert!(!marker.exists(), "the metadata was executed by a shell");
+
+    // A failed build fails the container with buildctl's status, and reports nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_buildkit(
+        job,
+        dir.path(),
+        guestbook_checkout,
+        Some(&metadata_with(DIGEST)),
+        3,
+    );
+    assert_eq!(run.output.status.code(), Some(3));
+    assert_eq!(run.termination, None);
+}
+
+#[test]
+fn a_buildkit_context_outside_the_checkout_is_refused_before_buildctl_runs() {
+    let build = buildkit_with(|spec| spec["source"]["contextDir"] = json!("rootlink"));
+    let job = &render(&build, "1.24")[0];
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_buildkit(
+        job,
+        dir.path(),
+        |checkout| {
+            std::os::unix::fs::symlink("/", checkout.join("rootlink")).unwrap();
+        },
+        Some(&metadata_with(DIGEST)),
+        0,
+    );
+    let stderr = String::from_utf8_lossy(&run.output.stderr);
+    assert!(!run.output.status.success());
+    assert!(run.calls.is_empty(), "buildctl ran: {:?}", run.calls);
+    assert!(
+        stderr.contains("spec.source.contextDir") && stderr.contains("resolves outside"),
+        "{stderr}"
+    );
+    assert_eq!(run.termination, None);
 }

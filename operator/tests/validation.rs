@@ -1243,3 +1243,114 @@ fn emulation_is_one_of_three_modes_and_its_wait_is_bounded() {
         Layer::Cel("spec.emulationAfter: must be a duration of at most 24h"),
     );
 }
+
+// --- BuildKit ---------------------------------------------------------------------------
+
+/// An enum value outside the schema's: refused by the schema and, in a file, by the parser
+/// with the field and the words it takes named, the value not repeated.
+fn enum_refused(change: impl FnOnce(&mut Value), field: &str, words: &str, value: &str) {
+    let object = object_with(change);
+    assert!(
+        !schema_errors(&crd_schema(), &object, "").is_empty(),
+        "the schema took {value:?} for {field}"
+    );
+    let text = serde_json::to_string(&object).unwrap();
+    let err = archforge::manifest::parse_imagebuild("ib.yaml", &text)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(field) && err.contains(words), "{err}");
+    if !value.trim().is_empty() {
+        assert!(!err.contains(&format!("`{value}`")), "{err}");
+    }
+}
+
+#[test]
+fn strategy_is_buildah_or_buildkit() {
+    for value in ["docker", "BuildKit", "buildkit ", "kaniko; rm -rf /", ""] {
+        enum_refused(
+            |s| s["strategy"] = json!(value),
+            "spec.strategy",
+            "`buildah` or `buildkit`",
+            value,
+        );
+    }
+    accepted(|s| s["strategy"] = json!("buildkit"));
+    accepted(|s| s["strategy"] = json!("buildah"));
+}
+
+#[test]
+fn cache_scope_is_per_platform_or_shared() {
+    for value in ["perPlatform", "shared", "Global", "Shared,mode=max"] {
+        enum_refused(
+            |s| s["cache"] = json!({"image": "registry.example.com/team/cache", "scope": value}),
+            "spec.cache.scope",
+            "`PerPlatform` or `Shared`",
+            value,
+        );
+    }
+    accepted(|s| {
+        s["strategy"] = json!("buildkit");
+        s["cache"] = json!({"image": "registry.example.com/team/cache", "scope": "Shared"});
+    });
+}
+
+/// `--opt build-arg:NAME=VALUE`: a NAME holding `=`, `,`, `:` or a line break, or starting
+/// with `-`, could end the key early or read as something else; the ARG-name rule refuses
+/// all of them in both layers.
+#[test]
+fn buildkit_build_arg_names_cannot_hold_separators() {
+    for name in [
+        "A=B",
+        "A,B",
+        "A:B",
+        "-A",
+        "A\nB",
+        "A B",
+        "build-arg:X",
+        "",
+        "Ä",
+    ] {
+        rejected(
+            |s| {
+                s["strategy"] = json!("buildkit");
+                s["buildArgs"] = json!([{"name": name, "value": "v"}]);
+            },
+            "spec.buildArgs[0].name",
+            "valid ARG name",
+            Layer::Schema,
+        );
+    }
+}
+
+/// The `--output` and cache values are comma-separated key=value lists for buildctl: a
+/// comma in a reference would add a key (`type=local,dest=/`), so references cannot hold one.
+#[test]
+fn references_cannot_add_keys_to_buildctl_output_or_cache() {
+    rejected(
+        |s| {
+            s["strategy"] = json!("buildkit");
+            s["cache"] = json!({"image": "registry.example.com/team/cache,type=local,dest=/"});
+        },
+        "spec.cache.image",
+        "no tag",
+        Layer::Schema,
+    );
+    rejected(
+        |s| {
+            s["strategy"] = json!("buildkit");
+            s["output"]["image"] = json!("registry.example.com/team/app:v1,push=false");
+        },
+        "spec.output.image",
+        "image reference",
+        Layer::Schema,
+    );
+    rejected(
+        |s| {
+            s["strategy"] = json!("buildkit");
+            s["source"]["contextDir"] = json!("app,dockerfile=/");
+        },
+        "spec.source.contextDir",
+        "relative path",
+        Layer::Schema,
+    );
+}

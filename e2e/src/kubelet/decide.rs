@@ -102,9 +102,59 @@ fn push_argv_of(pod: &Pod) -> Option<Vec<String>> {
     (push.first().map(String::as_str) == Some("push")).then_some(push)
 }
 
-/// The builder's work as the rendered pod describes it: what its `buildah push` would do.
+/// What a BuildKit builder pod pushes, from its `--output`: its command is `sh -c SCRIPT
+/// NAME`, then the `buildctl build` argv (no count: BuildKit builds and pushes in one call).
+/// A `push-by-digest` output names a repository; its target is then
+/// `<repository>@@unknown-digest@@`, as the plan writes it.
+fn buildkit_push_of(pod: &Pod) -> Option<(String, MediaType)> {
+    let command = pod
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == BUILDER_CONTAINER)?
+        .command
+        .clone()?;
+    let argv = command.get(4..)?;
+    if argv.first().map(String::as_str) != Some("build") {
+        return None;
+    }
+    let output = &argv.windows(2).find(|w| w[0] == "--output")?[1];
+    let keys: Vec<(&str, &str)> = output
+        .split(',')
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+        .collect();
+    let value = |key: &str| keys.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    if value("type")? != "image" || value("push")? != "true" {
+        return None;
+    }
+    let name = value("name")?;
+    let target = if value("push-by-digest") == Some("true") {
+        format!("{name}@@unknown-digest@@")
+    } else {
+        name.to_string()
+    };
+    let media_type = match value("oci-mediatypes") {
+        Some("false") => MediaType::Docker,
+        _ => MediaType::Oci,
+    };
+    Some((target, media_type))
+}
+
+/// The builder's work as the rendered pod describes it: what its `buildah push` (or its
+/// BuildKit `--output`) would do.
 pub fn build_of(pod: &Pod) -> Option<Build> {
     let platform = platform_of(pod)?;
+    if let Some((push_target, media_type)) = buildkit_push_of(pod) {
+        if builder_env(pod, "ARCHFORGE_PUSH_TARGET").as_deref() != Some(push_target.as_str()) {
+            return None;
+        }
+        return Some(Build {
+            platform,
+            push_target,
+            media_type,
+        });
+    }
     let push = push_argv_of(pod)?;
     let format = push.windows(2).find(|w| w[0] == "--format")?[1].clone();
     let media_type = match format.as_str() {
@@ -208,6 +258,15 @@ mod tests {
 
     /// As [`rendered_pods`], each platform placed by `placement`.
     fn rendered_pods_placed(node: &str, placement: &archforge::plan::Placement) -> Vec<Pod> {
+        rendered_pods_with(node, placement, |_| {})
+    }
+
+    /// As [`rendered_pods_placed`], with `change` applied to the ImageBuild's spec first.
+    fn rendered_pods_with(
+        node: &str,
+        placement: &archforge::plan::Placement,
+        change: impl FnOnce(&mut serde_json::Value),
+    ) -> Vec<Pod> {
         let manifest = crate::cluster::imagebuild(
             &crate::config::Settings {
                 kubeconfig: "/k".into(),
@@ -224,6 +283,8 @@ mod tests {
             &["linux/amd64", "linux/arm64"],
             None,
         );
+        let mut manifest = manifest;
+        change(&mut manifest["spec"]);
         let mut build: archforge::api::ImageBuild = serde_json::from_value(manifest).unwrap();
         build.metadata.uid = Some("u".into());
         build.metadata.generation = Some(1);
@@ -308,6 +369,65 @@ mod tests {
             rendered_pods("kind-worker")
                 .iter()
                 .all(|p| decide(p, &policy).is_none())
+        );
+    }
+
+    /// A BuildKit pod is treated like a buildah one: the push target and media type come
+    /// from its `--output`, and must agree with its ARCHFORGE_PUSH_TARGET.
+    #[test]
+    fn acts_on_the_pods_of_rendered_buildkit_jobs() {
+        let native = archforge::plan::Placement::Native;
+        let pods = rendered_pods_with("archforge-e2e-sim-amd64", &native, |spec| {
+            spec["strategy"] = serde_json::json!("buildkit");
+            spec["output"]["mediaType"] = serde_json::json!("docker");
+        });
+        let builder = pods[1].spec.as_ref().unwrap().containers[0].clone();
+        assert_eq!(
+            builder.command.as_ref().unwrap()[4],
+            "build",
+            "a BuildKit pod"
+        );
+        assert_eq!(
+            decide(&pods[1], &Policy::default()),
+            Some(Action::Complete(Build {
+                platform: "linux/arm64".parse().unwrap(),
+                push_target: "10.0.0.5:5000/e2e/ns/app:v1-linux-arm64".into(),
+                media_type: MediaType::Docker,
+            }))
+        );
+        // A pod whose record of its target disagrees with its --output is not acted on.
+        let mut lying = pods[1].clone();
+        let env = lying.spec.as_mut().unwrap().containers[0]
+            .env
+            .as_mut()
+            .unwrap();
+        env.iter_mut()
+            .find(|e| e.name == "ARCHFORGE_PUSH_TARGET")
+            .unwrap()
+            .value = Some("10.0.0.5:5000/e2e/ns/other:v1".into());
+        assert_eq!(build_of(&lying), None);
+    }
+
+    #[test]
+    fn a_push_by_digest_output_names_the_repository() {
+        let native = archforge::plan::Placement::Native;
+        let mut pod = rendered_pods_with("archforge-e2e-sim-amd64", &native, |spec| {
+            spec["strategy"] = serde_json::json!("buildkit");
+        })
+        .remove(0);
+        let builder = &mut pod.spec.as_mut().unwrap().containers[0];
+        let command = builder.command.as_mut().unwrap();
+        let output = command.iter().position(|a| a == "--output").unwrap() + 1;
+        command[output] =
+            archforge::plan::buildkit_output("10.0.0.5:5000/e2e/ns/app@@unknown-digest@@");
+        for var in builder.env.as_mut().unwrap() {
+            if var.name == "ARCHFORGE_PUSH_TARGET" {
+                var.value = Some("10.0.0.5:5000/e2e/ns/app@@unknown-digest@@".into());
+            }
+        }
+        assert_eq!(
+            build_of(&pod).map(|b| b.push_target),
+            Some("10.0.0.5:5000/e2e/ns/app@@unknown-digest@@".to_string())
         );
     }
 

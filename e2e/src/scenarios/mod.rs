@@ -1,5 +1,6 @@
 //! The scenarios, one module per group; `main.rs` lists them in the order they run.
 
+pub mod buildkit;
 pub mod failures;
 pub mod happy;
 pub mod invalid;

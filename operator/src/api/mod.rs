@@ -15,9 +15,11 @@ use serde::{Deserialize, Serialize};
 
 mod rules;
 mod schema;
+mod strategy;
 
 pub use rules::*;
 use schema::{node_selector_schema, resources_schema, tolerations_schema};
+pub use strategy::*;
 
 /// Desired state of an ImageBuild: what to build, for which platforms, and where to push it.
 // Several `printcolumn(...)` entries legitimately repeat `type_ = "string"`.
@@ -115,7 +117,8 @@ pub struct ImageBuildSpec {
     #[schemars(regex(pattern = TARGET_PATTERN), length(max = 128))]
     pub target: Option<String>,
 
-    /// Optional registry-backed layer cache shared by all runs and platforms.
+    /// Optional registry-backed layer cache shared by all runs (per platform with BuildKit,
+    /// see cache.scope).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<Cache>,
 
@@ -153,6 +156,12 @@ pub struct ImageBuildSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "tolerations_schema")]
     pub tolerations: Option<Vec<Toleration>>,
+
+    /// The rootless builder of every platform: buildah or buildkit (one BuildKit daemon per
+    /// builder pod, started and stopped with it). Defaults to the operator's default
+    /// strategy (buildah unless the operator says otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
 }
 
 /// How a platform without a node of its own architecture is built.
@@ -353,6 +362,13 @@ pub struct Cache {
     /// example registry.example.com/team/app-cache. Uses the push secret's credentials.
     #[schemars(regex(pattern = REPOSITORY_PATTERN), length(max = 255))]
     pub image: String,
+
+    /// BuildKit: PerPlatform (the default) imports and exports the ref
+    /// <image>:<os>-<arch>[-<variant>] of each platform only; Shared also imports the other
+    /// platforms' refs (each platform still writes only its own). Ignored by buildah, whose
+    /// cache is keyed by layer content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<CacheScope>,
 }
 
 /// Observed state of an ImageBuild.

@@ -7,6 +7,7 @@
 //! emulation is `Never`. Each platform keeps its plan's failure policy: `retries` re-runs,
 //! one `timeout` for all of its attempts, and `allowFailure` leaves it out of the index.
 
+mod buildkit;
 mod emulation;
 mod git;
 mod paths;
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::api::{Emulation, ImageBuild, MediaType};
+use crate::api::{Emulation, ImageBuild, MediaType, Strategy};
 use crate::plan::{AuthFile, Platform, plan};
 use crate::registry::{
     PlatformImage, PushedIndex, Registry, RegistryError, RegistryOptions, run_annotations,
@@ -103,6 +104,10 @@ pub enum LocalError {
 
     #[error("interrupted: every builder process was stopped")]
     Interrupted,
+
+    /// A program the ImageBuild's strategy needs is not installed.
+    #[error("{0}")]
+    MissingTool(String),
 }
 
 /// A platform whose build or push outlived its timeout (boxed: a rare error, kept off the
@@ -194,6 +199,10 @@ pub async fn build_local_with_secrets(
         .collect();
     let mode = emulation::Mode::resolve(options.emulation, build.spec.emulation);
     let warnings = emulation::check_emulation(&requested, mode)?;
+    let settings = BuilderSettings::default();
+    if build.spec.strategy.unwrap_or(settings.default_strategy) == Strategy::Buildkit {
+        buildkit::check_tools(std::env::var_os("PATH").as_deref())?;
+    }
     let access = git::GitAccess::new(
         &build.spec.source.git.url,
         &secrets::git_auth(build, secrets)?,
@@ -203,7 +212,7 @@ pub async fn build_local_with_secrets(
         Some(path) => AuthFile::Path(path),
         None => AuthFile::None,
     };
-    let plan = plan(&valid, &BuilderSettings::default(), &commit, auth);
+    let plan = plan(&valid, &settings, &commit, auth);
     for warning in warnings {
         progress.say(None, &format!("warning: {warning}"));
     }

@@ -11,7 +11,7 @@ use super::process::{Ended, log_tail, run_logged};
 use super::progress::Progress;
 use super::workspace::Workspace;
 use super::{LocalError, PlatformResult, TimedOut};
-use crate::api::ImageBuildSpec;
+use crate::api::{ImageBuildSpec, Strategy};
 use crate::plan::PlatformPlan;
 
 /// Inserts local-only options before the `--` that ends a buildah argv.
@@ -85,7 +85,74 @@ struct Attempt<'a> {
 
 impl Attempt<'_> {
     /// Builds and pushes, and returns the pushed digest.
-    async fn once(&self, mut cancel: watch::Receiver<bool>) -> Result<String, LocalError> {
+    async fn once(&self, cancel: watch::Receiver<bool>) -> Result<String, LocalError> {
+        match self.platform.strategy {
+            Strategy::Buildah => self.once_buildah(cancel).await,
+            Strategy::Buildkit => self.once_buildkit(cancel).await,
+        }
+    }
+
+    /// BuildKit: one `buildctl-daemonless.sh` call builds and pushes, with its own buildkitd
+    /// state per platform under the run's storage; the digest comes from buildctl's metadata.
+    async fn once_buildkit(&self, mut cancel: watch::Receiver<bool>) -> Result<String, LocalError> {
+        let (ws, platform) = (self.ws, self.platform);
+        let slug = platform.platform.slug();
+        let log = ws.logs.join(format!("{slug}.log"));
+        let storage = ws.storage.join(&slug);
+        let failed = |message: String| LocalError::Platform {
+            platform: platform.platform.to_string(),
+            message,
+            log: log.display().to_string(),
+            tail: log_tail(&log, 25),
+        };
+        std::fs::create_dir_all(storage.join("docker"))
+            .map_err(|e| LocalError::tool("creating the BuildKit storage", e))?;
+        // buildkitd's flags are split on spaces by the wrapper: these are the run's own paths.
+        let mut flags = format!("--root {}", storage.join("buildkit").display());
+        if !ws.insecure_registries.is_empty() {
+            let config = super::buildkit::write_buildkitd_config(&storage, &ws.insecure_registries)
+                .map_err(|e| LocalError::tool("writing buildkitd.toml", e))?;
+            flags.push_str(&format!(" --config {}", config.display()));
+        }
+        let metadata = storage.join("metadata.json");
+        let _ = std::fs::remove_file(&metadata);
+        let mut argv = platform.build_argv.clone();
+        argv.extend(platform.metadata_argv(&metadata.display().to_string()));
+        let mut cmd = Command::new("buildctl-daemonless.sh");
+        cmd.args(argv)
+            .current_dir(&ws.checkout)
+            .env("BUILDKITD_FLAGS", flags);
+        if let Some(auth) = &platform.auth_file {
+            // buildctl reads credentials from $DOCKER_CONFIG/config.json only.
+            std::fs::copy(auth, storage.join("docker/config.json"))
+                .map_err(|e| LocalError::tool(format!("copying {auth}"), e))?;
+            cmd.env("DOCKER_CONFIG", storage.join("docker"));
+        }
+        self.progress
+            .say(Some(&platform.platform), "building with BuildKit");
+        match run_logged(cmd, &log, &mut cancel, Some(self.deadline)).await? {
+            Ended::Exited(status) if status.success() => {}
+            Ended::Exited(status) => {
+                return Err(failed(format!(
+                    "buildctl-daemonless.sh build exited with {status}"
+                )));
+            }
+            Ended::TimedOut => {
+                return Err(LocalError::PlatformTimedOut(Box::new(TimedOut {
+                    platform: platform.platform.to_string(),
+                    timeout: humantime::format_duration(platform.timeout).to_string(),
+                    from: self.timeout_from.to_string(),
+                    step: "build".to_string(),
+                    log: log.display().to_string(),
+                    tail: log_tail(&log, 25),
+                })));
+            }
+        }
+        super::buildkit::digest_from_metadata(&metadata).map_err(failed)
+    }
+
+    /// buildah: `buildah build`, then `buildah push`, which writes the digest.
+    async fn once_buildah(&self, mut cancel: watch::Receiver<bool>) -> Result<String, LocalError> {
         let (ws, platform) = (self.ws, self.platform);
         let slug = platform.platform.slug();
         let log = ws.logs.join(format!("{slug}.log"));

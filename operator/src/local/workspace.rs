@@ -12,6 +12,8 @@ pub(super) struct Workspace {
     pub(super) logs: PathBuf,
     pub(super) registries_conf: Option<PathBuf>,
     pub(super) cert_dir: Option<PathBuf>,
+    /// `host:port` of registries spoken to over plain HTTP (BuildKit's buildkitd.toml).
+    pub(super) insecure_registries: Vec<String>,
     _root: tempfile::TempDir,
 }
 
@@ -48,6 +50,7 @@ impl Workspace {
             logs,
             registries_conf,
             cert_dir,
+            insecure_registries: options.insecure_registries.clone(),
             _root: root,
         })
     }

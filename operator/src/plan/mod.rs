@@ -8,9 +8,13 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::api::{Emulation, ImageBuild, ImageBuildSpec, MediaType};
+use crate::api::{Emulation, ImageBuild, ImageBuildSpec, MediaType, Strategy};
 use crate::settings::BuilderSettings;
 use crate::validation::{ValidSpec, parse_timeout};
+
+mod buildkit;
+
+pub use buildkit::{buildkit_argv, buildkit_output, cache_ref};
 
 /// Annotation whose new value starts a new run of an unchanged spec.
 pub const REBUILD_ANNOTATION: &str = "archforge.dev/rebuild";
@@ -76,7 +80,12 @@ pub struct PlatformPlan {
     pub job_name: String,
     /// Where this platform's image is pushed: the output tag plus `-os-arch[-variant]`.
     pub push_target: String,
-    /// Arguments to `buildah` (starting with `build`), run from the repository root.
+    /// Which builder runs this platform; `build_argv` is that builder's.
+    pub strategy: Strategy,
+    /// Arguments to the strategy's builder, starting with `build` and run from the
+    /// repository root: `buildah` (then [`PlatformPlan::push_argv`]), or
+    /// `buildctl-daemonless.sh`/`buildctl`, which builds and pushes in one call (then
+    /// [`PlatformPlan::metadata_argv`]).
     pub build_argv: Vec<String>,
     /// The manifest format of the pushed image.
     pub media_type: MediaType,
@@ -133,6 +142,20 @@ impl PlatformPlan {
             format!("docker://{}", self.push_target),
         ]);
         argv
+    }
+}
+
+impl PlatformPlan {
+    /// The arguments that make BuildKit's `buildctl build` write its result metadata (with
+    /// the pushed manifest's digest under `containerimage.digest`) to `metadata_file`: the
+    /// Job's builder script reads it into the termination log, the local executor into the
+    /// run. Appended to [`PlatformPlan::build_argv`]; empty for buildah, whose digest comes
+    /// from [`PlatformPlan::push_argv`].
+    pub fn metadata_argv(&self, metadata_file: &str) -> Vec<String> {
+        match self.strategy {
+            Strategy::Buildah => Vec::new(),
+            Strategy::Buildkit => vec!["--metadata-file".to_string(), metadata_file.to_string()],
+        }
     }
 }
 
@@ -371,6 +394,7 @@ pub fn plan(
     let spec = &build.spec;
     let run = RunId::of(build);
     let run_name = run.name(build);
+    let strategy = spec.strategy.unwrap_or(settings.default_strategy);
     let platforms = spec
         .platforms
         .iter()
@@ -382,13 +406,19 @@ pub fn plan(
                 .or(spec.timeout.as_deref())
                 .and_then(parse_timeout)
                 .unwrap_or(settings.default_timeout);
+            let push_target = platform_tag(&spec.output.image, &platform);
+            let build_argv = match strategy {
+                Strategy::Buildah => build_argv(spec, &platform, auth),
+                Strategy::Buildkit => buildkit_argv(spec, &platform, &push_target),
+            };
             PlatformPlan {
                 allow_failure: own.and_then(|s| s.allow_failure).unwrap_or(false),
                 retries: own.and_then(|s| s.retries).or(spec.retries).unwrap_or(1),
                 timeout,
                 job_name: job_name(&run_name, &platform),
-                push_target: platform_tag(&spec.output.image, &platform),
-                build_argv: build_argv(spec, &platform, auth),
+                push_target,
+                strategy,
+                build_argv,
                 media_type: spec.output.media_type,
                 auth_file: match auth {
                     AuthFile::Path(path) => Some(path.to_string()),

@@ -1,0 +1,154 @@
+//! The BuildKit strategy on this machine: `buildctl-daemonless.sh` (which starts a buildkitd
+//! for the one build and stops it after, as in the builder pod) with the plan's argv, and
+//! the pushed digest read from buildctl's metadata file.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use super::LocalError;
+
+/// What the BuildKit strategy runs: the one-shot wrapper and the two programs it starts.
+pub(super) const TOOLS: [&str; 3] = ["buildctl-daemonless.sh", "buildctl", "buildkitd"];
+
+/// Where `program` is on `path` (a `PATH` value), if it is there and executable.
+fn find_on(path: &OsStr, program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path)
+        .map(|dir| dir.join(program))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Refuses a BuildKit run before any work when one of [`TOOLS`] is not on `path`, naming
+/// each missing one and the two ways on.
+pub(super) fn check_tools(path: Option<&OsStr>) -> Result<(), LocalError> {
+    let path = path.unwrap_or_default();
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .copied()
+        .filter(|tool| find_on(path, tool).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(LocalError::MissingTool(format!(
+        "spec.strategy is buildkit, but {} {} not on PATH; install BuildKit (the moby/buildkit release archive has buildctl and buildkitd, and examples/buildctl-daemonless/buildctl-daemonless.sh is the one-shot wrapper), or build this ImageBuild with spec.strategy: buildah",
+        missing.join(", "),
+        if missing.len() == 1 { "is" } else { "are" },
+    )))
+}
+
+/// The pushed manifest's digest from buildctl's `--metadata-file`: `containerimage.digest`,
+/// only when it is `sha256:` and 64 lowercase hex digits.
+pub(super) fn digest_from_metadata(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("buildctl wrote no metadata file ({}): {e}", path.display()))?;
+    let metadata: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("buildctl's metadata file is not JSON: {e}"))?;
+    let digest = metadata["containerimage.digest"]
+        .as_str()
+        .unwrap_or_default();
+    let valid = digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    if valid {
+        Ok(digest.to_string())
+    } else {
+        Err("buildctl's metadata file holds no valid containerimage.digest (sha256: and 64 lowercase hex digits)".to_string())
+    }
+}
+
+/// buildkitd's configuration for this run: plain HTTP for the listed registries only.
+pub(super) fn write_buildkitd_config(dir: &Path, insecure: &[String]) -> std::io::Result<PathBuf> {
+    let mut conf = String::new();
+    for registry in insecure {
+        // A TOML basic string, escaped by serde_json exactly as TOML needs.
+        let key = serde_json::to_string(registry).expect("strings serialize");
+        conf.push_str(&format!(
+            "[registry.{key}]\n  http = true\n  insecure = true\n"
+        ));
+    }
+    let path = dir.join("buildkitd.toml");
+    std::fs::write(&path, conf)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_tool_is_named_with_the_way_on() {
+        let empty = tempfile::tempdir().unwrap();
+        let err = check_tools(Some(empty.path().as_os_str()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("buildctl-daemonless.sh, buildctl, buildkitd are not on PATH")
+                && err.contains("spec.strategy: buildah"),
+            "{err}"
+        );
+        // Only what is missing is named; a non-executable file does not count.
+        use std::os::unix::fs::PermissionsExt;
+        for (tool, mode) in [
+            ("buildctl", 0o755),
+            ("buildkitd", 0o755),
+            ("buildctl-daemonless.sh", 0o644),
+        ] {
+            let file = empty.path().join(tool);
+            std::fs::write(&file, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let err = check_tools(Some(empty.path().as_os_str()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("but buildctl-daemonless.sh is not on PATH"),
+            "{err}"
+        );
+        let wrapper = empty.path().join("buildctl-daemonless.sh");
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(check_tools(Some(empty.path().as_os_str())).is_ok());
+    }
+
+    #[test]
+    fn only_a_well_formed_digest_is_taken_from_the_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("metadata.json");
+        let good = format!("sha256:{}", "0a".repeat(32));
+        std::fs::write(&file, format!(r#"{{"containerimage.digest": "{good}"}}"#)).unwrap();
+        assert_eq!(digest_from_metadata(&file), Ok(good.clone()));
+        for bad in [
+            format!("{good}0"),
+            good[..good.len() - 1].to_string(),
+            good.to_uppercase(),
+            good.replace("sha256", "sha512"),
+            String::new(),
+        ] {
+            std::fs::write(
+                &file,
+                serde_json::json!({"containerimage.digest": bad}).to_string(),
+            )
+            .unwrap();
+            assert!(digest_from_metadata(&file).is_err(), "{bad}");
+        }
+        std::fs::write(&file, "not json").unwrap();
+        assert!(digest_from_metadata(&file).is_err());
+        assert!(digest_from_metadata(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn insecure_registries_become_buildkitd_registry_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_buildkitd_config(dir.path(), &["127.0.0.1:5000".into()]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(path).unwrap(),
+            "[registry.\"127.0.0.1:5000\"]\n  http = true\n  insecure = true\n"
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! The BuildKit side of the plan: the `buildctl build` argv of one platform. Pure, like the
+//! rest of the plan; the same vector is the Job's builder argv and the local executor's.
+
+use super::{Platform, context_dir, dockerfile_path};
+use crate::api::{CacheScope, ImageBuildSpec, MediaType};
+
+/// Suffix of a push target that has no tag yet: the image is pushed by digest only.
+const UNKNOWN_DIGEST: &str = "@@unknown-digest@@";
+
+/// The `--output` of `buildctl build` for a push target: a tag target is pushed to that
+/// tag; a target ending in `@@unknown-digest@@` (a platform pushed by digest only, whose
+/// digest is known once pushed) pushes to its repository by digest, without a tag.
+pub fn buildkit_output(push_target: &str) -> String {
+    match push_target.strip_suffix(UNKNOWN_DIGEST) {
+        Some(repository) => format!("type=image,name={repository},push-by-digest=true,push=true"),
+        None => format!("type=image,name={push_target},push=true"),
+    }
+}
+
+/// The registry cache ref of one platform: `<cache image>:<os>-<arch>[-<variant>]`. Each
+/// platform has its own ref, because a ref written by several builders at once keeps only
+/// the last writer's cache (docker/buildx#1044).
+pub fn cache_ref(cache_image: &str, platform: &Platform) -> String {
+    format!("{cache_image}:{}", platform.slug())
+}
+
+/// BuildKit's `oci-mediatypes` word for the manifest format.
+fn oci_mediatypes(media_type: MediaType) -> &'static str {
+    match media_type {
+        MediaType::Oci => "true",
+        MediaType::Docker => "false",
+    }
+}
+
+/// The `buildctl build` arguments that build `platform` and push it to `push_target`.
+/// Every user value is one whole element, bound to its key inside it (`build-arg:NAME=VALUE`:
+/// buildctl splits an `--opt` at its first `=`, and NAME cannot hold one); nothing is ever
+/// joined into a shell string. The comma-separated `--output` and cache values hold only
+/// references whose patterns exclude `,` and `=`.
+pub fn buildkit_argv(spec: &ImageBuildSpec, platform: &Platform, push_target: &str) -> Vec<String> {
+    let dockerfile = dockerfile_path(spec);
+    let (dockerfile_dir, filename) = match dockerfile.rsplit_once('/') {
+        Some((dir, file)) => (dir.to_string(), file.to_string()),
+        None => (".".to_string(), dockerfile.clone()),
+    };
+    let mut argv: Vec<String> = vec![
+        "build".into(),
+        "--frontend".into(),
+        "dockerfile.v0".into(),
+        "--local".into(),
+        format!("context={}", context_dir(spec)),
+        "--local".into(),
+        format!("dockerfile={dockerfile_dir}"),
+        "--opt".into(),
+        format!("filename={filename}"),
+        "--opt".into(),
+        format!("platform={platform}"),
+    ];
+    for arg in &spec.build_args {
+        argv.extend([
+            "--opt".to_string(),
+            format!("build-arg:{}={}", arg.name, arg.value),
+        ]);
+    }
+    if let Some(target) = spec.target.as_deref().filter(|t| !t.is_empty()) {
+        argv.extend(["--opt".to_string(), format!("target={target}")]);
+    }
+    if let Some(cache) = &spec.cache {
+        let own = cache_ref(&cache.image, platform);
+        let imports: Vec<String> = match cache.scope.unwrap_or_default() {
+            CacheScope::PerPlatform => vec![own.clone()],
+            CacheScope::Shared => {
+                // Its own ref first: the cache most likely to hold this platform's layers.
+                let mut refs = vec![own.clone()];
+                refs.extend(
+                    spec.platforms
+                        .iter()
+                        .filter_map(|p| p.parse::<Platform>().ok())
+                        .filter(|p| p != platform)
+                        .map(|p| cache_ref(&cache.image, &p)),
+                );
+                refs
+            }
+        };
+        for import in imports {
+            argv.extend([
+                "--import-cache".to_string(),
+                format!("type=registry,ref={import}"),
+            ]);
+        }
+        argv.extend([
+            "--export-cache".to_string(),
+            format!("type=registry,ref={own},mode=max"),
+        ]);
+    }
+    argv.extend([
+        "--output".to_string(),
+        format!(
+            "{},oci-mediatypes={}",
+            buildkit_output(push_target),
+            oci_mediatypes(spec.output.media_type)
+        ),
+    ]);
+    argv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tag_target_is_pushed_to_its_tag() {
+        assert_eq!(
+            buildkit_output("r.example.com/team/app:v1-linux-arm64"),
+            "type=image,name=r.example.com/team/app:v1-linux-arm64,push=true"
+        );
+    }
+
+    #[test]
+    fn an_unknown_digest_target_is_pushed_by_digest_to_its_repository() {
+        assert_eq!(
+            buildkit_output("r.example.com:5000/team/app@@unknown-digest@@"),
+            "type=image,name=r.example.com:5000/team/app,push-by-digest=true,push=true"
+        );
+        // Only as a suffix: anywhere else it is part of a (then invalid) name, left alone.
+        assert_eq!(
+            buildkit_output("r.example.com/a@@unknown-digest@@x:v1"),
+            "type=image,name=r.example.com/a@@unknown-digest@@x:v1,push=true"
+        );
+    }
+
+    #[test]
+    fn cache_refs_are_per_platform() {
+        let v7: Platform = "linux/arm/v7".parse().unwrap();
+        assert_eq!(
+            cache_ref("r.example.com/team/app-cache", &v7),
+            "r.example.com/team/app-cache:linux-arm-v7"
+        );
+    }
+}
