@@ -16,6 +16,10 @@ use crate::validation::{ValidSpec, parse_timeout};
 pub const REBUILD_ANNOTATION: &str = "archforge.dev/rebuild";
 /// The tag buildah gives the image it has just built, before pushing it.
 pub const LOCAL_IMAGE: &str = "localhost/archforge-build:latest";
+/// What follows a repository in a push destination to push by digest only, without a tag:
+/// containers/image 5.29 (buildah 1.33) and later understand `docker://host/repo@@unknown-digest@@`.
+/// The default builder image (buildah 1.38) does; older builders fail the push instead.
+pub const UNKNOWN_DIGEST: &str = "@@unknown-digest@@";
 
 /// A target platform: `os/arch[/variant]`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -74,7 +78,8 @@ pub struct PlatformPlan {
     pub platform: Platform,
     /// Name of this platform's Job (and the stem of its pod names).
     pub job_name: String,
-    /// Where this platform's image is pushed: the output tag plus `-os-arch[-variant]`.
+    /// Where this platform's image is pushed: `<repo>@@unknown-digest@@` (by digest only,
+    /// no tag) unless spec.output.platformTags, then the output tag plus `-os-arch[-variant]`.
     pub push_target: String,
     /// Arguments to `buildah` (starting with `build`), run from the repository root.
     pub build_argv: Vec<String>,
@@ -235,6 +240,25 @@ pub fn platform_tag(image: &str, platform: &Platform) -> String {
     format!("{image}-{}", platform.slug())
 }
 
+/// The repository of an output image reference (`host/repo:tag` without `:tag`).
+pub fn output_repository(image: &str) -> &str {
+    let slash = image.rfind('/').unwrap_or(0);
+    match image[slash..].rfind(':') {
+        Some(colon) => &image[..slash + colon],
+        None => image,
+    }
+}
+
+/// Where one platform's image is pushed: by digest only (`<repo>@@unknown-digest@@`, which
+/// buildah 1.33+ pushes without creating a tag) unless the spec asks for platform tags.
+pub fn push_target(output: &crate::api::Output, platform: &Platform) -> String {
+    if output.platform_tags {
+        platform_tag(&output.image, platform)
+    } else {
+        format!("{}{UNKNOWN_DIGEST}", output_repository(&output.image))
+    }
+}
+
 fn join_path(dir: &str, file: &str) -> String {
     let dir = dir.trim_end_matches('/');
     if dir.is_empty() || dir == "." {
@@ -387,7 +411,7 @@ pub fn plan(
                 retries: own.and_then(|s| s.retries).or(spec.retries).unwrap_or(1),
                 timeout,
                 job_name: job_name(&run_name, &platform),
-                push_target: platform_tag(&spec.output.image, &platform),
+                push_target: push_target(&spec.output, &platform),
                 build_argv: build_argv(spec, &platform, auth),
                 media_type: spec.output.media_type,
                 auth_file: match auth {
