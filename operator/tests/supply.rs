@@ -153,6 +153,32 @@ async fn skopeo_accepts_every_signed_image_and_only_tags_are_the_index_and_attac
     expected.sort();
     assert_eq!(sorted, expected);
 
+    // The output tag is written once, after every signature and attestation: the last
+    // manifest PUT the registry served (its access log, in order).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let log = std::fs::read_to_string(&reg.log_file).unwrap();
+    let puts: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split("\"PUT /v2/team/app/manifests/").nth(1))
+        .map(|rest| rest.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(puts.iter().filter(|p| **p == "v1").count(), 1, "{puts:?}");
+    assert_eq!(puts.last(), Some(&"v1"), "{puts:?}");
+    assert_eq!(
+        puts.iter().filter(|p| p.ends_with(".sig")).count(),
+        3,
+        "{puts:?}"
+    );
+    assert_eq!(
+        puts.iter().filter(|p| p.ends_with(".att")).count(),
+        3,
+        "{puts:?}"
+    );
+    assert!(
+        puts.contains(&published.index.digest.as_str()),
+        "the index by digest first: {puts:?}"
+    );
+
     // The digests returned are those of the manifests stored under the attachment tags.
     let attached = published.index_attachments.as_ref().unwrap();
     let raw = reg.skopeo_inspect(
