@@ -280,6 +280,30 @@ async fn archforge_verify_names_the_first_broken_link() {
         "{shown}"
     );
 
+    // The amd64 child re-attested (properly signed) as if it were the arm64 image.
+    let right = facts(COMMIT);
+    let signer = Signer {
+        key: &key,
+        facts: &right,
+    };
+    registry
+        .sign_and_attest(&repo, &images[0].digest, Some(&images[1].platform), &signer)
+        .await
+        .unwrap();
+    let out = verify(&reg, &image, &public);
+    let shown = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        shown.contains(&format!("linux/amd64 image {repo}@{}", images[0].digest))
+            && shown.contains("its provenance is for platform \"linux/arm64\""),
+        "{shown}"
+    );
+    registry
+        .sign_and_attest(&repo, &images[0].digest, Some(&images[0].platform), &signer)
+        .await
+        .unwrap();
+    assert!(verify(&reg, &image, &public).status.success());
+
     // The arm64 child re-attested (properly signed) with provenance of another commit.
     let other_commit = "fedcba9876543210fedcba9876543210fedcba98";
     let wrong = facts(other_commit);
