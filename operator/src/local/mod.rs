@@ -284,27 +284,13 @@ pub async fn build_local_with_secrets(
         })
         .collect();
     let facts = signing_key.as_ref().map(|_| BuildFacts {
-        source_url: redact_url(&build.spec.source.git.url),
-        commit: commit.clone(),
-        git_ref: build.spec.source.git.r#ref.clone(),
-        dockerfile: crate::plan::dockerfile_path(&build.spec),
-        context_dir: crate::plan::context_dir(&build.spec),
-        target: build.spec.target.clone().filter(|t| !t.is_empty()),
-        build_args: build
-            .spec
-            .build_args
-            .iter()
-            .map(|a| (a.name.clone(), a.value.clone()))
-            .collect(),
-        platforms: build.spec.platforms.clone(),
         // This machine's buildah, not an image: no builder image to name.
         builder_image: String::new(),
         builder_id: LOCAL_BUILDER_ID.to_string(),
         invocation_id: format!("local/{}/{}", plan.run_name, started_on),
         started_on: started_on.clone(),
         finished_on: now(),
-        namespace: build.metadata.namespace.clone().unwrap_or_default(),
-        name: build.metadata.name.clone().unwrap_or_default(),
+        ..BuildFacts::from_spec(build, &commit)
     });
     let signer = signing_key
         .as_ref()

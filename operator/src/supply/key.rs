@@ -43,10 +43,19 @@ pub enum KeyError {
     )]
     KdfTooCostly { what: String },
     #[error(
+        "the Secret has no \"cosign.key\" key: it needs cosign.key (a PEM private key) and, for an encrypted key, cosign.password, as `cosign generate-key-pair k8s://<namespace>/<name>` writes them"
+    )]
+    NoKeyInSecret,
+    #[error(
         "the public key is not a PEM PUBLIC KEY block of an ECDSA P-256 key (cosign.pub, or `cosign public-key`)"
     )]
     NotPublicKey,
 }
+
+/// The Secret key holding the PEM private key (cosign's layout).
+pub const COSIGN_KEY: &str = "cosign.key";
+/// The Secret key holding the private key's password (cosign's layout).
+pub const COSIGN_PASSWORD: &str = "cosign.password";
 
 /// A P-256 signing key. Its `Debug` shows the public key's fingerprint only.
 #[derive(Clone)]
@@ -212,6 +221,18 @@ impl SigningKey {
         })
     }
 
+    /// The key of a Secret's data laid out as `cosign generate-key-pair k8s://` writes it:
+    /// `cosign.key` (PEM) and, optionally, `cosign.password`.
+    pub fn from_cosign_secret(
+        data: &std::collections::BTreeMap<String, Vec<u8>>,
+    ) -> Result<SigningKey, KeyError> {
+        let pem = data
+            .get(COSIGN_KEY)
+            .filter(|k| !k.is_empty())
+            .ok_or(KeyError::NoKeyInSecret)?;
+        SigningKey::from_pem(pem, data.get(COSIGN_PASSWORD).map(Vec::as_slice))
+    }
+
     /// A fresh random key (for `make demo` and tests).
     pub fn generate() -> SigningKey {
         SigningKey {
@@ -336,6 +357,19 @@ mod tests {
             assert!(!text.contains(&body[..16]), "{text}");
             assert!(!text.contains("hunter2"), "{text}");
         }
+    }
+
+    #[test]
+    fn a_cosign_secret_needs_its_key() {
+        let key = SigningKey::generate();
+        let mut data = std::collections::BTreeMap::new();
+        assert_eq!(
+            SigningKey::from_cosign_secret(&data).unwrap_err(),
+            KeyError::NoKeyInSecret
+        );
+        data.insert(COSIGN_KEY.to_string(), key.to_pkcs8_pem().into_bytes());
+        let read = SigningKey::from_cosign_secret(&data).unwrap();
+        assert_eq!(read.public_key(), key.public_key());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::plan::Platform;
 mod key;
 pub mod verify;
 
-pub use key::{KeyError, PublicKey, SigningKey, load_public_key};
+pub use key::{COSIGN_KEY, COSIGN_PASSWORD, KeyError, PublicKey, SigningKey, load_public_key};
 
 /// The in-toto Statement type archforge writes.
 pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
@@ -71,6 +71,31 @@ pub struct BuildFacts {
     /// The ImageBuild's namespace and name (empty for a local build without one).
     pub namespace: String,
     pub name: String,
+}
+
+impl BuildFacts {
+    /// The facts an ImageBuild's spec gives for a run at `commit`; the caller adds who
+    /// built it (`builder_image`, `builder_id`), the run (`invocation_id`) and its times.
+    pub fn from_spec(build: &crate::api::ImageBuild, commit: &str) -> BuildFacts {
+        let spec = &build.spec;
+        BuildFacts {
+            source_url: crate::source::redact_url(&spec.source.git.url),
+            commit: commit.to_string(),
+            git_ref: spec.source.git.r#ref.clone(),
+            dockerfile: crate::plan::dockerfile_path(spec),
+            context_dir: crate::plan::context_dir(spec),
+            target: spec.target.clone().filter(|t| !t.is_empty()),
+            build_args: spec
+                .build_args
+                .iter()
+                .map(|a| (a.name.clone(), a.value.clone()))
+                .collect(),
+            platforms: spec.platforms.clone(),
+            namespace: build.metadata.namespace.clone().unwrap_or_default(),
+            name: build.metadata.name.clone().unwrap_or_default(),
+            ..BuildFacts::default()
+        }
+    }
 }
 
 /// `sha256-<hex>.<suffix>`: the tag cosign attaches a signature (`sig`) or attestation
