@@ -129,14 +129,23 @@ impl Registry {
         let shown = format!("{}@{digest}", repository_name(&repo));
         self.push_index(&by_digest, &shown, &bytes, media_type, &digest)
             .await?;
-        let mut platforms = Vec::new();
-        for child in children {
-            let attached = self
-                .attach(&repo, &child.digest, Some(&child.platform), signer)
-                .await?;
-            platforms.push((child.platform.clone(), attached));
-        }
-        let index_attachments = self.attach(&repo, &digest, None, signer).await?;
+        // Every child and the index at once: each attachment is a handful of small requests,
+        // so the wait is the round trips, not the bytes.
+        let (children_attached, index_attachments) = futures::future::join(
+            futures::future::try_join_all(
+                children
+                    .iter()
+                    .map(|c| self.attach(&repo, &c.digest, Some(&c.platform), signer)),
+            ),
+            self.attach(&repo, &digest, None, signer),
+        )
+        .await;
+        let platforms = children
+            .iter()
+            .map(|c| c.platform.clone())
+            .zip(children_attached?)
+            .collect();
+        let index_attachments = index_attachments?;
         self.push_index(&repo, image, &bytes, media_type, &digest)
             .await?;
         Ok(Published {
