@@ -4,8 +4,10 @@ ARCHFORGE = $(CARGO) run -q -p archforge --
 
 .PHONY: demo help setup test fmt-check clippy unit manifests crds chart chart-readme golden render bench-index bench-local e2e e2e-scale
 
-## A real two-platform build on this machine into a throwaway local registry (needs root
-## for apt-get and binfmt_misc; see scripts/setup-host.sh).
+## A real two-platform build on this machine into a throwaway local registry, signed with a
+## key it generates, verified with skopeo's sigstoreSigned policy and `archforge verify`, and
+## its provenance subjects printed (needs root for apt-get and binfmt_misc; see
+## scripts/setup-host.sh).
 demo: setup
 	$(CARGO) build -q -p archforge --bin archforge --example demo
 	target/debug/examples/demo target/debug/archforge
@@ -67,7 +69,8 @@ golden:
 render:
 	$(ARCHFORGE) render config/samples/imagebuild.yaml
 
-## Benchmark index assembly against buildah's manifest commands (needs docker-registry, buildah).
+## Benchmark index assembly against buildah's manifest commands, and what signing and
+## attesting add to a 2-platform publish (needs docker-registry, buildah).
 bench-index:
 	$(CARGO) bench -p archforge --bench index
 

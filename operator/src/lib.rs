@@ -16,6 +16,7 @@ pub mod render;
 pub mod settings;
 pub mod source;
 pub mod status;
+pub mod supply;
 pub mod telemetry;
 pub mod validation;
 

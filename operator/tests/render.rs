@@ -454,7 +454,7 @@ fn build_args_reach_buildah_verbatim_and_never_a_shell() {
             "/dev/termination-log",
             "--",
             "localhost/archforge-build:latest",
-            "docker://registry.example.com/team/guestbook:v1-linux-arm64"
+            "docker://registry.example.com/team/guestbook@@unknown-digest@@"
         ]
     );
 }
@@ -1089,9 +1089,10 @@ fn one_plan_feeds_both_strategies() {
         assert_eq!(b.build_argv[0], "build");
         assert!(a.build_argv.contains(&"--platform".to_string()));
         assert!(b.build_argv.contains(&format!("platform={}", b.platform)));
+        // Pushed by digest, as buildah's `@@unknown-digest@@` target is (no platformTags).
+        let repo = b.push_target.strip_suffix("@@unknown-digest@@").unwrap();
         assert!(b.build_argv.contains(&format!(
-            "type=image,name={},push=true,oci-mediatypes=true",
-            b.push_target
+            "type=image,name={repo},push-by-digest=true,push=true,oci-mediatypes=true"
         )));
     }
     // The operator-wide default picks the strategy of an ImageBuild that names none.
@@ -1291,7 +1292,7 @@ fn build_args_reach_buildctl_verbatim_and_the_digest_reaches_the_termination_log
             "--export-cache",
             "type=registry,ref=registry.example.com/team/guestbook-cache:linux-arm64,mode=max",
             "--output",
-            "type=image,name=registry.example.com/team/guestbook:v1-linux-arm64,push=true,oci-mediatypes=true",
+            "type=image,name=registry.example.com/team/guestbook,push-by-digest=true,push=true,oci-mediatypes=true",
             "--metadata-file",
             metadata.as_str(),
         ]

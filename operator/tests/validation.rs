@@ -1354,3 +1354,24 @@ fn references_cannot_add_keys_to_buildctl_output_or_cache() {
         Layer::Schema,
     );
 }
+
+#[test]
+fn signing_key_secret_is_a_dns_label() {
+    // A name that would reach a path or a shell if anything joined it: refused by both.
+    let text = rejected_text(
+        |s| s["output"]["signing"] = json!({"keySecret": "../cosign;$(id)"}),
+        "spec.output.signing.keySecret",
+        "valid Secret name",
+        Layer::Schema,
+    );
+    assert!(!text.contains("$(id)"), "{text}");
+    rejected(
+        |s| s["output"]["signing"] = json!({"keySecret": "a".repeat(64)}),
+        "spec.output.signing.keySecret",
+        "at most 63 characters",
+        Layer::Schema,
+    );
+    accepted(|s| s["output"]["signing"] = json!({"keySecret": "cosign-key"}));
+    accepted(|s| s["output"]["signing"] = json!({}));
+    accepted(|s| s["output"]["platformTags"] = json!(true));
+}

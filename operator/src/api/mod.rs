@@ -299,7 +299,8 @@ fn default_git_ref() -> String {
 pub struct Output {
     /// Image reference with registry host and tag, for example
     /// registry.example.com/team/app:v1. Each platform's image is pushed to the same
-    /// repository under the tag suffixed with -os-arch[-variant]; the index gets this tag.
+    /// repository (by digest, or under the tag suffixed with -os-arch[-variant] when
+    /// platformTags is true); the index gets this tag.
     #[schemars(regex(pattern = IMAGE_REF_PATTERN), length(max = 255))]
     pub image: String,
 
@@ -312,6 +313,33 @@ pub struct Output {
     /// Manifest format: oci (OCI image index, the default) or docker (Docker manifest list v2).
     #[serde(default)]
     pub media_type: MediaType,
+
+    /// Whether each platform's image also gets a tag of its own (the output tag suffixed
+    /// with -os-arch[-variant]). Default false: each platform is pushed by digest only, the
+    /// index references them by digest, and the output tag is the only tag, moved once,
+    /// last. Turn it on only when something outside archforge must pull one platform by a
+    /// tag (a tool that cannot read an index, or a registry cleanup policy that deletes
+    /// untagged manifests even when an index references them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub platform_tags: bool,
+
+    /// Sign every platform's image and the index (cosign-compatible signatures) and attach
+    /// a signed SLSA v1 provenance attestation to each. Unsigned when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<Signing>,
+}
+
+/// How the images of a run are signed.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Signing {
+    /// Secret in the ImageBuild's namespace holding the ECDSA P-256 signing key: key
+    /// cosign.key (PEM private key: PKCS#8, SEC1, or cosign's encrypted format) and, for an
+    /// encrypted key, cosign.password. This is the layout `cosign generate-key-pair
+    /// k8s://<namespace>/<name>` creates. When omitted, the operator-wide key is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_LABEL_PATTERN), length(max = 63))]
+    pub key_secret: Option<String>,
 }
 
 /// The manifest format of the pushed images and index.
@@ -417,6 +445,16 @@ pub struct ImageBuildStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
 
+    /// Digest of the index's signature manifest (the cosign `sha256-<digest>.sig` tag), when
+    /// spec.output.signing is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+
+    /// Digest of the index's provenance attestation manifest (the cosign
+    /// `sha256-<digest>.att` tag), when spec.output.signing is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<String>,
+
     /// The most recent finished runs, newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<RunRecord>,
@@ -458,6 +496,14 @@ pub struct PlatformStatus {
     /// Digest of this platform's pushed image manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// Digest of this platform's signature manifest (the cosign `sha256-<digest>.sig` tag),
+    /// when spec.output.signing is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// Digest of this platform's provenance attestation manifest (the cosign
+    /// `sha256-<digest>.att` tag), when spec.output.signing is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<String>,
     /// When the builder Job started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,

@@ -246,6 +246,8 @@ mod tests {
             job: None,
             phase,
             digest: None,
+            signature: None,
+            attestation: None,
             start_time: None,
             completion_time: None,
             message: Some("exit status 2".into()),

@@ -20,6 +20,10 @@ pub use buildkit::{buildkit_argv, buildkit_output, cache_ref};
 pub const REBUILD_ANNOTATION: &str = "archforge.dev/rebuild";
 /// The tag buildah gives the image it has just built, before pushing it.
 pub const LOCAL_IMAGE: &str = "localhost/archforge-build:latest";
+/// What follows a repository in a push destination to push by digest only, without a tag:
+/// containers/image 5.29 (buildah 1.33) and later understand `docker://host/repo@@unknown-digest@@`.
+/// The default builder image (buildah 1.38) does; older builders fail the push instead.
+pub const UNKNOWN_DIGEST: &str = "@@unknown-digest@@";
 
 /// A target platform: `os/arch[/variant]`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -78,7 +82,8 @@ pub struct PlatformPlan {
     pub platform: Platform,
     /// Name of this platform's Job (and the stem of its pod names).
     pub job_name: String,
-    /// Where this platform's image is pushed: the output tag plus `-os-arch[-variant]`.
+    /// Where this platform's image is pushed: `<repo>@@unknown-digest@@` (by digest only,
+    /// no tag) unless spec.output.platformTags, then the output tag plus `-os-arch[-variant]`.
     pub push_target: String,
     /// Which builder runs this platform; `build_argv` is that builder's.
     pub strategy: Strategy,
@@ -258,6 +263,25 @@ pub fn platform_tag(image: &str, platform: &Platform) -> String {
     format!("{image}-{}", platform.slug())
 }
 
+/// The repository of an output image reference (`host/repo:tag` without `:tag`).
+pub fn output_repository(image: &str) -> &str {
+    let slash = image.rfind('/').unwrap_or(0);
+    match image[slash..].rfind(':') {
+        Some(colon) => &image[..slash + colon],
+        None => image,
+    }
+}
+
+/// Where one platform's image is pushed: by digest only (`<repo>@@unknown-digest@@`, which
+/// buildah 1.33+ pushes without creating a tag) unless the spec asks for platform tags.
+pub fn push_target(output: &crate::api::Output, platform: &Platform) -> String {
+    if output.platform_tags {
+        platform_tag(&output.image, platform)
+    } else {
+        format!("{}{UNKNOWN_DIGEST}", output_repository(&output.image))
+    }
+}
+
 fn join_path(dir: &str, file: &str) -> String {
     let dir = dir.trim_end_matches('/');
     if dir.is_empty() || dir == "." {
@@ -406,7 +430,7 @@ pub fn plan(
                 .or(spec.timeout.as_deref())
                 .and_then(parse_timeout)
                 .unwrap_or(settings.default_timeout);
-            let push_target = platform_tag(&spec.output.image, &platform);
+            let push_target = push_target(&spec.output, &platform);
             let build_argv = match strategy {
                 Strategy::Buildah => build_argv(spec, &platform, auth),
                 Strategy::Buildkit => buildkit_argv(spec, &platform, &push_target),

@@ -14,8 +14,10 @@ mod classify;
 mod error;
 mod index;
 mod inspect;
+mod publish;
 #[cfg(feature = "test-support")]
 mod synthetic;
+mod upload;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -37,6 +39,8 @@ pub use index::{
     ANNOTATION_CREATED, ANNOTATION_REVISION, ANNOTATION_SOURCE, Index, IndexEntry, IndexPlatform,
     build_index, check_unique_platforms, index_media_type, run_annotations,
 };
+
+pub use publish::{Attached, Published, ReadManifest, repository_name};
 
 use classify::classify;
 use error::Classified;
@@ -229,6 +233,8 @@ impl Registry {
     /// every request is bounded, but a registry trickling its answers within each bound,
     /// retried, could otherwise hold the run (and the reconcile) for over an hour. Running out
     /// of time is transient: the next attempt may meet a healthier registry.
+    ///
+    /// [`Registry::publish`] without a signer.
     pub async fn assemble_index(
         &self,
         target: &str,
@@ -236,52 +242,13 @@ impl Registry {
         media_type: MediaType,
         annotations: &BTreeMap<String, String>,
     ) -> RegistryResult<PushedIndex> {
-        let deadline = self.options.deadline.unwrap_or(ASSEMBLY_DEADLINE);
-        match tokio::time::timeout(
-            deadline,
-            self.assemble(target, images, media_type, annotations),
-        )
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(RegistryError::Unreachable {
-                registry: parse_reference(target)
-                    .map(|r| r.resolve_registry().to_string())
-                    .unwrap_or_else(|_| target.to_string()),
-                attempts: 1,
-                message: format!(
-                    "the index was not assembled within {}; archforge stops waiting on a registry that slow",
-                    humantime::format_duration(deadline)
-                ),
-            }),
-        }
+        self.publish(target, images, media_type, annotations, None)
+            .await
+            .map(|published| published.index)
     }
 
-    async fn assemble(
-        &self,
-        target: &str,
-        images: &[PlatformImage],
-        media_type: MediaType,
-        annotations: &BTreeMap<String, String>,
-    ) -> RegistryResult<PushedIndex> {
-        if images.is_empty() {
-            return Err(RegistryError::NoSources);
-        }
-        check_unique_platforms(images)?;
-        let repo = parse_reference(target)?;
-        let entries = self.inspect_all(&repo, images).await?;
-        let (bytes, digest) = build_index(entries, media_type, annotations);
-        self.push_index(&repo, target, &bytes, media_type, &digest)
-            .await?;
-        Ok(PushedIndex {
-            reference: target.to_string(),
-            digest,
-            media_type: index_media_type(media_type).to_string(),
-        })
-    }
-
-    /// Pushes the index bytes as `target`, and refuses the registry's answer if it names
-    /// a digest other than `digest`.
+    /// Pushes the index bytes as `target` (a tag or, before signing, its digest), and
+    /// refuses the registry's answer if it names a digest other than `digest`.
     async fn push_index(
         &self,
         repo: &Reference,
@@ -290,28 +257,17 @@ impl Registry {
         media_type: MediaType,
         digest: &str,
     ) -> RegistryResult<()> {
-        let answer = self
-            .retrying(repo.resolve_registry(), || {
-                self.wire
-                    .put_manifest(repo, bytes, index_media_type(media_type))
-            })
-            .await?;
         // The registry names the digest it computed (Location, Docker-Content-Digest); a
         // different one means it stored other bytes than were sent.
-        for registry_digest in [answer.location_digest, answer.header_digest]
-            .into_iter()
-            .flatten()
-        {
-            if registry_digest != digest {
-                return Err(RegistryError::DigestMismatch {
-                    reference: target.to_string(),
-                    local_digest: digest.to_string(),
-                    registry_digest,
-                });
-            }
-        }
-        Ok(())
+        self.put_checked(repo, target, bytes, index_media_type(media_type), digest)
+            .await
     }
+}
+
+/// Untrusted text (from a registry or an attachment) cut short to one printable line, fit
+/// for a message.
+pub fn quote_untrusted(text: &str) -> String {
+    bounded::quote(text)
 }
 
 /// Parses `host/repo:tag`, insisting on an explicit registry host and tag.

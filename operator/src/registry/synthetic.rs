@@ -6,6 +6,8 @@ use crate::plan::Platform;
 
 use super::bounded::sha256_digest;
 use super::error::RegistryResult;
+use crate::plan::UNKNOWN_DIGEST;
+
 use super::{DOCKER_CONFIG, DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST, Registry, parse_reference};
 
 /// An empty tar archive (two zero blocks), gzip-compressed: the smallest valid layer.
@@ -20,7 +22,9 @@ const EMPTY_LAYER_DIFF_ID: &str =
 impl Registry {
     /// Pushes a one-layer image whose config says `platform`, tagged `reference`, and
     /// returns its manifest digest. For tests and for the e2e suite's simulated nodes,
-    /// which stand in for a builder without building anything.
+    /// which stand in for a builder without building anything. A `reference` ending in
+    /// `@@unknown-digest@@` (`host/repo@@unknown-digest@@`, what buildah is given for a
+    /// digest-only push) pushes by digest only, leaving no tag.
     pub async fn push_synthetic_image(
         &self,
         reference: &str,
@@ -28,7 +32,12 @@ impl Registry {
         media_type: MediaType,
         label: &str,
     ) -> RegistryResult<String> {
-        let target = parse_reference(reference)?;
+        let by_digest = reference.strip_suffix(UNKNOWN_DIGEST);
+        let target = match by_digest {
+            // Any tag makes it parse; the manifest is pushed by digest, not under it.
+            Some(repo) => parse_reference(&format!("{repo}:unused"))?,
+            None => parse_reference(reference)?,
+        };
         let auth = self.auth_for(&target)?;
         self.with_retries(target.registry(), || {
             self.client
@@ -75,6 +84,11 @@ impl Registry {
             "layers": [{"mediaType": layer_type, "digest": layer_digest, "size": EMPTY_LAYER_GZ.len()}],
         }))
         .expect("manifest serializes");
+        let digest = sha256_digest(&manifest);
+        let target = match by_digest {
+            Some(_) => target.clone_with_digest(digest.clone()),
+            None => target,
+        };
         self.with_retries(target.registry(), || {
             self.client.push_manifest_raw(
                 &target,
@@ -83,6 +97,6 @@ impl Registry {
             )
         })
         .await?;
-        Ok(sha256_digest(&manifest))
+        Ok(digest)
     }
 }

@@ -409,7 +409,8 @@ impl Wire {
         media_type: &'static str,
     ) -> Result<PushAnswer, Classified> {
         let registry = target.resolve_registry().to_string();
-        let tag = target.tag().unwrap_or("latest");
+        // By digest when the reference has one (a child or an index before its tag moves).
+        let tag = target.digest().or(target.tag()).unwrap_or("latest");
         let url = format!(
             "{}/{}/manifests/{tag}",
             self.base(&registry),
@@ -462,5 +463,175 @@ impl Wire {
             location_digest,
             header_digest,
         })
+    }
+
+    /// Reads the manifest tagged `tag` of `repo`, bounded like `fetch`, and returns it with
+    /// the digest of the bytes read; `None` when the registry has no such tag (404).
+    pub async fn fetch_tag(
+        &self,
+        repo: &Reference,
+        tag: &str,
+        accept: &[&str],
+    ) -> Result<Option<(Fetched, String)>, Classified> {
+        let registry = repo.resolve_registry().to_string();
+        // Tags reach the URL path: only the characters a tag may have (distribution spec).
+        if tag.is_empty()
+            || tag.len() > 128
+            || !tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        {
+            return Err(Classified::Final(RegistryError::InvalidReference {
+                reference: format!("{registry}/{}:{}", repo.repository(), quote(tag)),
+                message: "not a valid tag".to_string(),
+            }));
+        }
+        let shown = format!("{registry}/{}:{tag}", repo.repository());
+        let url = format!(
+            "{}/{}/manifests/{tag}",
+            self.base(&registry),
+            repo.repository()
+        );
+        let accept = accept.join(", ");
+        let mut response = self
+            .send(&self.http, repo, Operation::Pull, |http| {
+                http.get(&url).header(ACCEPT, accept.as_str())
+            })
+            .await?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND && self.is_own(response.url(), &registry) {
+            return Ok(None);
+        }
+        if status != StatusCode::OK {
+            if !self.is_own(response.url(), &registry) {
+                return Err(Classified::Final(RegistryError::Registry {
+                    registry: registry.clone(),
+                    message: format!(
+                        "HTTP {status} from {} after a redirect (for {shown}; the answer is not shown)",
+                        authority(response.url())
+                    ),
+                }));
+            }
+            let text = error_text(response).await;
+            return Err(status_error(&registry, status, &text));
+        }
+        let limit = MAX_MANIFEST_BYTES;
+        let too_large = |detail: String| {
+            Classified::Final(RegistryError::ManifestTooLarge {
+                reference: shown.clone(),
+                limit,
+                what_limits: "the limit",
+                detail,
+            })
+        };
+        if let Some(length) = response.content_length()
+            && length > limit
+        {
+            return Err(too_large(format!(
+                "the registry announces {length} bytes (Content-Length)"
+            )));
+        }
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or(v).trim().to_string());
+        let mut hasher = Sha256::new();
+        let bytes = read_at_most(&mut response, limit, Some(&mut hasher))
+            .await
+            .map_err(|e| classify_reqwest(&registry, &e))?
+            .ok_or_else(|| too_large(format!("the registry sent more than {limit} bytes")))?;
+        Ok(Some((
+            Fetched {
+                bytes,
+                content_type,
+            },
+            digest_of(hasher),
+        )))
+    }
+
+    /// Whether `repo` has the blob `digest` (HEAD; any answer but 200 counts as no).
+    pub async fn has_blob(&self, repo: &Reference, digest: &str) -> Result<bool, Classified> {
+        let registry = repo.resolve_registry().to_string();
+        if !is_sha256_digest(digest) {
+            return Ok(false);
+        }
+        let url = format!(
+            "{}/{}/blobs/{digest}",
+            self.base(&registry),
+            repo.repository()
+        );
+        let response = self
+            .send(&self.http, repo, Operation::Push, |http| http.head(&url))
+            .await?;
+        let status = response.status();
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(Classified::Transient(format!("HTTP {status}")));
+        }
+        Ok(status == StatusCode::OK)
+    }
+
+    /// Uploads `bytes` as the blob `digest` of `repo` (POST, then PUT to the upload URL the
+    /// registry names, which must be on the registry itself: it receives the credentials).
+    pub async fn push_blob(
+        &self,
+        repo: &Reference,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<(), Classified> {
+        let registry = repo.resolve_registry().to_string();
+        let start = format!(
+            "{}/{}/blobs/uploads/",
+            self.base(&registry),
+            repo.repository()
+        );
+        let response = self
+            .send(&self.direct, repo, Operation::Push, |http| {
+                http.post(&start)
+                    .header(reqwest::header::CONTENT_LENGTH, "0")
+            })
+            .await?;
+        let status = response.status();
+        if status != StatusCode::ACCEPTED {
+            let text = error_text(response).await;
+            return Err(status_error(&registry, status, &text));
+        }
+        let location = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| response.url().join(l).ok())
+            .ok_or_else(|| {
+                Classified::Final(RegistryError::Registry {
+                    registry: registry.clone(),
+                    message: "a blob upload was started without a Location to upload to"
+                        .to_string(),
+                })
+            })?;
+        drop(response);
+        if !self.is_own(&location, &registry) {
+            return Err(Classified::Final(RegistryError::Registry {
+                registry: registry.clone(),
+                message: format!(
+                    "the blob upload URL is on {}; archforge uploads only to {registry}",
+                    authority(&location)
+                ),
+            }));
+        }
+        let mut url = location;
+        url.query_pairs_mut().append_pair("digest", digest);
+        let response = self
+            .send(&self.direct, repo, Operation::Push, |http| {
+                http.put(url.clone())
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .body(bytes.to_vec())
+            })
+            .await?;
+        let status = response.status();
+        if status != StatusCode::CREATED {
+            let text = error_text(response).await;
+            return Err(status_error(&registry, status, &text));
+        }
+        Ok(())
     }
 }

@@ -134,6 +134,8 @@ pub fn platform_status(
         job: Some(job_name.to_string()),
         phase: Phase::Pending,
         digest: None,
+        signature: None,
+        attestation: None,
         start_time: previous.and_then(|p| p.start_time.clone()),
         completion_time: previous.and_then(|p| p.completion_time.clone()),
         message: None,

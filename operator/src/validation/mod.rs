@@ -316,6 +316,21 @@ impl ImageBuildSpec {
             );
         }
 
+        if let Some(secret) = self
+            .output
+            .signing
+            .as_ref()
+            .and_then(|s| s.key_secret.as_ref())
+        {
+            p.check_pattern(
+                "spec.output.signing.keySecret",
+                secret,
+                &DNS_LABEL,
+                63,
+                "a valid Secret name (lowercase DNS label)",
+            );
+        }
+
         if self.build_args.len() > 64 {
             p.add("spec.buildArgs", "at most 64 build arguments");
         }
