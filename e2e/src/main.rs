@@ -21,7 +21,7 @@ use futures::future::{Either, LocalBoxFuture};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::case::{Case, with_case};
-use crate::scenarios::{failures, happy, invalid, lifecycle, placement, registry};
+use crate::scenarios::{failures, happy, invalid, lifecycle, placement, registry, signing};
 use crate::suite::{Suite, workspace_root};
 
 mod case;
@@ -138,6 +138,7 @@ fn scenarios() -> Vec<Scenario> {
         own placement::no_node_for_a_platform_waits_for_one;
         own placement::emulated_platform_when_no_native_node, simulated_only, exclusive;
         in_case failures::allowed_failure_publishes_the_rest, simulated_only;
+        in_case signing::signed_provenance_for_every_platform;
     }
 }
 
@@ -219,6 +220,7 @@ mod tests {
                 ("no_node_for_a_platform_waits_for_one", false, false),
                 ("emulated_platform_when_no_native_node", true, true),
                 ("allowed_failure_publishes_the_rest", true, false),
+                ("signed_provenance_for_every_platform", false, false),
             ]
         );
     }

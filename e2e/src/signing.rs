@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use archforge::registry::{Registry, parse_reference};
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
 
 use crate::config::Settings;
 
@@ -67,7 +67,12 @@ pub async fn repository_tags(registry: &Registry, image: &str) -> anyhow::Result
     loop {
         let page = registry
             .client()
-            .list_tags(&reference, &auth, Some(100), tags.last().map(String::as_str))
+            .list_tags(
+                &reference,
+                &auth,
+                Some(100),
+                tags.last().map(String::as_str),
+            )
             .await?;
         let done = page.tags.len() < 100;
         tags.extend(page.tags);

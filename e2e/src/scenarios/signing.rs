@@ -10,9 +10,7 @@ use anyhow::{Context as _, bail, ensure};
 use archforge::api::Phase;
 use archforge::supply::verify::verify_image;
 use archforge::supply::{SigningKey, attachment_tag};
-use archforge_e2e::signing::{
-    key_secret, leaks, platform_tags_left, repository_tags, verify_args,
-};
+use archforge_e2e::signing::{key_secret, leaks, platform_tags_left, repository_tags, verify_args};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -124,9 +122,13 @@ pub async fn signed_provenance_for_every_platform(case: &Case) -> anyhow::Result
         verified.platforms
     );
     ensure!(
-        verify_image(&suite.registry, &image, &SigningKey::generate().public_key())
-            .await
-            .is_err(),
+        verify_image(
+            &suite.registry,
+            &image,
+            &SigningKey::generate().public_key()
+        )
+        .await
+        .is_err(),
         "{image} verified with a key that never signed it"
     );
 
