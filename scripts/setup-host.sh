@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares a Debian machine for archforge's local builds, tests and demo:
 #  - installs the real tools (registry, buildah, skopeo, qemu-user-static, git, ...) and
-#    Helm's library from PyPI (helm-python-sdk) for the chart tests;
+#    Helm's library from PyPI (helm-python-sdk) for the chart tests, and the Python
+#    checkers of signed provenance (in-toto-attestation, pynacl, cryptography);
 #  - downloads Debian's busybox-static for arm64, the base of the test and demo images,
 #    into target/fixtures/arm64/busybox (nothing is pulled from a container registry);
 #  - mounts binfmt_misc and registers qemu-aarch64, so arm64 builds run under emulation.
@@ -60,6 +61,16 @@ fi
 # Helm's own library (render, lint) for the chart tests, without a helm binary.
 if ! python3 -c 'import helm_python' 2>/dev/null; then
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore 'helm-python-sdk==0.2.2'
+fi
+
+# Independent checkers of signed provenance (operator/tests/supply.rs, make demo): the in-toto
+# project's statement/predicate parser, PyNaCl (cosign's encrypted key format) and
+# cryptography (ECDSA P-256 signatures). Debian's skopeo 1.9 is built without sigstore
+# verification, so scripts/supply-check.py also applies sigstoreSigned's rules to the
+# signatures skopeo copies.
+if ! python3 -c 'import in_toto_attestation, nacl, cryptography' 2>/dev/null; then
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+    'in-toto-attestation==0.9.3' 'pynacl==1.6.2' 'cryptography>=41'
 fi
 
 if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then

@@ -453,7 +453,7 @@ fn build_args_reach_buildah_verbatim_and_never_a_shell() {
             "/dev/termination-log",
             "--",
             "localhost/archforge-build:latest",
-            "docker://registry.example.com/team/guestbook:v1-linux-arm64"
+            "docker://registry.example.com/team/guestbook@@unknown-digest@@"
         ]
     );
 }

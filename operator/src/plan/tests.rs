@@ -143,3 +143,27 @@ fn platforms_parse_and_print() {
         assert!(bad.parse::<Platform>().is_err(), "{bad}");
     }
 }
+
+#[test]
+fn platforms_are_pushed_by_digest_unless_platform_tags() {
+    let output = |image: &str, platform_tags: bool| crate::api::Output {
+        image: image.to_string(),
+        push_secret: None,
+        media_type: MediaType::Oci,
+        platform_tags,
+        signing: None,
+    };
+    // A registry port is not a tag.
+    assert_eq!(
+        push_target(&output("127.0.0.1:5000/team/app:v1", false), &arm64()),
+        "127.0.0.1:5000/team/app@@unknown-digest@@"
+    );
+    assert_eq!(
+        push_target(&output("r.io/app:v1", false), &arm64()),
+        "r.io/app@@unknown-digest@@"
+    );
+    assert_eq!(
+        push_target(&output("127.0.0.1:5000/team/app:v1", true), &arm64()),
+        "127.0.0.1:5000/team/app:v1-linux-arm64"
+    );
+}

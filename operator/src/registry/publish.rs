@@ -146,6 +146,20 @@ impl Registry {
         })
     }
 
+    /// Signs the image `digest` of `repository` (`host/repo`) and attaches its provenance
+    /// (about `platform`'s image, or the index when `None`), replacing what its cosign tags
+    /// held. `publish` does this for every child and the index.
+    pub async fn sign_and_attest(
+        &self,
+        repository: &str,
+        digest: &str,
+        platform: Option<&Platform>,
+        signer: &Signer<'_>,
+    ) -> RegistryResult<Attached> {
+        let repo = parse_reference(&format!("{repository}:attachments"))?;
+        self.attach(&repo, digest, platform, signer).await
+    }
+
     /// Signs `digest` and attaches its provenance, under the cosign tags of `repo`.
     async fn attach(
         &self,

@@ -4,6 +4,7 @@
 pub mod fixtures;
 pub mod git;
 pub mod registry;
+pub mod sigstore;
 pub mod ssh;
 
 use archforge::api::ImageBuild;

@@ -1,0 +1,380 @@
+//! Signed provenance against real parts: a real registry (docker-registry 2.8, no referrers
+//! API), skopeo's `sigstoreSigned` policy as the independent signature verifier, the in-toto
+//! project's Python parser for the statements, and `archforge verify` itself.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::process::{Command, Output};
+
+use archforge::api::MediaType;
+use archforge::plan::Platform;
+use archforge::registry::{PlatformImage, Published, Registry};
+use archforge::supply::{BuildFacts, Signer, SigningKey};
+use common::registry::{Mode, TestRegistry};
+use common::sigstore::{SigstorePolicy, copy_attachment, python_checks_available, supply_check};
+
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+fn facts(commit: &str) -> BuildFacts {
+    BuildFacts {
+        source_url: "https://git.example.com/app.git".into(),
+        commit: commit.into(),
+        git_ref: "main".into(),
+        dockerfile: "Dockerfile".into(),
+        context_dir: ".".into(),
+        platforms: vec!["linux/amd64".into(), "linux/arm64".into()],
+        builder_image: "quay.io/buildah/stable:v1.38".into(),
+        builder_id: "https://archforge.dev/operator@v0".into(),
+        invocation_id: "team/app/app-1".into(),
+        started_on: "2026-11-23T10:00:00Z".into(),
+        finished_on: "2026-11-23T10:05:00Z".into(),
+        namespace: "team".into(),
+        name: "app".into(),
+        ..BuildFacts::default()
+    }
+}
+
+/// Two synthetic platform images pushed by digest only (no tag), then published signed.
+async fn publish_signed(
+    reg: &TestRegistry,
+    registry: &Registry,
+    repo: &str,
+    key: &SigningKey,
+) -> (Vec<PlatformImage>, Published) {
+    let mut images = Vec::new();
+    for p in ["linux/amd64", "linux/arm64"] {
+        let platform: Platform = p.parse().unwrap();
+        let digest = registry
+            .push_synthetic_image(
+                &format!("{repo}@@unknown-digest@@"),
+                &platform,
+                MediaType::Oci,
+                "signed",
+            )
+            .await
+            .unwrap();
+        images.push(PlatformImage { platform, digest });
+    }
+    let facts = facts(COMMIT);
+    let signer = Signer { key, facts: &facts };
+    let published = registry
+        .publish(
+            &format!("{repo}:v1"),
+            &images,
+            MediaType::Oci,
+            &BTreeMap::new(),
+            Some(&signer),
+        )
+        .await
+        .unwrap();
+    let _ = reg;
+    (images, published)
+}
+
+fn list_tags(reg: &TestRegistry, repo: &str) -> Vec<String> {
+    let out = common::run(
+        Command::new("skopeo")
+            .arg("list-tags")
+            .args(reg.skopeo_tls_args())
+            .arg(format!("docker://{repo}")),
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["Tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn verify(reg: &TestRegistry, image: &str, key_file: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_archforge"))
+        .args(["verify", image, "--key"])
+        .arg(key_file)
+        .args(["--insecure-registry", &reg.addr])
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn skopeo_delete(reg: &TestRegistry, reference: &str) {
+    common::run(
+        Command::new("skopeo")
+            .arg("delete")
+            .args(reg.skopeo_tls_args())
+            .arg(format!("docker://{reference}")),
+    );
+}
+
+fn sig_tag(digest: &str, suffix: &str) -> String {
+    format!("sha256-{}.{suffix}", digest.trim_start_matches("sha256:"))
+}
+
+#[tokio::test]
+async fn skopeo_accepts_every_signed_image_and_only_tags_are_the_index_and_attachments() {
+    let reg = TestRegistry::start(Mode::Plain);
+    let registry = Registry::new(reg.options());
+    let repo = reg.image("team/app");
+    let key = SigningKey::generate();
+    let (images, published) = publish_signed(&reg, &registry, &repo, &key).await;
+    let policy = SigstorePolicy::new(&reg, &key.public_pem());
+
+    // The index (all platforms) and each child, by digest, pass a sigstoreSigned policy.
+    let (accepted, said) = policy.copy(&reg, &format!("{repo}:v1"), &["--all"]);
+    assert!(accepted, "index: {said}");
+    for image in &images {
+        let (accepted, said) = policy.copy(&reg, &format!("{repo}@{}", image.digest), &[]);
+        assert!(accepted, "{}: {said}", image.platform);
+    }
+
+    // No per-platform tag: the index tag and the cosign attachment tags only.
+    let tags = list_tags(&reg, &repo);
+    assert!(tags.iter().all(|t| !t.contains("-linux-")), "{tags:?}");
+    let mut expected = vec!["v1".to_string()];
+    for digest in images
+        .iter()
+        .map(|i| &i.digest)
+        .chain([&published.index.digest])
+    {
+        expected.push(sig_tag(digest, "sig"));
+        expected.push(sig_tag(digest, "att"));
+    }
+    let mut sorted = tags.clone();
+    sorted.sort();
+    expected.sort();
+    assert_eq!(sorted, expected);
+
+    // The digests returned are those of the manifests stored under the attachment tags.
+    let attached = published.index_attachments.as_ref().unwrap();
+    let raw = reg.skopeo_inspect(
+        &format!("{repo}:{}", sig_tag(&published.index.digest, "sig")),
+        &["--raw"],
+    );
+    assert_eq!(
+        archforge::registry::sha256_digest(raw.as_bytes()),
+        attached.signature
+    );
+    assert_eq!(published.platforms.len(), 2);
+}
+
+#[tokio::test]
+async fn skopeo_rejects_a_removed_signature_and_another_key() {
+    let reg = TestRegistry::start(Mode::Plain);
+    let registry = Registry::new(reg.options());
+    let repo = reg.image("team/app");
+    let key = SigningKey::generate();
+    let (images, published) = publish_signed(&reg, &registry, &repo, &key).await;
+
+    // Another key: nothing verifies.
+    let stranger = SigstorePolicy::new(&reg, &SigningKey::generate().public_pem());
+    let (accepted, said) = stranger.copy(&reg, &format!("{repo}:v1"), &["--all"]);
+    assert!(!accepted, "another key accepted the index: {said}");
+    let (accepted, said) = stranger.copy(&reg, &format!("{repo}@{}", images[1].digest), &[]);
+    assert!(!accepted, "another key accepted a child: {said}");
+
+    // The arm64 child's signature removed: it is refused, the index still passes on its own.
+    let policy = SigstorePolicy::new(&reg, &key.public_pem());
+    skopeo_delete(
+        &reg,
+        &format!("{repo}:{}", sig_tag(&images[1].digest, "sig")),
+    );
+    let (accepted, said) = policy.copy(&reg, &format!("{repo}@{}", images[1].digest), &[]);
+    assert!(!accepted, "an unsigned child was accepted: {said}");
+    let (accepted, said) = policy.copy(&reg, &format!("{repo}@{}", images[0].digest), &[]);
+    assert!(accepted, "{said}");
+    // The index with all its images: the unsigned arm64 child fails it.
+    let (accepted, said) = policy.copy(&reg, &format!("{repo}:v1"), &["--all"]);
+    assert!(
+        !accepted,
+        "an index with an unsigned child was accepted: {said}"
+    );
+
+    // Signed again, the index with all its images passes; then its own signature removed.
+    let facts = facts(COMMIT);
+    let signer = Signer {
+        key: &key,
+        facts: &facts,
+    };
+    registry
+        .sign_and_attest(&repo, &images[1].digest, Some(&images[1].platform), &signer)
+        .await
+        .unwrap();
+    let (accepted, said) = policy.copy(&reg, &format!("{repo}:v1"), &["--all"]);
+    assert!(accepted, "{said}");
+    skopeo_delete(
+        &reg,
+        &format!("{repo}:{}", sig_tag(&published.index.digest, "sig")),
+    );
+    let (accepted, said) = policy.copy(&reg, &format!("{repo}:v1"), &["--all"]);
+    assert!(!accepted, "an unsigned index was accepted: {said}");
+}
+
+#[tokio::test]
+async fn archforge_verify_names_the_first_broken_link() {
+    let reg = TestRegistry::start(Mode::Plain);
+    let registry = Registry::new(reg.options());
+    let repo = reg.image("team/app");
+    let key = SigningKey::generate();
+    let (images, published) = publish_signed(&reg, &registry, &repo, &key).await;
+    let dir = tempfile::tempdir().unwrap();
+    let public = dir.path().join("cosign.pub");
+    std::fs::write(&public, key.public_pem()).unwrap();
+    let image = format!("{repo}:v1");
+
+    let out = verify(&reg, &image, &public);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("signatures verified"), "{shown}");
+    for image in &images {
+        assert!(
+            shown.contains(&format!("{repo}@{}  commit {COMMIT}", image.digest)),
+            "{shown}"
+        );
+    }
+    assert!(shown.contains(&published.index.digest), "{shown}");
+
+    // Another key: the index is the first link, and it is named.
+    let other = dir.path().join("other.pub");
+    std::fs::write(&other, SigningKey::generate().public_pem()).unwrap();
+    let out = verify(&reg, &image, &other);
+    let shown = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        shown.contains(&format!("index {repo}@{}", published.index.digest))
+            && shown.contains("not signed by the given key"),
+        "{shown}"
+    );
+
+    // The arm64 child re-attested (properly signed) with provenance of another commit.
+    let other_commit = "fedcba9876543210fedcba9876543210fedcba98";
+    let wrong = facts(other_commit);
+    registry
+        .sign_and_attest(
+            &repo,
+            &images[1].digest,
+            Some(&images[1].platform),
+            &Signer {
+                key: &key,
+                facts: &wrong,
+            },
+        )
+        .await
+        .unwrap();
+    let out = verify(&reg, &image, &public);
+    let shown = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        shown.contains(&format!("linux/arm64 image {repo}@{}", images[1].digest))
+            && shown.contains(&format!("names commit {other_commit}")),
+        "{shown}"
+    );
+
+    // The amd64 child's signature removed: it comes first in the index, so it is named.
+    skopeo_delete(
+        &reg,
+        &format!("{repo}:{}", sig_tag(&images[0].digest, "sig")),
+    );
+    let out = verify(&reg, &image, &public);
+    let shown = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        shown.contains(&format!("linux/amd64 image {repo}@{}", images[0].digest))
+            && shown.contains("has no signature"),
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn provenance_parses_with_the_in_toto_python_package() {
+    if !python_checks_available() {
+        return;
+    }
+    let reg = TestRegistry::start(Mode::Plain);
+    let registry = Registry::new(reg.options());
+    let repo = reg.image("team/app");
+    let key = SigningKey::generate();
+    let (images, published) = publish_signed(&reg, &registry, &repo, &key).await;
+    let work = tempfile::tempdir().unwrap();
+    let public = work.path().join("cosign.pub");
+    std::fs::write(&public, key.public_pem()).unwrap();
+    let mut dirs = Vec::new();
+    for (name, digest) in images
+        .iter()
+        .map(|i| (i.platform.slug(), &i.digest))
+        .chain([("index".to_string(), &published.index.digest)])
+    {
+        let dir = work.path().join(name);
+        copy_attachment(&reg, &format!("{repo}:{}", sig_tag(digest, "att")), &dir);
+        dirs.push(dir);
+    }
+    let mut args: Vec<&OsStr> = vec![OsStr::new("provenance"), OsStr::new("--key")];
+    args.push(public.as_os_str());
+    args.extend(dirs.iter().map(|d| d.as_os_str()));
+    let out = supply_check(&args);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 3, "{shown}");
+    for (line, (platform, digest)) in lines.iter().zip(
+        images
+            .iter()
+            .map(|i| (i.platform.to_string(), &i.digest))
+            .chain([("index".to_string(), &published.index.digest)]),
+    ) {
+        assert!(line.contains(&platform), "{line}");
+        assert!(line.contains(&format!("{repo}@{digest}")), "{line}");
+        assert!(line.contains(COMMIT), "{line}");
+    }
+
+    // The Python side is not a rubber stamp: another key's attestation is refused.
+    let other = work.path().join("other.pub");
+    std::fs::write(&other, SigningKey::generate().public_pem()).unwrap();
+    let out = supply_check(&[
+        OsStr::new("provenance"),
+        OsStr::new("--key"),
+        other.as_os_str(),
+        dirs[0].as_os_str(),
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn cosign_encrypted_keys_written_by_python_are_read() {
+    if !python_checks_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = (dir.path().join("cosign.key"), dir.path().join("cosign.pub"));
+    let password = "correct horse battery staple";
+    let out = Command::new("python3")
+        .arg(common::repo_root().join("scripts/supply-check.py"))
+        .arg("cosign-key")
+        .arg("--key")
+        .arg(&key)
+        .arg("--pub")
+        .arg(&public)
+        .env("COSIGN_PASSWORD", password)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let pem = std::fs::read(&key).unwrap();
+    let signing = SigningKey::from_pem(&pem, Some(password.as_bytes())).unwrap();
+    let expected = archforge::supply::load_public_key(&std::fs::read(&public).unwrap()).unwrap();
+    assert_eq!(signing.public_key(), expected);
+    let err = SigningKey::from_pem(&pem, Some(b"wrong")).unwrap_err();
+    assert_eq!(err, archforge::supply::KeyError::WrongPassword);
+    let shown = format!("{err} {err:?}");
+    assert!(
+        !shown.contains("wrong\"") && !shown.contains(password),
+        "{shown}"
+    );
+}
