@@ -1494,7 +1494,14 @@ async fn a_signed_run_signs_and_attests_every_platform_and_the_index() {
         server.get_secret(KEY_SECRET, Some(key_secret)).await;
         server.event("PlatformSucceeded", "Normal").await;
         server.event("PlatformSucceeded", "Normal").await;
-        server.event("IndexPushed", "Normal").await;
+        let pushed = server.event("IndexPushed", "Normal").await;
+        assert!(
+            pushed["note"]
+                .as_str()
+                .unwrap()
+                .contains("the index and its 2 platform images are signed"),
+            "{pushed}"
+        );
         let status = server.patch_status().await;
         server.done().await;
         status
@@ -1628,6 +1635,30 @@ async fn refused_before_any_job(
     );
 }
 
+/// A new key in cosign's encrypted format (written by the repository's independent Python
+/// implementation, scripts/supply-check.py), and its password.
+fn cosign_encrypted_key() -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = (dir.path().join("cosign.key"), dir.path().join("cosign.pub"));
+    let password = "the-right-password-for-this-key";
+    let out = std::process::Command::new("python3")
+        .arg(common::repo_root().join("scripts/supply-check.py"))
+        .arg("cosign-key")
+        .arg("--key")
+        .arg(&key)
+        .arg("--pub")
+        .arg(&public)
+        .env("COSIGN_PASSWORD", password)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "supply-check.py cosign-key (needs PyNaCl and cryptography: scripts/setup-host.sh): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (std::fs::read_to_string(key).unwrap(), password.to_string())
+}
+
 /// The base64 body of a PEM block: the key material itself.
 fn pem_body(pem: &str) -> String {
     pem.lines().filter(|l| !l.starts_with("-----")).collect()
@@ -1708,7 +1739,9 @@ async fn a_malformed_or_wrong_curve_signing_key_stalls_without_showing_the_key()
         "rsa_keygen_bits:1024",
     ]);
     let password = "correct-horse-battery-staple".to_string();
+    let (encrypted, right_password) = cosign_encrypted_key();
     for (what, pem, says) in [
+        ("wrong password", encrypted.clone(), "wrong cosign.password"),
         ("truncated", truncated.clone(), "PKCS#8"),
         ("P-384", p384.clone(), "P-256"),
         ("RSA", rsa.clone(), "P-256"),
@@ -1732,6 +1765,89 @@ async fn a_malformed_or_wrong_curve_signing_key_stalls_without_showing_the_key()
         )
         .await;
     }
+    // The same encrypted key with its own password starts the run.
+    let key_secret = secret(
+        KEY_SECRET,
+        &[
+            ("cosign.key", encrypted.as_bytes()),
+            ("cosign.password", right_password.as_bytes()),
+        ],
+    );
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    let verify = async move {
+        server.list_jobs(vec![]).await;
+        server.list_nodes(&["amd64", "arm64"]).await;
+        server.get_secret(KEY_SECRET, Some(key_secret)).await;
+        server.create_job("app-1-linux-amd64").await;
+        server.create_job("app-1-linux-arm64").await;
+        server.event("RunStarted", "Normal").await;
+        assert_eq!(server.patch_status().await["phase"], "Building");
+        server.done().await;
+    };
+    reconciled(&build, ctx, verify).await.unwrap();
+}
+
+// Multi-threaded: the check calls skopeo inside block_in_place.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_secret_deleted_while_building_fails_the_run_and_publishes_nothing() {
+    let reg = TestRegistry::start(Mode::Plain);
+    let registry = Registry::new(reg.options());
+    let image = reg.image("team/app:v1");
+    let repository = repository_of(&image).to_string();
+    let mut digests = Vec::new();
+    for p in ["linux/amd64", "linux/arm64"] {
+        digests.push(
+            registry
+                .push_synthetic_image(
+                    &format!("{repository}@@unknown-digest@@"),
+                    &p.parse().unwrap(),
+                    MediaType::Oci,
+                    "controller",
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    let status = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA}});
+    let build = signed_imagebuild(json!({"keySecret": KEY_SECRET}), &image, status);
+    let (ctx, mut server) = setup(&build, reg.options());
+    let done = json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
+                      "conditions": [{"type": "Complete", "status": "True"}]});
+    let jobs = vec![
+        job(&build, "linux/amd64", SHA, done.clone()),
+        job(&build, "linux/arm64", SHA, done),
+    ];
+    let pods = vec![
+        builder_pod("app-1-linux-amd64", 1, 0, &digests[0]),
+        builder_pod("app-1-linux-arm64", 1, 0, &digests[1]),
+    ];
+    let verify = async move {
+        server.list_jobs(jobs).await;
+        server.list_pods(1, pods).await;
+        server.get_secret(KEY_SECRET, None).await;
+        server.event("PlatformSucceeded", "Normal").await;
+        server.event("PlatformSucceeded", "Normal").await;
+        server.event("SigningKeyMissing", "Warning").await;
+        let status = server.patch_status().await;
+        server.done().await;
+        status
+    };
+    let (action, status) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    waits_for_change(action);
+    assert_eq!(status["phase"], "Failed");
+    assert_eq!(said(&status, "Stalled").1, "SigningKeyMissing");
+    assert_eq!(status["digest"], Value::Null, "{status}");
+    assert_eq!(
+        status["platforms"][1]["digest"],
+        digests[1].as_str(),
+        "the built digests stay in status"
+    );
+    let tags = tokio::task::block_in_place(|| registry_tags(&reg, &repository));
+    assert_eq!(
+        tags,
+        Vec::<String>::new(),
+        "no index tag and no attachment: an unsigned index is never published"
+    );
 }
 
 #[tokio::test]
