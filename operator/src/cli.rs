@@ -298,6 +298,12 @@ pub struct BuildArgs {
     #[arg(long, value_parser = emulation_parser())]
     pub emulation: Option<crate::api::Emulation>,
 
+    /// Sign every platform image and the index with this PEM private key (PKCS#8, SEC1 or
+    /// cosign's encrypted format, its password in the COSIGN_PASSWORD environment
+    /// variable) and attach SLSA provenance; overrides spec.output.signing.keySecret.
+    #[arg(long)]
+    pub signing_key: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -321,6 +327,14 @@ async fn build(args: &BuildArgs) -> crate::Result<()> {
         insecure_registries: args.registry.insecure_registries.clone(),
         registry: args.registry.options()?,
         emulation: args.emulation,
+        // The password as cosign takes it, from the environment: never from argv.
+        signing_key: args
+            .signing_key
+            .clone()
+            .map(|path| crate::local::SigningKeyFile {
+                path,
+                password: std::env::var_os("COSIGN_PASSWORD").map(|p| p.into_encoded_bytes()),
+            }),
     };
     let (stop, cancel) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -346,6 +360,20 @@ async fn build(args: &BuildArgs) -> crate::Result<()> {
             p.reference,
             if p.emulated { "  (emulated)" } else { "" }
         );
+    }
+    if let Some(index) = &outcome.index_attachments {
+        println!(
+            "signed  index signature {} attestation {}",
+            index.signature, index.attestation
+        );
+        for (platform, attached) in &outcome.attachments {
+            println!(
+                "  {:<14} signature {} attestation {}",
+                platform.to_string(),
+                attached.signature,
+                attached.attestation
+            );
+        }
     }
     for m in &outcome.missing {
         println!(

@@ -52,7 +52,8 @@ fn imagebuild(path: &Path, url: &str, git_ref: &str, image: &str, build_args: &s
 }
 
 /// An ImageBuild file whose `spec.source` ends with `source` (indented four spaces), and then
-/// `rest` (more of the spec, or further YAML documents).
+/// `rest` (more of the spec, or further YAML documents). With per-platform tags, which
+/// these tests read images by; the digest-only default has its own test.
 fn imagebuild_source(
     path: &Path,
     url: &str,
@@ -62,7 +63,7 @@ fn imagebuild_source(
     rest: &str,
 ) -> String {
     let text = format!(
-        "apiVersion: archforge.dev/v1alpha1\nkind: ImageBuild\nmetadata:\n  name: app\nspec:\n  source:\n    git:\n      url: {url}\n      ref: {git_ref}\n{source}  platforms: [linux/amd64, linux/arm64]\n  output:\n    image: {image}\n{rest}"
+        "apiVersion: archforge.dev/v1alpha1\nkind: ImageBuild\nmetadata:\n  name: app\nspec:\n  source:\n    git:\n      url: {url}\n      ref: {git_ref}\n{source}  platforms: [linux/amd64, linux/arm64]\n  output:\n    image: {image}\n    platformTags: true\n{rest}"
     );
     std::fs::write(path, text).unwrap();
     path.display().to_string()
@@ -1040,4 +1041,149 @@ async fn the_git_password_is_not_sent_to_the_host_a_redirect_leads_to() {
             );
         }
     }
+}
+
+/// A Secret document with the signing key, as `cosign generate-key-pair k8s://` lays it out.
+fn signing_secret(name: &str, pem: &str) -> String {
+    let indented: String = pem.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\nstringData:\n  cosign.key: |\n{indented}"
+    )
+}
+
+#[tokio::test]
+async fn a_signed_local_build_pushes_by_digest_only_and_verifies() {
+    let s = setup().await;
+    let (url, commit) = s.git.commit(
+        "app",
+        &[(
+            "app/Dockerfile",
+            &format!("FROM {}\nRUN uname -m > /arch.txt\n", s.base),
+        )],
+        "initial",
+    );
+    let key = archforge::supply::SigningKey::generate();
+    let pem = key.to_pkcs8_pem();
+    let image = s.registry.image("team/signed:v1");
+    let file = s.work.path().join("signed.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: archforge.dev/v1alpha1\nkind: ImageBuild\nmetadata:\n  name: app\nspec:\n  source:\n    git:\n      url: {url}\n      ref: main\n    contextDir: app\n  platforms: [linux/amd64, linux/arm64]\n  output:\n    image: {image}\n    signing:\n      keySecret: cosign\n{}",
+            signing_secret("cosign", &pem)
+        ),
+    )
+    .unwrap();
+    let out = archforge_build(&file.display().to_string(), &s.registry);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("signed  index signature sha256:"),
+        "{stdout}"
+    );
+    for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(
+            !stdout.contains(line) && !stderr.contains(line),
+            "key material printed"
+        );
+    }
+
+    // Digest-only: the index tag and cosign's attachment tags, no -linux-* tag.
+    let repo = s.registry.image("team/signed");
+    let tags: Value = serde_json::from_str(&common::run(
+        Command::new("skopeo")
+            .args(["list-tags", "--tls-verify=false"])
+            .arg(format!("docker://{repo}")),
+    ))
+    .unwrap();
+    let tags: Vec<&str> = tags["Tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(tags.iter().all(|t| !t.contains("linux")), "{tags:?}");
+    assert_eq!(
+        tags.iter().filter(|t| t.ends_with(".sig")).count(),
+        3,
+        "{tags:?}"
+    );
+    assert_eq!(
+        tags.iter().filter(|t| t.ends_with(".att")).count(),
+        3,
+        "{tags:?}"
+    );
+
+    let public = s.work.path().join("cosign.pub");
+    std::fs::write(&public, key.public_pem()).unwrap();
+    let verified = Command::new(env!("CARGO_BIN_EXE_archforge"))
+        .args(["verify", &image, "--key"])
+        .arg(&public)
+        .args(["--insecure-registry", &s.registry.addr])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verified.stdout);
+    assert!(
+        verified.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    assert_eq!(
+        said.matches(&format!("commit {commit}")).count(),
+        3,
+        "{said}"
+    );
+
+    let policy = common::sigstore::SigstorePolicy::new(&s.registry, &key.public_pem());
+    let (accepted, why) = policy.copy(&s.registry, &image, &["--all"]);
+    assert!(accepted, "{why}");
+}
+
+#[test]
+fn a_malformed_signing_key_fails_before_building_and_is_not_quoted() {
+    let work = tempfile::tempdir().unwrap();
+    let key = archforge::supply::SigningKey::generate().to_pkcs8_pem();
+    // Truncated: the body is still base64 of key bytes, which must not be shown.
+    let broken: String =
+        key.lines().take(2).collect::<Vec<_>>().join("\n") + "\n-----END PRIVATE KEY-----\n";
+    let file = work.path().join("ib.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: archforge.dev/v1alpha1\nkind: ImageBuild\nmetadata:\n  name: app\nspec:\n  source:\n    git:\n      url: https://git.invalid/app.git\n  platforms: [linux/amd64]\n  output:\n    image: 127.0.0.1:9/team/app:v1\n    signing:\n      keySecret: cosign\n{}",
+            signing_secret("cosign", &broken)
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_archforge"))
+        .args(["build", "--local"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("Secret \"cosign\" (spec.output.signing.keySecret), key cosign.key"),
+        "{stderr}"
+    );
+    let body = key.lines().nth(1).unwrap();
+    assert!(!stderr.contains(&body[..20]), "{stderr}");
+    // Named before any network: the git host (.invalid) was never asked.
+    assert!(!stderr.contains("git.invalid"), "{stderr}");
+
+    // No Secret at all, and --signing-key with a wrong password.
+    let missing = std::fs::read_to_string(&file).unwrap();
+    let missing = &missing[..missing.find("---").unwrap()];
+    std::fs::write(&file, missing).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_archforge"))
+        .args(["build", "--local"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("names Secret \"cosign\", which is not in the ImageBuild's file"),
+        "{stderr}"
+    );
 }

@@ -24,10 +24,12 @@ use tokio::sync::watch;
 use crate::api::{Emulation, ImageBuild, MediaType};
 use crate::plan::{AuthFile, Platform, plan};
 use crate::registry::{
-    PlatformImage, PushedIndex, Registry, RegistryError, RegistryOptions, run_annotations,
+    Attached, PlatformImage, Published, PushedIndex, Registry, RegistryError, RegistryOptions,
+    run_annotations,
 };
 use crate::settings::BuilderSettings;
 use crate::source::{SourceError, redact_url};
+use crate::supply::{BuildFacts, Signer, SigningKey};
 
 pub use emulation::host_architecture;
 pub use process::log_tail;
@@ -50,6 +52,25 @@ pub struct LocalOptions {
     pub registry: RegistryOptions,
     /// `--emulation`: overrides `spec.emulation`; with neither, Fallback.
     pub emulation: Option<Emulation>,
+    /// `--signing-key`: sign with this key (overrides spec.output.signing.keySecret).
+    pub signing_key: Option<SigningKeyFile>,
+}
+
+/// A PEM private key file and its password (cosign's encrypted format), read from where
+/// the caller found them: never from argv. Its `Debug` shows the path only.
+#[derive(Clone, Default)]
+pub struct SigningKeyFile {
+    pub path: PathBuf,
+    pub password: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SigningKeyFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeyFile")
+            .field("path", &self.path)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +124,10 @@ pub enum LocalError {
 
     #[error("interrupted: every builder process was stopped")]
     Interrupted,
+
+    /// The signing key is missing or unusable; never quotes the key.
+    #[error("{0}")]
+    Signing(String),
 }
 
 /// A platform whose build or push outlived its timeout (boxed: a rare error, kept off the
@@ -151,6 +176,9 @@ pub struct LocalOutcome {
     /// Platforms left out of the index because they failed with `allowFailure`.
     pub missing: Vec<MissingPlatform>,
     pub index: PushedIndex,
+    /// The index's and each platform's signature and attestation, when signed.
+    pub index_attachments: Option<Attached>,
+    pub attachments: Vec<(Platform, Attached)>,
 }
 
 impl LocalError {
@@ -184,7 +212,10 @@ pub async fn build_local_with_secrets(
     cancel: watch::Receiver<bool>,
 ) -> Result<LocalOutcome, LocalError> {
     let progress = progress::Progress::start();
+    let started_on = now();
     let valid = crate::validation::ValidSpec::check(build)?;
+    // Before anything is built: a run that is to be signed and cannot be is refused.
+    let signing_key = signing_key(build, secrets, options)?;
     // Before any network or disk work: a platform that may not or cannot run here.
     let requested: Vec<Platform> = build
         .spec
@@ -227,8 +258,10 @@ pub async fn build_local_with_secrets(
     drop(access);
     paths::check_source_paths(build, &commit, &ws.checkout, options)?;
 
+    let registry = Registry::new(options.registry.clone());
     let (platforms, failed) = platform::build_platforms(
         &ws,
+        &registry,
         &build.spec,
         &plan.platforms,
         options.jobs,
@@ -250,12 +283,40 @@ pub async fn build_local_with_secrets(
                 .to_string(),
         })
         .collect();
-    let index = assemble(
+    let facts = signing_key.as_ref().map(|_| BuildFacts {
+        source_url: redact_url(&build.spec.source.git.url),
+        commit: commit.clone(),
+        git_ref: build.spec.source.git.r#ref.clone(),
+        dockerfile: crate::plan::dockerfile_path(&build.spec),
+        context_dir: crate::plan::context_dir(&build.spec),
+        target: build.spec.target.clone().filter(|t| !t.is_empty()),
+        build_args: build
+            .spec
+            .build_args
+            .iter()
+            .map(|a| (a.name.clone(), a.value.clone()))
+            .collect(),
+        platforms: build.spec.platforms.clone(),
+        // This machine's buildah, not an image: no builder image to name.
+        builder_image: String::new(),
+        builder_id: LOCAL_BUILDER_ID.to_string(),
+        invocation_id: format!("local/{}/{}", plan.run_name, started_on),
+        started_on: started_on.clone(),
+        finished_on: now(),
+        namespace: build.metadata.namespace.clone().unwrap_or_default(),
+        name: build.metadata.name.clone().unwrap_or_default(),
+    });
+    let signer = signing_key
+        .as_ref()
+        .zip(facts.as_ref())
+        .map(|(key, facts)| Signer { key, facts });
+    let published = assemble(
         build,
+        &registry,
         &commit,
         &platforms,
         plan.media_type,
-        options,
+        signer.as_ref(),
         &progress,
     )
     .await?;
@@ -263,22 +324,81 @@ pub async fn build_local_with_secrets(
         commit,
         platforms,
         missing,
-        index,
+        index: published.index,
+        index_attachments: published.index_attachments,
+        attachments: published.platforms,
     })
 }
 
-/// Pushes the image index of the built platforms, annotated with the run's source.
+/// The SLSA builder id of `archforge build --local`: whoever ran it on their machine.
+pub const LOCAL_BUILDER_ID: &str = "https://archforge.dev/build-local";
+
+fn now() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .expect("whole seconds")
+        .to_string()
+}
+
+/// The key the run signs with: `--signing-key`, else the Secret spec.output.signing.keySecret
+/// names (in the ImageBuild's file, key `cosign.key`, password `cosign.password`), else none.
+fn signing_key(
+    build: &ImageBuild,
+    secrets: &LocalSecrets,
+    options: &LocalOptions,
+) -> Result<Option<SigningKey>, LocalError> {
+    if let Some(file) = &options.signing_key {
+        let pem = std::fs::read(&file.path).map_err(|e| {
+            LocalError::Signing(format!(
+                "cannot read the signing key {}: {e}",
+                file.path.display()
+            ))
+        })?;
+        let key = SigningKey::from_pem(&pem, file.password.as_deref()).map_err(|e| {
+            LocalError::Signing(format!("--signing-key {}: {e}", file.path.display()))
+        })?;
+        return Ok(Some(key));
+    }
+    let Some(signing) = &build.spec.output.signing else {
+        return Ok(None);
+    };
+    let Some(name) = &signing.key_secret else {
+        return Err(LocalError::Signing(
+            "spec.output.signing names no keySecret, and the operator-wide key is the operator's: give --signing-key FILE (password in COSIGN_PASSWORD) or a keySecret whose Secret is in the ImageBuild's file".to_string(),
+        ));
+    };
+    let (pem, password) = secrets::signing_secret(secrets, name)?;
+    SigningKey::from_pem(&pem, password.as_deref())
+        .map(Some)
+        .map_err(|e| {
+            LocalError::Signing(format!(
+                "Secret {name:?} (spec.output.signing.keySecret), key cosign.key: {e}"
+            ))
+        })
+}
+
+/// Pushes the image index of the built platforms, annotated with the run's source, and
+/// signs and attests every platform and the index when there is a signer.
 async fn assemble(
     build: &ImageBuild,
+    registry: &Registry,
     commit: &str,
     platforms: &[PlatformResult],
     media_type: MediaType,
-    options: &LocalOptions,
+    signer: Option<&Signer<'_>>,
     progress: &progress::Progress,
-) -> Result<PushedIndex, LocalError> {
+) -> Result<Published, LocalError> {
     progress.say(
         None,
-        &format!("assembling the image index {}", build.spec.output.image),
+        &format!(
+            "assembling the image index {}{}",
+            build.spec.output.image,
+            if signer.is_some() {
+                ", signing and attesting every image"
+            } else {
+                ""
+            }
+        ),
     );
     let images: Vec<PlatformImage> = platforms
         .iter()
@@ -287,13 +407,14 @@ async fn assemble(
             digest: r.digest.clone(),
         })
         .collect();
-    let created = jiff::Timestamp::now()
-        .round(jiff::Unit::Second)
-        .expect("whole seconds")
-        .to_string();
-    let annotations = run_annotations(&redact_url(&build.spec.source.git.url), commit, &created);
-    let registry = Registry::new(options.registry.clone());
+    let annotations = run_annotations(&redact_url(&build.spec.source.git.url), commit, &now());
     Ok(registry
-        .assemble_index(&build.spec.output.image, &images, media_type, &annotations)
+        .publish(
+            &build.spec.output.image,
+            &images,
+            media_type,
+            &annotations,
+            signer,
+        )
         .await?)
 }

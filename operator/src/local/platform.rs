@@ -12,7 +12,8 @@ use super::progress::Progress;
 use super::workspace::Workspace;
 use super::{LocalError, PlatformResult, TimedOut};
 use crate::api::ImageBuildSpec;
-use crate::plan::PlatformPlan;
+use crate::plan::{PlatformPlan, UNKNOWN_DIGEST};
+use crate::registry::Registry;
 
 /// Inserts local-only options before the `--` that ends a buildah argv.
 fn with_options(mut argv: Vec<String>, extra: &[String]) -> Vec<String> {
@@ -27,6 +28,7 @@ fn with_options(mut argv: Vec<String>, extra: &[String]) -> Vec<String> {
 /// `activeDeadlineSeconds`). A timeout or Ctrl-C is not retried.
 async fn build_platform(
     ws: &Workspace,
+    registry: &Registry,
     platform: &PlatformPlan,
     timeout_from: &str,
     progress: &Progress,
@@ -39,6 +41,7 @@ async fn build_platform(
     loop {
         let run = Attempt {
             ws,
+            registry,
             platform,
             timeout_from,
             progress,
@@ -52,9 +55,13 @@ async fn build_platform(
                     Some(&platform.platform),
                     &format!("pushed {digest} ({:.1}s)", elapsed.as_secs_f64()),
                 );
+                let reference = match platform.push_target.strip_suffix(UNKNOWN_DIGEST) {
+                    Some(repo) => format!("{repo}@{digest}"),
+                    None => platform.push_target.clone(),
+                };
                 return Ok(PlatformResult {
                     platform: platform.platform.clone(),
-                    reference: platform.push_target.clone(),
+                    reference,
                     digest,
                     elapsed,
                     emulated: is_foreign(&platform.platform),
@@ -76,6 +83,7 @@ async fn build_platform(
 /// One attempt at building and pushing a platform.
 struct Attempt<'a> {
     ws: &'a Workspace,
+    registry: &'a Registry,
     platform: &'a PlatformPlan,
     timeout_from: &'a str,
     progress: &'a Progress,
@@ -144,15 +152,49 @@ impl Attempt<'_> {
             ),
         );
         let digest_file = storage.join("digest");
-        let push = platform.push_argv(&digest_file.display().to_string());
+        let mut push = platform.push_argv(&digest_file.display().to_string());
+        // This machine's buildah (1.28) cannot push by digest alone (`@@unknown-digest@@`
+        // needs 1.33): it writes the image to a directory, and archforge uploads it by
+        // digest, so no tag is left behind either way.
+        let by_digest = platform.push_target.strip_suffix(UNKNOWN_DIGEST);
+        let pushed_dir = storage.join("pushed");
+        if by_digest.is_some() {
+            let _ = std::fs::remove_dir_all(&pushed_dir);
+            if let Some(last) = push.last_mut() {
+                *last = format!("dir:{}", pushed_dir.display());
+            }
+        }
         let push = buildah(with_options(push, &extra));
         ran(
             run_logged(push, &log, &mut cancel, Some(self.deadline)).await?,
             "push",
         )?;
-        std::fs::read_to_string(&digest_file)
+        let digest = std::fs::read_to_string(&digest_file)
             .map(|d| d.trim().to_string())
-            .map_err(|e| failed(format!("buildah wrote no digest: {e}")))
+            .map_err(|e| failed(format!("buildah wrote no digest: {e}")))?;
+        let Some(repository) = by_digest else {
+            return Ok(digest);
+        };
+        let upload = self
+            .registry
+            .upload_dir_image(repository, &pushed_dir, Some(&digest));
+        tokio::select! {
+            uploaded = upload => uploaded.map_err(|e| failed(format!("uploading by digest: {e}"))),
+            _ = tokio::time::sleep_until(self.deadline) => Err(LocalError::PlatformTimedOut(Box::new(TimedOut {
+                platform: platform.platform.to_string(),
+                timeout: humantime::format_duration(platform.timeout).to_string(),
+                from: self.timeout_from.to_string(),
+                step: "push (upload by digest)".to_string(),
+                log: log.display().to_string(),
+                tail: log_tail(&log, 25),
+            }))),
+            _ = async {
+                // A dropped sender is no Ctrl-C: wait on.
+                if cancel.wait_for(|stop| *stop).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            } => Err(LocalError::Interrupted),
+        }
     }
 }
 
@@ -184,6 +226,7 @@ pub(super) struct Failed {
 /// fail (or Ctrl-C) is returned as the error.
 pub(super) async fn build_platforms(
     ws: &Workspace,
+    registry: &Registry,
     spec: &ImageBuildSpec,
     platforms: &[PlatformPlan],
     jobs: usize,
@@ -198,7 +241,7 @@ pub(super) async fn build_platforms(
         let from = timeout_from(spec, platform);
         async move {
             let _permit = permits.acquire().await.expect("the semaphore is never closed");
-            let work = build_platform(ws, platform, &from, progress, cancel);
+            let work = build_platform(ws, registry, platform, &from, progress, cancel);
             tokio::pin!(work);
             let mut ticker = tokio::time::interval(Duration::from_secs(15));
             ticker.tick().await;

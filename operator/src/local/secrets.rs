@@ -75,6 +75,29 @@ impl LocalSecrets {
     }
 }
 
+/// The signing key (`cosign.key`) and its password (`cosign.password`, optional) of the
+/// Secret `name`, the layout `cosign generate-key-pair k8s://<ns>/<name>` writes.
+pub(super) fn signing_secret(
+    secrets: &LocalSecrets,
+    name: &str,
+) -> Result<(Vec<u8>, Option<Vec<u8>>), LocalError> {
+    let values = secrets.0.get(name).ok_or_else(|| {
+        LocalError::Signing(format!(
+            "spec.output.signing.keySecret names Secret {name:?}, which is not in the ImageBuild's file; add it there as another YAML document (---), or give --signing-key FILE"
+        ))
+    })?;
+    let key = values
+        .get("cosign.key")
+        .filter(|v| !v.is_empty())
+        .cloned()
+        .ok_or_else(|| {
+            LocalError::Signing(format!(
+                "Secret {name:?} (spec.output.signing.keySecret) has no \"cosign.key\" key (a PEM private key, as cosign generate-key-pair writes it)"
+            ))
+        })?;
+    Ok((key, values.get("cosign.password").cloned()))
+}
+
 /// How the git server of `spec.source.git` is authenticated to.
 pub(super) enum GitAuth {
     Anonymous,

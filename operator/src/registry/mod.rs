@@ -17,6 +17,7 @@ mod inspect;
 mod publish;
 #[cfg(feature = "test-support")]
 mod synthetic;
+mod upload;
 mod wire;
 
 use std::collections::BTreeMap;

@@ -111,11 +111,16 @@ pub fn provenance_statement(
         "uri": format!("git+{}", facts.source_url),
         "digest": {"gitCommit": facts.commit},
     })];
-    let mut builder_dependency = json!({"uri": format!("docker://{}", facts.builder_image)});
-    if let Some((_, builder_digest)) = facts.builder_image.split_once("@sha256:") {
-        builder_dependency["digest"] = json!({"sha256": builder_digest});
+    let mut internal = json!({});
+    // `build --local` runs this machine's buildah: there is no builder image to name.
+    if !facts.builder_image.is_empty() {
+        let mut builder = json!({"uri": format!("docker://{}", facts.builder_image)});
+        if let Some((_, builder_digest)) = facts.builder_image.split_once("@sha256:") {
+            builder["digest"] = json!({"sha256": builder_digest});
+        }
+        dependencies.push(builder);
+        internal["builderImage"] = json!(facts.builder_image);
     }
-    dependencies.push(builder_dependency);
     json!({
         "_type": STATEMENT_TYPE,
         "subject": [{"name": subject_repo, "digest": {algorithm: hex}}],
@@ -124,7 +129,7 @@ pub fn provenance_statement(
             "buildDefinition": {
                 "buildType": BUILD_TYPE,
                 "externalParameters": external,
-                "internalParameters": {"builderImage": facts.builder_image},
+                "internalParameters": internal,
                 "resolvedDependencies": dependencies,
             },
             "runDetails": {
