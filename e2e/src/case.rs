@@ -263,6 +263,17 @@ impl Case {
             .collect())
     }
 
+    /// The notes of the Events with `reason` about ImageBuild `name`.
+    pub async fn event_notes(&self, name: &str, reason: &str) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .events_about(name)
+            .await?
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter_map(|e| e.note)
+            .collect())
+    }
+
     /// How many times an Event with `reason` was reported about `name`, repeats folded
     /// into a series included.
     pub async fn occurrences(&self, name: &str, reason: &str) -> anyhow::Result<i32> {

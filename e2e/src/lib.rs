@@ -13,3 +13,4 @@ pub mod kubelet;
 pub mod nodes;
 pub mod operator;
 pub mod proxy;
+pub mod signing;

@@ -21,7 +21,9 @@ use futures::future::{Either, LocalBoxFuture};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::case::{Case, with_case};
-use crate::scenarios::{buildkit, failures, happy, invalid, lifecycle, placement, registry};
+use crate::scenarios::{
+    buildkit, failures, happy, invalid, lifecycle, placement, registry, signing,
+};
 use crate::suite::{Suite, workspace_root};
 
 mod case;
@@ -139,6 +141,7 @@ fn scenarios() -> Vec<Scenario> {
         own placement::emulated_platform_when_no_native_node, simulated_only, exclusive;
         in_case failures::allowed_failure_publishes_the_rest, simulated_only;
         in_case buildkit::happy_path_buildkit;
+        in_case signing::signed_provenance_for_every_platform;
     }
 }
 
@@ -221,6 +224,7 @@ mod tests {
                 ("emulated_platform_when_no_native_node", true, true),
                 ("allowed_failure_publishes_the_rest", true, false),
                 ("happy_path_buildkit", false, false),
+                ("signed_provenance_for_every_platform", false, false),
             ]
         );
     }

@@ -175,6 +175,21 @@ pub struct RunArgs {
     )]
     pub leader_election_lease: String,
 
+    /// PEM file of the operator-wide signing key (ECDSA P-256: PKCS#8, SEC1 or cosign's
+    /// encrypted format), for ImageBuilds whose spec.output.signing names no keySecret.
+    /// Read and checked once, at start: a bad key stops the operator there.
+    #[arg(long, env = "ARCHFORGE_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<std::path::PathBuf>,
+
+    /// File holding the password of an encrypted signing key. A file that does not exist
+    /// means no password (the chart mounts a Secret whose cosign.password is optional).
+    #[arg(
+        long,
+        env = "ARCHFORGE_SIGNING_KEY_PASSWORD_FILE",
+        requires = "signing_key_file"
+    )]
+    pub signing_key_password_file: Option<std::path::PathBuf>,
+
     /// Print the effective configuration (flags, environment, defaults) as JSON and exit.
     #[arg(long)]
     #[serde(skip)]
@@ -198,6 +213,17 @@ async fn run_controller(args: &RunArgs) -> crate::Result<()> {
         return Ok(());
     }
     crate::telemetry::init_logging(args.log_format == "json");
+    let signing_key = match &args.signing_key_file {
+        Some(file) => {
+            let key = crate::controller::signing::load_operator_key(
+                file,
+                args.signing_key_password_file.as_deref(),
+            )?;
+            tracing::info!(key = ?key, "operator-wide signing key loaded");
+            Some(std::sync::Arc::new(key))
+        }
+        None => None,
+    };
     let kube_config = kube::Config::infer().await.map_err(|e| {
         crate::Error::Kube(format!("no usable kubeconfig or in-cluster config: {e}"))
     })?;
@@ -239,6 +265,7 @@ async fn run_controller(args: &RunArgs) -> crate::Result<()> {
         history_limit: args.history_limit,
         registry: args.registry.options()?,
         resync: args.resync,
+        signing_key,
     };
     crate::controller::run(client, args.namespaces.clone(), config, metrics).await;
     server.abort();

@@ -231,6 +231,8 @@ fn values_schema_refuses_bad_values() {
             "seccompLoader:\n  kubeletSeccompDir: relative\n",
             "kubeletSeccompDir",
         ),
+        ("signing:\n  existingSecret: Not_A_Name\n", "existingSecret"),
+        ("signing:\n  secret: k\n", "secret"),
     ] {
         let file = dir.path().join("values.yaml");
         std::fs::write(&file, values).unwrap();
@@ -639,6 +641,11 @@ fn chart_values_reach_the_operator() {
     assert_eq!(config["logFormat"], "json");
     assert_eq!(config["leaderElect"], false);
     assert_eq!(config["watchNamespaces"], json!([]));
+    assert_eq!(
+        config["signingKeyFile"],
+        Value::Null,
+        "no operator-wide key"
+    );
 
     let (_, objects) = render_chart(Some(CUSTOM_VALUES));
     let config = operator_config(find(&objects, "Deployment", "archforge"));
@@ -668,10 +675,71 @@ fn chart_values_reach_the_operator() {
             "buildkitImage": "registry.example.com/mirror/buildkit:v0.17.0-rootless",
             "buildkitApparmorProfile": "buildkit-strict",
             "buildkitSeccompProfile": "localhost/profiles/buildkit.json",
+            "signingKeyFile": "/etc/archforge/signing/cosign.key",
+            "signingKeyPasswordFile": "/etc/archforge/signing/cosign.password",
             "dockerConfig": null,
             "caFiles": ["/etc/archforge/ca/bundle.pem"],
             "insecureRegistries": ["registry.internal:5000"],
         })
+    );
+}
+
+#[test]
+fn the_signing_secret_is_mounted_read_only_for_the_operator_alone() {
+    let (_, objects) = render_chart(None);
+    let pod = &find(&objects, "Deployment", "archforge")["spec"]["template"]["spec"];
+    assert!(
+        !pod.to_string().contains("signing"),
+        "no signing key by default: {pod}"
+    );
+
+    let (_, objects) = render_chart(Some(CUSTOM_VALUES));
+    let deployment: Deployment =
+        serde_json::from_value(find(&objects, "Deployment", "archforge").clone()).unwrap();
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "signing-key")
+        .expect("a signing-key volume");
+    let source = volume.secret.as_ref().expect("a Secret volume");
+    assert_eq!(source.secret_name.as_deref(), Some("archforge-signing-key"));
+    assert_eq!(
+        source.default_mode,
+        Some(0o440),
+        "owner and group read only"
+    );
+    assert_eq!(
+        source.optional, None,
+        "a missing Secret keeps the pod from starting"
+    );
+    let security = pod.security_context.unwrap();
+    let fs_group = security
+        .fs_group
+        .expect("fsGroup, so the operator can read 0440 files");
+    assert_eq!(Some(fs_group), security.run_as_group);
+    let mount = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "signing-key")
+        .expect("the signing-key volume is mounted");
+    assert_eq!(mount.read_only, Some(true));
+    assert_eq!(mount.mount_path, "/etc/archforge/signing");
+    // The key reaches the operator as files, never as a value in the pod spec.
+    assert!(
+        !pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .any(|e| e.name.contains("SIGNING")),
+        "{:?}",
+        pod.containers[0].env
+    );
+    assert!(
+        pod.init_containers.is_none() && pod.containers.len() == 1,
+        "only the operator container sees the key"
     );
 }
 

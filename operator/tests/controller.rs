@@ -14,6 +14,7 @@ use archforge::plan::{AuthFile, Placement, Platform, plan};
 use archforge::registry::{Registry, RegistryOptions};
 use archforge::render::render_job;
 use archforge::settings::{BuilderSettings, KubeVersion};
+use archforge::supply::SigningKey;
 use archforge::telemetry::Metrics;
 use archforge::validation::ValidSpec;
 use common::git::GitServer;
@@ -339,6 +340,7 @@ fn context(
         history_limit: 10,
         registry,
         resync: Duration::from_secs(300),
+        signing_key: None,
     };
     Arc::new(Context::new(client, config, Arc::new(Metrics::default())))
 }
@@ -1322,4 +1324,622 @@ async fn a_platform_that_may_not_fail_still_fails_the_run() {
         server.done().await;
     };
     waits_for_change(reconciled(&build, ctx, verify).await);
+}
+
+// ---------------------------------------------------------------------------------------
+// Signing: the key is checked before any Job exists, and the assembly signs and attests
+// every platform image and the index, with the digests in status.
+
+const KEY_SECRET: &str = "signing-key";
+
+/// A reconcile context whose operator-wide signing key is `key`.
+fn setup_with_operator_key(
+    build: &ImageBuild,
+    registry: RegistryOptions,
+    key: Option<SigningKey>,
+) -> (Arc<Context>, ApiServer) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let config = Config {
+        builder: BuilderSettings::default(),
+        version: KubeVersion::OLDEST,
+        history_limit: 10,
+        registry,
+        resync: Duration::from_secs(300),
+        signing_key: key.map(Arc::new),
+    };
+    let ctx = Arc::new(Context::new(client, config, Arc::new(Metrics::default())));
+    let server = ApiServer {
+        handle,
+        build: serde_json::to_value(build).unwrap(),
+    };
+    (ctx, server)
+}
+
+/// A Secret as the API server returns it, with `data` base64-encoded.
+fn secret(name: &str, data: &[(&str, &[u8])]) -> Value {
+    use base64::Engine;
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                json!(base64::engine::general_purpose::STANDARD.encode(v)),
+            )
+        })
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+           "metadata": {"name": name, "namespace": "default"}, "data": data})
+}
+
+impl ApiServer {
+    /// Expects the GET of Secret `name` in the ImageBuild's namespace, answered with
+    /// `secret`, or a 404 when `None`.
+    async fn get_secret(&mut self, name: &str, secret: Option<Value>) {
+        let path = format!("/api/v1/namespaces/default/secrets/{name}");
+        self.expect_answer(Method::GET, &path, &[], move |_| match secret {
+            Some(secret) => (200, secret),
+            None => (
+                404,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                       "message": format!("secrets \"{name}\" not found"), "reason": "NotFound", "code": 404}),
+            ),
+        })
+        .await;
+    }
+}
+
+/// An ImageBuild that asks for signing (`signing` is spec.output.signing) at `image`.
+fn signed_imagebuild(signing: Value, image: &str, status: Value) -> ImageBuild {
+    let mut object = serde_json::to_value(imagebuild(
+        "https://git.example.com/app.git",
+        SHA,
+        image,
+        1,
+        status,
+    ))
+    .unwrap();
+    object["spec"]["output"]["signing"] = signing;
+    serde_json::from_value(object).unwrap()
+}
+
+/// `host/repo` of `host/repo:tag`.
+fn repository_of(image: &str) -> &str {
+    let slash = image.rfind('/').unwrap();
+    match image[slash..].find(':') {
+        Some(colon) => &image[..slash + colon],
+        None => image,
+    }
+}
+
+fn registry_tags(reg: &TestRegistry, repository: &str) -> Vec<String> {
+    let out = std::process::Command::new("skopeo")
+        .arg("list-tags")
+        .args(reg.skopeo_tls_args())
+        .arg(format!("docker://{repository}"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && stderr.contains("404") {
+        // Distribution answers a repository without tags with 404.
+        return vec![];
+    }
+    assert!(out.status.success(), "{stderr}");
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut tags: Vec<String> = listed["Tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    tags.sort();
+    tags
+}
+
+/// `sha256-<hex>.<suffix>`, cosign's attachment tag of `digest`.
+fn attachment(digest: &str, suffix: &str) -> String {
+    format!(
+        "sha256-{}.{suffix}",
+        digest.strip_prefix("sha256:").unwrap()
+    )
+}
+
+// Multi-threaded: the verifier calls skopeo inside block_in_place.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_run_signs_and_attests_every_platform_and_the_index() {
+    let reg = TestRegistry::start(Mode::Plain);
+    let registry = Registry::new(reg.options());
+    let image = reg.image("team/app:v1");
+    let repository = repository_of(&image).to_string();
+    // What the builders do with platformTags false (the default): push by digest only.
+    let mut digests = Vec::new();
+    for p in ["linux/amd64", "linux/arm64"] {
+        let platform: Platform = p.parse().unwrap();
+        digests.push(
+            registry
+                .push_synthetic_image(
+                    &format!("{repository}@@unknown-digest@@"),
+                    &platform,
+                    MediaType::Oci,
+                    "controller",
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        registry_tags(&reg, &repository),
+        Vec::<String>::new(),
+        "pushed by digest: no tag yet"
+    );
+    let key = SigningKey::generate();
+    let status = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA},
+                        "startTime": "2026-11-23T09:59:00Z"});
+    let build = signed_imagebuild(json!({"keySecret": KEY_SECRET}), &image, status);
+    let (ctx, mut server) = setup(&build, reg.options());
+    let done = json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
+                      "conditions": [{"type": "Complete", "status": "True"}]});
+    let jobs = vec![
+        job(&build, "linux/amd64", SHA, done.clone()),
+        job(&build, "linux/arm64", SHA, done),
+    ];
+    let pods = vec![
+        builder_pod("app-1-linux-amd64", 1, 0, &digests[0]),
+        builder_pod("app-1-linux-arm64", 1, 0, &digests[1]),
+    ];
+    let key_secret = secret(KEY_SECRET, &[("cosign.key", key.to_pkcs8_pem().as_bytes())]);
+    let verify = async move {
+        server.list_jobs(jobs).await;
+        server.list_pods(1, pods).await;
+        server.get_secret(KEY_SECRET, Some(key_secret)).await;
+        server.event("PlatformSucceeded", "Normal").await;
+        server.event("PlatformSucceeded", "Normal").await;
+        let pushed = server.event("IndexPushed", "Normal").await;
+        assert!(
+            pushed["note"]
+                .as_str()
+                .unwrap()
+                .contains("the index and its 2 platform images are signed"),
+            "{pushed}"
+        );
+        let status = server.patch_status().await;
+        server.done().await;
+        status
+    };
+    let (action, status) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    waits_for_change(action);
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    let index = status["digest"].as_str().unwrap().to_string();
+
+    // Every digest in status names what the registry holds under cosign's tags.
+    let mut expected_tags = vec!["v1".to_string()];
+    let mut subjects: Vec<(String, &Value)> = vec![(index.clone(), &status)];
+    for (i, p) in status["platforms"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(p["digest"], digests[i].as_str());
+        subjects.push((digests[i].clone(), p));
+    }
+    for (digest, holder) in subjects {
+        for (field, suffix) in [("signature", "sig"), ("attestation", "att")] {
+            let recorded = holder[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("no {field} for {digest} in status: {status}"));
+            let tag = attachment(&digest, suffix);
+            let raw = tokio::task::block_in_place(|| {
+                reg.skopeo_inspect(&format!("{repository}:{tag}"), &["--raw"])
+            });
+            assert_eq!(
+                recorded,
+                archforge::registry::sha256_digest(raw.as_bytes()),
+                "{field} of {digest} in status is what {tag} holds"
+            );
+            expected_tags.push(tag);
+        }
+    }
+    expected_tags.sort();
+    assert_eq!(
+        registry_tags(&reg, &repository),
+        expected_tags,
+        "the output tag and the attachments, no per-platform tag"
+    );
+
+    // The library's verifier follows the chain: every link signed, every provenance
+    // naming the run's commit.
+    let verified = archforge::supply::verify::verify_image(&registry, &image, &key.public_key())
+        .await
+        .unwrap();
+    assert_eq!(verified.index.digest, index);
+    assert_eq!(verified.index.commit, SHA);
+    let platforms: Vec<(&str, &str, &str)> = verified
+        .platforms
+        .iter()
+        .map(|p| (p.platform.as_str(), p.digest.as_str(), p.commit.as_str()))
+        .collect();
+    assert_eq!(
+        platforms,
+        [
+            ("linux/amd64", digests[0].as_str(), SHA),
+            ("linux/arm64", digests[1].as_str(), SHA)
+        ]
+    );
+    // Another key does not verify it.
+    assert!(
+        archforge::supply::verify::verify_image(
+            &registry,
+            &image,
+            &SigningKey::generate().public_key()
+        )
+        .await
+        .is_err()
+    );
+}
+
+/// A run whose key cannot be had: Stalled with `reason` before any Job (no POST), one
+/// Warning Event; the message, the Event and the error hold none of `secrets`.
+async fn refused_before_any_job(
+    build: &ImageBuild,
+    operator_key: Option<SigningKey>,
+    key_secret: Option<Option<Value>>,
+    reason: &str,
+    says: &[&str],
+    secrets: &[String],
+) {
+    let (ctx, mut server) =
+        setup_with_operator_key(build, RegistryOptions::default(), operator_key);
+    let says: Vec<String> = says.iter().map(|s| s.to_string()).collect();
+    let reason_owned = reason.to_string();
+    let verify = async move {
+        server.list_jobs(vec![]).await;
+        server.list_nodes(&["amd64", "arm64"]).await;
+        if let Some(answer) = key_secret {
+            server.get_secret(KEY_SECRET, answer).await;
+        }
+        let event = server.event(&reason_owned, "Warning").await;
+        let status = server.patch_status().await;
+        // No Job POST: `done` fails on any further request.
+        server.done().await;
+        (event, status, says)
+    };
+    let (action, (event, status, says)) =
+        tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    waits_for_change(action);
+    assert_eq!(status["phase"], "Failed");
+    let (stalled, got, message) = said(&status, "Stalled");
+    assert_eq!(
+        (stalled.as_str(), got.as_str()),
+        ("True", reason),
+        "{message}"
+    );
+    assert_eq!(said(&status, "Ready").1, reason);
+    for part in &says {
+        assert!(
+            message.contains(part.as_str()),
+            "{message:?} should say {part:?}"
+        );
+    }
+    let note = event["note"].as_str().unwrap().to_string();
+    let everything = format!("{status}\n{note}");
+    for secret in secrets {
+        // Any 12 characters in a row of the secret would be a leak.
+        let chars: Vec<char> = secret.chars().collect();
+        for window in chars.windows(12) {
+            let piece: String = window.iter().collect();
+            assert!(
+                !everything.contains(&piece),
+                "secret material {piece:?} in the status or Event: {everything}"
+            );
+        }
+    }
+    assert!(
+        status["platforms"].as_array().is_none_or(|p| p.is_empty()),
+        "no platform started: {status}"
+    );
+}
+
+/// A new key in cosign's encrypted format (written by the repository's independent Python
+/// implementation, scripts/supply-check.py), and its password.
+fn cosign_encrypted_key() -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = (dir.path().join("cosign.key"), dir.path().join("cosign.pub"));
+    let password = "the-right-password-for-this-key";
+    let out = std::process::Command::new("python3")
+        .arg(common::repo_root().join("scripts/supply-check.py"))
+        .arg("cosign-key")
+        .arg("--key")
+        .arg(&key)
+        .arg("--pub")
+        .arg(&public)
+        .env("COSIGN_PASSWORD", password)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "supply-check.py cosign-key (needs PyNaCl and cryptography: scripts/setup-host.sh): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (std::fs::read_to_string(key).unwrap(), password.to_string())
+}
+
+/// The base64 body of a PEM block: the key material itself.
+fn pem_body(pem: &str) -> String {
+    pem.lines().filter(|l| !l.starts_with("-----")).collect()
+}
+
+fn openssl_key(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("key.pem");
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .arg("-out")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(path).unwrap()
+}
+
+#[tokio::test]
+async fn a_missing_signing_secret_stalls_the_run_before_any_job() {
+    let build = signed_imagebuild(
+        json!({"keySecret": KEY_SECRET}),
+        "registry.example.com/team/app:v1",
+        Value::Null,
+    );
+    refused_before_any_job(
+        &build,
+        None,
+        Some(None),
+        "SigningKeyMissing",
+        &["Secret default/signing-key does not exist", "cosign.key"],
+        &[],
+    )
+    .await;
+    // A Secret without cosign.key is just as missing.
+    let other = secret(KEY_SECRET, &[("tls.key", b"not the signing key")]);
+    refused_before_any_job(
+        &build,
+        None,
+        Some(Some(other)),
+        "SigningKeyMissing",
+        &["default/signing-key has no cosign.key"],
+        &[],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_malformed_or_wrong_curve_signing_key_stalls_without_showing_the_key() {
+    let build = signed_imagebuild(
+        json!({"keySecret": KEY_SECRET}),
+        "registry.example.com/team/app:v1",
+        Value::Null,
+    );
+    let good = SigningKey::generate().to_pkcs8_pem();
+    // A real P-256 key cut short: PEM armour around a body that does not parse.
+    let body = pem_body(&good);
+    let truncated = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        &body[..body.len() - 20]
+    );
+    let p384 = openssl_key(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-384",
+    ]);
+    let rsa = openssl_key(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:1024",
+    ]);
+    let password = "correct-horse-battery-staple".to_string();
+    let (encrypted, right_password) = cosign_encrypted_key();
+    for (what, pem, says) in [
+        ("wrong password", encrypted.clone(), "wrong cosign.password"),
+        ("truncated", truncated.clone(), "PKCS#8"),
+        ("P-384", p384.clone(), "P-256"),
+        ("RSA", rsa.clone(), "P-256"),
+        ("not PEM", format!("{body}\n{password}\n"), "not PEM"),
+    ] {
+        eprintln!("case: {what}");
+        let key_secret = secret(
+            KEY_SECRET,
+            &[
+                ("cosign.key", pem.as_bytes()),
+                ("cosign.password", password.as_bytes()),
+            ],
+        );
+        refused_before_any_job(
+            &build,
+            None,
+            Some(Some(key_secret)),
+            "SigningKeyInvalid",
+            &["default/signing-key", "cosign.key", says],
+            &[pem_body(&pem), password.clone()],
+        )
+        .await;
+    }
+    // The same encrypted key with its own password starts the run.
+    let key_secret = secret(
+        KEY_SECRET,
+        &[
+            ("cosign.key", encrypted.as_bytes()),
+            ("cosign.password", right_password.as_bytes()),
+        ],
+    );
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    let verify = async move {
+        server.list_jobs(vec![]).await;
+        server.list_nodes(&["amd64", "arm64"]).await;
+        server.get_secret(KEY_SECRET, Some(key_secret)).await;
+        server.create_job("app-1-linux-amd64").await;
+        server.create_job("app-1-linux-arm64").await;
+        server.event("RunStarted", "Normal").await;
+        assert_eq!(server.patch_status().await["phase"], "Building");
+        server.done().await;
+    };
+    reconciled(&build, ctx, verify).await.unwrap();
+}
+
+// Multi-threaded: the check calls skopeo inside block_in_place.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_secret_deleted_while_building_fails_the_run_and_publishes_nothing() {
+    let reg = TestRegistry::start(Mode::Plain);
+    let registry = Registry::new(reg.options());
+    let image = reg.image("team/app:v1");
+    let repository = repository_of(&image).to_string();
+    let mut digests = Vec::new();
+    for p in ["linux/amd64", "linux/arm64"] {
+        digests.push(
+            registry
+                .push_synthetic_image(
+                    &format!("{repository}@@unknown-digest@@"),
+                    &p.parse().unwrap(),
+                    MediaType::Oci,
+                    "controller",
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    let status = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA}});
+    let build = signed_imagebuild(json!({"keySecret": KEY_SECRET}), &image, status);
+    let (ctx, mut server) = setup(&build, reg.options());
+    let done = json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
+                      "conditions": [{"type": "Complete", "status": "True"}]});
+    let jobs = vec![
+        job(&build, "linux/amd64", SHA, done.clone()),
+        job(&build, "linux/arm64", SHA, done),
+    ];
+    let pods = vec![
+        builder_pod("app-1-linux-amd64", 1, 0, &digests[0]),
+        builder_pod("app-1-linux-arm64", 1, 0, &digests[1]),
+    ];
+    let verify = async move {
+        server.list_jobs(jobs).await;
+        server.list_pods(1, pods).await;
+        server.get_secret(KEY_SECRET, None).await;
+        server.event("PlatformSucceeded", "Normal").await;
+        server.event("PlatformSucceeded", "Normal").await;
+        server.event("SigningKeyMissing", "Warning").await;
+        let status = server.patch_status().await;
+        server.done().await;
+        status
+    };
+    let (action, status) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    waits_for_change(action);
+    assert_eq!(status["phase"], "Failed");
+    assert_eq!(said(&status, "Stalled").1, "SigningKeyMissing");
+    assert_eq!(status["digest"], Value::Null, "{status}");
+    assert_eq!(
+        status["platforms"][1]["digest"],
+        digests[1].as_str(),
+        "the built digests stay in status"
+    );
+    let tags = tokio::task::block_in_place(|| registry_tags(&reg, &repository));
+    assert_eq!(
+        tags,
+        Vec::<String>::new(),
+        "no index tag and no attachment: an unsigned index is never published"
+    );
+}
+
+#[tokio::test]
+async fn signing_without_a_key_secret_takes_the_operator_key_or_stalls() {
+    let build = signed_imagebuild(json!({}), "registry.example.com/team/app:v1", Value::Null);
+    // No keySecret and no operator-wide key: no Secret is read, no Job created.
+    refused_before_any_job(
+        &build,
+        None,
+        None,
+        "SigningKeyMissing",
+        &["--signing-key-file", "signing.existingSecret", "keySecret"],
+        &[],
+    )
+    .await;
+    // With the operator's key the run starts, reading no Secret.
+    let (ctx, mut server) = setup_with_operator_key(
+        &build,
+        RegistryOptions::default(),
+        Some(SigningKey::generate()),
+    );
+    let verify = async move {
+        server.list_jobs(vec![]).await;
+        server.list_nodes(&["amd64", "arm64"]).await;
+        server.create_job("app-1-linux-amd64").await;
+        server.create_job("app-1-linux-arm64").await;
+        server.event("RunStarted", "Normal").await;
+        let status = server.patch_status().await;
+        assert_eq!(status["phase"], "Building");
+        server.done().await;
+    };
+    reconciled(&build, ctx, verify).await.unwrap();
+}
+
+#[tokio::test]
+async fn without_platform_tags_the_builders_push_by_digest_only() {
+    for (platform_tags, expected) in [
+        (
+            None,
+            "registry.example.com/team/app@@unknown-digest@@".to_string(),
+        ),
+        (
+            Some(false),
+            "registry.example.com/team/app@@unknown-digest@@".to_string(),
+        ),
+        (
+            Some(true),
+            "registry.example.com/team/app:v1-linux-amd64".to_string(),
+        ),
+    ] {
+        let mut object = serde_json::to_value(imagebuild(
+            "https://git.example.com/app.git",
+            SHA,
+            "registry.example.com/team/app:v1",
+            1,
+            Value::Null,
+        ))
+        .unwrap();
+        if let Some(tags) = platform_tags {
+            object["spec"]["output"]["platformTags"] = json!(tags);
+        }
+        let build: ImageBuild = serde_json::from_value(object).unwrap();
+        let (ctx, mut server) = setup(&build, RegistryOptions::default());
+        let verify = async move {
+            server.list_jobs(vec![]).await;
+            server.list_nodes(&["amd64", "arm64"]).await;
+            let amd64 = server.create_job("app-1-linux-amd64").await;
+            server.create_job("app-1-linux-arm64").await;
+            server.event("RunStarted", "Normal").await;
+            server.patch_status().await;
+            server.done().await;
+            amd64
+        };
+        let (action, amd64) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+        action.unwrap();
+        let builder = &amd64["spec"]["template"]["spec"]["containers"][0];
+        let command: Vec<&str> = builder["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            command.last().copied(),
+            Some(format!("docker://{expected}").as_str()),
+            "platformTags {platform_tags:?}: {command:?}"
+        );
+        let env = builder["env"].as_array().unwrap();
+        let target = env
+            .iter()
+            .find(|e| e["name"] == "ARCHFORGE_PUSH_TARGET")
+            .unwrap();
+        assert_eq!(target["value"], expected.as_str());
+    }
 }

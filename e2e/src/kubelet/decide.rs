@@ -334,7 +334,8 @@ mod tests {
             decide(arm, &Policy::default()),
             Some(Action::Complete(Build {
                 platform: "linux/arm64".parse().unwrap(),
-                push_target: "10.0.0.5:5000/e2e/ns/app:v1-linux-arm64".into(),
+                // platformTags is false by default: pushed by digest only.
+                push_target: "10.0.0.5:5000/e2e/ns/app@@unknown-digest@@".into(),
                 media_type: MediaType::Oci,
             }))
         );
@@ -350,12 +351,12 @@ mod tests {
             vec![
                 Action::Complete(Build {
                     platform: "linux/amd64".parse().unwrap(),
-                    push_target: "10.0.0.5:5000/e2e/ns/app:v1-linux-amd64".into(),
+                    push_target: "10.0.0.5:5000/e2e/ns/app@@unknown-digest@@".into(),
                     media_type: MediaType::Oci,
                 }),
                 Action::Complete(Build {
                     platform: "linux/arm64".parse().unwrap(),
-                    push_target: "10.0.0.5:5000/e2e/ns/app:v1-linux-arm64".into(),
+                    push_target: "10.0.0.5:5000/e2e/ns/app@@unknown-digest@@".into(),
                     media_type: MediaType::Oci,
                 }),
             ]

@@ -7,6 +7,7 @@ pub mod invalid;
 pub mod lifecycle;
 pub mod placement;
 pub mod registry;
+pub mod signing;
 
 use anyhow::{Context as _, ensure};
 use archforge::api::ImageBuildStatus;

@@ -12,13 +12,15 @@ use super::error::{ReconcileError, Result};
 use super::jobs::{create_jobs, delete_jobs, unfinished};
 use super::observe::{read_secret, secret_value};
 use super::report::{Note, report};
+use super::signing::{build_facts, signing_key};
 use super::{Context, Run, now};
 use crate::api::Emulation;
 use crate::api::{ImageBuild, ImageBuildStatus, Phase, PlatformStatus};
 use crate::plan::{BuildPlan, Placement, emulation_label};
-use crate::registry::{DockerConfig, PlatformImage, Registry, run_annotations};
+use crate::registry::{DockerConfig, PlatformImage, Published, Registry, run_annotations};
 use crate::source::redact_url;
 use crate::status::{self, progress, record_run, set_phase_conditions};
+use crate::supply::Signer;
 use crate::telemetry::{PlatformLabels, ResultLabels};
 use crate::validation::InvalidSpec;
 
@@ -250,7 +252,7 @@ pub async fn take(
             let look_again = Duration::from_secs(30);
             Action::requeue(retry_in.map_or(look_again, |left| left.min(look_again)))
         }
-        Step::CreateJobs { platforms } => match create_jobs(ctx, build, plan, &platforms).await {
+        Step::CreateJobs { platforms } => match start_jobs(ctx, build, plan, &platforms).await {
             Ok(created) => {
                 if created == plan.platforms.len() {
                     ctx.metrics.runs_started.inc();
@@ -302,8 +304,16 @@ pub async fn take(
             Action::await_change()
         }
         Step::Assemble => match assemble(ctx, build, &run.status, plan).await {
-            Ok(digest) => {
+            Ok(published) => {
+                let digest = published.index.digest.clone();
+                record_attachments(&mut run.status, &published);
                 let mut message = format!("pushed {} ({digest})", build.spec.output.image);
+                if published.index_attachments.is_some() {
+                    message.push_str(&format!(
+                        "; the index and its {} platform images are signed, with SLSA provenance attested",
+                        published.platforms.len()
+                    ));
+                }
                 let missing: Vec<&str> = run
                     .status
                     .platforms
@@ -360,6 +370,38 @@ pub async fn take(
     Ok(action)
 }
 
+/// Creates the Jobs of `platforms` once the run's signing key (when it asks for one) is
+/// known to be usable: a run that could never be signed builds nothing.
+async fn start_jobs(
+    ctx: &Context,
+    build: &ImageBuild,
+    plan: &BuildPlan,
+    platforms: &[(String, Placement)],
+) -> std::result::Result<usize, (ReconcileError, Vec<String>)> {
+    signing_key(ctx, build).await.map_err(|e| (e, vec![]))?;
+    create_jobs(ctx, build, plan, platforms).await
+}
+
+/// Writes the digests of the signatures and attestations `published` attached into status:
+/// each platform's, and the index's.
+fn record_attachments(status: &mut ImageBuildStatus, published: &Published) {
+    for (platform, attached) in &published.platforms {
+        let name = platform.to_string();
+        if let Some(p) = status.platforms.iter_mut().find(|p| p.platform == name) {
+            p.signature = Some(attached.signature.clone());
+            p.attestation = Some(attached.attestation.clone());
+        }
+    }
+    status.signature = published
+        .index_attachments
+        .as_ref()
+        .map(|a| a.signature.clone());
+    status.attestation = published
+        .index_attachments
+        .as_ref()
+        .map(|a| a.attestation.clone());
+}
+
 /// The run is under way: every Job of it exists, even when no pod has started yet (a
 /// platform that may fail and failed does not end it).
 fn building(ctx: &Context, run: &mut Run, plan: &BuildPlan) -> Action {
@@ -380,13 +422,16 @@ fn building(ctx: &Context, run: &mut Run, plan: &BuildPlan) -> Action {
     Action::requeue(ctx.config.resync)
 }
 
-/// Assembles and pushes the index of a run whose platforms all succeeded.
+/// Publishes the index of a run whose platforms all succeeded: signed and attested, each
+/// child and the index, when the run asks for it.
 async fn assemble(
     ctx: &Context,
     build: &ImageBuild,
     status: &ImageBuildStatus,
     plan: &BuildPlan,
-) -> Result<String> {
+) -> Result<Published> {
+    // Before any push: a key that went missing since the Jobs started publishes nothing.
+    let key = signing_key(ctx, build).await?;
     let mut options = ctx.config.registry.clone();
     if let Some(name) = &build.spec.output.push_secret {
         let secret = read_secret(ctx, build, name).await?;
@@ -420,17 +465,20 @@ async fn assemble(
         &plan.revision,
         &created,
     );
+    let facts = build_facts(ctx, build, plan, status, &created);
+    let signer = key.as_deref().map(|key| Signer { key, facts: &facts });
     let started = Instant::now();
-    let pushed = Registry::new(options)
-        .assemble_index(
+    let published = Registry::new(options)
+        .publish(
             &build.spec.output.image,
             &images,
             plan.media_type,
             &annotations,
+            signer.as_ref(),
         )
         .await?;
     ctx.metrics
         .assembly_duration
         .observe(started.elapsed().as_secs_f64());
-    Ok(pushed.digest)
+    Ok(published)
 }

@@ -1,5 +1,6 @@
 //! What can stop one reconciliation: one variant per step, each with its cause.
 
+use super::signing::SigningKeyError;
 use crate::podsecurity::Violations;
 use crate::registry::RegistryError;
 use crate::source::SourceError;
@@ -72,6 +73,10 @@ pub enum ReconcileError {
     )]
     PodSecurity(#[from] Violations),
 
+    /// The run asks for signing and has no usable key: checked before its Jobs are created.
+    #[error(transparent)]
+    SigningKey(#[from] SigningKeyError),
+
     #[error("assembling the index: {0}")]
     Assemble(#[from] RegistryError),
 
@@ -96,6 +101,7 @@ impl ReconcileError {
             ReconcileError::JobRejected { .. } => "JobRejected",
             ReconcileError::JobNameConflict { .. } => "JobNameConflict",
             ReconcileError::PodSecurity(_) => "PodSecurity",
+            ReconcileError::SigningKey(e) => e.reason(),
             ReconcileError::Assemble(e) => e.reason(),
             ReconcileError::PatchStatus(_) => "PatchStatus",
         }
@@ -117,6 +123,7 @@ impl ReconcileError {
             ReconcileError::JobRejected { .. }
                 | ReconcileError::JobNameConflict { .. }
                 | ReconcileError::PodSecurity(_)
+                | ReconcileError::SigningKey(_)
         )
     }
 }

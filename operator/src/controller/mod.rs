@@ -15,6 +15,7 @@ mod error;
 mod jobs;
 mod observe;
 mod report;
+pub mod signing;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +50,9 @@ pub struct Config {
     pub registry: RegistryOptions,
     /// How often an unfinished run is looked at even without a watch event.
     pub resync: Duration,
+    /// The operator-wide signing key, for ImageBuilds whose `spec.output.signing` names no
+    /// keySecret (read and checked once, at start).
+    pub signing_key: Option<Arc<crate::supply::SigningKey>>,
 }
 
 pub struct Context {

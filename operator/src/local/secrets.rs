@@ -87,7 +87,7 @@ pub(super) fn signing_secret(
         ))
     })?;
     let key = values
-        .get("cosign.key")
+        .get(crate::supply::COSIGN_KEY)
         .filter(|v| !v.is_empty())
         .cloned()
         .ok_or_else(|| {
@@ -95,7 +95,7 @@ pub(super) fn signing_secret(
                 "Secret {name:?} (spec.output.signing.keySecret) has no \"cosign.key\" key (a PEM private key, as cosign generate-key-pair writes it)"
             ))
         })?;
-    Ok((key, values.get("cosign.password").cloned()))
+    Ok((key, values.get(crate::supply::COSIGN_PASSWORD).cloned()))
 }
 
 /// How the git server of `spec.source.git` is authenticated to.
