@@ -356,25 +356,8 @@ impl Wire {
                 other => other,
             });
         }
-        // The announced length is the registry's word too: refuse early when it is already
-        // too much, and never let it size a buffer.
-        if let Some(length) = response.content_length()
-            && length > limit
-        {
-            return Err(too_large(format!(
-                "the registry announces {length} bytes (Content-Length)"
-            )));
-        }
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or(v).trim().to_string());
-        let mut hasher = Sha256::new();
-        let bytes = read_at_most(&mut response, limit, Some(&mut hasher))
-            .await
-            .map_err(|e| classify_reqwest(&registry, &e))?
-            .ok_or_else(|| too_large(format!("the registry sent more than {limit} bytes")))?;
+        let (bytes, content_type, hasher) =
+            read_limited(&mut response, &registry, limit, too_large).await?;
         drop(response);
         if let Some(size) = declared
             && size != bytes.len() as u64
@@ -504,13 +487,11 @@ impl Wire {
         }
         if status != StatusCode::OK {
             if !self.is_own(response.url(), &registry) {
-                return Err(Classified::Final(RegistryError::Registry {
-                    registry: registry.clone(),
-                    message: format!(
-                        "HTTP {status} from {} after a redirect (for {shown}; the answer is not shown)",
-                        authority(response.url())
-                    ),
-                }));
+                let message = format!(
+                    "HTTP {status} from {} after a redirect (for {shown}; the answer is not shown)",
+                    authority(response.url())
+                );
+                return Err(foreign_status_error(&registry, status, message));
             }
             let text = error_text(response).await;
             return Err(status_error(&registry, status, &text));
@@ -524,23 +505,8 @@ impl Wire {
                 detail,
             })
         };
-        if let Some(length) = response.content_length()
-            && length > limit
-        {
-            return Err(too_large(format!(
-                "the registry announces {length} bytes (Content-Length)"
-            )));
-        }
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or(v).trim().to_string());
-        let mut hasher = Sha256::new();
-        let bytes = read_at_most(&mut response, limit, Some(&mut hasher))
-            .await
-            .map_err(|e| classify_reqwest(&registry, &e))?
-            .ok_or_else(|| too_large(format!("the registry sent more than {limit} bytes")))?;
+        let (bytes, content_type, hasher) =
+            read_limited(&mut response, &registry, limit, too_large).await?;
         Ok(Some((
             Fetched {
                 bytes,
@@ -634,4 +600,33 @@ impl Wire {
         }
         Ok(())
     }
+}
+
+/// A body read to at most `limit` bytes and hashed as it arrives, with its media type. The
+/// announced length is the registry's word too: refused early when it is already too much,
+/// and never used to size a buffer.
+async fn read_limited(
+    response: &mut reqwest::Response,
+    registry: &str,
+    limit: u64,
+    too_large: impl Fn(String) -> Classified,
+) -> Result<(Vec<u8>, Option<String>, Sha256), Classified> {
+    if let Some(length) = response.content_length()
+        && length > limit
+    {
+        return Err(too_large(format!(
+            "the registry announces {length} bytes (Content-Length)"
+        )));
+    }
+    let content_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim().to_string());
+    let mut hasher = Sha256::new();
+    let bytes = read_at_most(response, limit, Some(&mut hasher))
+        .await
+        .map_err(|e| classify_reqwest(registry, &e))?
+        .ok_or_else(|| too_large(format!("the registry sent more than {limit} bytes")))?;
+    Ok((bytes, content_type, hasher))
 }
