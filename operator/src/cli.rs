@@ -163,15 +163,18 @@ async fn run_controller(args: &RunArgs) -> crate::Result<()> {
         crate::Error::Kube(format!("no usable kubeconfig or in-cluster config: {e}"))
     })?;
     let server = kube_config.cluster_url.to_string();
-    let client =
-        kube::Client::try_from(kube_config).map_err(|e| crate::Error::Kube(e.to_string()))?;
+    let metrics = std::sync::Arc::new(crate::telemetry::Metrics::default());
+    // Every request goes through the counter, the version probe and the watches included.
+    let client = kube::client::ClientBuilder::try_from(kube_config)
+        .map_err(|e| crate::Error::Kube(e.to_string()))?
+        .with_layer(&crate::telemetry::CountRequests::new(metrics.clone()))
+        .build();
     let info = client
         .apiserver_version()
         .await
         .map_err(|e| crate::Error::Kube(format!("cannot reach the API server at {server}: {e}")))?;
     let version = KubeVersion::from_info(&info.major, &info.minor).unwrap_or(KubeVersion::OLDEST);
     tracing::info!(%version, "connected to the API server");
-    let metrics = std::sync::Arc::new(crate::telemetry::Metrics::default());
     let server = tokio::spawn(crate::telemetry::serve(
         args.metrics_address,
         metrics.clone(),

@@ -19,7 +19,6 @@ pub async fn delete_jobs(ctx: &Context, build: &ImageBuild, names: &[String]) ->
         ..Default::default()
     };
     for name in names {
-        ctx.metrics.api_request("delete", "jobs");
         match api.delete(name, &params).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -68,7 +67,6 @@ fn is_rejection(code: u16) -> bool {
 async fn create_job(ctx: &Context, build: &ImageBuild, job: &Job, platform: &str) -> Result<bool> {
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), &build.namespace().unwrap_or_default());
     let name = job.name_any();
-    ctx.metrics.api_request("create", "jobs");
     let params = PostParams {
         field_manager: Some(MANAGER.into()),
         ..Default::default()
@@ -76,7 +74,6 @@ async fn create_job(ctx: &Context, build: &ImageBuild, job: &Job, platform: &str
     match api.create(&params, job).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            ctx.metrics.api_request("get", "jobs");
             let existing = api
                 .get(&name)
                 .await

@@ -25,7 +25,6 @@ fn imagebuild_selector(build: &ImageBuild) -> String {
 /// is the current run's by name; names do not depend on the commit.
 pub async fn jobs(ctx: &Context, build: &ImageBuild) -> Result<(Vec<Job>, Vec<Job>)> {
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), &build.namespace().unwrap_or_default());
-    ctx.metrics.api_request("list", "jobs");
     let owned = api
         .list(&ListParams::default().labels(&imagebuild_selector(build)))
         .await
@@ -56,7 +55,6 @@ pub async fn pod_reports(
         return Ok(Vec::new());
     }
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &build.namespace().unwrap_or_default());
-    ctx.metrics.api_request("list", "pods");
     let selector = format!(
         "{},{LABEL_GENERATION}={generation}",
         imagebuild_selector(build)
@@ -75,7 +73,6 @@ pub async fn pod_reports(
 /// The nodes that can take a builder pod now (Ready and schedulable): their architectures,
 /// and which architectures each can emulate.
 pub async fn nodes(ctx: &Context) -> Result<Nodes> {
-    ctx.metrics.api_request("list", "nodes");
     let nodes = Api::<Node>::all(ctx.client.clone())
         .list(&ListParams::default())
         .await
@@ -120,7 +117,6 @@ pub async fn nodes(ctx: &Context) -> Result<Nodes> {
 /// namespace's Secret.
 pub async fn read_secret(ctx: &Context, build: &ImageBuild, name: &str) -> Result<Secret> {
     let namespace = build.namespace().unwrap_or_default();
-    ctx.metrics.api_request("get", "secrets");
     Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
         .get(name)
         .await

@@ -49,7 +49,6 @@ pub async fn report(
     notes: Vec<Note>,
 ) -> Result<()> {
     for note in notes {
-        ctx.metrics.api_request("create", "events");
         let secondary = note
             .job
             .map(|name| k8s_openapi::api::core::v1::ObjectReference {
@@ -72,7 +71,6 @@ pub async fn report(
     }
     let api: Api<ImageBuild> =
         Api::namespaced(ctx.client.clone(), &build.namespace().unwrap_or_default());
-    ctx.metrics.api_request("patch", "imagebuilds/status");
     let body =
         json!({"apiVersion": "archforge.dev/v1alpha1", "kind": "ImageBuild", "status": status});
     api.patch_status(
