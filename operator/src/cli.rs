@@ -203,6 +203,7 @@ async fn run_controller(args: &RunArgs) -> crate::Result<()> {
         history_limit: args.history_limit,
         registry: args.registry.options()?,
         resync: args.resync,
+        concurrency: 16,
     };
     crate::controller::run(client, args.namespaces.clone(), config, metrics).await;
     server.abort();

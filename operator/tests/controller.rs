@@ -9,12 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use archforge::api::{ImageBuild, MediaType};
-use archforge::controller::{Config, Context, ReconcileError, error_policy, reconcile};
+use archforge::controller::{
+    Config, Context, ReconcileError, StoreWriters, Stores, error_policy, reconcile,
+};
 use archforge::plan::{AuthFile, Placement, Platform, plan};
 use archforge::registry::{Registry, RegistryOptions};
 use archforge::render::render_job;
 use archforge::settings::{BuilderSettings, KubeVersion};
-use archforge::telemetry::Metrics;
+use archforge::telemetry::{CountRequests, Metrics};
 use archforge::validation::ValidSpec;
 use common::git::GitServer;
 use common::registry::{Mode, TestRegistry};
@@ -54,6 +56,7 @@ fn percent_decode(text: &str) -> String {
 struct ApiServer {
     handle: Handle,
     build: Value,
+    stores: StoreWriters,
 }
 
 impl ApiServer {
@@ -142,60 +145,44 @@ impl ApiServer {
         body
     }
 
-    async fn list_jobs(&mut self, items: Vec<Value>) {
-        self.expect(
-            Method::GET,
-            "/apis/batch/v1/namespaces/default/jobs",
-            &["labelSelector=archforge.dev/imagebuild=app"],
-            list("JobList", items),
-        )
-        .await;
+    /// The Job store (fed by the operator's watch) holds `items`: reading it is no request.
+    async fn store_jobs(&mut self, items: Vec<Value>) {
+        self.stores.set_jobs(
+            items
+                .into_iter()
+                .map(|j| serde_json::from_value(j).unwrap()),
+        );
     }
 
-    async fn list_nodes(&mut self, arches: &[&str]) {
-        let nodes = arches
-            .iter()
-            .enumerate()
-            .map(|(i, arch)| json!({
-                "metadata": {"name": format!("node-{i}"), "labels": {"kubernetes.io/arch": arch, "kubernetes.io/os": "linux"}},
+    async fn store_nodes(&mut self, arches: &[&str]) {
+        let nodes: Vec<(&str, &[(&str, &str)])> = arches.iter().map(|a| (*a, &[][..])).collect();
+        self.store_labelled_nodes(&nodes).await;
+    }
+
+    /// Ready nodes in the node store: (architecture, extra labels) each.
+    async fn store_labelled_nodes(&mut self, nodes: &[(&str, &[(&str, &str)])]) {
+        let items = nodes.iter().enumerate().map(|(i, (arch, extra))| {
+            let mut labels = json!({"kubernetes.io/arch": arch, "kubernetes.io/os": "linux"});
+            for (k, v) in extra.iter() {
+                labels[*k] = json!(v);
+            }
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("node-{i}"), "labels": labels},
                 "status": {"conditions": [{"type": "Ready", "status": "True"}]}
             }))
-            .collect();
-        self.expect(Method::GET, "/api/v1/nodes", &[], list("NodeList", nodes))
-            .await;
+            .unwrap()
+        });
+        self.stores.set_nodes(items);
     }
 
-    /// Ready nodes: (architecture, extra labels) each.
-    async fn list_labelled_nodes(&mut self, nodes: &[(&str, &[(&str, &str)])]) {
-        let items = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, (arch, extra))| {
-                let mut labels = json!({"kubernetes.io/arch": arch, "kubernetes.io/os": "linux"});
-                for (k, v) in extra.iter() {
-                    labels[*k] = json!(v);
-                }
-                json!({
-                    "metadata": {"name": format!("node-{i}"), "labels": labels},
-                    "status": {"conditions": [{"type": "Ready", "status": "True"}]}
-                })
-            })
-            .collect();
-        self.expect(Method::GET, "/api/v1/nodes", &[], list("NodeList", items))
-            .await;
-    }
-
-    async fn list_pods(&mut self, generation: i64, items: Vec<Value>) {
-        let selector = format!(
-            "labelSelector=archforge.dev/imagebuild=app,archforge.dev/generation={generation}"
+    /// The pod store holds `items` (the operator watches builder pods by label); the
+    /// controller picks this run's by label and owner.
+    async fn store_pods(&mut self, items: Vec<Value>) {
+        self.stores.set_pods(
+            items
+                .into_iter()
+                .map(|p| serde_json::from_value(p).unwrap()),
         );
-        self.expect(
-            Method::GET,
-            "/api/v1/namespaces/default/pods",
-            &[&selector],
-            list("PodList", items),
-        )
-        .await;
     }
 
     /// Expects the creation of Job `name`; the API server answers with the object as
@@ -308,10 +295,6 @@ impl ApiServer {
     }
 }
 
-fn list(kind: &str, items: Vec<Value>) -> Value {
-    json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items})
-}
-
 fn imagebuild(url: &str, git_ref: &str, image: &str, generation: i64, status: Value) -> ImageBuild {
     serde_json::from_value(json!({
         "apiVersion": "archforge.dev/v1alpha1",
@@ -331,16 +314,22 @@ fn context(
     handle_service: tower_test::mock::Mock<Request<Body>, Response<Body>>,
     registry: RegistryOptions,
     builder: BuilderSettings,
+    stores: Stores,
 ) -> Arc<Context> {
-    let client = kube::Client::new(handle_service, "default");
+    let metrics = Arc::new(Metrics::default());
+    let client = kube::Client::new(
+        CountRequests::new(metrics.clone()).service(handle_service),
+        "default",
+    );
     let config = Config {
         builder,
         version: KubeVersion::OLDEST,
         history_limit: 10,
         registry,
         resync: Duration::from_secs(300),
+        concurrency: 4,
     };
-    Arc::new(Context::new(client, config, Arc::new(Metrics::default())))
+    Arc::new(Context::new(client, config, metrics, stores))
 }
 
 fn setup(build: &ImageBuild, registry: RegistryOptions) -> (Arc<Context>, ApiServer) {
@@ -353,12 +342,14 @@ fn setup_with(
     builder: BuilderSettings,
 ) -> (Arc<Context>, ApiServer) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let ctx = context(service, registry, builder);
+    let (stores, writers) = Stores::empty();
+    let ctx = context(service, registry, builder, stores);
     (
         ctx,
         ApiServer {
             handle,
             build: serde_json::to_value(build).unwrap(),
+            stores: writers,
         },
     )
 }
@@ -442,8 +433,8 @@ async fn a_new_imagebuild_pins_its_commit_and_creates_one_job_per_platform() {
         })
         .collect();
     let verify = async move {
-        server.list_jobs(vec![]).await;
-        server.list_nodes(&["amd64", "arm64"]).await;
+        server.store_jobs(vec![]).await;
+        server.store_nodes(&["amd64", "arm64"]).await;
         let amd64 = server.create_job("app-1-linux-amd64").await;
         let arm64 = server.create_job("app-1-linux-arm64").await;
         assert_eq!(
@@ -512,8 +503,8 @@ async fn all_platforms_succeeded_assembles_and_pushes_the_index() {
     let reg_for_check = &reg;
     let image_for_check = image.clone();
     let verify = async move {
-        server.list_jobs(jobs).await;
-        server.list_pods(1, pods).await;
+        server.store_jobs(jobs).await;
+        server.store_pods(pods).await;
         server.event("PlatformSucceeded", "Normal").await;
         server.event("PlatformSucceeded", "Normal").await;
         server.event("IndexPushed", "Normal").await;
@@ -572,8 +563,8 @@ async fn one_failed_platform_fails_the_run_and_stops_the_other() {
     ];
     let pods = vec![builder_pod("app-1-linux-arm64", 1, 1, tail)];
     let verify = async move {
-        server.list_jobs(jobs).await;
-        server.list_pods(1, pods).await;
+        server.store_jobs(jobs).await;
+        server.store_pods(pods).await;
         server.delete_job("app-1-linux-amd64").await;
         let event = server.event("PlatformFailed", "Warning").await;
         assert!(
@@ -674,8 +665,8 @@ async fn a_restart_mid_run_finds_its_jobs_and_creates_nothing() {
         job(&build, "linux/arm64", SHA, running),
     ];
     let verify = async move {
-        server.list_jobs(jobs).await;
-        server.list_pods(1, vec![]).await;
+        server.store_jobs(jobs).await;
+        server.store_pods(vec![]).await;
         let status = server.patch_status().await;
         assert_eq!(status["phase"], "Building");
         assert_eq!(status["platforms"][0]["phase"], "Building");
@@ -711,10 +702,10 @@ async fn a_spec_change_mid_run_stops_the_old_jobs_and_starts_a_new_run() {
         job(&old_build, "linux/arm64", SHA, running),
     ];
     let verify = async move {
-        server.list_jobs(old_jobs).await;
+        server.store_jobs(old_jobs).await;
         server.delete_job("app-1-linux-amd64").await;
         server.delete_job("app-1-linux-arm64").await;
-        server.list_nodes(&["arm64", "amd64"]).await;
+        server.store_nodes(&["arm64", "amd64"]).await;
         let amd64 = server.create_job("app-2-linux-amd64").await;
         assert_eq!(
             amd64["metadata"]["annotations"]["archforge.dev/revision"],
@@ -748,8 +739,8 @@ async fn no_node_for_an_architecture_waits_without_jobs() {
     );
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
     let verify = async move {
-        server.list_jobs(vec![]).await;
-        server.list_nodes(&["amd64"]).await;
+        server.store_jobs(vec![]).await;
+        server.store_nodes(&["amd64"]).await;
         let event = server.event("NoNodeForPlatform", "Warning").await;
         assert!(event["note"].as_str().unwrap().contains("linux/arm64"));
         let status = server.patch_status().await;
@@ -814,7 +805,7 @@ async fn a_registry_outage_during_assembly_keeps_the_digests_and_rebuilds_nothin
     let verify = async move {
         // The Jobs are gone (their TTL passed): none is created again, and with no Job
         // there is no builder pod to look for.
-        server.list_jobs(vec![]).await;
+        server.store_jobs(vec![]).await;
         server.event("RegistryUnreachable", "Warning").await;
         let status = server.patch_status().await;
         assert_eq!(status["phase"], "Assembling");
@@ -877,8 +868,8 @@ async fn a_job_the_api_server_refuses_stalls_the_run_and_leaves_no_job() {
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
     let quota = "jobs.batch \"app-1-linux-arm64\" is forbidden: exceeded quota: no-jobs, requested: count/jobs.batch=1, used: count/jobs.batch=1, limited: count/jobs.batch=1";
     let verify = async move {
-        server.list_jobs(vec![]).await;
-        server.list_nodes(&["amd64", "arm64"]).await;
+        server.store_jobs(vec![]).await;
+        server.store_nodes(&["amd64", "arm64"]).await;
         server.create_job("app-1-linux-amd64").await;
         server
             .refuse_job("app-1-linux-arm64", 403, "Forbidden", quota)
@@ -948,8 +939,8 @@ async fn a_job_name_taken_by_another_owner_is_a_conflict_not_an_adoption() {
     foreign["metadata"]["ownerReferences"][0]["uid"] = json!("another-imagebuild");
     let exists = |name: &str| format!("jobs.batch \"{name}\" already exists");
     let verify = async move {
-        server.list_jobs(vec![]).await;
-        server.list_nodes(&["amd64", "arm64"]).await;
+        server.store_jobs(vec![]).await;
+        server.store_nodes(&["amd64", "arm64"]).await;
         server
             .refuse_job(
                 "app-1-linux-amd64",
@@ -998,8 +989,8 @@ async fn a_builder_pod_pod_security_would_refuse_is_never_created() {
     };
     let (ctx, mut server) = setup_with(&build, RegistryOptions::default(), settings);
     let verify = async move {
-        server.list_jobs(vec![]).await;
-        server.list_nodes(&["amd64", "arm64"]).await;
+        server.store_jobs(vec![]).await;
+        server.store_nodes(&["amd64", "arm64"]).await;
         server.event("PodSecurity", "Warning").await;
         let status = server.patch_status().await;
         let (stalled, reason, message) = said(&status, "Stalled");
@@ -1043,8 +1034,8 @@ async fn a_pod_that_only_looks_like_a_builder_is_ignored() {
         .remove("ownerReferences");
     let real = builder_pod("app-1-linux-arm64", 1, 0, &real_digest);
     let verify = async move {
-        server.list_jobs(jobs).await;
-        server.list_pods(1, vec![forged, unowned, real]).await;
+        server.store_jobs(jobs).await;
+        server.store_pods(vec![forged, unowned, real]).await;
         server.event("PlatformSucceeded", "Normal").await;
         let status = server.patch_status().await;
         assert_eq!(status["phase"], "Building");
@@ -1089,9 +1080,9 @@ async fn fallback_waits_out_the_grace_period_then_emulates_on_a_labelled_node() 
     let build = imagebuild_with(fallback.clone(), "registry.example.com/team/app:v1", early);
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
     let verify = async move {
-        server.list_jobs(vec![]).await;
+        server.store_jobs(vec![]).await;
         server
-            .list_labelled_nodes(&[("amd64", EMULATES_ARM64)])
+            .store_labelled_nodes(&[("amd64", EMULATES_ARM64)])
             .await;
         let event = server.event("NoNodeForPlatform", "Warning").await;
         assert!(
@@ -1117,9 +1108,9 @@ async fn fallback_waits_out_the_grace_period_then_emulates_on_a_labelled_node() 
     let build = imagebuild_with(fallback, "registry.example.com/team/app:v1", late);
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
     let verify = async move {
-        server.list_jobs(vec![]).await;
+        server.store_jobs(vec![]).await;
         server
-            .list_labelled_nodes(&[("amd64", EMULATES_ARM64)])
+            .store_labelled_nodes(&[("amd64", EMULATES_ARM64)])
             .await;
         let amd64 = server.create_job("app-1-linux-amd64").await;
         let arm64 = server.create_job("app-1-linux-arm64").await;
@@ -1171,10 +1162,10 @@ async fn always_builds_every_platform_on_one_host_and_status_says_emulated() {
     );
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
     let verify = async move {
-        server.list_jobs(vec![]).await;
+        server.store_jobs(vec![]).await;
         // Native arm64 nodes exist, but Always puts everything on amd64 (which can emulate).
         server
-            .list_labelled_nodes(&[("amd64", EMULATES_ARM64), ("arm64", &[])])
+            .store_labelled_nodes(&[("amd64", EMULATES_ARM64), ("arm64", &[])])
             .await;
         server.create_job("app-1-linux-amd64").await;
         let arm64 = server.create_job("app-1-linux-arm64").await;
@@ -1201,8 +1192,8 @@ async fn always_builds_every_platform_on_one_host_and_status_says_emulated() {
     let jobs = vec![job(&build, "linux/amd64", SHA, json!({"active": 1})), arm64];
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
     let verify = async move {
-        server.list_jobs(jobs).await;
-        server.list_pods(1, vec![]).await;
+        server.store_jobs(jobs).await;
+        server.store_pods(vec![]).await;
         let status = server.patch_status().await;
         assert!(status["platforms"][0].get("emulated").is_none(), "{status}");
         assert_eq!(status["platforms"][1]["emulated"], true);
@@ -1245,8 +1236,8 @@ async fn a_platform_allowed_to_fail_is_left_out_and_the_rest_is_published() {
     ];
     let (reg_for_check, image_for_check) = (&reg, image.clone());
     let verify = async move {
-        server.list_jobs(jobs).await;
-        server.list_pods(1, pods).await;
+        server.store_jobs(jobs).await;
+        server.store_pods(pods).await;
         server.event("PlatformSucceeded", "Normal").await;
         let failed = server.event("OptionalPlatformFailed", "Warning").await;
         assert!(
@@ -1310,8 +1301,8 @@ async fn a_platform_that_may_not_fail_still_fails_the_run() {
         "make: *** [all] Error 2",
     )];
     let verify = async move {
-        server.list_jobs(jobs).await;
-        server.list_pods(1, pods).await;
+        server.store_jobs(jobs).await;
+        server.store_pods(pods).await;
         server.delete_job("app-1-linux-arm64").await;
         server.event("PlatformFailed", "Warning").await;
         let status = server.patch_status().await;
