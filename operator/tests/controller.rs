@@ -1314,3 +1314,108 @@ async fn a_platform_that_may_not_fail_still_fails_the_run() {
     };
     waits_for_change(reconciled(&build, ctx, verify).await);
 }
+
+/// The ImageBuild as the API server stores it after a status write: `status`, and a newer
+/// resourceVersion.
+fn with_status(build: &ImageBuild, status: &Value, resource_version: &str) -> ImageBuild {
+    let mut object = serde_json::to_value(build).unwrap();
+    object["status"] = status.clone();
+    object["metadata"]["resourceVersion"] = json!(resource_version);
+    serde_json::from_value(object).unwrap()
+}
+
+fn building_jobs(build: &ImageBuild, amd64: Value, arm64: Value) -> Vec<Value> {
+    vec![
+        job(build, "linux/amd64", SHA, amd64),
+        job(build, "linux/arm64", SHA, arm64),
+    ]
+}
+
+const OLD: &str = "2026-11-23T09:00:00Z";
+
+fn building_status() -> Value {
+    let condition = |kind: &str, status: &str, reason: &str| {
+        json!({"type": kind, "status": status, "reason": reason, "message": "",
+               "observedGeneration": 1, "lastTransitionTime": OLD})
+    };
+    json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA},
+           "startTime": OLD,
+           "conditions": [condition("Ready", "False", "NotReady"),
+                          condition("Reconciling", "True", "Building"),
+                          condition("Stalled", "False", "Progressing")]})
+}
+
+/// A status that changes keeps each condition's lastTransitionTime while the condition's
+/// status stays; written back, the same status is not written again (no request at all),
+/// by a fresh process as by the one that wrote it.
+#[tokio::test]
+async fn a_status_that_changes_nothing_is_not_written() {
+    let mut build = imagebuild(
+        "https://git.example.com/app.git",
+        SHA,
+        "registry.example.com/team/app:v1",
+        1,
+        building_status(),
+    );
+    build.metadata.resource_version = Some("10".into());
+    let running = json!({"active": 1, "startTime": "2026-11-23T10:00:00Z"});
+    let jobs = building_jobs(&build, running.clone(), running.clone());
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    let verify = async move {
+        server.store_jobs(jobs.clone()).await;
+        server.store_pods(vec![]).await;
+        let status = server.patch_status().await;
+        assert_eq!(status["platforms"][0]["phase"], "Building");
+        for c in status["conditions"].as_array().unwrap() {
+            assert_eq!(c["lastTransitionTime"], OLD, "{c}");
+        }
+        server.done().await;
+        status
+    };
+    let (action, status) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    action.unwrap();
+
+    // The write came back through the watch: nothing to do.
+    let written = with_status(&build, &status, "11");
+    let (ctx, mut server) = setup(&written, RegistryOptions::default());
+    let jobs = building_jobs(&written, running.clone(), running);
+    let verify = async move {
+        server.store_jobs(jobs).await;
+        server.store_pods(vec![]).await;
+        server.done().await;
+    };
+    reconciled(&written, ctx, verify).await.unwrap();
+}
+
+/// A second reconcile that starts (on a Job or pod event) before the watch has shown the
+/// status the first one wrote reads that status, not the stale object's: no second status
+/// write and no second Event.
+#[tokio::test]
+async fn a_reconcile_before_the_watch_shows_the_write_repeats_nothing() {
+    let mut build = imagebuild(
+        "https://git.example.com/app.git",
+        SHA,
+        "registry.example.com/team/app:v1",
+        1,
+        building_status(),
+    );
+    build.metadata.resource_version = Some("10".into());
+    let digest = format!("sha256:{}", "1".repeat(64));
+    let done = json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
+                      "conditions": [{"type": "Complete", "status": "True"}]});
+    let jobs = building_jobs(&build, done, json!({"active": 1}));
+    let pods = vec![builder_pod("app-1-linux-amd64", 1, 0, &digest)];
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    let first = async {
+        server.store_jobs(jobs).await;
+        server.store_pods(pods).await;
+        server.event("PlatformSucceeded", "Normal").await;
+        let status = server.patch_status().await;
+        assert_eq!(status["platforms"][0]["digest"], digest.as_str());
+    };
+    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx.clone()), first);
+    action.unwrap();
+    // The same (stale) object again, as the controller's store still holds it.
+    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), server.done());
+    action.unwrap();
+}

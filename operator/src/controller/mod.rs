@@ -62,6 +62,15 @@ pub struct Context {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub stores: Stores,
+    /// The status this process last wrote to each ImageBuild (by UID), with the
+    /// resourceVersion of the object it was written over: while the store still shows that
+    /// version, the written status is the one to compare with.
+    written: std::sync::Mutex<std::collections::HashMap<String, Written>>,
+}
+
+struct Written {
+    over: Option<String>,
+    status: ImageBuildStatus,
 }
 
 impl Context {
@@ -76,6 +85,38 @@ impl Context {
             config,
             metrics,
             stores,
+            written: Default::default(),
+        }
+    }
+
+    /// The ImageBuild's status as it stands: the one this process wrote, when `build` is
+    /// the version that status was written over (the watch has not shown the write yet),
+    /// otherwise `build`'s own. A reconcile started by a Job event just after a status
+    /// write then neither writes the same status again nor repeats its Events.
+    pub fn observed_status(&self, build: &ImageBuild) -> ImageBuildStatus {
+        let Some(uid) = build.metadata.uid.as_ref() else {
+            return build.status.clone().unwrap_or_default();
+        };
+        let mut written = self.written.lock().expect("written statuses lock");
+        match written.get(uid) {
+            Some(w) if w.over == build.metadata.resource_version => w.status.clone(),
+            Some(_) => {
+                // The store has caught up (or someone else changed the object).
+                written.remove(uid);
+                build.status.clone().unwrap_or_default()
+            }
+            None => build.status.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Remembers that `status` was written over `build` (as reconciled).
+    fn wrote(&self, build: &ImageBuild, status: ImageBuildStatus) {
+        if let Some(uid) = build.metadata.uid.clone() {
+            let over = build.metadata.resource_version.clone();
+            self.written
+                .lock()
+                .expect("written statuses lock")
+                .insert(uid, Written { over, status });
         }
     }
 }
@@ -96,9 +137,10 @@ pub struct Run {
 }
 
 impl Run {
-    fn begin(build: &ImageBuild, history_limit: usize) -> Run {
+    /// The run `build` asks for; `previous` is its status as it stands
+    /// ([`Context::observed_status`]).
+    fn begin(build: &ImageBuild, previous: ImageBuildStatus, history_limit: usize) -> Run {
         let id = RunId::of(build);
-        let previous = build.status.clone().unwrap_or_default();
         let same = id.is_described_by(&previous);
         let status = match same {
             true => previous.clone(),
@@ -150,7 +192,11 @@ impl Run {
 /// Reconciles one ImageBuild: one step of its current run.
 pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics.reconciles.inc();
-    let mut run = Run::begin(&build, ctx.config.history_limit);
+    let mut run = Run::begin(
+        &build,
+        ctx.observed_status(&build),
+        ctx.config.history_limit,
+    );
     // The schema and CEL may not have run (Kubernetes 1.24 ignores CEL).
     let valid = match ValidSpec::check(&build) {
         Ok(valid) => valid,
@@ -397,7 +443,8 @@ mod tests {
             "status": {"observedGeneration": 1, "startTime": start}
         }))
         .unwrap();
-        Run::begin(&build, 10)
+        let previous = build.status.clone().unwrap_or_default();
+        Run::begin(&build, previous, 10)
     }
 
     #[test]

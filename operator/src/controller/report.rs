@@ -41,7 +41,16 @@ impl Note {
     }
 }
 
-/// Publishes `notes` and writes `status` (server-side apply, one field manager).
+/// Whether writing `status` over `observed` would change nothing. Compared as JSON, every
+/// field: a condition keeps its lastTransitionTime while its status stays
+/// (`status::set_condition`), so an unchanged run compares equal.
+pub fn unchanged(status: &ImageBuildStatus, observed: &ImageBuildStatus) -> bool {
+    serde_json::to_value(status).ok() == serde_json::to_value(observed).ok()
+}
+
+/// Publishes `notes` and writes `status` (server-side apply, one field manager) unless it
+/// is the status the ImageBuild has already: a reconcile that finds nothing new makes no
+/// request. Notes are only made for what changed, so they are not repeated either.
 pub async fn report(
     ctx: &Context,
     build: &ImageBuild,
@@ -69,16 +78,21 @@ pub async fn report(
             tracing::warn!(error = %e, reason = note.reason, "could not publish an event");
         }
     }
+    if unchanged(status, &ctx.observed_status(build)) {
+        return Ok(());
+    }
     let api: Api<ImageBuild> =
         Api::namespaced(ctx.client.clone(), &build.namespace().unwrap_or_default());
     let body =
         json!({"apiVersion": "archforge.dev/v1alpha1", "kind": "ImageBuild", "status": status});
-    api.patch_status(
-        &build.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .map_err(ReconcileError::PatchStatus)?;
+    let stored = api
+        .patch_status(
+            &build.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await
+        .map_err(ReconcileError::PatchStatus)?;
+    ctx.wrote(build, stored.status.unwrap_or_else(|| status.clone()));
     Ok(())
 }
