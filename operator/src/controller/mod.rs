@@ -10,6 +10,7 @@
 //! resumes the run.
 
 mod act;
+pub mod client;
 pub mod decide;
 mod error;
 mod jobs;
