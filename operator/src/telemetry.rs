@@ -89,6 +89,11 @@ pub struct Metrics {
     pub runs_finished: Family<ResultLabels, Counter>,
     pub build_duration: Family<PlatformLabels, Histogram>,
     pub assembly_duration: Histogram,
+    /// Per run: from its start (the ImageBuild's creation, for its first run) to all its
+    /// Jobs existing.
+    pub jobs_created_latency: Histogram,
+    /// Per run: from its last Job finishing to the index pushed.
+    pub index_pushed_latency: Histogram,
     pub reconciles: Counter,
     pub reconcile_errors: Family<ReasonLabels, Counter>,
     /// Kubernetes API requests, counted by [`CountRequests`] on the client.
@@ -107,6 +112,9 @@ impl Default for Metrics {
             Histogram::new(exponential_buckets(15.0, 2.0, 10))
         });
         let assembly_duration = Histogram::new(exponential_buckets(0.05, 2.0, 10));
+        // 0.25 s to about 34 min: a quiet cluster takes a second, a swamped one minutes.
+        let jobs_created_latency = Histogram::new(exponential_buckets(0.25, 2.0, 14));
+        let index_pushed_latency = Histogram::new(exponential_buckets(0.25, 2.0, 14));
         let reconciles = Counter::default();
         let reconcile_errors = Family::<ReasonLabels, Counter>::default();
         let api_requests = Family::<RequestLabels, Counter>::default();
@@ -125,6 +133,16 @@ impl Default for Metrics {
             "assembly_duration_seconds",
             "Time to check the platform images and push the index",
             assembly_duration.clone(),
+        );
+        registry.register(
+            "run_jobs_created_seconds",
+            "Per run, time from its start (the ImageBuild's creation, for its first run) until all its Jobs exist",
+            jobs_created_latency.clone(),
+        );
+        registry.register(
+            "run_index_pushed_seconds",
+            "Per run, time from its last Job's completion until its index is pushed",
+            index_pushed_latency.clone(),
         );
         registry.register(
             "reconciles",
@@ -147,6 +165,8 @@ impl Default for Metrics {
             runs_finished,
             build_duration,
             assembly_duration,
+            jobs_created_latency,
+            index_pushed_latency,
             reconciles,
             reconcile_errors,
             api_requests,
