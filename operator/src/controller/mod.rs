@@ -223,7 +223,36 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         false => None,
     };
     let step = decide(&plan, &current, &platforms, nodes.as_ref(), run.waited());
+    let platforms = match &step {
+        decide::Step::CreateJobs {
+            platforms: creating,
+        } => about_to_exist(platforms, creating),
+        _ => platforms,
+    };
     act::take(&ctx, &build, &plan, run, &current, platforms, step).await
+}
+
+/// The platforms whose Jobs this step creates are reported as Pending with no "waiting for
+/// its Job" message, which is what they look like once the Job store shows the Jobs: the
+/// status written now is then the one that reconcile computes, and is not written again.
+/// (A create that fails fails the run or the reconcile, and this status is not written.)
+fn about_to_exist(
+    mut platforms: Vec<crate::api::PlatformStatus>,
+    creating: &[(String, crate::plan::Placement)],
+) -> Vec<crate::api::PlatformStatus> {
+    for p in platforms.iter_mut() {
+        let Some((_, placement)) = creating.iter().find(|(name, _)| *name == p.platform) else {
+            continue;
+        };
+        if p.phase == crate::api::Phase::Pending {
+            p.message = None;
+            // What the Job's emulated-on annotation will say.
+            if let crate::plan::Placement::Emulated { .. } = placement {
+                p.emulated = Some(true);
+            }
+        }
+    }
+    platforms
 }
 
 /// Invalid specs and permanent source errors wait for the user to change the ImageBuild;
