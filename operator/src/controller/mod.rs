@@ -274,6 +274,11 @@ pub fn error_policy(build: Arc<ImageBuild>, error: &ReconcileError, ctx: Arc<Con
 /// How many watch events a reflector holds for a slow controller before it waits.
 const SUBSCRIBER_BUFFER: usize = 1024;
 
+/// Objects per page of a reflector's list. Each page is held whole, untrimmed, until its
+/// objects are stored, and four reflectors list at once at start: kube's default of 500
+/// full pods or Jobs (managed fields, pod templates) is most of the operator's peak memory.
+const LIST_PAGE: u32 = 50;
+
 /// Events that arrive within this window of each other start one reconcile: a Job's and
 /// its pod's updates, two platforms finishing together.
 const DEBOUNCE: Duration = Duration::from_millis(500);
@@ -371,12 +376,14 @@ pub async fn run(client: Client, namespaces: Vec<String>, config: Config, metric
     };
     let (nodes, node_events) = shared_reflector(
         Api::<Node>::all(client.clone()),
-        watcher::Config::default(),
+        watcher::Config::default().page_size(LIST_PAGE),
         |n| *n = trim_node(std::mem::take(n)),
         scopes.len(),
     );
     let managed = watcher::Config::default()
+        .page_size(LIST_PAGE)
         .labels(&format!("{}={MANAGER}", crate::render::LABEL_MANAGED_BY));
+    let mut all_stores = Vec::new();
     let controller_config = kube::runtime::controller::Config::default()
         .concurrency(config.concurrency.max(1))
         .debounce(DEBOUNCE);
@@ -398,7 +405,7 @@ pub async fn run(client: Client, namespaces: Vec<String>, config: Config, metric
             }
             let (builds, mut build_events) = shared_reflector(
                 api::<ImageBuild>(&client, &namespace),
-                watcher::Config::default(),
+                watcher::Config::default().page_size(LIST_PAGE),
                 trim_imagebuild,
                 1,
             );
@@ -415,6 +422,7 @@ pub async fn run(client: Client, namespaces: Vec<String>, config: Config, metric
                 1,
             );
             let stores = Stores::new(jobs, pods, nodes.clone());
+            all_stores.push(stores.clone());
             let ctx = Arc::new(Context::new(
                 client.clone(),
                 config.clone(),
@@ -444,6 +452,15 @@ pub async fn run(client: Client, namespaces: Vec<String>, config: Config, metric
                 })
         });
     let controllers: Vec<_> = controllers.collect();
+    // Before any reconcile: see `Stores::wait_until_ready`.
+    tokio::select! {
+        () = async {
+            for stores in &all_stores {
+                stores.wait_until_ready().await;
+            }
+        } => {}
+        () = shutdown_signal() => return,
+    }
     metrics.set_ready(true);
     futures::future::join_all(controllers).await;
 }

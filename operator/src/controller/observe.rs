@@ -75,6 +75,16 @@ impl Stores {
         (stores, writers)
     }
 
+    /// Waits until every store has had its first list. Awaited once, by one task, before
+    /// the controllers start: kube's readiness signal wakes only the last of several tasks
+    /// waiting on it at once (a oneshot receiver behind a mutex), so reconciles must not be
+    /// the ones to wait, or all but one of the first `--concurrency` hang.
+    pub async fn wait_until_ready(&self) {
+        let _ = self.jobs.wait_until_ready().await;
+        let _ = self.pods.wait_until_ready().await;
+        let _ = self.nodes.wait_until_ready().await;
+    }
+
     /// Remembers a Job this process just created, until the store shows it.
     pub fn created(&self, job: Job) {
         let key = ObjectRef::from_obj(&job);
@@ -220,8 +230,10 @@ where
     K: kube::runtime::reflector::Lookup + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    // An error means the writer is gone: the reflector stopped, which happens only at
-    // shutdown; what the store holds is the last the watch said.
+    // Ready at once in the operator (`Stores::wait_until_ready` comes first); a caller that
+    // feeds the stores by hand may start a reconcile first. An error means the writer is
+    // gone: the reflector stopped, which happens only at shutdown; what the store holds is
+    // the last the watch said.
     let _ = store.wait_until_ready().await;
     Ok(())
 }
