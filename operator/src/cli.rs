@@ -154,10 +154,25 @@ pub struct RunArgs {
     #[arg(long, env = "ARCHFORGE_HISTORY_LIMIT", default_value_t = 10)]
     pub history_limit: usize,
 
-    /// How often an unfinished run is re-examined without a watch event.
-    #[arg(long, env = "ARCHFORGE_RESYNC", default_value = "5m", value_parser = humantime::parse_duration)]
+    /// How often an unfinished run is re-examined without a watch event (a safety net:
+    /// Jobs, pods and nodes are watched). A look that finds nothing new makes no request.
+    #[arg(long, env = "ARCHFORGE_RESYNC", default_value = "5m", value_parser = parse_resync)]
     #[serde(serialize_with = "crate::settings::as_humantime")]
     pub resync: std::time::Duration,
+
+    /// How many ImageBuilds are reconciled at once (per watched namespace; all namespaces
+    /// are one).
+    #[arg(long, env = "ARCHFORGE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
+    /// Kubernetes API requests per second on average (client-side rate limit, as client-go's
+    /// --kube-api-qps); 0 turns the limit off.
+    #[arg(long, env = "ARCHFORGE_KUBE_API_QPS", default_value_t = 50.0, value_parser = parse_qps)]
+    pub kube_api_qps: f32,
+
+    /// Kubernetes API requests allowed at once above the average rate.
+    #[arg(long, env = "ARCHFORGE_KUBE_API_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub kube_api_burst: u32,
 
     /// Hold a Lease before reconciling, so that only one of several replicas acts.
     #[arg(long, env = "ARCHFORGE_LEADER_ELECT")]
@@ -204,6 +219,27 @@ pub struct RunArgs {
     pub registry: RegistryArgs,
 }
 
+/// `--resync`: a duration of at least a second (a zero resync would reconcile in a loop).
+fn parse_resync(text: &str) -> Result<std::time::Duration, String> {
+    let resync = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if resync < std::time::Duration::from_secs(1) {
+        return Err(format!(
+            "{text:?} is shorter than a second; a resync is a safety net, 5m is the default"
+        ));
+    }
+    Ok(resync)
+}
+
+/// `--kube-api-qps`: a finite number, 0 or more.
+fn parse_qps(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(qps) if qps.is_finite() && qps >= 0.0 => Ok(qps),
+        _ => Err(format!(
+            "{text:?} is not a number of requests per second (0 or more; 0 turns the limit off)"
+        )),
+    }
+}
+
 async fn run_controller(args: &RunArgs) -> crate::Result<()> {
     if args.print_config {
         println!(
@@ -228,15 +264,20 @@ async fn run_controller(args: &RunArgs) -> crate::Result<()> {
         crate::Error::Kube(format!("no usable kubeconfig or in-cluster config: {e}"))
     })?;
     let server = kube_config.cluster_url.to_string();
-    let client =
-        kube::Client::try_from(kube_config).map_err(|e| crate::Error::Kube(e.to_string()))?;
+    let metrics = std::sync::Arc::new(crate::telemetry::Metrics::default());
+    // Every request goes through the counter, the version probe and the watches included.
+    let limit = crate::controller::client::RateLimit {
+        qps: args.kube_api_qps,
+        burst: args.kube_api_burst,
+    };
+    let client = crate::controller::client::client(kube_config, metrics.clone(), limit)
+        .map_err(|e| crate::Error::Kube(e.to_string()))?;
     let info = client
         .apiserver_version()
         .await
         .map_err(|e| crate::Error::Kube(format!("cannot reach the API server at {server}: {e}")))?;
     let version = KubeVersion::from_info(&info.major, &info.minor).unwrap_or(KubeVersion::OLDEST);
     tracing::info!(%version, "connected to the API server");
-    let metrics = std::sync::Arc::new(crate::telemetry::Metrics::default());
     let server = tokio::spawn(crate::telemetry::serve(
         args.metrics_address,
         metrics.clone(),
@@ -266,6 +307,7 @@ async fn run_controller(args: &RunArgs) -> crate::Result<()> {
         registry: args.registry.options()?,
         resync: args.resync,
         signing_key,
+        concurrency: args.concurrency,
     };
     crate::controller::run(client, args.namespaces.clone(), config, metrics).await;
     server.abort();

@@ -86,8 +86,8 @@ pub const PERMISSIONS: &[Permission] = &[
         scope: Scope::Cluster,
         group: "",
         resource: "nodes",
-        verbs: &["list"],
-        why: "read-only placement check: is there a schedulable node of each requested architecture",
+        verbs: &["list", "watch"],
+        why: "read-only placement check, from a watched store: is there a schedulable node of each requested architecture",
     },
     Permission {
         scope: Scope::LeaderElection,

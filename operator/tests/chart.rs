@@ -646,6 +646,14 @@ fn chart_values_reach_the_operator() {
         Value::Null,
         "no operator-wide key"
     );
+    assert_eq!(
+        (
+            &config["concurrency"],
+            &config["kubeApiQps"],
+            &config["kubeApiBurst"]
+        ),
+        (&json!(16), &json!(50.0), &json!(100))
+    );
 
     let (_, objects) = render_chart(Some(CUSTOM_VALUES));
     let config = operator_config(find(&objects, "Deployment", "archforge"));
@@ -657,6 +665,9 @@ fn chart_values_reach_the_operator() {
             "logFormat": "text",
             "historyLimit": 25,
             "resync": "2m",
+            "concurrency": 8,
+            "kubeApiQps": 20.5,
+            "kubeApiBurst": 40,
             "leaderElect": true,
             "leaderElectionNamespace": NAMESPACE,
             "leaderElectionLease": "archforge-lease",

@@ -9,13 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use archforge::api::{ImageBuild, MediaType};
-use archforge::controller::{Config, Context, ReconcileError, error_policy, reconcile};
+use archforge::controller::{
+    Config, Context, ReconcileError, StoreWriters, Stores, error_policy, reconcile,
+};
 use archforge::plan::{AuthFile, Placement, Platform, plan};
 use archforge::registry::{Registry, RegistryOptions};
 use archforge::render::render_job;
 use archforge::settings::{BuilderSettings, KubeVersion};
 use archforge::supply::SigningKey;
-use archforge::telemetry::Metrics;
+use archforge::telemetry::{CountRequests, Metrics, RequestLabels};
 use archforge::validation::ValidSpec;
 use common::git::GitServer;
 use common::registry::{Mode, TestRegistry};
@@ -55,6 +57,7 @@ fn percent_decode(text: &str) -> String {
 struct ApiServer {
     handle: Handle,
     build: Value,
+    stores: StoreWriters,
 }
 
 impl ApiServer {
@@ -143,60 +146,44 @@ impl ApiServer {
         body
     }
 
-    async fn list_jobs(&mut self, items: Vec<Value>) {
-        self.expect(
-            Method::GET,
-            "/apis/batch/v1/namespaces/default/jobs",
-            &["labelSelector=archforge.dev/imagebuild=app"],
-            list("JobList", items),
-        )
-        .await;
+    /// The Job store (fed by the operator's watch) holds `items`: reading it is no request.
+    async fn store_jobs(&mut self, items: Vec<Value>) {
+        self.stores.set_jobs(
+            items
+                .into_iter()
+                .map(|j| serde_json::from_value(j).unwrap()),
+        );
     }
 
-    async fn list_nodes(&mut self, arches: &[&str]) {
-        let nodes = arches
-            .iter()
-            .enumerate()
-            .map(|(i, arch)| json!({
-                "metadata": {"name": format!("node-{i}"), "labels": {"kubernetes.io/arch": arch, "kubernetes.io/os": "linux"}},
+    async fn store_nodes(&mut self, arches: &[&str]) {
+        let nodes: Vec<(&str, &[(&str, &str)])> = arches.iter().map(|a| (*a, &[][..])).collect();
+        self.store_labelled_nodes(&nodes).await;
+    }
+
+    /// Ready nodes in the node store: (architecture, extra labels) each.
+    async fn store_labelled_nodes(&mut self, nodes: &[(&str, &[(&str, &str)])]) {
+        let items = nodes.iter().enumerate().map(|(i, (arch, extra))| {
+            let mut labels = json!({"kubernetes.io/arch": arch, "kubernetes.io/os": "linux"});
+            for (k, v) in extra.iter() {
+                labels[*k] = json!(v);
+            }
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("node-{i}"), "labels": labels},
                 "status": {"conditions": [{"type": "Ready", "status": "True"}]}
             }))
-            .collect();
-        self.expect(Method::GET, "/api/v1/nodes", &[], list("NodeList", nodes))
-            .await;
+            .unwrap()
+        });
+        self.stores.set_nodes(items);
     }
 
-    /// Ready nodes: (architecture, extra labels) each.
-    async fn list_labelled_nodes(&mut self, nodes: &[(&str, &[(&str, &str)])]) {
-        let items = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, (arch, extra))| {
-                let mut labels = json!({"kubernetes.io/arch": arch, "kubernetes.io/os": "linux"});
-                for (k, v) in extra.iter() {
-                    labels[*k] = json!(v);
-                }
-                json!({
-                    "metadata": {"name": format!("node-{i}"), "labels": labels},
-                    "status": {"conditions": [{"type": "Ready", "status": "True"}]}
-                })
-            })
-            .collect();
-        self.expect(Method::GET, "/api/v1/nodes", &[], list("NodeList", items))
-            .await;
-    }
-
-    async fn list_pods(&mut self, generation: i64, items: Vec<Value>) {
-        let selector = format!(
-            "labelSelector=archforge.dev/imagebuild=app,archforge.dev/generation={generation}"
+    /// The pod store holds `items` (the operator watches builder pods by label); the
+    /// controller picks this run's by label and owner.
+    async fn store_pods(&mut self, items: Vec<Value>) {
+        self.stores.set_pods(
+            items
+                .into_iter()
+                .map(|p| serde_json::from_value(p).unwrap()),
         );
-        self.expect(
-            Method::GET,
-            "/api/v1/namespaces/default/pods",
-            &[&selector],
-            list("PodList", items),
-        )
-        .await;
     }
 
     /// Expects the creation of Job `name`; the API server answers with the object as
@@ -295,6 +282,19 @@ impl ApiServer {
         body["status"].clone()
     }
 
+    /// Nothing is requested (for now: the server stays up for the next reconcile).
+    async fn quiet(&mut self) {
+        if let Ok(Some((request, _))) =
+            tokio::time::timeout(Duration::from_millis(200), self.handle.next_request()).await
+        {
+            panic!(
+                "unexpected extra request {} {}",
+                request.method(),
+                request.uri()
+            );
+        }
+    }
+
     /// Nothing else may be requested.
     async fn done(mut self) {
         if let Ok(Some((request, _))) =
@@ -307,10 +307,6 @@ impl ApiServer {
             );
         }
     }
-}
-
-fn list(kind: &str, items: Vec<Value>) -> Value {
-    json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items})
 }
 
 fn imagebuild(url: &str, git_ref: &str, image: &str, generation: i64, status: Value) -> ImageBuild {
@@ -332,17 +328,24 @@ fn context(
     handle_service: tower_test::mock::Mock<Request<Body>, Response<Body>>,
     registry: RegistryOptions,
     builder: BuilderSettings,
+    stores: Stores,
+    signing_key: Option<SigningKey>,
 ) -> Arc<Context> {
-    let client = kube::Client::new(handle_service, "default");
+    let metrics = Arc::new(Metrics::default());
+    let client = kube::Client::new(
+        CountRequests::new(metrics.clone()).service(handle_service),
+        "default",
+    );
     let config = Config {
         builder,
         version: KubeVersion::OLDEST,
         history_limit: 10,
         registry,
         resync: Duration::from_secs(300),
-        signing_key: None,
+        concurrency: 4,
+        signing_key: signing_key.map(Arc::new),
     };
-    Arc::new(Context::new(client, config, Arc::new(Metrics::default())))
+    Arc::new(Context::new(client, config, metrics, stores))
 }
 
 fn setup(build: &ImageBuild, registry: RegistryOptions) -> (Arc<Context>, ApiServer) {
@@ -354,13 +357,25 @@ fn setup_with(
     registry: RegistryOptions,
     builder: BuilderSettings,
 ) -> (Arc<Context>, ApiServer) {
+    setup_signing_with(build, registry, builder, None)
+}
+
+/// A reconcile context whose operator-wide signing key is `signing_key`.
+fn setup_signing_with(
+    build: &ImageBuild,
+    registry: RegistryOptions,
+    builder: BuilderSettings,
+    signing_key: Option<SigningKey>,
+) -> (Arc<Context>, ApiServer) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let ctx = context(service, registry, builder);
+    let (stores, writers) = Stores::empty();
+    let ctx = context(service, registry, builder, stores, signing_key);
     (
         ctx,
         ApiServer {
             handle,
             build: serde_json::to_value(build).unwrap(),
+            stores: writers,
         },
     )
 }
@@ -444,8 +459,8 @@ async fn a_new_imagebuild_pins_its_commit_and_creates_one_job_per_platform() {
         })
         .collect();
     let verify = async move {
-        server.list_jobs(vec![]).await;
-        server.list_nodes(&["amd64", "arm64"]).await;
+        server.store_jobs(vec![]).await;
+        server.store_nodes(&["amd64", "arm64"]).await;
         let amd64 = server.create_job("app-1-linux-amd64").await;
         let arm64 = server.create_job("app-1-linux-arm64").await;
         assert_eq!(
@@ -514,8 +529,8 @@ async fn all_platforms_succeeded_assembles_and_pushes_the_index() {
     let reg_for_check = &reg;
     let image_for_check = image.clone();
     let verify = async move {
-        server.list_jobs(jobs).await;
-        server.list_pods(1, pods).await;
+        server.store_jobs(jobs).await;
+        server.store_pods(pods).await;
         server.event("PlatformSucceeded", "Normal").await;
         server.event("PlatformSucceeded", "Normal").await;
         server.event("IndexPushed", "Normal").await;
@@ -574,8 +589,8 @@ async fn one_failed_platform_fails_the_run_and_stops_the_other() {
     ];
     let pods = vec![builder_pod("app-1-linux-arm64", 1, 1, tail)];
     let verify = async move {
-        server.list_jobs(jobs).await;
-        server.list_pods(1, pods).await;
+        server.store_jobs(jobs).await;
+        server.store_pods(pods).await;
         server.delete_job("app-1-linux-amd64").await;
         let event = server.event("PlatformFailed", "Warning").await;
         assert!(
@@ -676,8 +691,8 @@ async fn a_restart_mid_run_finds_its_jobs_and_creates_nothing() {
         job(&build, "linux/arm64", SHA, running),
     ];
     let verify = async move {
-        server.list_jobs(jobs).await;
-        server.list_pods(1, vec![]).await;
+        server.store_jobs(jobs).await;
+        server.store_pods(vec![]).await;
         let status = server.patch_status().await;
         assert_eq!(status["phase"], "Building");
         assert_eq!(status["platforms"][0]["phase"], "Building");
@@ -713,10 +728,10 @@ async fn a_spec_change_mid_run_stops_the_old_jobs_and_starts_a_new_run() {
         job(&old_build, "linux/arm64", SHA, running),
     ];
     let verify = async move {
-        server.list_jobs(old_jobs).await;
+        server.store_jobs(old_jobs).await;
         server.delete_job("app-1-linux-amd64").await;
         server.delete_job("app-1-linux-arm64").await;
-        server.list_nodes(&["arm64", "amd64"]).await;
+        server.store_nodes(&["arm64", "amd64"]).await;
         let amd64 = server.create_job("app-2-linux-amd64").await;
         assert_eq!(
             amd64["metadata"]["annotations"]["archforge.dev/revision"],
@@ -750,8 +765,8 @@ async fn no_node_for_an_architecture_waits_without_jobs() {
     );
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
     let verify = async move {
-        server.list_jobs(vec![]).await;
-        server.list_nodes(&["amd64"]).await;
+        server.store_jobs(vec![]).await;
+        server.store_nodes(&["amd64"]).await;
         let event = server.event("NoNodeForPlatform", "Warning").await;
         assert!(event["note"].as_str().unwrap().contains("linux/arm64"));
         let status = server.patch_status().await;
@@ -816,7 +831,7 @@ async fn a_registry_outage_during_assembly_keeps_the_digests_and_rebuilds_nothin
     let verify = async move {
         // The Jobs are gone (their TTL passed): none is created again, and with no Job
         // there is no builder pod to look for.
-        server.list_jobs(vec![]).await;
+        server.store_jobs(vec![]).await;
         server.event("RegistryUnreachable", "Warning").await;
         let status = server.patch_status().await;
         assert_eq!(status["phase"], "Assembling");
@@ -879,8 +894,8 @@ async fn a_job_the_api_server_refuses_stalls_the_run_and_leaves_no_job() {
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
     let quota = "jobs.batch \"app-1-linux-arm64\" is forbidden: exceeded quota: no-jobs, requested: count/jobs.batch=1, used: count/jobs.batch=1, limited: count/jobs.batch=1";
     let verify = async move {
-        server.list_jobs(vec![]).await;
-        server.list_nodes(&["amd64", "arm64"]).await;
+        server.store_jobs(vec![]).await;
+        server.store_nodes(&["amd64", "arm64"]).await;
         server.create_job("app-1-linux-amd64").await;
         server
             .refuse_job("app-1-linux-arm64", 403, "Forbidden", quota)
@@ -950,8 +965,8 @@ async fn a_job_name_taken_by_another_owner_is_a_conflict_not_an_adoption() {
     foreign["metadata"]["ownerReferences"][0]["uid"] = json!("another-imagebuild");
     let exists = |name: &str| format!("jobs.batch \"{name}\" already exists");
     let verify = async move {
-        server.list_jobs(vec![]).await;
-        server.list_nodes(&["amd64", "arm64"]).await;
+        server.store_jobs(vec![]).await;
+        server.store_nodes(&["amd64", "arm64"]).await;
         server
             .refuse_job(
                 "app-1-linux-amd64",
@@ -1000,8 +1015,8 @@ async fn a_builder_pod_pod_security_would_refuse_is_never_created() {
     };
     let (ctx, mut server) = setup_with(&build, RegistryOptions::default(), settings);
     let verify = async move {
-        server.list_jobs(vec![]).await;
-        server.list_nodes(&["amd64", "arm64"]).await;
+        server.store_jobs(vec![]).await;
+        server.store_nodes(&["amd64", "arm64"]).await;
         server.event("PodSecurity", "Warning").await;
         let status = server.patch_status().await;
         let (stalled, reason, message) = said(&status, "Stalled");
@@ -1045,8 +1060,8 @@ async fn a_pod_that_only_looks_like_a_builder_is_ignored() {
         .remove("ownerReferences");
     let real = builder_pod("app-1-linux-arm64", 1, 0, &real_digest);
     let verify = async move {
-        server.list_jobs(jobs).await;
-        server.list_pods(1, vec![forged, unowned, real]).await;
+        server.store_jobs(jobs).await;
+        server.store_pods(vec![forged, unowned, real]).await;
         server.event("PlatformSucceeded", "Normal").await;
         let status = server.patch_status().await;
         assert_eq!(status["phase"], "Building");
@@ -1086,21 +1101,25 @@ const EMULATES_ARM64: &[(&str, &str)] = &[("emulation.archforge.dev/arm64", "tru
 async fn fallback_waits_out_the_grace_period_then_emulates_on_a_labelled_node() {
     let fallback = json!({"emulation": "Fallback", "emulationAfter": "5m"});
     // Two minutes into the run: still waiting for a native arm64 node.
+    let started = minutes_ago(2);
+    // The message names a fixed time, so it is the same on every look (no status write).
+    let emulation_from = (started.parse::<jiff::Timestamp>().unwrap()
+        + jiff::SignedDuration::from_mins(5))
+    .to_string();
     let early = json!({"observedGeneration": 1, "phase": "Pending", "source": {"commit": SHA},
-                       "startTime": minutes_ago(2)});
+                       "startTime": started});
     let build = imagebuild_with(fallback.clone(), "registry.example.com/team/app:v1", early);
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
     let verify = async move {
-        server.list_jobs(vec![]).await;
+        server.store_jobs(vec![]).await;
         server
-            .list_labelled_nodes(&[("amd64", EMULATES_ARM64)])
+            .store_labelled_nodes(&[("amd64", EMULATES_ARM64)])
             .await;
         let event = server.event("NoNodeForPlatform", "Warning").await;
         assert!(
-            event["note"]
-                .as_str()
-                .unwrap()
-                .contains("under emulation in 3m"),
+            event["note"].as_str().unwrap().contains(&format!(
+                "under emulation from {emulation_from} (emulationAfter 5m"
+            )),
             "{event}"
         );
         let status = server.patch_status().await;
@@ -1119,9 +1138,9 @@ async fn fallback_waits_out_the_grace_period_then_emulates_on_a_labelled_node() 
     let build = imagebuild_with(fallback, "registry.example.com/team/app:v1", late);
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
     let verify = async move {
-        server.list_jobs(vec![]).await;
+        server.store_jobs(vec![]).await;
         server
-            .list_labelled_nodes(&[("amd64", EMULATES_ARM64)])
+            .store_labelled_nodes(&[("amd64", EMULATES_ARM64)])
             .await;
         let amd64 = server.create_job("app-1-linux-amd64").await;
         let arm64 = server.create_job("app-1-linux-arm64").await;
@@ -1173,10 +1192,10 @@ async fn always_builds_every_platform_on_one_host_and_status_says_emulated() {
     );
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
     let verify = async move {
-        server.list_jobs(vec![]).await;
+        server.store_jobs(vec![]).await;
         // Native arm64 nodes exist, but Always puts everything on amd64 (which can emulate).
         server
-            .list_labelled_nodes(&[("amd64", EMULATES_ARM64), ("arm64", &[])])
+            .store_labelled_nodes(&[("amd64", EMULATES_ARM64), ("arm64", &[])])
             .await;
         server.create_job("app-1-linux-amd64").await;
         let arm64 = server.create_job("app-1-linux-arm64").await;
@@ -1203,8 +1222,8 @@ async fn always_builds_every_platform_on_one_host_and_status_says_emulated() {
     let jobs = vec![job(&build, "linux/amd64", SHA, json!({"active": 1})), arm64];
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
     let verify = async move {
-        server.list_jobs(jobs).await;
-        server.list_pods(1, vec![]).await;
+        server.store_jobs(jobs).await;
+        server.store_pods(vec![]).await;
         let status = server.patch_status().await;
         assert!(status["platforms"][0].get("emulated").is_none(), "{status}");
         assert_eq!(status["platforms"][1]["emulated"], true);
@@ -1247,8 +1266,8 @@ async fn a_platform_allowed_to_fail_is_left_out_and_the_rest_is_published() {
     ];
     let (reg_for_check, image_for_check) = (&reg, image.clone());
     let verify = async move {
-        server.list_jobs(jobs).await;
-        server.list_pods(1, pods).await;
+        server.store_jobs(jobs).await;
+        server.store_pods(pods).await;
         server.event("PlatformSucceeded", "Normal").await;
         let failed = server.event("OptionalPlatformFailed", "Warning").await;
         assert!(
@@ -1312,8 +1331,8 @@ async fn a_platform_that_may_not_fail_still_fails_the_run() {
         "make: *** [all] Error 2",
     )];
     let verify = async move {
-        server.list_jobs(jobs).await;
-        server.list_pods(1, pods).await;
+        server.store_jobs(jobs).await;
+        server.store_pods(pods).await;
         server.delete_job("app-1-linux-arm64").await;
         server.event("PlatformFailed", "Warning").await;
         let status = server.patch_status().await;
@@ -1324,6 +1343,311 @@ async fn a_platform_that_may_not_fail_still_fails_the_run() {
         server.done().await;
     };
     waits_for_change(reconciled(&build, ctx, verify).await);
+}
+
+/// The ImageBuild as the API server stores it after a status write: `status`, and a newer
+/// resourceVersion.
+fn with_status(build: &ImageBuild, status: &Value, resource_version: &str) -> ImageBuild {
+    let mut object = serde_json::to_value(build).unwrap();
+    object["status"] = status.clone();
+    object["metadata"]["resourceVersion"] = json!(resource_version);
+    serde_json::from_value(object).unwrap()
+}
+
+fn building_jobs(build: &ImageBuild, amd64: Value, arm64: Value) -> Vec<Value> {
+    vec![
+        job(build, "linux/amd64", SHA, amd64),
+        job(build, "linux/arm64", SHA, arm64),
+    ]
+}
+
+const OLD: &str = "2026-11-23T09:00:00Z";
+
+fn building_status() -> Value {
+    let condition = |kind: &str, status: &str, reason: &str| {
+        json!({"type": kind, "status": status, "reason": reason, "message": "",
+               "observedGeneration": 1, "lastTransitionTime": OLD})
+    };
+    json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA},
+           "startTime": OLD,
+           "conditions": [condition("Ready", "False", "NotReady"),
+                          condition("Reconciling", "True", "Building"),
+                          condition("Stalled", "False", "Progressing")]})
+}
+
+/// A status that changes keeps each condition's lastTransitionTime while the condition's
+/// status stays; written back, the same status is not written again (no request at all),
+/// by a fresh process as by the one that wrote it.
+#[tokio::test]
+async fn a_status_that_changes_nothing_is_not_written() {
+    let mut build = imagebuild(
+        "https://git.example.com/app.git",
+        SHA,
+        "registry.example.com/team/app:v1",
+        1,
+        building_status(),
+    );
+    build.metadata.resource_version = Some("10".into());
+    let running = json!({"active": 1, "startTime": "2026-11-23T10:00:00Z"});
+    let jobs = building_jobs(&build, running.clone(), running.clone());
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    let verify = async move {
+        server.store_jobs(jobs.clone()).await;
+        server.store_pods(vec![]).await;
+        let status = server.patch_status().await;
+        assert_eq!(status["platforms"][0]["phase"], "Building");
+        for c in status["conditions"].as_array().unwrap() {
+            assert_eq!(c["lastTransitionTime"], OLD, "{c}");
+        }
+        server.done().await;
+        status
+    };
+    let (action, status) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
+    action.unwrap();
+
+    // The write came back through the watch: nothing to do.
+    let written = with_status(&build, &status, "11");
+    let (ctx, mut server) = setup(&written, RegistryOptions::default());
+    let jobs = building_jobs(&written, running.clone(), running);
+    let verify = async move {
+        server.store_jobs(jobs).await;
+        server.store_pods(vec![]).await;
+        server.done().await;
+    };
+    reconciled(&written, ctx, verify).await.unwrap();
+}
+
+/// A second reconcile that starts (on a Job or pod event) before the watch has shown the
+/// status the first one wrote reads that status, not the stale object's: no second status
+/// write and no second Event.
+#[tokio::test]
+async fn a_reconcile_before_the_watch_shows_the_write_repeats_nothing() {
+    let mut build = imagebuild(
+        "https://git.example.com/app.git",
+        SHA,
+        "registry.example.com/team/app:v1",
+        1,
+        building_status(),
+    );
+    build.metadata.resource_version = Some("10".into());
+    let digest = format!("sha256:{}", "1".repeat(64));
+    let done = json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
+                      "conditions": [{"type": "Complete", "status": "True"}]});
+    let jobs = building_jobs(&build, done, json!({"active": 1}));
+    let pods = vec![builder_pod("app-1-linux-amd64", 1, 0, &digest)];
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    let first = async {
+        server.store_jobs(jobs).await;
+        server.store_pods(pods).await;
+        server.event("PlatformSucceeded", "Normal").await;
+        let status = server.patch_status().await;
+        assert_eq!(status["platforms"][0]["digest"], digest.as_str());
+    };
+    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx.clone()), first);
+    action.unwrap();
+    // The same (stale) object again, as the controller's store still holds it.
+    let (action, ()) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), server.done());
+    action.unwrap();
+}
+
+/// One two-platform ImageBuild's whole life, reconcile by reconcile, with the stores changing
+/// between reconciles the way the watches would change them; every request is asserted by
+/// method and path (and nothing else is allowed), then the request counter on the client is
+/// checked against the same list.
+///
+/// How the count is made: the requests that belong to this ImageBuild are the ones its
+/// reconciles make, here 11 = 2 Job creates + 4 Events (RunStarted, PlatformSucceeded twice,
+/// IndexPushed) + 5 status writes (run started, each platform's Job running, each platform
+/// done). Reads cost nothing: Jobs, builder pods and nodes come from the reflectors' stores,
+/// and reconciles that find nothing new (a stale store right after a write, the ImageBuild's
+/// own status update coming back, the Jobs' TTL deletion, a resync) make no request at
+/// all. The reflectors' own requests are shared by every ImageBuild: at start, one paged
+/// list (50 objects a page) and one watch each for ImageBuilds, Jobs, pods and nodes, then one
+/// re-watch per reflector whenever the server ends a watch (kube asks for 290 s). For N
+/// ImageBuilds (2N Jobs and pods) over a run of T seconds that is
+/// N/50 + 2 x 2N/50 + 1 lists + 4 x (1 + T/290) watches + 1 version probe: for N = 100 and
+/// 10 minutes 11 + 12 + 1 = 24, 0.24 per ImageBuild; for N = 1000, 101 + 12 + 1 = 114, 0.11
+/// each. So 11 + at most 0.25: under 12 per ImageBuild.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_imagebuild_s_whole_life_costs_eleven_requests() {
+    let git = GitServer::start();
+    let (url, sha) = git.commit("app", &[("Dockerfile", "FROM scratch\n")], "first");
+    let reg = TestRegistry::start(Mode::Plain);
+    let registry = Registry::new(reg.options());
+    let image = reg.image("team/app:v1");
+    let mut digests = Vec::new();
+    for p in ["linux/amd64", "linux/arm64"] {
+        let platform: Platform = p.parse().unwrap();
+        let reference = format!("{image}-{}", platform.slug());
+        digests.push(
+            registry
+                .push_synthetic_image(&reference, &platform, MediaType::Oci, "life")
+                .await
+                .unwrap(),
+        );
+    }
+    let mut created = imagebuild(&url, "main", &image, 1, Value::Null);
+    created.metadata.resource_version = Some("1".into());
+    created.metadata.creation_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+    );
+    let (ctx, mut server) = setup(&created, reg.options());
+    server.store_nodes(&["amd64", "arm64"]).await;
+    server.store_jobs(vec![]).await;
+    server.store_pods(vec![]).await;
+    let once = |build: &ImageBuild| Arc::new(build.clone());
+
+    // Created: pin the commit (git, not the API server), create both Jobs, say so.
+    let step = async {
+        server.create_job("app-1-linux-amd64").await;
+        server.create_job("app-1-linux-arm64").await;
+        server.event("RunStarted", "Normal").await;
+        let status = server.patch_status().await;
+        assert_eq!(status["phase"], "Building");
+        server.quiet().await;
+        status
+    };
+    let (action, started) = tokio::join!(reconcile(once(&created), ctx.clone()), step);
+    action.unwrap();
+
+    // A Job event starts a reconcile before either watch has caught up: the store has
+    // neither the Jobs nor the new status. Nothing is created or written again.
+    let (action, ()) = tokio::join!(reconcile(once(&created), ctx.clone()), server.quiet());
+    action.unwrap();
+
+    // The watches catch up: the ImageBuild's status update and the Jobs, not yet running.
+    let mut build = with_status(&created, &started, "2");
+    let jobs = |amd64: Value, arm64: Value| {
+        vec![
+            job(&build_for_jobs(&url, &image), "linux/amd64", &sha, amd64),
+            job(&build_for_jobs(&url, &image), "linux/arm64", &sha, arm64),
+        ]
+    };
+    server.store_jobs(jobs(Value::Null, Value::Null)).await;
+    let (action, ()) = tokio::join!(reconcile(once(&build), ctx.clone()), server.quiet());
+    action.unwrap();
+
+    // Each Job starts a pod: one status write each (the platform is Building, with its
+    // start time).
+    let running = json!({"active": 1, "startTime": "2026-11-23T10:00:00Z"});
+    let mut rv = 2;
+    for (amd64, arm64) in [
+        (running.clone(), Value::Null),
+        (running.clone(), running.clone()),
+    ] {
+        server.store_jobs(jobs(amd64, arm64)).await;
+        let step = async {
+            let status = server.patch_status().await;
+            server.quiet().await;
+            status
+        };
+        let (action, status) = tokio::join!(reconcile(once(&build), ctx.clone()), step);
+        action.unwrap();
+        rv += 1;
+        build = with_status(&build, &status, &rv.to_string());
+    }
+    // The pods' own updates (scheduled, running, ready) change nothing in status.
+    let (action, ()) = tokio::join!(reconcile(once(&build), ctx.clone()), server.quiet());
+    action.unwrap();
+
+    // amd64 finishes: its digest, one Event, one write.
+    let done = |minute: u32| {
+        json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z",
+               "completionTime": format!("2026-11-23T10:0{minute}:00Z"),
+               "conditions": [{"type": "Complete", "status": "True"}]})
+    };
+    server.store_jobs(jobs(done(4), running.clone())).await;
+    server
+        .store_pods(vec![builder_pod("app-1-linux-amd64", 1, 0, &digests[0])])
+        .await;
+    let step = async {
+        server.event("PlatformSucceeded", "Normal").await;
+        let status = server.patch_status().await;
+        server.quiet().await;
+        status
+    };
+    let (action, status) = tokio::join!(reconcile(once(&build), ctx.clone()), step);
+    action.unwrap();
+    rv += 1;
+    build = with_status(&build, &status, &rv.to_string());
+
+    // arm64 finishes: its Event, the index is assembled (the registry's requests are the
+    // registry's), its Event, one write.
+    server.store_jobs(jobs(done(4), done(5))).await;
+    server
+        .store_pods(vec![
+            builder_pod("app-1-linux-amd64", 1, 0, &digests[0]),
+            builder_pod("app-1-linux-arm64", 1, 0, &digests[1]),
+        ])
+        .await;
+    let step = async {
+        server.event("PlatformSucceeded", "Normal").await;
+        server.event("IndexPushed", "Normal").await;
+        let status = server.patch_status().await;
+        assert_eq!(status["phase"], "Succeeded");
+        server.quiet().await;
+        status
+    };
+    let (action, status) = tokio::join!(reconcile(once(&build), ctx.clone()), step);
+    waits_for_change(action);
+    rv += 1;
+    build = with_status(&build, &status, &rv.to_string());
+
+    // Succeeded, then the Jobs' TTL deletes them: nothing more.
+    let (action, ()) = tokio::join!(reconcile(once(&build), ctx.clone()), server.quiet());
+    waits_for_change(action);
+    server.store_jobs(vec![]).await;
+    server.store_pods(vec![]).await;
+    let (action, ()) = tokio::join!(reconcile(once(&build), ctx.clone()), server.done());
+    waits_for_change(action);
+
+    let label = |verb: &str, resource: &str, path: &str| RequestLabels {
+        verb: verb.into(),
+        resource: resource.into(),
+        path: path.into(),
+    };
+    pretty_assertions::assert_eq!(
+        ctx.metrics.api_request_counts(),
+        vec![
+            (
+                label(
+                    "create",
+                    "events",
+                    "/apis/events.k8s.io/v1/namespaces/{namespace}/events"
+                ),
+                4
+            ),
+            (
+                label(
+                    "create",
+                    "jobs",
+                    "/apis/batch/v1/namespaces/{namespace}/jobs"
+                ),
+                2
+            ),
+            (
+                label(
+                    "patch",
+                    "imagebuilds/status",
+                    "/apis/archforge.dev/v1alpha1/namespaces/{namespace}/imagebuilds/{name}/status"
+                ),
+                5
+            ),
+        ]
+    );
+    assert_eq!(ctx.metrics.api_requests_total(), 11);
+    let text = ctx.metrics.encode();
+    for histogram in ["run_jobs_created_seconds", "run_index_pushed_seconds"] {
+        assert!(
+            text.contains(&format!("archforge_{histogram}_count 1\n")),
+            "{histogram} observed once:\n{text}"
+        );
+    }
+}
+
+/// The ImageBuild the scenario's Jobs are rendered from (the owner UID is all that matters).
+fn build_for_jobs(url: &str, image: &str) -> ImageBuild {
+    imagebuild(url, "main", image, 1, Value::Null)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1338,22 +1662,7 @@ fn setup_with_operator_key(
     registry: RegistryOptions,
     key: Option<SigningKey>,
 ) -> (Arc<Context>, ApiServer) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(service, "default");
-    let config = Config {
-        builder: BuilderSettings::default(),
-        version: KubeVersion::OLDEST,
-        history_limit: 10,
-        registry,
-        resync: Duration::from_secs(300),
-        signing_key: key.map(Arc::new),
-    };
-    let ctx = Arc::new(Context::new(client, config, Arc::new(Metrics::default())));
-    let server = ApiServer {
-        handle,
-        build: serde_json::to_value(build).unwrap(),
-    };
-    (ctx, server)
+    setup_signing_with(build, registry, BuilderSettings::default(), key)
 }
 
 /// A Secret as the API server returns it, with `data` base64-encoded.
@@ -1489,8 +1798,8 @@ async fn a_signed_run_signs_and_attests_every_platform_and_the_index() {
     ];
     let key_secret = secret(KEY_SECRET, &[("cosign.key", key.to_pkcs8_pem().as_bytes())]);
     let verify = async move {
-        server.list_jobs(jobs).await;
-        server.list_pods(1, pods).await;
+        server.store_jobs(jobs).await;
+        server.store_pods(pods).await;
         server.get_secret(KEY_SECRET, Some(key_secret)).await;
         server.event("PlatformSucceeded", "Normal").await;
         server.event("PlatformSucceeded", "Normal").await;
@@ -1588,8 +1897,8 @@ async fn refused_before_any_job(
     let says: Vec<String> = says.iter().map(|s| s.to_string()).collect();
     let reason_owned = reason.to_string();
     let verify = async move {
-        server.list_jobs(vec![]).await;
-        server.list_nodes(&["amd64", "arm64"]).await;
+        server.store_jobs(vec![]).await;
+        server.store_nodes(&["amd64", "arm64"]).await;
         if let Some(answer) = key_secret {
             server.get_secret(KEY_SECRET, answer).await;
         }
@@ -1775,8 +2084,8 @@ async fn a_malformed_or_wrong_curve_signing_key_stalls_without_showing_the_key()
     );
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
     let verify = async move {
-        server.list_jobs(vec![]).await;
-        server.list_nodes(&["amd64", "arm64"]).await;
+        server.store_jobs(vec![]).await;
+        server.store_nodes(&["amd64", "arm64"]).await;
         server.get_secret(KEY_SECRET, Some(key_secret)).await;
         server.create_job("app-1-linux-amd64").await;
         server.create_job("app-1-linux-arm64").await;
@@ -1822,8 +2131,8 @@ async fn a_key_secret_deleted_while_building_fails_the_run_and_publishes_nothing
         builder_pod("app-1-linux-arm64", 1, 0, &digests[1]),
     ];
     let verify = async move {
-        server.list_jobs(jobs).await;
-        server.list_pods(1, pods).await;
+        server.store_jobs(jobs).await;
+        server.store_pods(pods).await;
         server.get_secret(KEY_SECRET, None).await;
         server.event("PlatformSucceeded", "Normal").await;
         server.event("PlatformSucceeded", "Normal").await;
@@ -1870,8 +2179,8 @@ async fn signing_without_a_key_secret_takes_the_operator_key_or_stalls() {
         Some(SigningKey::generate()),
     );
     let verify = async move {
-        server.list_jobs(vec![]).await;
-        server.list_nodes(&["amd64", "arm64"]).await;
+        server.store_jobs(vec![]).await;
+        server.store_nodes(&["amd64", "arm64"]).await;
         server.create_job("app-1-linux-amd64").await;
         server.create_job("app-1-linux-arm64").await;
         server.event("RunStarted", "Normal").await;
@@ -1912,8 +2221,8 @@ async fn without_platform_tags_the_builders_push_by_digest_only() {
         let build: ImageBuild = serde_json::from_value(object).unwrap();
         let (ctx, mut server) = setup(&build, RegistryOptions::default());
         let verify = async move {
-            server.list_jobs(vec![]).await;
-            server.list_nodes(&["amd64", "arm64"]).await;
+            server.store_jobs(vec![]).await;
+            server.store_nodes(&["amd64", "arm64"]).await;
             let amd64 = server.create_job("app-1-linux-amd64").await;
             server.create_job("app-1-linux-arm64").await;
             server.event("RunStarted", "Normal").await;

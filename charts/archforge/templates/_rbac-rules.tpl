@@ -64,13 +64,14 @@ its reason; templates/rbac.yaml puts them into the roles.
 {{- end -}}
 
 {{- define "archforge.rules.cluster" -}}
-# read-only placement check: is there a schedulable node of each requested architecture
+# read-only placement check, from a watched store: is there a schedulable node of each requested architecture
 - apiGroups:
   - ""
   resources:
   - nodes
   verbs:
   - list
+  - watch
 {{- end -}}
 
 {{- define "archforge.rules.leaderElection" -}}

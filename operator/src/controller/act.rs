@@ -211,9 +211,12 @@ pub async fn take(
                 labels.join(", ")
             };
             let message = match (plan.emulation, retry_in) {
-                (_, Some(left)) => format!(
-                    "no schedulable node with kubernetes.io/arch for {list}; the run starts when one is Ready, or under emulation in {}",
-                    humantime::format_duration(Duration::from_secs(left.as_secs()))
+                // A fixed time, not a countdown: the message (and so the status and the
+                // Event) stays the same on every look until something changes.
+                (_, Some(_)) => format!(
+                    "no schedulable node with kubernetes.io/arch for {list}; the run starts when one is Ready, or under emulation from {} (emulationAfter {} after the run's start)",
+                    emulation_starts(run.status.start_time.as_deref(), plan.emulation_after),
+                    humantime::format_duration(plan.emulation_after)
                 ),
                 (Emulation::Never, None) => format!(
                     "no schedulable node with kubernetes.io/arch for {list}; the run starts when one is Ready"
@@ -481,4 +484,16 @@ async fn assemble(
         .assembly_duration
         .observe(started.elapsed().as_secs_f64());
     Ok(published)
+}
+
+/// When a run that started at `start_time` may fall back to emulation, as RFC 3339.
+fn emulation_starts(start_time: Option<&str>, after: Duration) -> String {
+    start_time
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .zip(jiff::SignedDuration::try_from(after).ok())
+        .and_then(|(start, after)| start.checked_add(after).ok())
+        .map_or_else(
+            || "the end of the grace period".to_string(),
+            |at| at.to_string(),
+        )
 }

@@ -11,15 +11,6 @@ pub enum ReconcileError {
     #[error("invalid spec: {0}")]
     InvalidSpec(#[from] InvalidSpec),
 
-    #[error("listing Jobs: {0}")]
-    ListJobs(#[source] kube::Error),
-
-    #[error("listing builder pods: {0}")]
-    ListPods(#[source] kube::Error),
-
-    #[error("listing nodes: {0}")]
-    ListNodes(#[source] kube::Error),
-
     #[error("reading secret {name}: {source}")]
     ReadSecret {
         name: String,
@@ -89,9 +80,6 @@ impl ReconcileError {
     pub fn reason(&self) -> &'static str {
         match self {
             ReconcileError::InvalidSpec(_) => "InvalidSpec",
-            ReconcileError::ListJobs(_) => "ListJobs",
-            ReconcileError::ListPods(_) => "ListPods",
-            ReconcileError::ListNodes(_) => "ListNodes",
             ReconcileError::ReadSecret { .. } => "ReadSecret",
             ReconcileError::SecretMissing { .. } | ReconcileError::SecretKeys { .. } => "Secret",
             ReconcileError::PinCommit(e) => e.reason(),

@@ -18,8 +18,9 @@ pub async fn delete_jobs(ctx: &Context, build: &ImageBuild, names: &[String]) ->
         propagation_policy: Some(PropagationPolicy::Background),
         ..Default::default()
     };
+    let namespace = build.namespace().unwrap_or_default();
     for name in names {
-        ctx.metrics.api_request("delete", "jobs");
+        ctx.stores.deleted(&namespace, name);
         match api.delete(name, &params).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -68,15 +69,16 @@ fn is_rejection(code: u16) -> bool {
 async fn create_job(ctx: &Context, build: &ImageBuild, job: &Job, platform: &str) -> Result<bool> {
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), &build.namespace().unwrap_or_default());
     let name = job.name_any();
-    ctx.metrics.api_request("create", "jobs");
     let params = PostParams {
         field_manager: Some(MANAGER.into()),
         ..Default::default()
     };
     match api.create(&params, job).await {
-        Ok(_) => Ok(true),
+        Ok(created) => {
+            ctx.stores.created(super::trim_job(created));
+            Ok(true)
+        }
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            ctx.metrics.api_request("get", "jobs");
             let existing = api
                 .get(&name)
                 .await
@@ -85,7 +87,10 @@ async fn create_job(ctx: &Context, build: &ImageBuild, job: &Job, platform: &str
                     source,
                 })?;
             match owned_by(&existing, build) {
-                true => Ok(false),
+                true => {
+                    ctx.stores.created(super::trim_job(existing));
+                    Ok(false)
+                }
                 false => Err(ReconcileError::JobNameConflict { name }),
             }
         }

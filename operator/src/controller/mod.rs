@@ -10,6 +10,7 @@
 //! resumes the run.
 
 mod act;
+pub mod client;
 pub mod decide;
 mod error;
 mod jobs;
@@ -20,16 +21,17 @@ pub mod signing;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
 pub use error::{ReconcileError, Result};
+pub use observe::{StoreWriters, Stores, trim_job, trim_node, trim_pod};
 
 use crate::api::{ImageBuild, ImageBuildStatus, SourceStatus};
 use crate::plan::{RunId, plan};
@@ -53,17 +55,31 @@ pub struct Config {
     /// The operator-wide signing key, for ImageBuilds whose `spec.output.signing` names no
     /// keySecret (read and checked once, at start).
     pub signing_key: Option<Arc<crate::supply::SigningKey>>,
+    /// How many ImageBuilds are reconciled at once (at least 1).
+    pub concurrency: u16,
 }
 
+/// What every reconcile shares: the client, the Event recorder, settings, metrics and the
+/// reflectors' stores.
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub config: Config,
     pub metrics: Arc<Metrics>,
+    pub stores: Stores,
+    /// The status this process last wrote to each ImageBuild (by UID), with the
+    /// resourceVersion of the object it was written over: while the store still shows that
+    /// version, the written status is the one to compare with.
+    written: std::sync::Mutex<std::collections::HashMap<String, Written>>,
+}
+
+struct Written {
+    over: Option<String>,
+    status: ImageBuildStatus,
 }
 
 impl Context {
-    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Self {
+    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>, stores: Stores) -> Self {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -73,6 +89,39 @@ impl Context {
             client,
             config,
             metrics,
+            stores,
+            written: Default::default(),
+        }
+    }
+
+    /// The ImageBuild's status as it stands: the one this process wrote, when `build` is
+    /// the version that status was written over (the watch has not shown the write yet),
+    /// otherwise `build`'s own. A reconcile started by a Job event just after a status
+    /// write then neither writes the same status again nor repeats its Events.
+    pub fn observed_status(&self, build: &ImageBuild) -> ImageBuildStatus {
+        let Some(uid) = build.metadata.uid.as_ref() else {
+            return build.status.clone().unwrap_or_default();
+        };
+        let mut written = self.written.lock().expect("written statuses lock");
+        match written.get(uid) {
+            Some(w) if w.over == build.metadata.resource_version => w.status.clone(),
+            Some(_) => {
+                // The store has caught up (or someone else changed the object).
+                written.remove(uid);
+                build.status.clone().unwrap_or_default()
+            }
+            None => build.status.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Remembers that `status` was written over `build` (as reconciled).
+    fn wrote(&self, build: &ImageBuild, status: ImageBuildStatus) {
+        if let Some(uid) = build.metadata.uid.clone() {
+            let over = build.metadata.resource_version.clone();
+            self.written
+                .lock()
+                .expect("written statuses lock")
+                .insert(uid, Written { over, status });
         }
     }
 }
@@ -93,9 +142,10 @@ pub struct Run {
 }
 
 impl Run {
-    fn begin(build: &ImageBuild, history_limit: usize) -> Run {
+    /// The run `build` asks for; `previous` is its status as it stands
+    /// ([`Context::observed_status`]).
+    fn begin(build: &ImageBuild, previous: ImageBuildStatus, history_limit: usize) -> Run {
         let id = RunId::of(build);
-        let previous = build.status.clone().unwrap_or_default();
         let same = id.is_described_by(&previous);
         let status = match same {
             true => previous.clone(),
@@ -147,7 +197,11 @@ impl Run {
 /// Reconciles one ImageBuild: one step of its current run.
 pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics.reconciles.inc();
-    let mut run = Run::begin(&build, ctx.config.history_limit);
+    let mut run = Run::begin(
+        &build,
+        ctx.observed_status(&build),
+        ctx.config.history_limit,
+    );
     // The schema and CEL may not have run (Kubernetes 1.24 ignores CEL).
     let valid = match ValidSpec::check(&build) {
         Ok(valid) => valid,
@@ -173,7 +227,36 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         false => None,
     };
     let step = decide(&plan, &current, &platforms, nodes.as_ref(), run.waited());
+    let platforms = match &step {
+        decide::Step::CreateJobs {
+            platforms: creating,
+        } => about_to_exist(platforms, creating),
+        _ => platforms,
+    };
     act::take(&ctx, &build, &plan, run, &current, platforms, step).await
+}
+
+/// The platforms whose Jobs this step creates are reported as Pending with no "waiting for
+/// its Job" message, which is what they look like once the Job store shows the Jobs: the
+/// status written now is then the one that reconcile computes, and is not written again.
+/// (A create that fails fails the run or the reconcile, and this status is not written.)
+fn about_to_exist(
+    mut platforms: Vec<crate::api::PlatformStatus>,
+    creating: &[(String, crate::plan::Placement)],
+) -> Vec<crate::api::PlatformStatus> {
+    for p in platforms.iter_mut() {
+        let Some((_, placement)) = creating.iter().find(|(name, _)| *name == p.platform) else {
+            continue;
+        };
+        if p.phase == crate::api::Phase::Pending {
+            p.message = None;
+            // What the Job's emulated-on annotation will say.
+            if let crate::plan::Placement::Emulated { .. } = placement {
+                p.emulated = Some(true);
+            }
+        }
+    }
+    platforms
 }
 
 /// Invalid specs and permanent source errors wait for the user to change the ImageBuild;
@@ -192,44 +275,196 @@ pub fn error_policy(build: Arc<ImageBuild>, error: &ReconcileError, ctx: Arc<Con
     Action::requeue(Duration::from_secs(15))
 }
 
-/// Runs the controller until SIGTERM/SIGINT, over all namespaces or the given ones.
+/// How many watch events a reflector holds for a slow controller before it waits.
+const SUBSCRIBER_BUFFER: usize = 1024;
+
+/// Objects per page of a reflector's list. Each page is held whole, untrimmed, until its
+/// objects are stored, and four reflectors list at once at start: kube's default of 500
+/// full pods or Jobs (managed fields, pod templates) is most of the operator's peak memory.
+const LIST_PAGE: u32 = 50;
+
+/// Events that arrive within this window of each other start one reconcile: a Job's and
+/// its pod's updates, two platforms finishing together.
+const DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// Watches `api` into a shared store (objects trimmed by `trim`), on a task of its own so
+/// the store fills whatever the controllers are doing. Returns the store and one event
+/// stream per `subscribers`.
+fn shared_reflector<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: fn(&mut K),
+    subscribers: usize,
+) -> (Store<K>, Vec<impl Stream<Item = Arc<K>> + Send + 'static>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store_shared::<K>(SUBSCRIBER_BUFFER);
+    let events = (0..subscribers)
+        .map(|_| writer.subscribe().expect("a shared store has subscribers"))
+        .collect();
+    let kind = K::kind(&()).to_string();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(trim)
+        .reflect_shared(writer)
+        .for_each(move |event| {
+            if let Err(e) = event {
+                tracing::warn!(kind, error = %e, "watch failed; retrying with backoff");
+            }
+            futures::future::ready(())
+        });
+    tokio::spawn(stream);
+    (store, events)
+}
+
+/// Drops what no step reads from a stored ImageBuild: its managed fields.
+fn trim_imagebuild(build: &mut ImageBuild) {
+    build.metadata.managed_fields = None;
+}
+
+/// Whether an ImageBuild waits for a node (of an architecture, or one that can emulate it):
+/// only these are looked at again when a node changes.
+pub fn waits_for_nodes(build: &ImageBuild) -> bool {
+    build.status.as_ref().is_some_and(|s| {
+        s.phase == Some(crate::api::Phase::Pending)
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == crate::status::RECONCILING && c.reason == "NoNodeForPlatform")
+    })
+}
+
+/// Which ImageBuilds a node event wakes: those waiting for a node, and only when the node
+/// changed in what placement reads (labels, cordon, Ready). A trimmed node has no heartbeat
+/// times, but the watch still delivers every heartbeat update.
+#[derive(Default)]
+pub struct NodeChanges {
+    seen: std::sync::Mutex<std::collections::HashMap<String, serde_json::Value>>,
+}
+
+impl NodeChanges {
+    pub fn wakes(&self, node: &Node, builds: &[Arc<ImageBuild>]) -> Vec<ObjectRef<ImageBuild>> {
+        let what = serde_json::to_value((&node.metadata.labels, &node.spec, &node.status))
+            .unwrap_or_default();
+        let changed = self
+            .seen
+            .lock()
+            .expect("seen nodes lock")
+            .insert(node.name_any(), what.clone())
+            .is_none_or(|before| before != what);
+        if !changed {
+            return Vec::new();
+        }
+        builds
+            .iter()
+            .filter(|b| waits_for_nodes(b))
+            .map(|b| ObjectRef::from_obj(&**b))
+            .collect()
+    }
+}
+
+/// Runs the controller until SIGTERM/SIGINT, over all namespaces or the given ones. Jobs,
+/// builder pods and nodes come from reflectors (one watch each per scope, nodes one for
+/// all), so a reconcile reads stores and makes requests only to change something.
 pub async fn run(client: Client, namespaces: Vec<String>, config: Config, metrics: Arc<Metrics>) {
-    let ctx = Arc::new(Context::new(client.clone(), config, metrics.clone()));
     let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![None]
     } else {
         namespaces.into_iter().map(Some).collect()
     };
-    let controllers = scopes.into_iter().map(|namespace| {
-        let (builds, jobs, pods): (Api<ImageBuild>, Api<Job>, Api<Pod>) = match &namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
-        };
-        let managed = watcher::Config::default()
-            .labels(&format!("{}={MANAGER}", crate::render::LABEL_MANAGED_BY));
-        Controller::new(builds, watcher::Config::default())
-            .owns(jobs, managed.clone())
-            // A builder pod's termination message arrives with a pod update.
-            .watches(pods, managed, |pod: Pod| {
-                let name = pod.annotations().get(ANNOTATION_IMAGEBUILD)?.clone();
-                Some(ObjectRef::<ImageBuild>::new(&name).within(&pod.namespace()?))
-            })
-            .shutdown_on_signal()
-            .run(reconcile, error_policy, ctx.clone())
-            .for_each(|result| async move {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "reconcile result");
+    let (nodes, node_events) = shared_reflector(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default().page_size(LIST_PAGE),
+        |n| *n = trim_node(std::mem::take(n)),
+        scopes.len(),
+    );
+    let managed = watcher::Config::default()
+        .page_size(LIST_PAGE)
+        .labels(&format!("{}={MANAGER}", crate::render::LABEL_MANAGED_BY));
+    let mut all_stores = Vec::new();
+    let controller_config = kube::runtime::controller::Config::default()
+        .concurrency(config.concurrency.max(1))
+        .debounce(DEBOUNCE);
+    let controllers = scopes
+        .into_iter()
+        .zip(node_events)
+        .map(|(namespace, node_events)| {
+            fn api<K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>>(
+                client: &Client,
+                namespace: &Option<String>,
+            ) -> Api<K>
+            where
+                K::DynamicType: Default,
+            {
+                match namespace {
+                    Some(ns) => Api::namespaced(client.clone(), ns),
+                    None => Api::all(client.clone()),
                 }
-            })
-    });
+            }
+            let (builds, mut build_events) = shared_reflector(
+                api::<ImageBuild>(&client, &namespace),
+                watcher::Config::default().page_size(LIST_PAGE),
+                trim_imagebuild,
+                1,
+            );
+            let (jobs, mut job_events) = shared_reflector(
+                api::<Job>(&client, &namespace),
+                managed.clone(),
+                |j| *j = trim_job(std::mem::take(j)),
+                1,
+            );
+            let (pods, mut pod_events) = shared_reflector(
+                api::<Pod>(&client, &namespace),
+                managed.clone(),
+                |p| *p = trim_pod(std::mem::take(p)),
+                1,
+            );
+            let stores = Stores::new(jobs, pods, nodes.clone());
+            all_stores.push(stores.clone());
+            let ctx = Arc::new(Context::new(
+                client.clone(),
+                config.clone(),
+                metrics.clone(),
+                stores,
+            ));
+            let waiting = builds.clone();
+            let node_changes = NodeChanges::default();
+            Controller::for_shared_stream(build_events.remove(0), builds)
+                .with_config(controller_config.clone())
+                .owns_shared_stream(job_events.remove(0))
+                // A builder pod's termination message arrives with a pod update.
+                .watches_shared_stream(pod_events.remove(0), |pod: Arc<Pod>| {
+                    let name = pod.annotations().get(ANNOTATION_IMAGEBUILD)?.clone();
+                    Some(ObjectRef::<ImageBuild>::new(&name).within(&pod.namespace()?))
+                })
+                // A node that changes in what placement reads wakes the builds waiting for one.
+                .watches_shared_stream(node_events, move |node: Arc<Node>| {
+                    node_changes.wakes(&node, &waiting.state())
+                })
+                .shutdown_on_signal()
+                .run(reconcile, error_policy, ctx)
+                .for_each(|result| async move {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "reconcile result");
+                    }
+                })
+        });
+    let controllers: Vec<_> = controllers.collect();
+    // Before any reconcile: see `Stores::wait_until_ready`.
+    tokio::select! {
+        () = async {
+            for stores in &all_stores {
+                stores.wait_until_ready().await;
+            }
+        } => {}
+        () = shutdown_signal() => return,
+    }
     metrics.set_ready(true);
     futures::future::join_all(controllers).await;
 }
@@ -259,7 +494,8 @@ mod tests {
             "status": {"observedGeneration": 1, "startTime": start}
         }))
         .unwrap();
-        Run::begin(&build, 10)
+        let previous = build.status.clone().unwrap_or_default();
+        Run::begin(&build, previous, 10)
     }
 
     #[test]
@@ -269,6 +505,74 @@ mod tests {
         let past = (now() - jiff::SignedDuration::from_mins(10)).to_string();
         let waited = started_at(&past).waited();
         assert!(waited >= Duration::from_secs(599), "{waited:?}");
+    }
+
+    fn build_in(name: &str, status: serde_json::Value) -> Arc<ImageBuild> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "archforge.dev/v1alpha1", "kind": "ImageBuild",
+                "metadata": {"name": name, "namespace": "ns", "generation": 1},
+                "spec": {"source": {"git": {"url": "https://g.example.com/a.git"}},
+                         "platforms": ["linux/arm64"],
+                         "output": {"image": "r.example.com/a:v1"}},
+                "status": status
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn node(arch: &str, ready: &str, heartbeat: &str) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1", "labels": {"kubernetes.io/arch": arch},
+                         "managedFields": [{"manager": "kubelet"}]},
+            "status": {"conditions": [
+                {"type": "Ready", "status": ready, "lastHeartbeatTime": format!("2026-11-23T{heartbeat}:00Z")},
+                {"type": "MemoryPressure", "status": "False", "lastHeartbeatTime": format!("2026-11-23T{heartbeat}:00Z")}],
+                "images": [{"names": ["registry.example.com/big:1"], "sizeBytes": 1}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_node_change_wakes_only_the_builds_waiting_for_a_node() {
+        let waiting = build_in(
+            "waiting",
+            serde_json::json!({"phase": "Pending", "conditions": [
+                {"type": "Reconciling", "status": "True", "reason": "NoNodeForPlatform", "message": "m",
+                 "lastTransitionTime": "2026-11-23T10:00:00Z"}]}),
+        );
+        let building = build_in(
+            "building",
+            serde_json::json!({"phase": "Building", "conditions": [
+                {"type": "Reconciling", "status": "True", "reason": "Building", "message": "m",
+                 "lastTransitionTime": "2026-11-23T10:00:00Z"}]}),
+        );
+        let fresh = build_in("fresh", serde_json::Value::Null);
+        let builds = vec![waiting, building, fresh];
+        let changes = NodeChanges::default();
+        let woken = |n: Node| {
+            changes
+                .wakes(&trim_node(n), &builds)
+                .into_iter()
+                .map(|r| r.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(woken(node("arm64", "False", "10:00")), vec!["waiting"]);
+        // Only the heartbeat moved: nothing placement reads changed.
+        assert_eq!(woken(node("arm64", "False", "10:01")), Vec::<String>::new());
+        assert_eq!(woken(node("arm64", "True", "10:02")), vec!["waiting"]);
+        assert_eq!(woken(node("amd64", "True", "10:03")), vec!["waiting"]);
+    }
+
+    #[test]
+    fn stored_nodes_keep_only_what_placement_reads() {
+        let trimmed = serde_json::to_value(trim_node(node("arm64", "True", "10:00"))).unwrap();
+        assert_eq!(
+            trimmed,
+            serde_json::json!({"apiVersion": "v1", "kind": "Node",
+                               "metadata": {"name": "n1", "labels": {"kubernetes.io/arch": "arm64"}},
+                               "spec": {}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+        );
     }
 
     #[test]

@@ -1,0 +1,237 @@
+//! The controller's start against kube's `tower-test` mock API server: what its reflectors
+//! ask for (one list and one watch each for ImageBuilds, archforge's Jobs and builder pods by
+//! label, and nodes) and that nothing else is asked while nothing changes.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use archforge::controller::{Config, run};
+use archforge::registry::RegistryOptions;
+use archforge::settings::{BuilderSettings, KubeVersion};
+use archforge::telemetry::{CountRequests, Metrics};
+use http::{Request, Response};
+use kube::client::Body;
+
+fn percent_decode(text: &str) -> String {
+    let mut out = Vec::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) =
+                u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap(), 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn empty_list(kind: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "100"}, "items": []
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn at_start_each_reflector_lists_once_and_watches_once() {
+    let metrics = Arc::new(Metrics::default());
+    let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(CountRequests::new(metrics.clone()).service(mock), "default");
+    let config = Config {
+        builder: BuilderSettings::default(),
+        version: KubeVersion::OLDEST,
+        history_limit: 10,
+        registry: RegistryOptions::default(),
+        resync: Duration::from_secs(300),
+        concurrency: 4,
+        signing_key: None,
+    };
+    let controller = tokio::spawn(run(client, vec!["team-a".into()], config, metrics.clone()));
+    let mut seen = BTreeSet::new();
+    // Watches are left pending, as a quiet server's would be.
+    let mut open_watches = Vec::new();
+    for _ in 0..8 {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
+            .await
+            .expect("the reflectors' lists and watches")
+            .expect("a request");
+        let path = request.uri().path().to_string();
+        let query = percent_decode(request.uri().query().unwrap_or_default());
+        let watch = query.contains("watch=true");
+        let selector = query
+            .split('&')
+            .find_map(|p| p.strip_prefix("labelSelector="))
+            .unwrap_or_default()
+            .to_string();
+        seen.insert((watch, path.clone(), selector));
+        match watch {
+            true => open_watches.push(send),
+            false => {
+                let kind = match path.rsplit('/').next().unwrap() {
+                    "nodes" => "NodeList",
+                    "jobs" => "JobList",
+                    "pods" => "PodList",
+                    _ => "ImageBuildList",
+                };
+                send.send_response(Response::new(Body::from(empty_list(kind))));
+            }
+        }
+    }
+    let managed = "app.kubernetes.io/managed-by=archforge".to_string();
+    let expected: BTreeSet<(bool, String, String)> = [false, true]
+        .into_iter()
+        .flat_map(|watch| {
+            [
+                (watch, "/api/v1/nodes".to_string(), String::new()),
+                (
+                    watch,
+                    "/apis/archforge.dev/v1alpha1/namespaces/team-a/imagebuilds".to_string(),
+                    String::new(),
+                ),
+                (
+                    watch,
+                    "/apis/batch/v1/namespaces/team-a/jobs".to_string(),
+                    managed.clone(),
+                ),
+                (
+                    watch,
+                    "/api/v1/namespaces/team-a/pods".to_string(),
+                    managed.clone(),
+                ),
+            ]
+        })
+        .collect();
+    pretty_assertions::assert_eq!(seen, expected);
+    // Nothing else while nothing changes.
+    if let Ok(Some((request, _))) =
+        tokio::time::timeout(Duration::from_millis(500), handle.next_request()).await
+    {
+        panic!("unexpected request {} {}", request.method(), request.uri());
+    }
+    assert_eq!(metrics.api_requests_total(), 8);
+    assert!(metrics.is_ready());
+    controller.abort();
+    drop(open_watches);
+}
+
+const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+fn building(name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "archforge.dev/v1alpha1", "kind": "ImageBuild",
+        "metadata": {"name": name, "namespace": "team-a", "uid": format!("uid-{name}"),
+                     "generation": 1, "resourceVersion": "5"},
+        "spec": {"source": {"git": {"url": "https://git.example.com/app.git", "ref": SHA}},
+                 "platforms": ["linux/amd64", "linux/arm64"],
+                 "output": {"image": "registry.example.com/team/app:v1"}},
+        "status": {"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA},
+                   "startTime": "2026-11-23T10:00:00Z"}
+    })
+}
+
+fn running_jobs(build: &serde_json::Value) -> Vec<serde_json::Value> {
+    use archforge::plan::{AuthFile, Placement, plan};
+    let build: archforge::api::ImageBuild = serde_json::from_value(build.clone()).unwrap();
+    let settings = BuilderSettings::default();
+    let valid = archforge::validation::ValidSpec::check(&build).unwrap();
+    let plan = plan(&valid, &settings, SHA, AuthFile::None);
+    plan.platforms
+        .iter()
+        .map(|p| {
+            let job = archforge::render::render_job(
+                &build,
+                &plan,
+                p,
+                &Placement::Native,
+                &settings,
+                KubeVersion::OLDEST,
+            );
+            let mut job = serde_json::to_value(job).unwrap();
+            job["metadata"]["uid"] = serde_json::json!(format!("uid-{}", p.job_name));
+            job["status"] = serde_json::json!({"active": 1, "startTime": "2026-11-23T10:00:00Z"});
+            job
+        })
+        .collect()
+}
+
+/// More ImageBuilds than one at start, with the Job store listed last: every one is
+/// reconciled (its status written). kube's store readiness wakes only the last of several
+/// waiters, so reconciles that waited on it themselves would hang but one.
+#[tokio::test]
+async fn every_imagebuild_is_reconciled_when_the_job_list_comes_last() {
+    let metrics = Arc::new(Metrics::default());
+    let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(CountRequests::new(metrics.clone()).service(mock), "default");
+    let config = Config {
+        builder: BuilderSettings::default(),
+        version: KubeVersion::OLDEST,
+        history_limit: 10,
+        registry: RegistryOptions::default(),
+        resync: Duration::from_secs(300),
+        concurrency: 4,
+        signing_key: None,
+    };
+    let controller = tokio::spawn(run(client, vec!["team-a".into()], config, metrics.clone()));
+    let builds: Vec<serde_json::Value> = ["a", "b", "c"].iter().map(|n| building(n)).collect();
+    let jobs: Vec<serde_json::Value> = builds.iter().flat_map(running_jobs).collect();
+    let list = |kind: &str, items: &[serde_json::Value]| {
+        serde_json::to_vec(&serde_json::json!({"apiVersion": "v1", "kind": kind,
+            "metadata": {"resourceVersion": "100"}, "items": items}))
+        .unwrap()
+    };
+    let mut open = Vec::new();
+    let mut job_list = None;
+    let mut patched = BTreeSet::new();
+    while patched.len() < 3 {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("only {patched:?} were reconciled"))
+            .expect("a request");
+        let path = request.uri().path().to_string();
+        let query = request.uri().query().unwrap_or_default().to_string();
+        let watch = query.contains("watch=true");
+        match (request.method().as_str(), path.rsplit('/').next().unwrap()) {
+            _ if watch => open.push(send),
+            ("GET", "jobs") => job_list = Some(send),
+            ("GET", "imagebuilds") => {
+                send.send_response(Response::new(Body::from(list("ImageBuildList", &builds))));
+            }
+            ("GET", "pods") => send.send_response(Response::new(Body::from(list("PodList", &[])))),
+            ("GET", "nodes") => {
+                send.send_response(Response::new(Body::from(list("NodeList", &[]))))
+            }
+            ("PATCH", "status") => {
+                let name = path.rsplit('/').nth(1).unwrap().to_string();
+                let mut stored = building(&name);
+                let body = request.into_body().collect_bytes().await.unwrap();
+                stored["status"] =
+                    serde_json::from_slice::<serde_json::Value>(&body).unwrap()["status"].clone();
+                send.send_response(Response::new(Body::from(
+                    serde_json::to_vec(&stored).unwrap(),
+                )));
+                patched.insert(name);
+            }
+            other => panic!("unexpected {other:?} {path}"),
+        }
+        // The Job list is answered once everything else has been asked for.
+        if open.len() == 3 && job_list.is_some() {
+            // Longer than the controller's debounce, so the reconciles have started.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            job_list
+                .take()
+                .unwrap()
+                .send_response(Response::new(Body::from(list("JobList", &jobs))));
+        }
+    }
+    assert_eq!(patched, ["a", "b", "c"].map(String::from).into());
+    controller.abort();
+    drop(open);
+}
