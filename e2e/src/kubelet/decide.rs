@@ -381,6 +381,8 @@ mod tests {
         let pods = rendered_pods_with("archforge-e2e-sim-amd64", &native, |spec| {
             spec["strategy"] = serde_json::json!("buildkit");
             spec["output"]["mediaType"] = serde_json::json!("docker");
+            // A tagged push here; the push by digest (the default) is the next test's.
+            spec["output"]["platformTags"] = serde_json::json!(true);
         });
         let builder = pods[1].spec.as_ref().unwrap().containers[0].clone();
         assert_eq!(
