@@ -428,3 +428,77 @@ fn cosign_encrypted_keys_written_by_python_are_read() {
         "{shown}"
     );
 }
+
+// With an operator-wide key every tenant's build is signed by the same key: that the key
+// signed an image says only that archforge built it, from whatever repository its
+// ImageBuild named. A tenant who can push to the repository gets a properly signed image
+// there built from their own fork. `--source` pins the repository the provenance must name,
+// and the output shows it.
+#[tokio::test]
+async fn archforge_verify_pins_the_source_repository() {
+    let reg = TestRegistry::start(Mode::Plain);
+    let registry = Registry::new(reg.options());
+    let repo = reg.image("team/app");
+    let key = SigningKey::generate();
+    let (images, _) = publish_signed(&reg, &registry, &repo, &key).await;
+    let dir = tempfile::tempdir().unwrap();
+    let public = dir.path().join("cosign.pub");
+    std::fs::write(&public, key.public_pem()).unwrap();
+    let image = format!("{repo}:v1");
+    let ours = facts(COMMIT).source_url;
+
+    let out = verify_from(&reg, &image, &public, &ours);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains(&format!("source {ours}")), "{shown}");
+
+    let theirs = "https://git.example.com/mallory/app.git";
+    let out = verify_from(&reg, &image, &public, theirs);
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(
+        shown.contains(&format!("its provenance names source {ours}"))
+            && shown.contains(&format!("--source is {theirs}")),
+        "{shown}"
+    );
+
+    // One child re-attested, properly signed, as built from another repository at the
+    // same commit (a fork has the same commits): the chain is broken there.
+    let mut forked = facts(COMMIT);
+    forked.source_url = theirs.into();
+    registry
+        .sign_and_attest(
+            &repo,
+            &images[1].digest,
+            Some(&images[1].platform),
+            &Signer {
+                key: &key,
+                facts: &forked,
+            },
+        )
+        .await
+        .unwrap();
+    let out = verify(&reg, &image, &public);
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(
+        shown.contains(&format!("linux/arm64 image {repo}@{}", images[1].digest))
+            && shown.contains(&format!("names source {theirs}, the index's names {ours}")),
+        "{shown}"
+    );
+}
+
+fn verify_from(
+    reg: &TestRegistry,
+    image: &str,
+    key_file: &std::path::Path,
+    source: &str,
+) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_archforge"))
+        .args(["verify", image, "--key"])
+        .arg(key_file)
+        .args(["--source", source])
+        .args(["--insecure-registry", &reg.addr])
+        .output()
+        .unwrap()
+}
