@@ -502,3 +502,35 @@ fn verify_from(
         .output()
         .unwrap()
 }
+
+// A registry that takes the connection and never answers (a test double: a real registry
+// cannot be made to stall). Each request ends at its own timeout and is retried; the
+// verification as a whole must end at the registry's deadline all the same.
+#[tokio::test]
+async fn archforge_verify_gives_up_on_a_silent_registry_at_its_deadline() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().map_while(Result::ok) {
+            held.push(stream);
+        }
+    });
+    let registry = Registry::new(archforge::registry::RegistryOptions {
+        insecure: vec![addr.clone()],
+        deadline: Some(std::time::Duration::from_secs(2)),
+        ..Default::default()
+    });
+    let key = SigningKey::generate().public_key();
+    let started = std::time::Instant::now();
+    let verified = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        archforge::supply::verify::verify_image(&registry, &format!("{addr}/team/app:v1"), &key),
+    )
+    .await
+    .expect("verify still waiting after 30 s");
+    let took = started.elapsed();
+    let err = verified.unwrap_err().to_string();
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    assert!(err.contains("did not finish within 2s"), "{err}");
+}

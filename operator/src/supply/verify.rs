@@ -296,7 +296,30 @@ fn describe(platform: &ChildPlatform) -> String {
 /// Verifies `image` (`host/repo:tag` or `@sha256:...`): the index's signature and
 /// provenance, each child's signature and provenance, and that every child's provenance
 /// names the index's commit and the platform the index lists it under.
+///
+/// The whole has the registry's deadline: every request is bounded, but a registry
+/// trickling its answers within each bound, retried, over the index's and every child's
+/// attachments, could otherwise hold a CI job for hours.
 pub async fn verify_image(
+    registry: &Registry,
+    image: &str,
+    key: &PublicKey,
+) -> Result<Verified, VerifyError> {
+    let deadline = registry.deadline();
+    match tokio::time::timeout(deadline, verify_now(registry, image, key)).await {
+        Ok(result) => result,
+        Err(_) => Err(VerifyError::Registry(RegistryError::Unreachable {
+            registry: image.split('/').next().unwrap_or_default().to_string(),
+            attempts: 1,
+            message: format!(
+                "the verification of {image} did not finish within {}; archforge stops waiting on a registry that slow",
+                humantime::format_duration(deadline)
+            ),
+        })),
+    }
+}
+
+async fn verify_now(
     registry: &Registry,
     image: &str,
     key: &PublicKey,
