@@ -56,6 +56,12 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub key: String,
 
+    /// The git repository URL the provenance must name (exactly as the ImageBuild's
+    /// spec.source.git.url). An operator-wide key signs every tenant's builds alike: without
+    /// it, a verified signature says archforge built the image, not from what.
+    #[arg(long)]
+    pub source: Option<String>,
+
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -68,6 +74,15 @@ async fn verify(args: &VerifyArgs) -> Result<Vec<String>, String> {
     let verified = crate::supply::verify::verify_image(&registry, &args.image, &key)
         .await
         .map_err(|e| format!("verification failed: {e}"))?;
+    if let Some(source) = &args.source
+        && *source != verified.index.source
+    {
+        return Err(format!(
+            "verification failed: index {}: its provenance names source {}, --source is {source}",
+            verified.index.subject,
+            crate::registry::quote_untrusted(&verified.index.source)
+        ));
+    }
     let mut lines = vec![format!(
         "signatures verified: the index and {} platform image(s), key {}",
         verified.platforms.len(),
@@ -75,8 +90,11 @@ async fn verify(args: &VerifyArgs) -> Result<Vec<String>, String> {
     )];
     for image in verified.platforms.iter().chain([&verified.index]) {
         lines.push(format!(
-            "provenance {:<14} {}  commit {}",
-            image.platform, image.subject, image.commit
+            "provenance {:<14} {}  commit {}  source {}",
+            image.platform,
+            image.subject,
+            image.commit,
+            crate::registry::quote_untrusted(&image.source)
         ));
     }
     Ok(lines)

@@ -2096,6 +2096,80 @@ async fn a_malformed_or_wrong_curve_signing_key_stalls_without_showing_the_key()
     reconciled(&build, ctx, verify).await.unwrap();
 }
 
+/// A cosign encrypted key whose scrypt parameters are `n`, `r`, `p` and whose ciphertext no
+/// password opens: decrypting it costs the whole scrypt run, then fails.
+fn costly_cosign_key(n: u64, r: u32, p: u32) -> String {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let doc = json!({
+        "kdf": {"name": "scrypt", "params": {"N": n, "r": r, "p": p}, "salt": b64(&[7u8; 32])},
+        "cipher": {"name": "nacl/secretbox", "nonce": b64(&[1u8; 24])},
+        "ciphertext": b64(&[0u8; 64]),
+    });
+    format!(
+        "-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\n{}\n-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n",
+        b64(&serde_json::to_vec(&doc).unwrap())
+    )
+}
+
+// A tenant's Secret picks the scrypt cost (up to the cap, a second of CPU and 64 MiB in a
+// release build): decrypting it must not stall the runtime the lease, the probes and every
+// other reconcile share. On a current-thread runtime a ticker only runs while the reconcile
+// awaits, so its longest gap is the longest stretch the reconcile held the thread.
+#[tokio::test]
+async fn decrypting_a_costly_key_secret_does_not_stall_the_runtime() {
+    let build = signed_imagebuild(
+        json!({"keySecret": KEY_SECRET}),
+        "registry.example.com/team/app:v1",
+        Value::Null,
+    );
+    let pem = costly_cosign_key(1 << 14, 8, 1);
+    let key_secret = secret(
+        KEY_SECRET,
+        &[
+            ("cosign.key", pem.as_bytes()),
+            ("cosign.password", b"not-the-password"),
+        ],
+    );
+    let ticking = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let ticker = tokio::spawn({
+        let ticking = ticking.clone();
+        async move {
+            let mut longest = Duration::ZERO;
+            let mut last = std::time::Instant::now();
+            while ticking.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                longest = longest.max(last.elapsed());
+                last = std::time::Instant::now();
+            }
+            longest
+        }
+    });
+    tokio::task::yield_now().await;
+    let started = std::time::Instant::now();
+    refused_before_any_job(
+        &build,
+        None,
+        Some(Some(key_secret)),
+        "SigningKeyInvalid",
+        &["wrong cosign.password"],
+        &[],
+    )
+    .await;
+    let took = started.elapsed();
+    ticking.store(false, std::sync::atomic::Ordering::Relaxed);
+    let longest = ticker.await.unwrap();
+    eprintln!("reconcile took {took:?}; the runtime's longest stall {longest:?}");
+    assert!(
+        took > Duration::from_millis(200),
+        "scrypt should take a while here ({took:?}): the test measures nothing otherwise"
+    );
+    assert!(
+        longest < took / 4,
+        "the reconcile held the runtime thread for {longest:?} of its {took:?}"
+    );
+}
+
 // Multi-threaded: the check calls skopeo inside block_in_place.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_secret_deleted_while_building_fails_the_run_and_publishes_nothing() {

@@ -428,3 +428,109 @@ fn cosign_encrypted_keys_written_by_python_are_read() {
         "{shown}"
     );
 }
+
+// With an operator-wide key every tenant's build is signed by the same key: that the key
+// signed an image says only that archforge built it, from whatever repository its
+// ImageBuild named. A tenant who can push to the repository gets a properly signed image
+// there built from their own fork. `--source` pins the repository the provenance must name,
+// and the output shows it.
+#[tokio::test]
+async fn archforge_verify_pins_the_source_repository() {
+    let reg = TestRegistry::start(Mode::Plain);
+    let registry = Registry::new(reg.options());
+    let repo = reg.image("team/app");
+    let key = SigningKey::generate();
+    let (images, _) = publish_signed(&reg, &registry, &repo, &key).await;
+    let dir = tempfile::tempdir().unwrap();
+    let public = dir.path().join("cosign.pub");
+    std::fs::write(&public, key.public_pem()).unwrap();
+    let image = format!("{repo}:v1");
+    let ours = facts(COMMIT).source_url;
+
+    let out = verify_from(&reg, &image, &public, &ours);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains(&format!("source {ours}")), "{shown}");
+
+    let theirs = "https://git.example.com/mallory/app.git";
+    let out = verify_from(&reg, &image, &public, theirs);
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(
+        shown.contains(&format!("its provenance names source {ours}"))
+            && shown.contains(&format!("--source is {theirs}")),
+        "{shown}"
+    );
+
+    // One child re-attested, properly signed, as built from another repository at the
+    // same commit (a fork has the same commits): the chain is broken there.
+    let mut forked = facts(COMMIT);
+    forked.source_url = theirs.into();
+    registry
+        .sign_and_attest(
+            &repo,
+            &images[1].digest,
+            Some(&images[1].platform),
+            &Signer {
+                key: &key,
+                facts: &forked,
+            },
+        )
+        .await
+        .unwrap();
+    let out = verify(&reg, &image, &public);
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(
+        shown.contains(&format!("linux/arm64 image {repo}@{}", images[1].digest))
+            && shown.contains(&format!("names source {theirs}, the index's names {ours}")),
+        "{shown}"
+    );
+}
+
+fn verify_from(
+    reg: &TestRegistry,
+    image: &str,
+    key_file: &std::path::Path,
+    source: &str,
+) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_archforge"))
+        .args(["verify", image, "--key"])
+        .arg(key_file)
+        .args(["--source", source])
+        .args(["--insecure-registry", &reg.addr])
+        .output()
+        .unwrap()
+}
+
+// A registry that takes the connection and never answers (a test double: a real registry
+// cannot be made to stall). Each request ends at its own timeout and is retried; the
+// verification as a whole must end at the registry's deadline all the same.
+#[tokio::test]
+async fn archforge_verify_gives_up_on_a_silent_registry_at_its_deadline() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().map_while(Result::ok) {
+            held.push(stream);
+        }
+    });
+    let registry = Registry::new(archforge::registry::RegistryOptions {
+        insecure: vec![addr.clone()],
+        deadline: Some(std::time::Duration::from_secs(2)),
+        ..Default::default()
+    });
+    let key = SigningKey::generate().public_key();
+    let started = std::time::Instant::now();
+    let verified = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        archforge::supply::verify::verify_image(&registry, &format!("{addr}/team/app:v1"), &key),
+    )
+    .await
+    .expect("verify still waiting after 30 s");
+    let took = started.elapsed();
+    let err = verified.unwrap_err().to_string();
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    assert!(err.contains("did not finish within 2s"), "{err}");
+}

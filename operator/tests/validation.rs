@@ -1322,6 +1322,34 @@ fn buildkit_build_arg_names_cannot_hold_separators() {
     }
 }
 
+/// BuildKit's Dockerfile frontend takes `build-arg:BUILDKIT_SYNTAX` as the frontend image to
+/// build with (as a `# syntax=` line would), even when empty: the spec's author would pick
+/// the code that builds the image while its provenance names the repository's Dockerfile
+/// at the pinned commit. Only Rust `validate()` refuses it for now: the CEL rule needs the
+/// committed CRD regenerated.
+#[test]
+fn build_args_cannot_pick_the_buildkit_frontend() {
+    for strategy in [json!("buildkit"), json!("buildah"), Value::Null] {
+        for value in ["docker.io/mallory/frontend:latest", ""] {
+            let text = rejected_text(
+                |s| {
+                    s["strategy"] = strategy.clone();
+                    s["buildArgs"] = json!([{"name": "BUILDKIT_SYNTAX", "value": value}]);
+                },
+                "spec.buildArgs[0].name",
+                "selects BuildKit's frontend image",
+                Layer::RustOnly,
+            );
+            assert!(text.contains("# syntax="), "{text}");
+        }
+    }
+    // Other ARG names starting alike are ordinary build arguments.
+    accepted(|s| {
+        s["strategy"] = json!("buildkit");
+        s["buildArgs"] = json!([{"name": "BUILDKIT_SYNTAX_VERSION", "value": "1"}]);
+    });
+}
+
 /// The `--output` and cache values are comma-separated key=value lists for buildctl: a
 /// comma in a reference would add a key (`type=local,dest=/`), so references cannot hold one.
 #[test]

@@ -93,7 +93,8 @@ pub async fn signing_key(ctx: &Context, build: &ImageBuild) -> Result<Option<Arc
         .into());
     };
     let password = secret_value(&secret, PASSWORD_FILE);
-    SigningKey::from_pem(&pem, password.as_deref())
+    SigningKey::from_pem_off_runtime(pem, password)
+        .await
         .map(|key| Some(Arc::new(key)))
         .map_err(|source| {
             SigningKeyError::Invalid {

@@ -164,6 +164,12 @@ impl Registry {
         }
     }
 
+    /// How long one whole operation on this registry may take (an assembly, a
+    /// verification): `RegistryOptions::deadline`, 10 minutes by default.
+    pub fn deadline(&self) -> Duration {
+        self.options.deadline.unwrap_or(ASSEMBLY_DEADLINE)
+    }
+
     /// The oci-client underneath, for callers outside index assembly (tests, e2e). Its reads
     /// are not bounded; assembly does not use it for reading.
     pub fn client(&self) -> &Client {

@@ -280,24 +280,6 @@ impl Registry {
         Ok(manifest_digest)
     }
 
-    /// Uploads a blob unless the repository has it already.
-    pub(crate) async fn upload_blob(
-        &self,
-        repo: &Reference,
-        bytes: &[u8],
-        digest: &str,
-    ) -> RegistryResult<()> {
-        let registry = repo.resolve_registry();
-        if self
-            .retrying(registry, || self.wire.has_blob(repo, digest))
-            .await?
-        {
-            return Ok(());
-        }
-        self.retrying(registry, || self.wire.push_blob(repo, bytes, digest))
-            .await
-    }
-
     /// Pushes a manifest to `target` (tag or digest) and refuses an answer naming another
     /// digest than `digest`.
     pub(crate) async fn put_checked(

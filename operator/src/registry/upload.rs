@@ -47,6 +47,24 @@ fn read_file(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
     Ok((bytes.len() as u64 <= limit).then_some(bytes))
 }
 
+/// `sha256:` of the file at `path` and its size, read a chunk at a time.
+fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut chunk = vec![0u8; 256 << 10];
+    let mut size = 0u64;
+    loop {
+        let read = file.read(&mut chunk)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&chunk[..read]);
+        size += read as u64;
+    }
+    Ok((super::bounded::digest_of(hasher), size))
+}
+
 impl Registry {
     /// Uploads the image in the `dir:` directory `dir` to `repository` (`host/repo`) by
     /// digest, skipping blobs the registry has, and returns the manifest digest. When
@@ -96,21 +114,43 @@ impl Registry {
                 ));
             }
             let path = dir.join(blob.digest.trim_start_matches("sha256:"));
-            // A local file written by buildah; the whole layer is held once in memory.
-            let content = std::fs::read(&path)
+            // What the build wrote can be of any size: hashed, then sent, a chunk at a time.
+            let (actual, size) = hash_file(&path)
                 .map_err(|e| local(dir, format!("cannot read blob {}: {e}", blob.digest)))?;
-            if sha256_digest(&content) != blob.digest {
+            if actual != blob.digest {
                 return Err(local(
                     dir,
                     format!("blob {} does not have that digest", blob.digest),
                 ));
             }
-            self.upload_blob(&repo, &content, &blob.digest).await?;
+            self.upload_blob_file(&repo, &path, size, &blob.digest)
+                .await?;
         }
         let target = repo.clone_with_digest(digest.clone());
         let shown = format!("{repository}@{digest}");
         self.put_checked(&target, &shown, &bytes, media_type, &digest)
             .await?;
         Ok(digest)
+    }
+
+    /// Uploads the file `path` (`size` bytes, `digest`) unless the repository has it already.
+    async fn upload_blob_file(
+        &self,
+        repo: &oci_client::Reference,
+        path: &Path,
+        size: u64,
+        digest: &str,
+    ) -> RegistryResult<()> {
+        let registry = repo.resolve_registry();
+        if self
+            .retrying(registry, || self.wire.has_blob(repo, digest))
+            .await?
+        {
+            return Ok(());
+        }
+        self.retrying(registry, || {
+            self.wire.push_blob_file(repo, path, size, digest)
+        })
+        .await
     }
 }

@@ -537,13 +537,42 @@ impl Wire {
         Ok(status == StatusCode::OK)
     }
 
-    /// Uploads `bytes` as the blob `digest` of `repo` (POST, then PUT to the upload URL the
-    /// registry names, which must be on the registry itself: it receives the credentials).
+    /// Uploads `bytes` as the blob `digest` of `repo` (see [`Wire::push_blob_body`]).
     pub async fn push_blob(
         &self,
         repo: &Reference,
         bytes: &[u8],
         digest: &str,
+    ) -> Result<(), Classified> {
+        self.push_blob_body(repo, digest, bytes.len() as u64, || {
+            reqwest::Body::from(bytes.to_vec())
+        })
+        .await
+    }
+
+    /// Uploads the `size` bytes of the file `path` as the blob `digest` of `repo`, read as
+    /// they are sent: a layer a build wrote can be of any size, and is never held whole.
+    pub async fn push_blob_file(
+        &self,
+        repo: &Reference,
+        path: &std::path::Path,
+        size: u64,
+        digest: &str,
+    ) -> Result<(), Classified> {
+        self.push_blob_body(repo, digest, size, || file_body(path))
+            .await
+    }
+
+    /// Uploads the `size` bytes `body` makes (each call a fresh body: an auth challenge
+    /// sends the request again) as the blob `digest` of `repo` (POST, then PUT to the
+    /// upload URL the registry names, which must be on the registry itself: it receives
+    /// the credentials).
+    async fn push_blob_body(
+        &self,
+        repo: &Reference,
+        digest: &str,
+        size: u64,
+        body: impl Fn() -> reqwest::Body,
     ) -> Result<(), Classified> {
         let registry = repo.resolve_registry().to_string();
         let start = format!(
@@ -590,7 +619,8 @@ impl Wire {
             .send(&self.direct, repo, Operation::Push, |http| {
                 http.put(url.clone())
                     .header(CONTENT_TYPE, "application/octet-stream")
-                    .body(bytes.to_vec())
+                    .header(reqwest::header::CONTENT_LENGTH, size)
+                    .body(body())
             })
             .await?;
         let status = response.status();
@@ -629,4 +659,23 @@ async fn read_limited(
         .map_err(|e| classify_reqwest(registry, &e))?
         .ok_or_else(|| too_large(format!("the registry sent more than {limit} bytes")))?;
     Ok((bytes, content_type, hasher))
+}
+
+/// The file at `path` as a request body, read a chunk at a time as it is sent.
+fn file_body(path: &std::path::Path) -> reqwest::Body {
+    use futures::{StreamExt, TryStreamExt};
+    use tokio::io::AsyncReadExt;
+    let path = path.to_path_buf();
+    let chunks = futures::stream::once(tokio::fs::File::open(path))
+        .map_ok(|file| {
+            futures::stream::try_unfold(file, |mut file| async move {
+                let mut chunk = vec![0u8; 256 << 10];
+                let read = file.read(&mut chunk).await?;
+                chunk.truncate(read);
+                Ok::<_, std::io::Error>((read > 0).then_some((chunk, file)))
+            })
+        })
+        .try_flatten()
+        .boxed();
+    reqwest::Body::wrap_stream(chunks)
 }

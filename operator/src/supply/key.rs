@@ -71,6 +71,10 @@ impl std::fmt::Debug for SigningKey {
     }
 }
 
+/// How many cosign keys are decrypted at once: each holds scrypt's 128·r·N bytes while it
+/// runs, so many ImageBuilds with costly keys must not multiply that by their number.
+static KDF_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// The two PEM labels cosign has written its encrypted keys under (2.x, then 1.x).
 const ENCRYPTED_LABELS: [&str; 2] = [
     "ENCRYPTED SIGSTORE PRIVATE KEY",
@@ -219,6 +223,23 @@ impl SigningKey {
         Ok(SigningKey {
             inner: p256::ecdsa::SigningKey::from(secret),
         })
+    }
+
+    /// [`SigningKey::from_pem`] on tokio's blocking pool, at most two at a time.
+    /// Decrypting a cosign key runs scrypt with the cost its own document names: a tenant's
+    /// Secret can ask for up to a second of CPU and 64 MiB (the cap), which on the async
+    /// runtime would stall the leader lease, the probes and every other reconcile with it.
+    pub async fn from_pem_off_runtime(
+        pem: Vec<u8>,
+        password: Option<Vec<u8>>,
+    ) -> Result<SigningKey, KeyError> {
+        let _slot = KDF_SLOTS
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        tokio::task::spawn_blocking(move || SigningKey::from_pem(&pem, password.as_deref()))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
     /// The key of a Secret's data laid out as `cosign generate-key-pair k8s://` writes it:

@@ -39,6 +39,9 @@ pub struct VerifiedImage {
     /// The provenance subject, `host/repo@sha256:...`.
     pub subject: String,
     pub commit: String,
+    /// The git repository the provenance says it was built from (`externalParameters.source.url`):
+    /// with an operator-wide key, what tells one tenant's build from another's.
+    pub source: String,
 }
 
 /// Everything `verify` checked.
@@ -267,6 +270,13 @@ async fn check_attestation(
     Err(broken(link, why))
 }
 
+/// The git URL a provenance statement says the image was built from.
+fn source_of(statement: &Value) -> Option<String> {
+    statement["predicate"]["buildDefinition"]["externalParameters"]["source"]["url"]
+        .as_str()
+        .map(str::to_string)
+}
+
 /// The commit a provenance statement names (the git dependency's `gitCommit`).
 fn commit_of(statement: &Value) -> Option<String> {
     statement["predicate"]["buildDefinition"]["resolvedDependencies"]
@@ -286,7 +296,30 @@ fn describe(platform: &ChildPlatform) -> String {
 /// Verifies `image` (`host/repo:tag` or `@sha256:...`): the index's signature and
 /// provenance, each child's signature and provenance, and that every child's provenance
 /// names the index's commit and the platform the index lists it under.
+///
+/// The whole has the registry's deadline: every request is bounded, but a registry
+/// trickling its answers within each bound, retried, over the index's and every child's
+/// attachments, could otherwise hold a CI job for hours.
 pub async fn verify_image(
+    registry: &Registry,
+    image: &str,
+    key: &PublicKey,
+) -> Result<Verified, VerifyError> {
+    let deadline = registry.deadline();
+    match tokio::time::timeout(deadline, verify_now(registry, image, key)).await {
+        Ok(result) => result,
+        Err(_) => Err(VerifyError::Registry(RegistryError::Unreachable {
+            registry: image.split('/').next().unwrap_or_default().to_string(),
+            attempts: 1,
+            message: format!(
+                "the verification of {image} did not finish within {}; archforge stops waiting on a registry that slow",
+                humantime::format_duration(deadline)
+            ),
+        })),
+    }
+}
+
+async fn verify_now(
     registry: &Registry,
     image: &str,
     key: &PublicKey,
@@ -322,6 +355,8 @@ pub async fn verify_image(
         check_attestation(registry, &reference, &manifest.digest, key, &index_link).await?;
     let commit = commit_of(&statement)
         .ok_or_else(|| broken(&index_link, "its provenance names no git commit"))?;
+    let source = source_of(&statement)
+        .ok_or_else(|| broken(&index_link, "its provenance names no source repository"))?;
     let subject = format!("{}@{}", repository_name(&reference), manifest.digest);
     let mut platforms = Vec::new();
     for child in &index.manifests {
@@ -348,6 +383,18 @@ pub async fn verify_image(
                 ),
             ));
         }
+        // The same commit can be in another repository (a fork): the commit alone does not
+        // tie a child to the index's source.
+        let child_source = source_of(&statement).unwrap_or_default();
+        if child_source != source {
+            return Err(broken(
+                &link,
+                format!(
+                    "its provenance names source {}, the index's names {source}",
+                    crate::registry::quote_untrusted(&child_source)
+                ),
+            ));
+        }
         let claimed = statement["predicate"]["buildDefinition"]["externalParameters"]["platform"]
             .as_str()
             .unwrap_or_default();
@@ -365,6 +412,7 @@ pub async fn verify_image(
             digest: child.digest.clone(),
             subject: format!("{}@{}", repository_name(&reference), child.digest),
             commit: child_commit,
+            source: child_source,
         });
     }
     Ok(Verified {
@@ -373,6 +421,7 @@ pub async fn verify_image(
             digest: manifest.digest,
             subject,
             commit,
+            source,
         },
         platforms,
     })

@@ -338,7 +338,20 @@ impl ImageBuildSpec {
             let field = format!("spec.buildArgs[{i}].name");
             p.check_pattern(&field, &arg.name, &BUILD_ARG_NAME, 128, "a valid ARG name");
             if self.build_args[..i].iter().any(|a| a.name == arg.name) {
-                p.add(field, format!("{} is given more than once", arg.name));
+                p.add(
+                    field.clone(),
+                    format!("{} is given more than once", arg.name),
+                );
+            }
+            // BuildKit's Dockerfile frontend runs the image this names (even an empty one)
+            // instead of itself: the spec's author, not the repository at the pinned commit
+            // the provenance names, would pick what builds the image. Refused whatever the
+            // strategy, since an unset one is the operator's default.
+            if arg.name == "BUILDKIT_SYNTAX" {
+                p.add(
+                    field,
+                    "BUILDKIT_SYNTAX selects BuildKit's frontend image, which would build the image instead of the Dockerfile the provenance names; put a `# syntax=` line in the Dockerfile instead",
+                );
             }
             if arg.value.chars().count() > 4096 {
                 p.add(
