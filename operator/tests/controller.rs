@@ -10,48 +10,23 @@ use std::time::Duration;
 
 use archforge::api::{ImageBuild, MediaType};
 use archforge::controller::{
-    Config, Context, ReconcileError, StoreWriters, Stores, error_policy, reconcile,
+    Context, ReconcileError, StoreWriters, Stores, error_policy, reconcile,
 };
-use archforge::plan::{AuthFile, Placement, Platform, plan};
+use archforge::plan::Platform;
 use archforge::registry::{Registry, RegistryOptions};
-use archforge::render::render_job;
-use archforge::settings::{BuilderSettings, KubeVersion};
+use archforge::settings::BuilderSettings;
 use archforge::supply::SigningKey;
-use archforge::telemetry::{CountRequests, Metrics, RequestLabels};
-use archforge::validation::ValidSpec;
+use archforge::telemetry::{Metrics, RequestLabels};
+use common::controller::{Handle, config, mock_client, percent_decode, rendered_jobs};
 use common::git::GitServer;
 use common::registry::{Mode, TestRegistry};
-use http::{Method, Request, Response};
+use http::{Method, Response};
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 const UID: &str = "5f3c1a8e-2b7d-4e61-9a0c-7d2e8b4f6a10";
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(
-                std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
-                16,
-            )
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
-}
 
 /// The mock API server's side: one expected request at a time.
 struct ApiServer {
@@ -324,30 +299,6 @@ fn imagebuild(url: &str, git_ref: &str, image: &str, generation: i64, status: Va
     .unwrap()
 }
 
-fn context(
-    handle_service: tower_test::mock::Mock<Request<Body>, Response<Body>>,
-    registry: RegistryOptions,
-    builder: BuilderSettings,
-    stores: Stores,
-    signing_key: Option<SigningKey>,
-) -> Arc<Context> {
-    let metrics = Arc::new(Metrics::default());
-    let client = kube::Client::new(
-        CountRequests::new(metrics.clone()).service(handle_service),
-        "default",
-    );
-    let config = Config {
-        builder,
-        version: KubeVersion::OLDEST,
-        history_limit: 10,
-        registry,
-        resync: Duration::from_secs(300),
-        concurrency: 4,
-        signing_key: signing_key.map(Arc::new),
-    };
-    Arc::new(Context::new(client, config, metrics, stores))
-}
-
 fn setup(build: &ImageBuild, registry: RegistryOptions) -> (Arc<Context>, ApiServer) {
     setup_with(build, registry, BuilderSettings::default())
 }
@@ -367,9 +318,11 @@ fn setup_signing_with(
     builder: BuilderSettings,
     signing_key: Option<SigningKey>,
 ) -> (Arc<Context>, ApiServer) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let metrics = Arc::new(Metrics::default());
+    let (client, handle) = mock_client(&metrics);
     let (stores, writers) = Stores::empty();
-    let ctx = context(service, registry, builder, stores, signing_key);
+    let config = config(builder, registry, signing_key);
+    let ctx = Arc::new(Context::new(client, config, metrics, stores));
     (
         ctx,
         ApiServer {
@@ -382,27 +335,10 @@ fn setup_signing_with(
 
 /// The Job the controller renders for `platform` at `commit`, with a Job status added.
 fn job(build: &ImageBuild, platform: &str, commit: &str, status: Value) -> Value {
-    let settings = BuilderSettings::default();
-    let plan = plan(
-        &ValidSpec::check(build).unwrap(),
-        &settings,
-        commit,
-        AuthFile::None,
-    );
-    let p = plan
-        .platforms
-        .iter()
-        .find(|p| p.platform.to_string() == platform)
+    let (p, mut job) = rendered_jobs(build, commit)
+        .into_iter()
+        .find(|(p, _)| p.platform.to_string() == platform)
         .unwrap();
-    let mut job = serde_json::to_value(render_job(
-        build,
-        &plan,
-        p,
-        &Placement::Native,
-        &settings,
-        KubeVersion::OLDEST,
-    ))
-    .unwrap();
     job["metadata"]["uid"] = json!(job_uid(&p.job_name));
     job["status"] = status;
     job

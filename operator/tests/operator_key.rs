@@ -2,38 +2,10 @@
 //! at start, before the API server is contacted. A bad key stops the real binary there,
 //! naming the file and the problem, never a byte of the key or its password.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
 use archforge::supply::SigningKey;
-
-/// `archforge run` with `args`, against a kubeconfig whose API server refuses connections:
-/// a run that gets past the key fails there instead.
-fn run_operator(dir: &Path, args: &[&str]) -> Output {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
-             clusters: [{{name: c, cluster: {{server: \"https://127.0.0.1:{port}\", insecure-skip-tls-verify: true}}}}]\n\
-             users: [{{name: u, user: {{token: t}}}}]\n\
-             contexts: [{{name: c, context: {{cluster: c, user: u}}}}]\n"
-        ),
-    )
-    .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_archforge"))
-        .args(["run", "--metrics-address", "127.0.0.1:0"])
-        .args(args)
-        .env_clear()
-        .env("KUBECONFIG", &kubeconfig)
-        .output()
-        .unwrap()
-}
+use common::binary::run_operator;
 
 fn pem_body(pem: &str) -> String {
     pem.lines().filter(|l| !l.starts_with("-----")).collect()

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod binary;
+pub mod controller;
 pub mod fixtures;
 pub mod git;
 pub mod registry;
