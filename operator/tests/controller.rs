@@ -19,6 +19,7 @@ use archforge::supply::SigningKey;
 use archforge::telemetry::{Metrics, RequestLabels};
 use common::controller::{Handle, config, mock_client, percent_decode, rendered_jobs};
 use common::git::GitServer;
+use common::keys::{assert_no_piece_of, openssl_key, pem_body, python_cosign_key, truncated};
 use common::registry::{Mode, TestRegistry};
 use http::{Method, Response};
 use kube::client::Body;
@@ -1864,15 +1865,7 @@ async fn refused_before_any_job(
     let note = event["note"].as_str().unwrap().to_string();
     let everything = format!("{status}\n{note}");
     for secret in secrets {
-        // Any 12 characters in a row of the secret would be a leak.
-        let chars: Vec<char> = secret.chars().collect();
-        for window in chars.windows(12) {
-            let piece: String = window.iter().collect();
-            assert!(
-                !everything.contains(&piece),
-                "secret material {piece:?} in the status or Event: {everything}"
-            );
-        }
+        assert_no_piece_of(&everything, secret, "the status or Event");
     }
     assert!(
         status["platforms"].as_array().is_none_or(|p| p.is_empty()),
@@ -1880,50 +1873,12 @@ async fn refused_before_any_job(
     );
 }
 
-/// A new key in cosign's encrypted format (written by the repository's independent Python
-/// implementation, scripts/supply-check.py), and its password.
+/// A new key in cosign's encrypted format, and its password.
 fn cosign_encrypted_key() -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let (key, public) = (dir.path().join("cosign.key"), dir.path().join("cosign.pub"));
     let password = "the-right-password-for-this-key";
-    let out = std::process::Command::new("python3")
-        .arg(common::repo_root().join("scripts/supply-check.py"))
-        .arg("cosign-key")
-        .arg("--key")
-        .arg(&key)
-        .arg("--pub")
-        .arg(&public)
-        .env("COSIGN_PASSWORD", password)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "supply-check.py cosign-key (needs PyNaCl and cryptography: scripts/setup-host.sh): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (key, _) = python_cosign_key(dir.path(), password);
     (std::fs::read_to_string(key).unwrap(), password.to_string())
-}
-
-/// The base64 body of a PEM block: the key material itself.
-fn pem_body(pem: &str) -> String {
-    pem.lines().filter(|l| !l.starts_with("-----")).collect()
-}
-
-fn openssl_key(args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("key.pem");
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .arg("-out")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read_to_string(path).unwrap()
 }
 
 #[tokio::test]
@@ -1963,12 +1918,9 @@ async fn a_malformed_or_wrong_curve_signing_key_stalls_without_showing_the_key()
         Value::Null,
     );
     let good = SigningKey::generate().to_pkcs8_pem();
-    // A real P-256 key cut short: PEM armour around a body that does not parse.
+    // A real P-256 key cut short.
     let body = pem_body(&good);
-    let truncated = format!(
-        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-        &body[..body.len() - 20]
-    );
+    let truncated = truncated(&good);
     let p384 = openssl_key(&[
         "genpkey",
         "-algorithm",

@@ -6,28 +6,12 @@ mod common;
 
 use archforge::supply::SigningKey;
 use common::binary::run_operator;
-
-fn pem_body(pem: &str) -> String {
-    pem.lines().filter(|l| !l.starts_with("-----")).collect()
-}
-
-fn assert_no_piece_of(text: &str, secret: &str) {
-    let chars: Vec<char> = secret.chars().collect();
-    for window in chars.windows(12) {
-        let piece: String = window.iter().collect();
-        assert!(!text.contains(&piece), "{piece:?} of the key in: {text}");
-    }
-}
+use common::keys::{assert_no_piece_of, pem_body, truncated};
 
 #[test]
 fn a_bad_operator_key_stops_the_operator_at_start_without_showing_it() {
     let dir = tempfile::tempdir().unwrap();
-    let good = SigningKey::generate().to_pkcs8_pem();
-    let body = pem_body(&good);
-    let cut = format!(
-        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-        &body[..body.len() - 20]
-    );
+    let cut = truncated(&SigningKey::generate().to_pkcs8_pem());
     let key = dir.path().join("cosign.key");
     std::fs::write(&key, &cut).unwrap();
     let password = dir.path().join("cosign.password");
@@ -53,8 +37,8 @@ fn a_bad_operator_key_stops_the_operator_at_start_without_showing_it() {
         "it stopped before the API server: {stderr}"
     );
     let all = format!("{stdout}{stderr}");
-    assert_no_piece_of(&all, &pem_body(&cut));
-    assert_no_piece_of(&all, "correct-horse-battery-staple");
+    assert_no_piece_of(&all, &pem_body(&cut), "the output");
+    assert_no_piece_of(&all, "correct-horse-battery-staple", "the output");
 
     // A key file that does not exist is named too.
     let out = run_operator(dir.path(), &["--signing-key-file=/nonexistent/cosign.key"]);
@@ -90,5 +74,5 @@ fn a_good_operator_key_gets_the_operator_to_the_api_server() {
         stderr.contains("operator-wide signing key loaded"),
         "the log says a key is in use (by its public fingerprint): {stderr}"
     );
-    assert_no_piece_of(&format!("{stdout}{stderr}"), &pem_body(&pem));
+    assert_no_piece_of(&format!("{stdout}{stderr}"), &pem_body(&pem), "the output");
 }

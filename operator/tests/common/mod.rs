@@ -5,6 +5,7 @@ pub mod binary;
 pub mod controller;
 pub mod fixtures;
 pub mod git;
+pub mod keys;
 pub mod registry;
 pub mod sigstore;
 pub mod ssh;
