@@ -20,7 +20,7 @@ use archforge::telemetry::{Metrics, RequestLabels};
 use common::controller::{Handle, config, mock_client, percent_decode, rendered_jobs};
 use common::git::GitServer;
 use common::keys::{assert_no_piece_of, openssl_key, pem_body, python_cosign_key, truncated};
-use common::registry::{Mode, TestRegistry};
+use common::registry::{Mode, TestRegistry, push_platform_images};
 use http::{Method, Response};
 use kube::client::Body;
 use kube::runtime::controller::Action;
@@ -273,15 +273,22 @@ impl ApiServer {
 
     /// Nothing else may be requested.
     async fn done(mut self) {
-        if let Ok(Some((request, _))) =
-            tokio::time::timeout(Duration::from_millis(200), self.handle.next_request()).await
-        {
-            panic!(
-                "unexpected extra request {} {}",
-                request.method(),
-                request.uri()
-            );
-        }
+        self.quiet().await;
+    }
+
+    /// The stores of a run not started yet: no Job, a node of each architecture.
+    async fn store_nothing_started(&mut self) {
+        self.store_jobs(vec![]).await;
+        self.store_nodes(&["amd64", "arm64"]).await;
+    }
+
+    /// A run starting: both Jobs created, `RunStarted`, the status written; the amd64 Job
+    /// as created and the status.
+    async fn start_run(&mut self) -> (Value, Value) {
+        let amd64 = self.create_job("app-1-linux-amd64").await;
+        self.create_job("app-1-linux-arm64").await;
+        self.event("RunStarted", "Normal").await;
+        (amd64, self.patch_status().await)
     }
 }
 
@@ -345,6 +352,39 @@ fn job(build: &ImageBuild, platform: &str, commit: &str, status: Value) -> Value
     job
 }
 
+/// The digests of [`push_platform_images`].
+async fn pushed_digests(
+    registry: &Registry,
+    reference: impl Fn(&Platform) -> String,
+    marker: &str,
+) -> Vec<String> {
+    push_platform_images(registry, reference, marker)
+        .await
+        .into_iter()
+        .map(|image| image.digest)
+        .collect()
+}
+
+/// The status of a Job that completed (started 10:00, done 10:04).
+fn complete() -> Value {
+    json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
+           "conditions": [{"type": "Complete", "status": "True"}]})
+}
+
+/// Both platforms' Jobs complete, their builder pods having reported `messages` (the
+/// digests they pushed).
+fn finished(build: &ImageBuild, messages: [&str; 2]) -> (Vec<Value>, Vec<Value>) {
+    let jobs = vec![
+        job(build, "linux/amd64", SHA, complete()),
+        job(build, "linux/arm64", SHA, complete()),
+    ];
+    let pods = vec![
+        builder_pod("app-1-linux-amd64", 1, 0, messages[0]),
+        builder_pod("app-1-linux-arm64", 1, 0, messages[1]),
+    ];
+    (jobs, pods)
+}
+
 /// The UID the mock API server gives Job `name`.
 fn job_uid(name: &str) -> String {
     format!("uid-of-{name}")
@@ -396,8 +436,7 @@ async fn a_new_imagebuild_pins_its_commit_and_creates_one_job_per_platform() {
         })
         .collect();
     let verify = async move {
-        server.store_jobs(vec![]).await;
-        server.store_nodes(&["amd64", "arm64"]).await;
+        server.store_nothing_started().await;
         let amd64 = server.create_job("app-1-linux-amd64").await;
         let arm64 = server.create_job("app-1-linux-arm64").await;
         assert_eq!(
@@ -435,34 +474,12 @@ async fn all_platforms_succeeded_assembles_and_pushes_the_index() {
     let reg = TestRegistry::start(Mode::Plain);
     let registry = Registry::new(reg.options());
     let image = reg.image("team/app:v1");
-    let mut digests = Vec::new();
-    for p in ["linux/amd64", "linux/arm64"] {
-        let platform: Platform = p.parse().unwrap();
-        digests.push(
-            registry
-                .push_synthetic_image(
-                    &format!("{image}-{}", platform.slug()),
-                    &platform,
-                    MediaType::Oci,
-                    "controller",
-                )
-                .await
-                .unwrap(),
-        );
-    }
+    let digests =
+        pushed_digests(&registry, |p| format!("{image}-{}", p.slug()), "controller").await;
     let status = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA}});
     let build = imagebuild("https://git.example.com/app.git", "main", &image, 1, status);
     let (ctx, mut server) = setup(&build, reg.options());
-    let done = json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
-                      "conditions": [{"type": "Complete", "status": "True"}]});
-    let jobs = vec![
-        job(&build, "linux/amd64", SHA, done.clone()),
-        job(&build, "linux/arm64", SHA, done),
-    ];
-    let pods = vec![
-        builder_pod("app-1-linux-amd64", 1, 0, &digests[0]),
-        builder_pod("app-1-linux-arm64", 1, 0, &format!("{}\n", digests[1])),
-    ];
+    let (jobs, pods) = finished(&build, [&digests[0], &format!("{}\n", digests[1])]);
     let reg_for_check = &reg;
     let image_for_check = image.clone();
     let verify = async move {
@@ -831,8 +848,7 @@ async fn a_job_the_api_server_refuses_stalls_the_run_and_leaves_no_job() {
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
     let quota = "jobs.batch \"app-1-linux-arm64\" is forbidden: exceeded quota: no-jobs, requested: count/jobs.batch=1, used: count/jobs.batch=1, limited: count/jobs.batch=1";
     let verify = async move {
-        server.store_jobs(vec![]).await;
-        server.store_nodes(&["amd64", "arm64"]).await;
+        server.store_nothing_started().await;
         server.create_job("app-1-linux-amd64").await;
         server
             .refuse_job("app-1-linux-arm64", 403, "Forbidden", quota)
@@ -902,8 +918,7 @@ async fn a_job_name_taken_by_another_owner_is_a_conflict_not_an_adoption() {
     foreign["metadata"]["ownerReferences"][0]["uid"] = json!("another-imagebuild");
     let exists = |name: &str| format!("jobs.batch \"{name}\" already exists");
     let verify = async move {
-        server.store_jobs(vec![]).await;
-        server.store_nodes(&["amd64", "arm64"]).await;
+        server.store_nothing_started().await;
         server
             .refuse_job(
                 "app-1-linux-amd64",
@@ -952,8 +967,7 @@ async fn a_builder_pod_pod_security_would_refuse_is_never_created() {
     };
     let (ctx, mut server) = setup_with(&build, RegistryOptions::default(), settings);
     let verify = async move {
-        server.store_jobs(vec![]).await;
-        server.store_nodes(&["amd64", "arm64"]).await;
+        server.store_nothing_started().await;
         server.event("PodSecurity", "Warning").await;
         let status = server.patch_status().await;
         let (stalled, reason, message) = said(&status, "Stalled");
@@ -978,11 +992,9 @@ async fn a_pod_that_only_looks_like_a_builder_is_ignored() {
         status,
     );
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
-    let done = json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
-                      "conditions": [{"type": "Complete", "status": "True"}]});
     let jobs = vec![
         job(&build, "linux/amd64", SHA, json!({"active": 1})),
-        job(&build, "linux/arm64", SHA, done),
+        job(&build, "linux/arm64", SHA, complete()),
     ];
     let forged_digest = format!("sha256:{}", "e".repeat(64));
     let real_digest = format!("sha256:{}", "1".repeat(64));
@@ -1190,11 +1202,9 @@ async fn a_platform_allowed_to_fail_is_left_out_and_the_rest_is_published() {
         json!({"platformSettings": [{"platform": "linux/arm64", "allowFailure": true}]});
     let build = imagebuild_with(optional_arm64, &image, status);
     let (ctx, mut server) = setup(&build, reg.options());
-    let done = json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
-                      "conditions": [{"type": "Complete", "status": "True"}]});
     let failed = json!({"failed": 2, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]});
     let jobs = vec![
-        job(&build, "linux/amd64", SHA, done),
+        job(&build, "linux/amd64", SHA, complete()),
         job(&build, "linux/arm64", SHA, failed),
     ];
     let pods = vec![
@@ -1368,9 +1378,7 @@ async fn a_reconcile_before_the_watch_shows_the_write_repeats_nothing() {
     );
     build.metadata.resource_version = Some("10".into());
     let digest = format!("sha256:{}", "1".repeat(64));
-    let done = json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
-                      "conditions": [{"type": "Complete", "status": "True"}]});
-    let jobs = building_jobs(&build, done, json!({"active": 1}));
+    let jobs = building_jobs(&build, complete(), json!({"active": 1}));
     let pods = vec![builder_pod("app-1-linux-amd64", 1, 0, &digest)];
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
     let first = async {
@@ -1412,17 +1420,7 @@ async fn one_imagebuild_s_whole_life_costs_eleven_requests() {
     let reg = TestRegistry::start(Mode::Plain);
     let registry = Registry::new(reg.options());
     let image = reg.image("team/app:v1");
-    let mut digests = Vec::new();
-    for p in ["linux/amd64", "linux/arm64"] {
-        let platform: Platform = p.parse().unwrap();
-        let reference = format!("{image}-{}", platform.slug());
-        digests.push(
-            registry
-                .push_synthetic_image(&reference, &platform, MediaType::Oci, "life")
-                .await
-                .unwrap(),
-        );
-    }
+    let digests = pushed_digests(&registry, |p| format!("{image}-{}", p.slug()), "life").await;
     let mut created = imagebuild(&url, "main", &image, 1, Value::Null);
     created.metadata.resource_version = Some("1".into());
     created.metadata.creation_timestamp = Some(
@@ -1436,10 +1434,7 @@ async fn one_imagebuild_s_whole_life_costs_eleven_requests() {
 
     // Created: pin the commit (git, not the API server), create both Jobs, say so.
     let step = async {
-        server.create_job("app-1-linux-amd64").await;
-        server.create_job("app-1-linux-arm64").await;
-        server.event("RunStarted", "Normal").await;
-        let status = server.patch_status().await;
+        let (_, status) = server.start_run().await;
         assert_eq!(status["phase"], "Building");
         server.quiet().await;
         status
@@ -1698,21 +1693,12 @@ async fn a_signed_run_signs_and_attests_every_platform_and_the_index() {
     let image = reg.image("team/app:v1");
     let repository = repository_of(&image).to_string();
     // What the builders do with platformTags false (the default): push by digest only.
-    let mut digests = Vec::new();
-    for p in ["linux/amd64", "linux/arm64"] {
-        let platform: Platform = p.parse().unwrap();
-        digests.push(
-            registry
-                .push_synthetic_image(
-                    &format!("{repository}@@unknown-digest@@"),
-                    &platform,
-                    MediaType::Oci,
-                    "controller",
-                )
-                .await
-                .unwrap(),
-        );
-    }
+    let digests = pushed_digests(
+        &registry,
+        |_| format!("{repository}@@unknown-digest@@"),
+        "controller",
+    )
+    .await;
     assert_eq!(
         registry_tags(&reg, &repository),
         Vec::<String>::new(),
@@ -1723,16 +1709,7 @@ async fn a_signed_run_signs_and_attests_every_platform_and_the_index() {
                         "startTime": "2026-11-23T09:59:00Z"});
     let build = signed_imagebuild(json!({"keySecret": KEY_SECRET}), &image, status);
     let (ctx, mut server) = setup(&build, reg.options());
-    let done = json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
-                      "conditions": [{"type": "Complete", "status": "True"}]});
-    let jobs = vec![
-        job(&build, "linux/amd64", SHA, done.clone()),
-        job(&build, "linux/arm64", SHA, done),
-    ];
-    let pods = vec![
-        builder_pod("app-1-linux-amd64", 1, 0, &digests[0]),
-        builder_pod("app-1-linux-arm64", 1, 0, &digests[1]),
-    ];
+    let (jobs, pods) = finished(&build, [&digests[0], &digests[1]]);
     let key_secret = secret(KEY_SECRET, &[("cosign.key", key.to_pkcs8_pem().as_bytes())]);
     let verify = async move {
         server.store_jobs(jobs).await;
@@ -1834,8 +1811,7 @@ async fn refused_before_any_job(
     let says: Vec<String> = says.iter().map(|s| s.to_string()).collect();
     let reason_owned = reason.to_string();
     let verify = async move {
-        server.store_jobs(vec![]).await;
-        server.store_nodes(&["amd64", "arm64"]).await;
+        server.store_nothing_started().await;
         if let Some(answer) = key_secret {
             server.get_secret(KEY_SECRET, answer).await;
         }
@@ -1972,13 +1948,9 @@ async fn a_malformed_or_wrong_curve_signing_key_stalls_without_showing_the_key()
     );
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
     let verify = async move {
-        server.store_jobs(vec![]).await;
-        server.store_nodes(&["amd64", "arm64"]).await;
+        server.store_nothing_started().await;
         server.get_secret(KEY_SECRET, Some(key_secret)).await;
-        server.create_job("app-1-linux-amd64").await;
-        server.create_job("app-1-linux-arm64").await;
-        server.event("RunStarted", "Normal").await;
-        assert_eq!(server.patch_status().await["phase"], "Building");
+        assert_eq!(server.start_run().await.1["phase"], "Building");
         server.done().await;
     };
     reconciled(&build, ctx, verify).await.unwrap();
@@ -1991,33 +1963,16 @@ async fn a_key_secret_deleted_while_building_fails_the_run_and_publishes_nothing
     let registry = Registry::new(reg.options());
     let image = reg.image("team/app:v1");
     let repository = repository_of(&image).to_string();
-    let mut digests = Vec::new();
-    for p in ["linux/amd64", "linux/arm64"] {
-        digests.push(
-            registry
-                .push_synthetic_image(
-                    &format!("{repository}@@unknown-digest@@"),
-                    &p.parse().unwrap(),
-                    MediaType::Oci,
-                    "controller",
-                )
-                .await
-                .unwrap(),
-        );
-    }
+    let digests = pushed_digests(
+        &registry,
+        |_| format!("{repository}@@unknown-digest@@"),
+        "controller",
+    )
+    .await;
     let status = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA}});
     let build = signed_imagebuild(json!({"keySecret": KEY_SECRET}), &image, status);
     let (ctx, mut server) = setup(&build, reg.options());
-    let done = json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
-                      "conditions": [{"type": "Complete", "status": "True"}]});
-    let jobs = vec![
-        job(&build, "linux/amd64", SHA, done.clone()),
-        job(&build, "linux/arm64", SHA, done),
-    ];
-    let pods = vec![
-        builder_pod("app-1-linux-amd64", 1, 0, &digests[0]),
-        builder_pod("app-1-linux-arm64", 1, 0, &digests[1]),
-    ];
+    let (jobs, pods) = finished(&build, [&digests[0], &digests[1]]);
     let verify = async move {
         server.store_jobs(jobs).await;
         server.store_pods(pods).await;
@@ -2067,12 +2022,8 @@ async fn signing_without_a_key_secret_takes_the_operator_key_or_stalls() {
         Some(SigningKey::generate()),
     );
     let verify = async move {
-        server.store_jobs(vec![]).await;
-        server.store_nodes(&["amd64", "arm64"]).await;
-        server.create_job("app-1-linux-amd64").await;
-        server.create_job("app-1-linux-arm64").await;
-        server.event("RunStarted", "Normal").await;
-        let status = server.patch_status().await;
+        server.store_nothing_started().await;
+        let (_, status) = server.start_run().await;
         assert_eq!(status["phase"], "Building");
         server.done().await;
     };
@@ -2109,12 +2060,8 @@ async fn without_platform_tags_the_builders_push_by_digest_only() {
         let build: ImageBuild = serde_json::from_value(object).unwrap();
         let (ctx, mut server) = setup(&build, RegistryOptions::default());
         let verify = async move {
-            server.store_jobs(vec![]).await;
-            server.store_nodes(&["amd64", "arm64"]).await;
-            let amd64 = server.create_job("app-1-linux-amd64").await;
-            server.create_job("app-1-linux-arm64").await;
-            server.event("RunStarted", "Normal").await;
-            server.patch_status().await;
+            server.store_nothing_started().await;
+            let (amd64, _) = server.start_run().await;
             server.done().await;
             amd64
         };

@@ -13,7 +13,7 @@ use archforge::plan::Platform;
 use archforge::registry::{PlatformImage, Published, Registry};
 use archforge::supply::{BuildFacts, Signer, SigningKey};
 use common::keys::python_cosign_key;
-use common::registry::{Mode, TestRegistry};
+use common::registry::{Mode, TestRegistry, push_platform_images};
 use common::sigstore::{SigstorePolicy, copy_attachment, python_checks_available, supply_check};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -44,20 +44,8 @@ async fn publish_signed(
     repo: &str,
     key: &SigningKey,
 ) -> (Vec<PlatformImage>, Published) {
-    let mut images = Vec::new();
-    for p in ["linux/amd64", "linux/arm64"] {
-        let platform: Platform = p.parse().unwrap();
-        let digest = registry
-            .push_synthetic_image(
-                &format!("{repo}@@unknown-digest@@"),
-                &platform,
-                MediaType::Oci,
-                "signed",
-            )
-            .await
-            .unwrap();
-        images.push(PlatformImage { platform, digest });
-    }
+    let images =
+        push_platform_images(registry, |_| format!("{repo}@@unknown-digest@@"), "signed").await;
     let facts = facts(COMMIT);
     let signer = Signer { key, facts: &facts };
     let published = registry
