@@ -276,6 +276,17 @@ impl ApiServer {
         self.quiet().await;
     }
 
+    /// A reconcile that says `events` (Normal), writes the status and asks nothing else
+    /// for now; the status written.
+    async fn writes_status(&mut self, events: &[&str]) -> Value {
+        for reason in events {
+            self.event(reason, "Normal").await;
+        }
+        let status = self.patch_status().await;
+        self.quiet().await;
+        status
+    }
+
     /// The stores of a run not started yet: no Job, a node of each architecture.
     async fn store_nothing_started(&mut self) {
         self.store_jobs(vec![]).await;
@@ -1322,11 +1333,8 @@ fn building_status() -> Value {
                           condition("Stalled", "False", "Progressing")]})
 }
 
-/// A status that changes keeps each condition's lastTransitionTime while the condition's
-/// status stays; written back, the same status is not written again (no request at all),
-/// by a fresh process as by the one that wrote it.
-#[tokio::test]
-async fn a_status_that_changes_nothing_is_not_written() {
+/// An ImageBuild building since [`OLD`], as stored at resourceVersion 10.
+fn building_since_old() -> ImageBuild {
     let mut build = imagebuild(
         "https://git.example.com/app.git",
         SHA,
@@ -1335,6 +1343,15 @@ async fn a_status_that_changes_nothing_is_not_written() {
         building_status(),
     );
     build.metadata.resource_version = Some("10".into());
+    build
+}
+
+/// A status that changes keeps each condition's lastTransitionTime while the condition's
+/// status stays; written back, the same status is not written again (no request at all),
+/// by a fresh process as by the one that wrote it.
+#[tokio::test]
+async fn a_status_that_changes_nothing_is_not_written() {
+    let build = building_since_old();
     let running = json!({"active": 1, "startTime": "2026-11-23T10:00:00Z"});
     let jobs = building_jobs(&build, running.clone(), running.clone());
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
@@ -1369,14 +1386,7 @@ async fn a_status_that_changes_nothing_is_not_written() {
 /// write and no second Event.
 #[tokio::test]
 async fn a_reconcile_before_the_watch_shows_the_write_repeats_nothing() {
-    let mut build = imagebuild(
-        "https://git.example.com/app.git",
-        SHA,
-        "registry.example.com/team/app:v1",
-        1,
-        building_status(),
-    );
-    build.metadata.resource_version = Some("10".into());
+    let build = building_since_old();
     let digest = format!("sha256:{}", "1".repeat(64));
     let jobs = building_jobs(&build, complete(), json!({"active": 1}));
     let pods = vec![builder_pod("app-1-linux-amd64", 1, 0, &digest)];
@@ -1435,12 +1445,12 @@ async fn one_imagebuild_s_whole_life_costs_eleven_requests() {
     // Created: pin the commit (git, not the API server), create both Jobs, say so.
     let step = async {
         let (_, status) = server.start_run().await;
-        assert_eq!(status["phase"], "Building");
         server.quiet().await;
         status
     };
     let (action, started) = tokio::join!(reconcile(once(&created), ctx.clone()), step);
     action.unwrap();
+    assert_eq!(started["phase"], "Building");
 
     // A Job event starts a reconcile before either watch has caught up: the store has
     // neither the Jobs nor the new status. Nothing is created or written again.
@@ -1463,20 +1473,20 @@ async fn one_imagebuild_s_whole_life_costs_eleven_requests() {
     // start time).
     let running = json!({"active": 1, "startTime": "2026-11-23T10:00:00Z"});
     let mut rv = 2;
+    // The status a reconcile wrote, as the watch brings it back.
+    let mut written = |build: &ImageBuild, status: &Value| {
+        rv += 1;
+        with_status(build, status, &rv.to_string())
+    };
     for (amd64, arm64) in [
         (running.clone(), Value::Null),
         (running.clone(), running.clone()),
     ] {
         server.store_jobs(jobs(amd64, arm64)).await;
-        let step = async {
-            let status = server.patch_status().await;
-            server.quiet().await;
-            status
-        };
+        let step = server.writes_status(&[]);
         let (action, status) = tokio::join!(reconcile(once(&build), ctx.clone()), step);
         action.unwrap();
-        rv += 1;
-        build = with_status(&build, &status, &rv.to_string());
+        build = written(&build, &status);
     }
     // The pods' own updates (scheduled, running, ready) change nothing in status.
     let (action, ()) = tokio::join!(reconcile(once(&build), ctx.clone()), server.quiet());
@@ -1492,16 +1502,10 @@ async fn one_imagebuild_s_whole_life_costs_eleven_requests() {
     server
         .store_pods(vec![builder_pod("app-1-linux-amd64", 1, 0, &digests[0])])
         .await;
-    let step = async {
-        server.event("PlatformSucceeded", "Normal").await;
-        let status = server.patch_status().await;
-        server.quiet().await;
-        status
-    };
+    let step = server.writes_status(&["PlatformSucceeded"]);
     let (action, status) = tokio::join!(reconcile(once(&build), ctx.clone()), step);
     action.unwrap();
-    rv += 1;
-    build = with_status(&build, &status, &rv.to_string());
+    build = written(&build, &status);
 
     // arm64 finishes: its Event, the index is assembled (the registry's requests are the
     // registry's), its Event, one write.
@@ -1512,18 +1516,11 @@ async fn one_imagebuild_s_whole_life_costs_eleven_requests() {
             builder_pod("app-1-linux-arm64", 1, 0, &digests[1]),
         ])
         .await;
-    let step = async {
-        server.event("PlatformSucceeded", "Normal").await;
-        server.event("IndexPushed", "Normal").await;
-        let status = server.patch_status().await;
-        assert_eq!(status["phase"], "Succeeded");
-        server.quiet().await;
-        status
-    };
+    let step = server.writes_status(&["PlatformSucceeded", "IndexPushed"]);
     let (action, status) = tokio::join!(reconcile(once(&build), ctx.clone()), step);
     waits_for_change(action);
-    rv += 1;
-    build = with_status(&build, &status, &rv.to_string());
+    assert_eq!(status["phase"], "Succeeded");
+    build = written(&build, &status);
 
     // Succeeded, then the Jobs' TTL deletes them: nothing more.
     let (action, ()) = tokio::join!(reconcile(once(&build), ctx.clone()), server.quiet());
@@ -1632,16 +1629,8 @@ impl ApiServer {
 
 /// An ImageBuild that asks for signing (`signing` is spec.output.signing) at `image`.
 fn signed_imagebuild(signing: Value, image: &str, status: Value) -> ImageBuild {
-    let mut object = serde_json::to_value(imagebuild(
-        "https://git.example.com/app.git",
-        SHA,
-        image,
-        1,
-        status,
-    ))
-    .unwrap();
-    object["spec"]["output"]["signing"] = signing;
-    serde_json::from_value(object).unwrap()
+    let output = json!({"image": image, "signing": signing});
+    imagebuild_with(json!({"output": output}), image, status)
 }
 
 /// `host/repo` of `host/repo:tag`.
@@ -1685,29 +1674,39 @@ fn attachment(digest: &str, suffix: &str) -> String {
     )
 }
 
-// Multi-threaded: the verifier calls skopeo inside block_in_place.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_signed_run_signs_and_attests_every_platform_and_the_index() {
+/// A fresh registry holding two platform images pushed by digest only (as the builders push
+/// them with platformTags false, the default), and an ImageBuild in `status` signing with
+/// `keySecret`, whose run built them: the registry, the output image, the images' digests
+/// and the ImageBuild.
+async fn signed_run(status: Value) -> (TestRegistry, String, Vec<String>, ImageBuild) {
     let reg = TestRegistry::start(Mode::Plain);
     let registry = Registry::new(reg.options());
     let image = reg.image("team/app:v1");
     let repository = repository_of(&image).to_string();
-    // What the builders do with platformTags false (the default): push by digest only.
     let digests = pushed_digests(
         &registry,
         |_| format!("{repository}@@unknown-digest@@"),
         "controller",
     )
     .await;
+    let build = signed_imagebuild(json!({"keySecret": KEY_SECRET}), &image, status);
+    (reg, image, digests, build)
+}
+
+// Multi-threaded: the verifier calls skopeo inside block_in_place.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_run_signs_and_attests_every_platform_and_the_index() {
+    let status = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA},
+                        "startTime": "2026-11-23T09:59:00Z"});
+    let (reg, image, digests, build) = signed_run(status).await;
+    let registry = Registry::new(reg.options());
+    let repository = repository_of(&image).to_string();
     assert_eq!(
         registry_tags(&reg, &repository),
         Vec::<String>::new(),
         "pushed by digest: no tag yet"
     );
     let key = SigningKey::generate();
-    let status = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA},
-                        "startTime": "2026-11-23T09:59:00Z"});
-    let build = signed_imagebuild(json!({"keySecret": KEY_SECRET}), &image, status);
     let (ctx, mut server) = setup(&build, reg.options());
     let (jobs, pods) = finished(&build, [&digests[0], &digests[1]]);
     let key_secret = secret(KEY_SECRET, &[("cosign.key", key.to_pkcs8_pem().as_bytes())]);
@@ -1959,18 +1958,9 @@ async fn a_malformed_or_wrong_curve_signing_key_stalls_without_showing_the_key()
 // Multi-threaded: the check calls skopeo inside block_in_place.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_secret_deleted_while_building_fails_the_run_and_publishes_nothing() {
-    let reg = TestRegistry::start(Mode::Plain);
-    let registry = Registry::new(reg.options());
-    let image = reg.image("team/app:v1");
-    let repository = repository_of(&image).to_string();
-    let digests = pushed_digests(
-        &registry,
-        |_| format!("{repository}@@unknown-digest@@"),
-        "controller",
-    )
-    .await;
     let status = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA}});
-    let build = signed_imagebuild(json!({"keySecret": KEY_SECRET}), &image, status);
+    let (reg, image, digests, build) = signed_run(status).await;
+    let repository = repository_of(&image).to_string();
     let (ctx, mut server) = setup(&build, reg.options());
     let (jobs, pods) = finished(&build, [&digests[0], &digests[1]]);
     let verify = async move {
