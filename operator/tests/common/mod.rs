@@ -6,6 +6,7 @@ pub mod controller;
 pub mod fixtures;
 pub mod git;
 pub mod keys;
+pub mod profiles;
 pub mod registry;
 pub mod sigstore;
 pub mod ssh;
