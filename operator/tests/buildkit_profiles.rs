@@ -9,7 +9,7 @@ use std::process::Command;
 
 use archforge::settings::{BuilderSettings, SeccompProfile};
 use common::profiles::{
-    assert_chart_copy, check_apparmor_profile, check_seccomp_profile, loader_script,
+    ROOTLESS_CALLS, assert_chart_copy, check_apparmor_profile, check_seccomp_profile, loader_script,
 };
 
 fn kustomize(dir: &str) -> Vec<serde_json::Value> {
@@ -85,15 +85,7 @@ fn the_buildkit_seccomp_profile_allows_rootlesskit_and_refuses_the_dangerous_cal
     ] {
         assert!(denied.contains(&call), "{call} is not denied");
     }
-    for call in [
-        "unshare",
-        "mount",
-        "umount2",
-        "pivot_root",
-        "setns",
-        "clone",
-        "clone3",
-    ] {
+    for call in ROOTLESS_CALLS.into_iter().chain(["clone3"]) {
         assert!(!denied.contains(&call), "{call} must stay allowed");
     }
     // Installed by the same loaders as buildah's, where the default setting points.

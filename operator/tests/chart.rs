@@ -15,8 +15,8 @@ use archforge::api::ImageBuild;
 use archforge::rbac::{PERMISSIONS, Scope};
 use archforge::settings::BuilderSettings;
 use common::profiles::{
-    ACCT_PROBE, assert_chart_copy, check_apparmor_profile, check_seccomp_profile, loader_script,
-    under_seccomp,
+    ACCT_PROBE, ROOTLESS_CALLS, assert_chart_copy, check_apparmor_profile, check_seccomp_profile,
+    loader_script, under_seccomp,
 };
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
@@ -976,14 +976,7 @@ fn seccomp_profile_allows_user_namespaces_and_refuses_the_dangerous_calls() {
             "{call} is not denied"
         );
     }
-    for call in [
-        "unshare",
-        "mount",
-        "umount2",
-        "pivot_root",
-        "setns",
-        "clone",
-    ] {
+    for call in ROOTLESS_CALLS {
         assert!(
             !text.contains(&format!("\"{call}\"")),
             "{call} must stay allowed"

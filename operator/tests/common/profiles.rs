@@ -69,6 +69,17 @@ pub const ACCT_PROBE: [&str; 3] = [
      print('ok' if r == 0 else os.strerror(ctypes.get_errno()))",
 ];
 
+/// The calls a rootless builder makes to enter its user and mount namespaces and mount in
+/// them, which every builder seccomp profile allows.
+pub const ROOTLESS_CALLS: [&str; 6] = [
+    "unshare",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "setns",
+    "clone",
+];
+
 /// Under the seccomp profile at `profile`, `mount_script` runs as root of a new user and
 /// mount namespace and prints `mounted`, and [`ACCT_PROBE`] gets EPERM. Returns the
 /// profile's text.
