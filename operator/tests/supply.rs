@@ -15,6 +15,7 @@ use archforge::supply::{BuildFacts, Signer, SigningKey};
 use common::keys::python_cosign_key;
 use common::registry::{Mode, TestRegistry, push_platform_images};
 use common::sigstore::{SigstorePolicy, copy_attachment, python_checks_available, supply_check};
+use common::text;
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -136,14 +137,6 @@ fn verify(reg: &TestRegistry, image: &str, key_file: &std::path::Path) -> Output
         .args(["--insecure-registry", &reg.addr])
         .output()
         .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn sig_tag(digest: &str, suffix: &str) -> String {

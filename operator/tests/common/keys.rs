@@ -55,9 +55,8 @@ pub fn python_cosign_key(dir: &Path, password: &str) -> (PathBuf, PathBuf) {
         .expect("python3 runs");
     assert!(
         out.status.success(),
-        "supply-check.py cosign-key (needs PyNaCl and cryptography: scripts/setup-host.sh): {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        "supply-check.py cosign-key (needs PyNaCl and cryptography: scripts/setup-host.sh): {}",
+        super::text(&out)
     );
     (key, public)
 }

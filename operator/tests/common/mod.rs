@@ -29,6 +29,15 @@ pub fn run(cmd: &mut std::process::Command) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// What a finished command printed, standard output then standard error, for messages.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// The median of benchmark samples.
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
