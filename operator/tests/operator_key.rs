@@ -8,6 +8,8 @@ use archforge::supply::SigningKey;
 use common::binary::run_operator;
 use common::keys::{assert_no_piece_of, pem_body, truncated};
 
+const ARCHFORGE: &str = env!("CARGO_BIN_EXE_archforge");
+
 #[test]
 fn a_bad_operator_key_stops_the_operator_at_start_without_showing_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -17,6 +19,7 @@ fn a_bad_operator_key_stops_the_operator_at_start_without_showing_it() {
     let password = dir.path().join("cosign.password");
     std::fs::write(&password, "correct-horse-battery-staple").unwrap();
     let out = run_operator(
+        ARCHFORGE,
         dir.path(),
         &[
             &format!("--signing-key-file={}", key.display()),
@@ -41,7 +44,11 @@ fn a_bad_operator_key_stops_the_operator_at_start_without_showing_it() {
     assert_no_piece_of(&all, "correct-horse-battery-staple", "the output");
 
     // A key file that does not exist is named too.
-    let out = run_operator(dir.path(), &["--signing-key-file=/nonexistent/cosign.key"]);
+    let out = run_operator(
+        ARCHFORGE,
+        dir.path(),
+        &["--signing-key-file=/nonexistent/cosign.key"],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("/nonexistent/cosign.key"), "{stderr}");
@@ -56,6 +63,7 @@ fn a_good_operator_key_gets_the_operator_to_the_api_server() {
     // The chart always passes the password file; a Secret without cosign.password has none.
     let absent = dir.path().join("cosign.password");
     let out = run_operator(
+        ARCHFORGE,
         dir.path(),
         &[
             &format!("--signing-key-file={}", key.display()),

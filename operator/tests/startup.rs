@@ -9,7 +9,7 @@ use common::binary::run_operator;
 #[test]
 fn run_against_an_unreachable_https_server_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let output = run_operator(dir.path(), &[]);
+    let output = run_operator(env!("CARGO_BIN_EXE_archforge"), dir.path(), &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(output.status.code(), Some(1), "{stderr}");

@@ -3,10 +3,11 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// `archforge run` with `args` and no environment but `KUBECONFIG`, against a kubeconfig
+/// `<binary> run` with `args` and no environment but `KUBECONFIG`, against a kubeconfig
 /// (written into `dir`) whose HTTPS API server refuses connections: a run that gets past its
-/// start-up checks fails there, naming 127.0.0.1.
-pub fn run_operator(dir: &Path, args: &[&str]) -> Output {
+/// start-up checks fails there, naming 127.0.0.1. Tests pass `CARGO_BIN_EXE_archforge`
+/// (which Cargo does not set for the examples that share this module).
+pub fn run_operator(binary: &str, dir: &Path, args: &[&str]) -> Output {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -23,7 +24,7 @@ pub fn run_operator(dir: &Path, args: &[&str]) -> Output {
         ),
     )
     .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_archforge"))
+    Command::new(binary)
         .args(["run", "--metrics-address", "127.0.0.1:0"])
         .args(args)
         .env_clear()
