@@ -14,6 +14,10 @@ use std::process::Command;
 use archforge::api::ImageBuild;
 use archforge::rbac::{PERMISSIONS, Scope};
 use archforge::settings::BuilderSettings;
+use common::profiles::{
+    ACCT_PROBE, ROOTLESS_CALLS, assert_chart_copy, check_apparmor_profile, check_seccomp_profile,
+    loader_script, under_seccomp,
+};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -916,48 +920,13 @@ fn samples_are_valid_imagebuilds() {
 #[test]
 fn apparmor_profile_compiles_and_keeps_the_default_denials() {
     let profile = common::repo_root().join("config/apparmor/archforge-builder");
-    let parse = |path: &Path| {
-        Command::new("apparmor_parser")
-            // -Q: compile only, never load into this machine's kernel.
-            .args(["-Q", "-K", "-T"])
-            .arg(path)
-            .output()
-            .expect("apparmor_parser (Debian package apparmor; `make setup`)")
-    };
-    let output = parse(&profile);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-
-    let text = std::fs::read_to_string(&profile).unwrap();
     let default_name = BuilderSettings::default().apparmor_profile;
-    assert!(text.contains(&format!("\nprofile {default_name} flags=")));
-    for denial in [
-        "deny @{PROC}/sysrq-trigger rwklx,",
-        "deny @{PROC}/kcore rwklx,",
-        "deny /sys/firmware/** rwklx,",
-        "deny /sys/kernel/security/** rwklx,",
-    ] {
-        assert!(text.contains(denial), "lost {denial}");
-    }
-    assert!(
-        text.lines().any(|l| l.trim() == "mount,")
-            && !text.lines().any(|l| l.trim().starts_with("deny mount")),
-        "rootless buildah must be able to mount"
-    );
-
-    // The parser really checks: a typo is refused.
-    let dir = tempfile::tempdir().unwrap();
-    let broken = dir.path().join("broken");
-    std::fs::write(&broken, text.replace("umount,", "umount")).unwrap();
-    assert!(!parse(&broken).status.success());
+    // Compiles, keeps the denials, and the parser refuses a typo.
+    let text = check_apparmor_profile(&profile, &default_name, "umount,");
 
     let objects = kustomize("config/apparmor");
     check_types(&objects);
-    let map = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
-    assert_eq!(map["data"]["archforge-builder"], text.as_str());
+    loader_script(&objects, "archforge-builder", &text);
 }
 
 #[test]
@@ -980,56 +949,16 @@ fn fuse_device_plugin_advertises_the_default_resource() {
     );
 }
 
-/// Runs `command` under `profile` with the real libseccomp (scripts/seccomp-exec.py).
-fn under_seccomp(profile: &Path, command: &[&str]) -> std::process::Output {
-    Command::new("/usr/bin/python3")
-        .arg(common::repo_root().join("scripts/seccomp-exec.py"))
-        .arg(profile)
-        .args(command)
-        .output()
-        .expect("/usr/bin/python3 with python3-seccomp (`make setup`)")
-}
-
 #[test]
 fn seccomp_profile_allows_user_namespaces_and_refuses_the_dangerous_calls() {
     let profile = common::repo_root().join("config/seccomp/archforge-builder.json");
-    let text = std::fs::read_to_string(&profile).unwrap();
 
-    // What rootless buildah needs from seccomp: a user namespace and mounts inside it.
-    let mount = under_seccomp(
-        &profile,
-        &[
-            "unshare",
-            "--user",
-            "--map-root-user",
-            "--mount",
-            "sh",
-            "-c",
-            "mount -t tmpfs tmpfs /mnt && echo mounted",
-        ],
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&mount.stdout).trim(),
-        "mounted",
-        "{}",
-        String::from_utf8_lossy(&mount.stderr)
-    );
-    // What it refuses: acct(NULL), harmless when allowed (it only switches accounting off),
-    // gets EPERM under the profile.
-    let acct = [
-        "/usr/bin/python3",
-        "-c",
-        "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); r = libc.syscall(163, None); \
-         print('ok' if r == 0 else os.strerror(ctypes.get_errno()))",
-    ];
-    let denied = under_seccomp(&profile, &acct);
-    assert!(
-        String::from_utf8_lossy(&denied.stdout).contains("Operation not permitted"),
-        "{denied:?}"
-    );
+    // What rootless buildah needs from seccomp: a user namespace and mounts inside it; what
+    // it refuses: acct(NULL), which gets EPERM under the profile.
+    let text = check_seccomp_profile(&profile, "mount -t tmpfs tmpfs /mnt && echo mounted");
     let allow_all = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(allow_all.path(), r#"{"defaultAction": "SCMP_ACT_ALLOW"}"#).unwrap();
-    let allowed = under_seccomp(allow_all.path(), &acct);
+    let allowed = under_seccomp(allow_all.path(), &ACCT_PROBE);
     assert!(
         String::from_utf8_lossy(&allowed.stdout).contains("ok"),
         "the probe itself must work without the profile: {allowed:?}"
@@ -1047,14 +976,7 @@ fn seccomp_profile_allows_user_namespaces_and_refuses_the_dangerous_calls() {
             "{call} is not denied"
         );
     }
-    for call in [
-        "unshare",
-        "mount",
-        "umount2",
-        "pivot_root",
-        "setns",
-        "clone",
-    ] {
+    for call in ROOTLESS_CALLS {
         assert!(
             !text.contains(&format!("\"{call}\"")),
             "{call} must stay allowed"
@@ -1068,22 +990,11 @@ fn seccomp_profile_allows_user_namespaces_and_refuses_the_dangerous_calls() {
     // One profile: the kustomize loader and the chart ship the same bytes.
     let objects = kustomize("config/seccomp");
     check_types(&objects);
-    let map = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
-    assert_eq!(map["data"]["archforge-builder.json"], text.as_str());
-    let loader = find(&objects, "DaemonSet", "archforge-seccomp-loader");
-    let script = loader["spec"]["template"]["spec"]["initContainers"][0]["command"][2]
-        .as_str()
-        .unwrap();
+    find(&objects, "DaemonSet", "archforge-seccomp-loader");
+    let script = loader_script(&objects, "archforge-builder.json", &text);
     // The file lands where the documented --seccomp-profile value points.
     assert!(script.contains("/seccomp/archforge/archforge-builder.json"));
-    let chart_copy = std::fs::read_to_string(
-        common::repo_root().join("charts/archforge/files/archforge-builder.json"),
-    )
-    .unwrap();
-    assert_eq!(
-        chart_copy, text,
-        "charts/archforge/files/ must be a copy of config/seccomp/"
-    );
+    assert_chart_copy("archforge-builder.json", &text);
 
     let (_, defaults) = render_chart(None);
     assert!(

@@ -10,48 +10,24 @@ use std::time::Duration;
 
 use archforge::api::{ImageBuild, MediaType};
 use archforge::controller::{
-    Config, Context, ReconcileError, StoreWriters, Stores, error_policy, reconcile,
+    Context, ReconcileError, StoreWriters, Stores, error_policy, reconcile,
 };
-use archforge::plan::{AuthFile, Placement, Platform, plan};
+use archforge::plan::Platform;
 use archforge::registry::{Registry, RegistryOptions};
-use archforge::render::render_job;
-use archforge::settings::{BuilderSettings, KubeVersion};
+use archforge::settings::BuilderSettings;
 use archforge::supply::SigningKey;
-use archforge::telemetry::{CountRequests, Metrics, RequestLabels};
-use archforge::validation::ValidSpec;
+use archforge::telemetry::{Metrics, RequestLabels};
+use common::controller::{Handle, config, mock_client, percent_decode, rendered_jobs};
 use common::git::GitServer;
-use common::registry::{Mode, TestRegistry};
-use http::{Method, Request, Response};
+use common::keys::{assert_no_piece_of, openssl_key, pem_body, python_cosign_key, truncated};
+use common::registry::{Mode, TestRegistry, push_platform_images};
+use http::{Method, Response};
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 const UID: &str = "5f3c1a8e-2b7d-4e61-9a0c-7d2e8b4f6a10";
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(
-                std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
-                16,
-            )
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
-}
 
 /// The mock API server's side: one expected request at a time.
 struct ApiServer {
@@ -297,15 +273,33 @@ impl ApiServer {
 
     /// Nothing else may be requested.
     async fn done(mut self) {
-        if let Ok(Some((request, _))) =
-            tokio::time::timeout(Duration::from_millis(200), self.handle.next_request()).await
-        {
-            panic!(
-                "unexpected extra request {} {}",
-                request.method(),
-                request.uri()
-            );
+        self.quiet().await;
+    }
+
+    /// A reconcile that says `events` (Normal), writes the status and asks nothing else
+    /// for now; the status written.
+    async fn writes_status(&mut self, events: &[&str]) -> Value {
+        for reason in events {
+            self.event(reason, "Normal").await;
         }
+        let status = self.patch_status().await;
+        self.quiet().await;
+        status
+    }
+
+    /// The stores of a run not started yet: no Job, a node of each architecture.
+    async fn store_nothing_started(&mut self) {
+        self.store_jobs(vec![]).await;
+        self.store_nodes(&["amd64", "arm64"]).await;
+    }
+
+    /// A run starting: both Jobs created, `RunStarted`, the status written; the amd64 Job
+    /// as created and the status.
+    async fn start_run(&mut self) -> (Value, Value) {
+        let amd64 = self.create_job("app-1-linux-amd64").await;
+        self.create_job("app-1-linux-arm64").await;
+        self.event("RunStarted", "Normal").await;
+        (amd64, self.patch_status().await)
     }
 }
 
@@ -322,30 +316,6 @@ fn imagebuild(url: &str, git_ref: &str, image: &str, generation: i64, status: Va
         "status": status
     }))
     .unwrap()
-}
-
-fn context(
-    handle_service: tower_test::mock::Mock<Request<Body>, Response<Body>>,
-    registry: RegistryOptions,
-    builder: BuilderSettings,
-    stores: Stores,
-    signing_key: Option<SigningKey>,
-) -> Arc<Context> {
-    let metrics = Arc::new(Metrics::default());
-    let client = kube::Client::new(
-        CountRequests::new(metrics.clone()).service(handle_service),
-        "default",
-    );
-    let config = Config {
-        builder,
-        version: KubeVersion::OLDEST,
-        history_limit: 10,
-        registry,
-        resync: Duration::from_secs(300),
-        concurrency: 4,
-        signing_key: signing_key.map(Arc::new),
-    };
-    Arc::new(Context::new(client, config, metrics, stores))
 }
 
 fn setup(build: &ImageBuild, registry: RegistryOptions) -> (Arc<Context>, ApiServer) {
@@ -367,9 +337,11 @@ fn setup_signing_with(
     builder: BuilderSettings,
     signing_key: Option<SigningKey>,
 ) -> (Arc<Context>, ApiServer) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let metrics = Arc::new(Metrics::default());
+    let (client, handle) = mock_client(&metrics);
     let (stores, writers) = Stores::empty();
-    let ctx = context(service, registry, builder, stores, signing_key);
+    let config = config(builder, registry, signing_key);
+    let ctx = Arc::new(Context::new(client, config, metrics, stores));
     (
         ctx,
         ApiServer {
@@ -382,30 +354,46 @@ fn setup_signing_with(
 
 /// The Job the controller renders for `platform` at `commit`, with a Job status added.
 fn job(build: &ImageBuild, platform: &str, commit: &str, status: Value) -> Value {
-    let settings = BuilderSettings::default();
-    let plan = plan(
-        &ValidSpec::check(build).unwrap(),
-        &settings,
-        commit,
-        AuthFile::None,
-    );
-    let p = plan
-        .platforms
-        .iter()
-        .find(|p| p.platform.to_string() == platform)
+    let (p, mut job) = rendered_jobs(build, commit)
+        .into_iter()
+        .find(|(p, _)| p.platform.to_string() == platform)
         .unwrap();
-    let mut job = serde_json::to_value(render_job(
-        build,
-        &plan,
-        p,
-        &Placement::Native,
-        &settings,
-        KubeVersion::OLDEST,
-    ))
-    .unwrap();
     job["metadata"]["uid"] = json!(job_uid(&p.job_name));
     job["status"] = status;
     job
+}
+
+/// The digests of [`push_platform_images`].
+async fn pushed_digests(
+    registry: &Registry,
+    reference: impl Fn(&Platform) -> String,
+    marker: &str,
+) -> Vec<String> {
+    push_platform_images(registry, reference, marker)
+        .await
+        .into_iter()
+        .map(|image| image.digest)
+        .collect()
+}
+
+/// The status of a Job that completed (started 10:00, done 10:04).
+fn complete() -> Value {
+    json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
+           "conditions": [{"type": "Complete", "status": "True"}]})
+}
+
+/// Both platforms' Jobs complete, their builder pods having reported `messages` (the
+/// digests they pushed).
+fn finished(build: &ImageBuild, messages: [&str; 2]) -> (Vec<Value>, Vec<Value>) {
+    let jobs = vec![
+        job(build, "linux/amd64", SHA, complete()),
+        job(build, "linux/arm64", SHA, complete()),
+    ];
+    let pods = vec![
+        builder_pod("app-1-linux-amd64", 1, 0, messages[0]),
+        builder_pod("app-1-linux-arm64", 1, 0, messages[1]),
+    ];
+    (jobs, pods)
 }
 
 /// The UID the mock API server gives Job `name`.
@@ -459,8 +447,7 @@ async fn a_new_imagebuild_pins_its_commit_and_creates_one_job_per_platform() {
         })
         .collect();
     let verify = async move {
-        server.store_jobs(vec![]).await;
-        server.store_nodes(&["amd64", "arm64"]).await;
+        server.store_nothing_started().await;
         let amd64 = server.create_job("app-1-linux-amd64").await;
         let arm64 = server.create_job("app-1-linux-arm64").await;
         assert_eq!(
@@ -498,34 +485,12 @@ async fn all_platforms_succeeded_assembles_and_pushes_the_index() {
     let reg = TestRegistry::start(Mode::Plain);
     let registry = Registry::new(reg.options());
     let image = reg.image("team/app:v1");
-    let mut digests = Vec::new();
-    for p in ["linux/amd64", "linux/arm64"] {
-        let platform: Platform = p.parse().unwrap();
-        digests.push(
-            registry
-                .push_synthetic_image(
-                    &format!("{image}-{}", platform.slug()),
-                    &platform,
-                    MediaType::Oci,
-                    "controller",
-                )
-                .await
-                .unwrap(),
-        );
-    }
+    let digests =
+        pushed_digests(&registry, |p| format!("{image}-{}", p.slug()), "controller").await;
     let status = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA}});
     let build = imagebuild("https://git.example.com/app.git", "main", &image, 1, status);
     let (ctx, mut server) = setup(&build, reg.options());
-    let done = json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
-                      "conditions": [{"type": "Complete", "status": "True"}]});
-    let jobs = vec![
-        job(&build, "linux/amd64", SHA, done.clone()),
-        job(&build, "linux/arm64", SHA, done),
-    ];
-    let pods = vec![
-        builder_pod("app-1-linux-amd64", 1, 0, &digests[0]),
-        builder_pod("app-1-linux-arm64", 1, 0, &format!("{}\n", digests[1])),
-    ];
+    let (jobs, pods) = finished(&build, [&digests[0], &format!("{}\n", digests[1])]);
     let reg_for_check = &reg;
     let image_for_check = image.clone();
     let verify = async move {
@@ -894,8 +859,7 @@ async fn a_job_the_api_server_refuses_stalls_the_run_and_leaves_no_job() {
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
     let quota = "jobs.batch \"app-1-linux-arm64\" is forbidden: exceeded quota: no-jobs, requested: count/jobs.batch=1, used: count/jobs.batch=1, limited: count/jobs.batch=1";
     let verify = async move {
-        server.store_jobs(vec![]).await;
-        server.store_nodes(&["amd64", "arm64"]).await;
+        server.store_nothing_started().await;
         server.create_job("app-1-linux-amd64").await;
         server
             .refuse_job("app-1-linux-arm64", 403, "Forbidden", quota)
@@ -965,8 +929,7 @@ async fn a_job_name_taken_by_another_owner_is_a_conflict_not_an_adoption() {
     foreign["metadata"]["ownerReferences"][0]["uid"] = json!("another-imagebuild");
     let exists = |name: &str| format!("jobs.batch \"{name}\" already exists");
     let verify = async move {
-        server.store_jobs(vec![]).await;
-        server.store_nodes(&["amd64", "arm64"]).await;
+        server.store_nothing_started().await;
         server
             .refuse_job(
                 "app-1-linux-amd64",
@@ -1015,8 +978,7 @@ async fn a_builder_pod_pod_security_would_refuse_is_never_created() {
     };
     let (ctx, mut server) = setup_with(&build, RegistryOptions::default(), settings);
     let verify = async move {
-        server.store_jobs(vec![]).await;
-        server.store_nodes(&["amd64", "arm64"]).await;
+        server.store_nothing_started().await;
         server.event("PodSecurity", "Warning").await;
         let status = server.patch_status().await;
         let (stalled, reason, message) = said(&status, "Stalled");
@@ -1041,11 +1003,9 @@ async fn a_pod_that_only_looks_like_a_builder_is_ignored() {
         status,
     );
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
-    let done = json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
-                      "conditions": [{"type": "Complete", "status": "True"}]});
     let jobs = vec![
         job(&build, "linux/amd64", SHA, json!({"active": 1})),
-        job(&build, "linux/arm64", SHA, done),
+        job(&build, "linux/arm64", SHA, complete()),
     ];
     let forged_digest = format!("sha256:{}", "e".repeat(64));
     let real_digest = format!("sha256:{}", "1".repeat(64));
@@ -1253,11 +1213,9 @@ async fn a_platform_allowed_to_fail_is_left_out_and_the_rest_is_published() {
         json!({"platformSettings": [{"platform": "linux/arm64", "allowFailure": true}]});
     let build = imagebuild_with(optional_arm64, &image, status);
     let (ctx, mut server) = setup(&build, reg.options());
-    let done = json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
-                      "conditions": [{"type": "Complete", "status": "True"}]});
     let failed = json!({"failed": 2, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]});
     let jobs = vec![
-        job(&build, "linux/amd64", SHA, done),
+        job(&build, "linux/amd64", SHA, complete()),
         job(&build, "linux/arm64", SHA, failed),
     ];
     let pods = vec![
@@ -1375,11 +1333,8 @@ fn building_status() -> Value {
                           condition("Stalled", "False", "Progressing")]})
 }
 
-/// A status that changes keeps each condition's lastTransitionTime while the condition's
-/// status stays; written back, the same status is not written again (no request at all),
-/// by a fresh process as by the one that wrote it.
-#[tokio::test]
-async fn a_status_that_changes_nothing_is_not_written() {
+/// An ImageBuild building since [`OLD`], as stored at resourceVersion 10.
+fn building_since_old() -> ImageBuild {
     let mut build = imagebuild(
         "https://git.example.com/app.git",
         SHA,
@@ -1388,6 +1343,15 @@ async fn a_status_that_changes_nothing_is_not_written() {
         building_status(),
     );
     build.metadata.resource_version = Some("10".into());
+    build
+}
+
+/// A status that changes keeps each condition's lastTransitionTime while the condition's
+/// status stays; written back, the same status is not written again (no request at all),
+/// by a fresh process as by the one that wrote it.
+#[tokio::test]
+async fn a_status_that_changes_nothing_is_not_written() {
+    let build = building_since_old();
     let running = json!({"active": 1, "startTime": "2026-11-23T10:00:00Z"});
     let jobs = building_jobs(&build, running.clone(), running.clone());
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
@@ -1422,18 +1386,9 @@ async fn a_status_that_changes_nothing_is_not_written() {
 /// write and no second Event.
 #[tokio::test]
 async fn a_reconcile_before_the_watch_shows_the_write_repeats_nothing() {
-    let mut build = imagebuild(
-        "https://git.example.com/app.git",
-        SHA,
-        "registry.example.com/team/app:v1",
-        1,
-        building_status(),
-    );
-    build.metadata.resource_version = Some("10".into());
+    let build = building_since_old();
     let digest = format!("sha256:{}", "1".repeat(64));
-    let done = json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
-                      "conditions": [{"type": "Complete", "status": "True"}]});
-    let jobs = building_jobs(&build, done, json!({"active": 1}));
+    let jobs = building_jobs(&build, complete(), json!({"active": 1}));
     let pods = vec![builder_pod("app-1-linux-amd64", 1, 0, &digest)];
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
     let first = async {
@@ -1475,17 +1430,7 @@ async fn one_imagebuild_s_whole_life_costs_eleven_requests() {
     let reg = TestRegistry::start(Mode::Plain);
     let registry = Registry::new(reg.options());
     let image = reg.image("team/app:v1");
-    let mut digests = Vec::new();
-    for p in ["linux/amd64", "linux/arm64"] {
-        let platform: Platform = p.parse().unwrap();
-        let reference = format!("{image}-{}", platform.slug());
-        digests.push(
-            registry
-                .push_synthetic_image(&reference, &platform, MediaType::Oci, "life")
-                .await
-                .unwrap(),
-        );
-    }
+    let digests = pushed_digests(&registry, |p| format!("{image}-{}", p.slug()), "life").await;
     let mut created = imagebuild(&url, "main", &image, 1, Value::Null);
     created.metadata.resource_version = Some("1".into());
     created.metadata.creation_timestamp = Some(
@@ -1499,16 +1444,13 @@ async fn one_imagebuild_s_whole_life_costs_eleven_requests() {
 
     // Created: pin the commit (git, not the API server), create both Jobs, say so.
     let step = async {
-        server.create_job("app-1-linux-amd64").await;
-        server.create_job("app-1-linux-arm64").await;
-        server.event("RunStarted", "Normal").await;
-        let status = server.patch_status().await;
-        assert_eq!(status["phase"], "Building");
+        let (_, status) = server.start_run().await;
         server.quiet().await;
         status
     };
     let (action, started) = tokio::join!(reconcile(once(&created), ctx.clone()), step);
     action.unwrap();
+    assert_eq!(started["phase"], "Building");
 
     // A Job event starts a reconcile before either watch has caught up: the store has
     // neither the Jobs nor the new status. Nothing is created or written again.
@@ -1531,20 +1473,20 @@ async fn one_imagebuild_s_whole_life_costs_eleven_requests() {
     // start time).
     let running = json!({"active": 1, "startTime": "2026-11-23T10:00:00Z"});
     let mut rv = 2;
+    // The status a reconcile wrote, as the watch brings it back.
+    let mut written = |build: &ImageBuild, status: &Value| {
+        rv += 1;
+        with_status(build, status, &rv.to_string())
+    };
     for (amd64, arm64) in [
         (running.clone(), Value::Null),
         (running.clone(), running.clone()),
     ] {
         server.store_jobs(jobs(amd64, arm64)).await;
-        let step = async {
-            let status = server.patch_status().await;
-            server.quiet().await;
-            status
-        };
+        let step = server.writes_status(&[]);
         let (action, status) = tokio::join!(reconcile(once(&build), ctx.clone()), step);
         action.unwrap();
-        rv += 1;
-        build = with_status(&build, &status, &rv.to_string());
+        build = written(&build, &status);
     }
     // The pods' own updates (scheduled, running, ready) change nothing in status.
     let (action, ()) = tokio::join!(reconcile(once(&build), ctx.clone()), server.quiet());
@@ -1560,16 +1502,10 @@ async fn one_imagebuild_s_whole_life_costs_eleven_requests() {
     server
         .store_pods(vec![builder_pod("app-1-linux-amd64", 1, 0, &digests[0])])
         .await;
-    let step = async {
-        server.event("PlatformSucceeded", "Normal").await;
-        let status = server.patch_status().await;
-        server.quiet().await;
-        status
-    };
+    let step = server.writes_status(&["PlatformSucceeded"]);
     let (action, status) = tokio::join!(reconcile(once(&build), ctx.clone()), step);
     action.unwrap();
-    rv += 1;
-    build = with_status(&build, &status, &rv.to_string());
+    build = written(&build, &status);
 
     // arm64 finishes: its Event, the index is assembled (the registry's requests are the
     // registry's), its Event, one write.
@@ -1580,18 +1516,11 @@ async fn one_imagebuild_s_whole_life_costs_eleven_requests() {
             builder_pod("app-1-linux-arm64", 1, 0, &digests[1]),
         ])
         .await;
-    let step = async {
-        server.event("PlatformSucceeded", "Normal").await;
-        server.event("IndexPushed", "Normal").await;
-        let status = server.patch_status().await;
-        assert_eq!(status["phase"], "Succeeded");
-        server.quiet().await;
-        status
-    };
+    let step = server.writes_status(&["PlatformSucceeded", "IndexPushed"]);
     let (action, status) = tokio::join!(reconcile(once(&build), ctx.clone()), step);
     waits_for_change(action);
-    rv += 1;
-    build = with_status(&build, &status, &rv.to_string());
+    assert_eq!(status["phase"], "Succeeded");
+    build = written(&build, &status);
 
     // Succeeded, then the Jobs' TTL deletes them: nothing more.
     let (action, ()) = tokio::join!(reconcile(once(&build), ctx.clone()), server.quiet());
@@ -1700,16 +1629,8 @@ impl ApiServer {
 
 /// An ImageBuild that asks for signing (`signing` is spec.output.signing) at `image`.
 fn signed_imagebuild(signing: Value, image: &str, status: Value) -> ImageBuild {
-    let mut object = serde_json::to_value(imagebuild(
-        "https://git.example.com/app.git",
-        SHA,
-        image,
-        1,
-        status,
-    ))
-    .unwrap();
-    object["spec"]["output"]["signing"] = signing;
-    serde_json::from_value(object).unwrap()
+    let output = json!({"image": image, "signing": signing});
+    imagebuild_with(json!({"output": output}), image, status)
 }
 
 /// `host/repo` of `host/repo:tag`.
@@ -1753,49 +1674,41 @@ fn attachment(digest: &str, suffix: &str) -> String {
     )
 }
 
-// Multi-threaded: the verifier calls skopeo inside block_in_place.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_signed_run_signs_and_attests_every_platform_and_the_index() {
+/// A fresh registry holding two platform images pushed by digest only (as the builders push
+/// them with platformTags false, the default), and an ImageBuild in `status` signing with
+/// `keySecret`, whose run built them: the registry, the output image, the images' digests
+/// and the ImageBuild.
+async fn signed_run(status: Value) -> (TestRegistry, String, Vec<String>, ImageBuild) {
     let reg = TestRegistry::start(Mode::Plain);
     let registry = Registry::new(reg.options());
     let image = reg.image("team/app:v1");
     let repository = repository_of(&image).to_string();
-    // What the builders do with platformTags false (the default): push by digest only.
-    let mut digests = Vec::new();
-    for p in ["linux/amd64", "linux/arm64"] {
-        let platform: Platform = p.parse().unwrap();
-        digests.push(
-            registry
-                .push_synthetic_image(
-                    &format!("{repository}@@unknown-digest@@"),
-                    &platform,
-                    MediaType::Oci,
-                    "controller",
-                )
-                .await
-                .unwrap(),
-        );
-    }
+    let digests = pushed_digests(
+        &registry,
+        |_| format!("{repository}@@unknown-digest@@"),
+        "controller",
+    )
+    .await;
+    let build = signed_imagebuild(json!({"keySecret": KEY_SECRET}), &image, status);
+    (reg, image, digests, build)
+}
+
+// Multi-threaded: the verifier calls skopeo inside block_in_place.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_run_signs_and_attests_every_platform_and_the_index() {
+    let status = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA},
+                        "startTime": "2026-11-23T09:59:00Z"});
+    let (reg, image, digests, build) = signed_run(status).await;
+    let registry = Registry::new(reg.options());
+    let repository = repository_of(&image).to_string();
     assert_eq!(
         registry_tags(&reg, &repository),
         Vec::<String>::new(),
         "pushed by digest: no tag yet"
     );
     let key = SigningKey::generate();
-    let status = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA},
-                        "startTime": "2026-11-23T09:59:00Z"});
-    let build = signed_imagebuild(json!({"keySecret": KEY_SECRET}), &image, status);
     let (ctx, mut server) = setup(&build, reg.options());
-    let done = json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
-                      "conditions": [{"type": "Complete", "status": "True"}]});
-    let jobs = vec![
-        job(&build, "linux/amd64", SHA, done.clone()),
-        job(&build, "linux/arm64", SHA, done),
-    ];
-    let pods = vec![
-        builder_pod("app-1-linux-amd64", 1, 0, &digests[0]),
-        builder_pod("app-1-linux-arm64", 1, 0, &digests[1]),
-    ];
+    let (jobs, pods) = finished(&build, [&digests[0], &digests[1]]);
     let key_secret = secret(KEY_SECRET, &[("cosign.key", key.to_pkcs8_pem().as_bytes())]);
     let verify = async move {
         server.store_jobs(jobs).await;
@@ -1897,8 +1810,7 @@ async fn refused_before_any_job(
     let says: Vec<String> = says.iter().map(|s| s.to_string()).collect();
     let reason_owned = reason.to_string();
     let verify = async move {
-        server.store_jobs(vec![]).await;
-        server.store_nodes(&["amd64", "arm64"]).await;
+        server.store_nothing_started().await;
         if let Some(answer) = key_secret {
             server.get_secret(KEY_SECRET, answer).await;
         }
@@ -1928,15 +1840,7 @@ async fn refused_before_any_job(
     let note = event["note"].as_str().unwrap().to_string();
     let everything = format!("{status}\n{note}");
     for secret in secrets {
-        // Any 12 characters in a row of the secret would be a leak.
-        let chars: Vec<char> = secret.chars().collect();
-        for window in chars.windows(12) {
-            let piece: String = window.iter().collect();
-            assert!(
-                !everything.contains(&piece),
-                "secret material {piece:?} in the status or Event: {everything}"
-            );
-        }
+        assert_no_piece_of(&everything, secret, "the status or Event");
     }
     assert!(
         status["platforms"].as_array().is_none_or(|p| p.is_empty()),
@@ -1944,50 +1848,12 @@ async fn refused_before_any_job(
     );
 }
 
-/// A new key in cosign's encrypted format (written by the repository's independent Python
-/// implementation, scripts/supply-check.py), and its password.
+/// A new key in cosign's encrypted format, and its password.
 fn cosign_encrypted_key() -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let (key, public) = (dir.path().join("cosign.key"), dir.path().join("cosign.pub"));
     let password = "the-right-password-for-this-key";
-    let out = std::process::Command::new("python3")
-        .arg(common::repo_root().join("scripts/supply-check.py"))
-        .arg("cosign-key")
-        .arg("--key")
-        .arg(&key)
-        .arg("--pub")
-        .arg(&public)
-        .env("COSIGN_PASSWORD", password)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "supply-check.py cosign-key (needs PyNaCl and cryptography: scripts/setup-host.sh): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (key, _) = python_cosign_key(dir.path(), password);
     (std::fs::read_to_string(key).unwrap(), password.to_string())
-}
-
-/// The base64 body of a PEM block: the key material itself.
-fn pem_body(pem: &str) -> String {
-    pem.lines().filter(|l| !l.starts_with("-----")).collect()
-}
-
-fn openssl_key(args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("key.pem");
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .arg("-out")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read_to_string(path).unwrap()
 }
 
 #[tokio::test]
@@ -2027,12 +1893,9 @@ async fn a_malformed_or_wrong_curve_signing_key_stalls_without_showing_the_key()
         Value::Null,
     );
     let good = SigningKey::generate().to_pkcs8_pem();
-    // A real P-256 key cut short: PEM armour around a body that does not parse.
+    // A real P-256 key cut short.
     let body = pem_body(&good);
-    let truncated = format!(
-        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-        &body[..body.len() - 20]
-    );
+    let truncated = truncated(&good);
     let p384 = openssl_key(&[
         "genpkey",
         "-algorithm",
@@ -2084,13 +1947,9 @@ async fn a_malformed_or_wrong_curve_signing_key_stalls_without_showing_the_key()
     );
     let (ctx, mut server) = setup(&build, RegistryOptions::default());
     let verify = async move {
-        server.store_jobs(vec![]).await;
-        server.store_nodes(&["amd64", "arm64"]).await;
+        server.store_nothing_started().await;
         server.get_secret(KEY_SECRET, Some(key_secret)).await;
-        server.create_job("app-1-linux-amd64").await;
-        server.create_job("app-1-linux-arm64").await;
-        server.event("RunStarted", "Normal").await;
-        assert_eq!(server.patch_status().await["phase"], "Building");
+        assert_eq!(server.start_run().await.1["phase"], "Building");
         server.done().await;
     };
     reconciled(&build, ctx, verify).await.unwrap();
@@ -2173,37 +2032,11 @@ async fn decrypting_a_costly_key_secret_does_not_stall_the_runtime() {
 // Multi-threaded: the check calls skopeo inside block_in_place.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_secret_deleted_while_building_fails_the_run_and_publishes_nothing() {
-    let reg = TestRegistry::start(Mode::Plain);
-    let registry = Registry::new(reg.options());
-    let image = reg.image("team/app:v1");
-    let repository = repository_of(&image).to_string();
-    let mut digests = Vec::new();
-    for p in ["linux/amd64", "linux/arm64"] {
-        digests.push(
-            registry
-                .push_synthetic_image(
-                    &format!("{repository}@@unknown-digest@@"),
-                    &p.parse().unwrap(),
-                    MediaType::Oci,
-                    "controller",
-                )
-                .await
-                .unwrap(),
-        );
-    }
     let status = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA}});
-    let build = signed_imagebuild(json!({"keySecret": KEY_SECRET}), &image, status);
+    let (reg, image, digests, build) = signed_run(status).await;
+    let repository = repository_of(&image).to_string();
     let (ctx, mut server) = setup(&build, reg.options());
-    let done = json!({"succeeded": 1, "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z",
-                      "conditions": [{"type": "Complete", "status": "True"}]});
-    let jobs = vec![
-        job(&build, "linux/amd64", SHA, done.clone()),
-        job(&build, "linux/arm64", SHA, done),
-    ];
-    let pods = vec![
-        builder_pod("app-1-linux-amd64", 1, 0, &digests[0]),
-        builder_pod("app-1-linux-arm64", 1, 0, &digests[1]),
-    ];
+    let (jobs, pods) = finished(&build, [&digests[0], &digests[1]]);
     let verify = async move {
         server.store_jobs(jobs).await;
         server.store_pods(pods).await;
@@ -2253,12 +2086,8 @@ async fn signing_without_a_key_secret_takes_the_operator_key_or_stalls() {
         Some(SigningKey::generate()),
     );
     let verify = async move {
-        server.store_jobs(vec![]).await;
-        server.store_nodes(&["amd64", "arm64"]).await;
-        server.create_job("app-1-linux-amd64").await;
-        server.create_job("app-1-linux-arm64").await;
-        server.event("RunStarted", "Normal").await;
-        let status = server.patch_status().await;
+        server.store_nothing_started().await;
+        let (_, status) = server.start_run().await;
         assert_eq!(status["phase"], "Building");
         server.done().await;
     };
@@ -2295,12 +2124,8 @@ async fn without_platform_tags_the_builders_push_by_digest_only() {
         let build: ImageBuild = serde_json::from_value(object).unwrap();
         let (ctx, mut server) = setup(&build, RegistryOptions::default());
         let verify = async move {
-            server.store_jobs(vec![]).await;
-            server.store_nodes(&["amd64", "arm64"]).await;
-            let amd64 = server.create_job("app-1-linux-amd64").await;
-            server.create_job("app-1-linux-arm64").await;
-            server.event("RunStarted", "Normal").await;
-            server.patch_status().await;
+            server.store_nothing_started().await;
+            let (amd64, _) = server.start_run().await;
             server.done().await;
             amd64
         };

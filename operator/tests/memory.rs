@@ -5,12 +5,11 @@
 
 use std::sync::Arc;
 
+mod common;
+
 use archforge::api::ImageBuild;
 use archforge::controller::Stores;
-use archforge::plan::{AuthFile, Placement, plan};
-use archforge::render::render_job;
-use archforge::settings::{BuilderSettings, KubeVersion};
-use archforge::validation::ValidSpec;
+use common::controller::rendered_jobs;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
@@ -41,25 +40,9 @@ fn objects(i: usize) -> (Vec<Job>, Vec<Pod>) {
                  "output": {"image": "registry.example.com/team/app:v1"}}
     }))
     .unwrap();
-    let settings = BuilderSettings::default();
-    let plan = plan(
-        &ValidSpec::check(&build).unwrap(),
-        &settings,
-        SHA,
-        AuthFile::None,
-    );
     let mut jobs = Vec::new();
     let mut pods = Vec::new();
-    for p in &plan.platforms {
-        let job = render_job(
-            &build,
-            &plan,
-            p,
-            &Placement::Native,
-            &settings,
-            KubeVersion::OLDEST,
-        );
-        let mut job = serde_json::to_value(job).unwrap();
+    for (p, mut job) in rendered_jobs(&build, SHA) {
         job["metadata"]["uid"] = json!(format!("job-{i}-{}", p.platform.slug()));
         job["metadata"]["managedFields"] = managed_fields("kube-controller-manager");
         job["status"] = json!({"active": 1, "ready": 1, "startTime": "2026-11-23T10:00:00Z",

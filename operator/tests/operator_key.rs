@@ -2,65 +2,24 @@
 //! at start, before the API server is contacted. A bad key stops the real binary there,
 //! naming the file and the problem, never a byte of the key or its password.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
 use archforge::supply::SigningKey;
+use common::binary::run_operator;
+use common::keys::{assert_no_piece_of, pem_body, truncated};
 
-/// `archforge run` with `args`, against a kubeconfig whose API server refuses connections:
-/// a run that gets past the key fails there instead.
-fn run_operator(dir: &Path, args: &[&str]) -> Output {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
-             clusters: [{{name: c, cluster: {{server: \"https://127.0.0.1:{port}\", insecure-skip-tls-verify: true}}}}]\n\
-             users: [{{name: u, user: {{token: t}}}}]\n\
-             contexts: [{{name: c, context: {{cluster: c, user: u}}}}]\n"
-        ),
-    )
-    .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_archforge"))
-        .args(["run", "--metrics-address", "127.0.0.1:0"])
-        .args(args)
-        .env_clear()
-        .env("KUBECONFIG", &kubeconfig)
-        .output()
-        .unwrap()
-}
-
-fn pem_body(pem: &str) -> String {
-    pem.lines().filter(|l| !l.starts_with("-----")).collect()
-}
-
-fn assert_no_piece_of(text: &str, secret: &str) {
-    let chars: Vec<char> = secret.chars().collect();
-    for window in chars.windows(12) {
-        let piece: String = window.iter().collect();
-        assert!(!text.contains(&piece), "{piece:?} of the key in: {text}");
-    }
-}
+const ARCHFORGE: &str = env!("CARGO_BIN_EXE_archforge");
 
 #[test]
 fn a_bad_operator_key_stops_the_operator_at_start_without_showing_it() {
     let dir = tempfile::tempdir().unwrap();
-    let good = SigningKey::generate().to_pkcs8_pem();
-    let body = pem_body(&good);
-    let cut = format!(
-        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-        &body[..body.len() - 20]
-    );
+    let cut = truncated(&SigningKey::generate().to_pkcs8_pem());
     let key = dir.path().join("cosign.key");
     std::fs::write(&key, &cut).unwrap();
     let password = dir.path().join("cosign.password");
     std::fs::write(&password, "correct-horse-battery-staple").unwrap();
     let out = run_operator(
+        ARCHFORGE,
         dir.path(),
         &[
             &format!("--signing-key-file={}", key.display()),
@@ -81,11 +40,15 @@ fn a_bad_operator_key_stops_the_operator_at_start_without_showing_it() {
         "it stopped before the API server: {stderr}"
     );
     let all = format!("{stdout}{stderr}");
-    assert_no_piece_of(&all, &pem_body(&cut));
-    assert_no_piece_of(&all, "correct-horse-battery-staple");
+    assert_no_piece_of(&all, &pem_body(&cut), "the output");
+    assert_no_piece_of(&all, "correct-horse-battery-staple", "the output");
 
     // A key file that does not exist is named too.
-    let out = run_operator(dir.path(), &["--signing-key-file=/nonexistent/cosign.key"]);
+    let out = run_operator(
+        ARCHFORGE,
+        dir.path(),
+        &["--signing-key-file=/nonexistent/cosign.key"],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("/nonexistent/cosign.key"), "{stderr}");
@@ -100,6 +63,7 @@ fn a_good_operator_key_gets_the_operator_to_the_api_server() {
     // The chart always passes the password file; a Secret without cosign.password has none.
     let absent = dir.path().join("cosign.password");
     let out = run_operator(
+        ARCHFORGE,
         dir.path(),
         &[
             &format!("--signing-key-file={}", key.display()),
@@ -118,5 +82,5 @@ fn a_good_operator_key_gets_the_operator_to_the_api_server() {
         stderr.contains("operator-wide signing key loaded"),
         "the log says a key is in use (by its public fingerprint): {stderr}"
     );
-    assert_no_piece_of(&format!("{stdout}{stderr}"), &pem_body(&pem));
+    assert_no_piece_of(&format!("{stdout}{stderr}"), &pem_body(&pem), "the output");
 }

@@ -352,6 +352,32 @@ fn run_builder(
     dir: &std::path::Path,
     fill: impl FnOnce(&std::path::Path),
 ) -> BuilderRun {
+    let record = |log: &std::path::Path| {
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\0' \"$a\" >> {}; done\nprintf '\\n\\0' >> {}\n",
+            log.display(),
+            log.display()
+        )
+    };
+    let (output, calls) = run_container(job, dir, fill, "buildah", record, |_, value| {
+        value.to_string()
+    });
+    BuilderRun { output, calls }
+}
+
+/// Runs `job`'s builder container's real command and environment under `/bin/sh`, in the
+/// workspace git-sync would leave in `dir` (`fill` writes its checkout), with `tool` on PATH:
+/// the script `script(log)` that records each call's arguments in `log`. `relocate` gives
+/// each argument (name `None`) and environment value (`Some(name)`) as run here, to move
+/// the pod's paths into `dir`. What the run printed, and each call's arguments.
+fn run_container(
+    job: &Job,
+    dir: &std::path::Path,
+    fill: impl FnOnce(&std::path::Path),
+    tool: &str,
+    script: impl FnOnce(&std::path::Path) -> String,
+    relocate: impl Fn(Option<&str>, &str) -> String,
+) -> (std::process::Output, Vec<Vec<String>>) {
     let builder = pod_container(job, BUILDER_CONTAINER);
     // The workspace git-sync would leave: a link to the checked-out worktree.
     let workspace = dir.join("workspace");
@@ -361,24 +387,20 @@ fn run_builder(
     let bin = dir.join("bin");
     std::fs::create_dir(&bin).unwrap();
     let log = dir.join("argv.log");
-    let fake = bin.join("buildah");
-    std::fs::write(
-        &fake,
-        format!("#!/bin/sh\nfor a in \"$@\"; do printf '%s\\0' \"$a\" >> {}; done\nprintf '\\n\\0' >> {}\n", log.display(), log.display()),
-    )
-    .unwrap();
+    let fake = bin.join(tool);
+    std::fs::write(&fake, script(&log)).unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     let command = builder.command.as_ref().unwrap();
     let mut cmd = Command::new(&command[0]);
-    cmd.args(&command[1..])
+    cmd.args(command[1..].iter().map(|a| relocate(None, a)))
         .env_clear()
         .env("PATH", format!("{}:/usr/bin:/bin", bin.display()));
     for var in builder.env.as_ref().unwrap() {
         let value = if var.name == "ARCHFORGE_WORKSPACE" {
             workspace.display().to_string()
         } else {
-            var.value.clone().unwrap()
+            relocate(Some(&var.name), var.value.as_deref().unwrap())
         };
         cmd.env(&var.name, value);
     }
@@ -394,7 +416,7 @@ fn run_builder(
                 .collect()
         })
         .collect();
-    BuilderRun { output, calls }
+    (output, calls)
 }
 
 #[test]
@@ -1146,21 +1168,11 @@ fn run_buildkit(
     metadata: Option<&str>,
     status: i32,
 ) -> BuildkitRun {
-    let builder = pod_container(job, BUILDER_CONTAINER);
-    let workspace = dir.join("workspace");
-    std::fs::create_dir_all(workspace.join(".worktrees/abc")).unwrap();
-    std::os::unix::fs::symlink(".worktrees/abc", workspace.join("source")).unwrap();
-    fill(&workspace.join(".worktrees/abc"));
-    let bin = dir.join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let log = dir.join("argv.log");
     let canned = dir.join("canned-metadata.json");
     if let Some(metadata) = metadata {
         std::fs::write(&canned, metadata).unwrap();
     }
-    let fake = bin.join("buildctl-daemonless.sh");
-    std::fs::write(
-        &fake,
+    let record = |log: &std::path::Path| {
         format!(
             r#"#!/bin/sh
 prev=
@@ -1174,45 +1186,16 @@ exit {status}
 "#,
             log = log.display(),
             canned = canned.display(),
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-
+        )
+    };
     let metadata_file = dir.join("metadata.json").display().to_string();
     let termination = dir.join("termination-log");
-    let relocate = |value: &str| {
-        if value == archforge::render::BUILDKIT_METADATA_FILE {
-            metadata_file.clone()
-        } else {
-            value.to_string()
-        }
+    let relocate = |name: Option<&str>, value: &str| match name {
+        Some("ARCHFORGE_TERMINATION_LOG") => termination.display().to_string(),
+        _ if value == archforge::render::BUILDKIT_METADATA_FILE => metadata_file.clone(),
+        _ => value.to_string(),
     };
-    let command = builder.command.as_ref().unwrap();
-    let mut cmd = Command::new(&command[0]);
-    cmd.args(command[1..].iter().map(|a| relocate(a)))
-        .env_clear()
-        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()));
-    for var in builder.env.as_ref().unwrap() {
-        let value = match var.name.as_str() {
-            "ARCHFORGE_WORKSPACE" => workspace.display().to_string(),
-            "ARCHFORGE_TERMINATION_LOG" => termination.display().to_string(),
-            _ => relocate(var.value.as_deref().unwrap()),
-        };
-        cmd.env(&var.name, value);
-    }
-    let output = cmd.output().unwrap();
-    let recorded = std::fs::read_to_string(&log).unwrap_or_default();
-    let calls = recorded
-        .split("\n\0")
-        .filter(|c| !c.is_empty())
-        .map(|c| {
-            c.split('\0')
-                .filter(|a| !a.is_empty())
-                .map(String::from)
-                .collect()
-        })
-        .collect();
+    let (output, calls) = run_container(job, dir, fill, "buildctl-daemonless.sh", record, relocate);
     BuildkitRun {
         output,
         calls,

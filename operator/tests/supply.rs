@@ -12,8 +12,10 @@ use archforge::api::MediaType;
 use archforge::plan::Platform;
 use archforge::registry::{PlatformImage, Published, Registry};
 use archforge::supply::{BuildFacts, Signer, SigningKey};
-use common::registry::{Mode, TestRegistry};
+use common::keys::python_cosign_key;
+use common::registry::{Mode, TestRegistry, push_platform_images};
 use common::sigstore::{SigstorePolicy, copy_attachment, python_checks_available, supply_check};
+use common::text;
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -43,20 +45,8 @@ async fn publish_signed(
     repo: &str,
     key: &SigningKey,
 ) -> (Vec<PlatformImage>, Published) {
-    let mut images = Vec::new();
-    for p in ["linux/amd64", "linux/arm64"] {
-        let platform: Platform = p.parse().unwrap();
-        let digest = registry
-            .push_synthetic_image(
-                &format!("{repo}@@unknown-digest@@"),
-                &platform,
-                MediaType::Oci,
-                "signed",
-            )
-            .await
-            .unwrap();
-        images.push(PlatformImage { platform, digest });
-    }
+    let images =
+        push_platform_images(registry, |_| format!("{repo}@@unknown-digest@@"), "signed").await;
     let facts = facts(COMMIT);
     let signer = Signer { key, facts: &facts };
     let published = registry
@@ -71,6 +61,57 @@ async fn publish_signed(
         .unwrap();
     let _ = reg;
     (images, published)
+}
+
+/// A fresh registry whose `team/app:v1` is [`publish_signed`] by a new key: the registry, a
+/// client of it, the repository, the key, the platform images and what was published.
+struct Signed(
+    TestRegistry,
+    Registry,
+    String,
+    SigningKey,
+    Vec<PlatformImage>,
+    Published,
+);
+
+impl Signed {
+    /// Signs and attests `image` again, its provenance naming `platform` and `commit`.
+    async fn resign(&self, image: &PlatformImage, platform: &Platform, commit: &str) {
+        let Signed(_, registry, repo, key, ..) = self;
+        let facts = facts(commit);
+        let signer = Signer { key, facts: &facts };
+        registry
+            .sign_and_attest(repo, &image.digest, Some(platform), &signer)
+            .await
+            .unwrap();
+    }
+}
+
+async fn signed() -> Signed {
+    let reg = TestRegistry::start(Mode::Plain);
+    let registry = Registry::new(reg.options());
+    let repo = reg.image("team/app");
+    let key = SigningKey::generate();
+    let (images, published) = publish_signed(&reg, &registry, &repo, &key).await;
+    Signed(reg, registry, repo, key, images, published)
+}
+
+/// `archforge verify` of `image` with `key_file`, which must fail: what it said.
+fn verify_fails(reg: &TestRegistry, image: &str, key_file: &std::path::Path) -> String {
+    let out = verify(reg, image, key_file);
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    shown
+}
+
+/// Deletes the cosign signature tag of `digest` in `repo`.
+fn delete_signature(reg: &TestRegistry, repo: &str, digest: &str) {
+    common::run(
+        Command::new("skopeo")
+            .arg("delete")
+            .args(reg.skopeo_tls_args())
+            .arg(format!("docker://{repo}:{}", sig_tag(digest, "sig"))),
+    );
 }
 
 fn list_tags(reg: &TestRegistry, repo: &str) -> Vec<String> {
@@ -98,34 +139,13 @@ fn verify(reg: &TestRegistry, image: &str, key_file: &std::path::Path) -> Output
         .unwrap()
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn skopeo_delete(reg: &TestRegistry, reference: &str) {
-    common::run(
-        Command::new("skopeo")
-            .arg("delete")
-            .args(reg.skopeo_tls_args())
-            .arg(format!("docker://{reference}")),
-    );
-}
-
 fn sig_tag(digest: &str, suffix: &str) -> String {
     format!("sha256-{}.{suffix}", digest.trim_start_matches("sha256:"))
 }
 
 #[tokio::test]
 async fn skopeo_accepts_every_signed_image_and_only_tags_are_the_index_and_attachments() {
-    let reg = TestRegistry::start(Mode::Plain);
-    let registry = Registry::new(reg.options());
-    let repo = reg.image("team/app");
-    let key = SigningKey::generate();
-    let (images, published) = publish_signed(&reg, &registry, &repo, &key).await;
+    let Signed(reg, _, repo, key, images, published) = signed().await;
     let policy = SigstorePolicy::new(&reg, &key.public_pem());
 
     // The index (all platforms) and each child, by digest, pass a sigstoreSigned policy.
@@ -194,73 +214,53 @@ async fn skopeo_accepts_every_signed_image_and_only_tags_are_the_index_and_attac
 
 #[tokio::test]
 async fn skopeo_rejects_a_removed_signature_and_another_key() {
-    let reg = TestRegistry::start(Mode::Plain);
-    let registry = Registry::new(reg.options());
-    let repo = reg.image("team/app");
-    let key = SigningKey::generate();
-    let (images, published) = publish_signed(&reg, &registry, &repo, &key).await;
+    let signed = signed().await;
+    let Signed(reg, _, repo, key, images, published) = &signed;
 
     // Another key: nothing verifies.
-    let stranger = SigstorePolicy::new(&reg, &SigningKey::generate().public_pem());
-    let (accepted, said) = stranger.copy(&reg, &format!("{repo}:v1"), &["--all"]);
+    let stranger = SigstorePolicy::new(reg, &SigningKey::generate().public_pem());
+    let (accepted, said) = stranger.copy(reg, &format!("{repo}:v1"), &["--all"]);
     assert!(!accepted, "another key accepted the index: {said}");
-    let (accepted, said) = stranger.copy(&reg, &format!("{repo}@{}", images[1].digest), &[]);
+    let (accepted, said) = stranger.copy(reg, &format!("{repo}@{}", images[1].digest), &[]);
     assert!(!accepted, "another key accepted a child: {said}");
 
     // The arm64 child's signature removed: it is refused, the index still passes on its own.
-    let policy = SigstorePolicy::new(&reg, &key.public_pem());
-    skopeo_delete(
-        &reg,
-        &format!("{repo}:{}", sig_tag(&images[1].digest, "sig")),
-    );
-    let (accepted, said) = policy.copy(&reg, &format!("{repo}@{}", images[1].digest), &[]);
+    let policy = SigstorePolicy::new(reg, &key.public_pem());
+    delete_signature(reg, repo, &images[1].digest);
+    let (accepted, said) = policy.copy(reg, &format!("{repo}@{}", images[1].digest), &[]);
     assert!(!accepted, "an unsigned child was accepted: {said}");
-    let (accepted, said) = policy.copy(&reg, &format!("{repo}@{}", images[0].digest), &[]);
+    let (accepted, said) = policy.copy(reg, &format!("{repo}@{}", images[0].digest), &[]);
     assert!(accepted, "{said}");
     // The index with all its images: the unsigned arm64 child fails it.
-    let (accepted, said) = policy.copy(&reg, &format!("{repo}:v1"), &["--all"]);
+    let (accepted, said) = policy.copy(reg, &format!("{repo}:v1"), &["--all"]);
     assert!(
         !accepted,
         "an index with an unsigned child was accepted: {said}"
     );
 
     // Signed again, the index with all its images passes; then its own signature removed.
-    let facts = facts(COMMIT);
-    let signer = Signer {
-        key: &key,
-        facts: &facts,
-    };
-    registry
-        .sign_and_attest(&repo, &images[1].digest, Some(&images[1].platform), &signer)
-        .await
-        .unwrap();
-    let (accepted, said) = policy.copy(&reg, &format!("{repo}:v1"), &["--all"]);
+    signed.resign(&images[1], &images[1].platform, COMMIT).await;
+    let (accepted, said) = policy.copy(reg, &format!("{repo}:v1"), &["--all"]);
     assert!(accepted, "{said}");
-    skopeo_delete(
-        &reg,
-        &format!("{repo}:{}", sig_tag(&published.index.digest, "sig")),
-    );
-    let (accepted, said) = policy.copy(&reg, &format!("{repo}:v1"), &["--all"]);
+    delete_signature(reg, repo, &published.index.digest);
+    let (accepted, said) = policy.copy(reg, &format!("{repo}:v1"), &["--all"]);
     assert!(!accepted, "an unsigned index was accepted: {said}");
 }
 
 #[tokio::test]
 async fn archforge_verify_names_the_first_broken_link() {
-    let reg = TestRegistry::start(Mode::Plain);
-    let registry = Registry::new(reg.options());
-    let repo = reg.image("team/app");
-    let key = SigningKey::generate();
-    let (images, published) = publish_signed(&reg, &registry, &repo, &key).await;
+    let signed = signed().await;
+    let Signed(reg, _, repo, key, images, published) = &signed;
     let dir = tempfile::tempdir().unwrap();
     let public = dir.path().join("cosign.pub");
     std::fs::write(&public, key.public_pem()).unwrap();
     let image = format!("{repo}:v1");
 
-    let out = verify(&reg, &image, &public);
+    let out = verify(reg, &image, &public);
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
     assert!(shown.contains("signatures verified"), "{shown}");
-    for image in &images {
+    for image in images {
         assert!(
             shown.contains(&format!("{repo}@{}  commit {COMMIT}", image.digest)),
             "{shown}"
@@ -271,9 +271,7 @@ async fn archforge_verify_names_the_first_broken_link() {
     // Another key: the index is the first link, and it is named.
     let other = dir.path().join("other.pub");
     std::fs::write(&other, SigningKey::generate().public_pem()).unwrap();
-    let out = verify(&reg, &image, &other);
-    let shown = text(&out);
-    assert!(!out.status.success());
+    let shown = verify_fails(reg, &image, &other);
     assert!(
         shown.contains(&format!("index {repo}@{}", published.index.digest))
             && shown.contains("not signed by the given key"),
@@ -281,47 +279,22 @@ async fn archforge_verify_names_the_first_broken_link() {
     );
 
     // The amd64 child re-attested (properly signed) as if it were the arm64 image.
-    let right = facts(COMMIT);
-    let signer = Signer {
-        key: &key,
-        facts: &right,
-    };
-    registry
-        .sign_and_attest(&repo, &images[0].digest, Some(&images[1].platform), &signer)
-        .await
-        .unwrap();
-    let out = verify(&reg, &image, &public);
-    let shown = text(&out);
-    assert!(!out.status.success());
+    signed.resign(&images[0], &images[1].platform, COMMIT).await;
+    let shown = verify_fails(reg, &image, &public);
     assert!(
         shown.contains(&format!("linux/amd64 image {repo}@{}", images[0].digest))
             && shown.contains("its provenance is for platform \"linux/arm64\""),
         "{shown}"
     );
-    registry
-        .sign_and_attest(&repo, &images[0].digest, Some(&images[0].platform), &signer)
-        .await
-        .unwrap();
-    assert!(verify(&reg, &image, &public).status.success());
+    signed.resign(&images[0], &images[0].platform, COMMIT).await;
+    assert!(verify(reg, &image, &public).status.success());
 
     // The arm64 child re-attested (properly signed) with provenance of another commit.
     let other_commit = "fedcba9876543210fedcba9876543210fedcba98";
-    let wrong = facts(other_commit);
-    registry
-        .sign_and_attest(
-            &repo,
-            &images[1].digest,
-            Some(&images[1].platform),
-            &Signer {
-                key: &key,
-                facts: &wrong,
-            },
-        )
-        .await
-        .unwrap();
-    let out = verify(&reg, &image, &public);
-    let shown = text(&out);
-    assert!(!out.status.success());
+    signed
+        .resign(&images[1], &images[1].platform, other_commit)
+        .await;
+    let shown = verify_fails(reg, &image, &public);
     assert!(
         shown.contains(&format!("linux/arm64 image {repo}@{}", images[1].digest))
             && shown.contains(&format!("names commit {other_commit}")),
@@ -329,13 +302,8 @@ async fn archforge_verify_names_the_first_broken_link() {
     );
 
     // The amd64 child's signature removed: it comes first in the index, so it is named.
-    skopeo_delete(
-        &reg,
-        &format!("{repo}:{}", sig_tag(&images[0].digest, "sig")),
-    );
-    let out = verify(&reg, &image, &public);
-    let shown = text(&out);
-    assert!(!out.status.success());
+    delete_signature(reg, repo, &images[0].digest);
+    let shown = verify_fails(reg, &image, &public);
     assert!(
         shown.contains(&format!("linux/amd64 image {repo}@{}", images[0].digest))
             && shown.contains("has no signature"),
@@ -348,11 +316,7 @@ async fn provenance_parses_with_the_in_toto_python_package() {
     if !python_checks_available() {
         return;
     }
-    let reg = TestRegistry::start(Mode::Plain);
-    let registry = Registry::new(reg.options());
-    let repo = reg.image("team/app");
-    let key = SigningKey::generate();
-    let (images, published) = publish_signed(&reg, &registry, &repo, &key).await;
+    let Signed(reg, _, repo, key, images, published) = signed().await;
     let work = tempfile::tempdir().unwrap();
     let public = work.path().join("cosign.pub");
     std::fs::write(&public, key.public_pem()).unwrap();
@@ -403,19 +367,8 @@ fn cosign_encrypted_keys_written_by_python_are_read() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (key, public) = (dir.path().join("cosign.key"), dir.path().join("cosign.pub"));
     let password = "correct horse battery staple";
-    let out = Command::new("python3")
-        .arg(common::repo_root().join("scripts/supply-check.py"))
-        .arg("cosign-key")
-        .arg("--key")
-        .arg(&key)
-        .arg("--pub")
-        .arg(&public)
-        .env("COSIGN_PASSWORD", password)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    let (key, public) = python_cosign_key(dir.path(), password);
     let pem = std::fs::read(&key).unwrap();
     let signing = SigningKey::from_pem(&pem, Some(password.as_bytes())).unwrap();
     let expected = archforge::supply::load_public_key(&std::fs::read(&public).unwrap()).unwrap();

@@ -6,55 +6,35 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use archforge::controller::{Config, run};
+mod common;
+
+use archforge::controller::run;
 use archforge::registry::RegistryOptions;
-use archforge::settings::{BuilderSettings, KubeVersion};
-use archforge::telemetry::{CountRequests, Metrics};
-use http::{Request, Response};
+use archforge::settings::BuilderSettings;
+use archforge::telemetry::Metrics;
+use common::controller::{Handle, config, mock_client, percent_decode, rendered_jobs};
+use http::Response;
 use kube::client::Body;
 
-fn percent_decode(text: &str) -> String {
-    let mut out = Vec::new();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) =
-                u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap(), 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
-}
-
-fn empty_list(kind: &str) -> Vec<u8> {
+fn list(kind: &str, items: &[serde_json::Value]) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
-        "apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "100"}, "items": []
+        "apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "100"}, "items": items
     }))
     .unwrap()
+}
+
+/// The controller of namespace team-a, started against the mock API server.
+fn start(metrics: &Arc<Metrics>) -> (tokio::task::JoinHandle<()>, Handle) {
+    let (client, handle) = mock_client(metrics);
+    let config = config(BuilderSettings::default(), RegistryOptions::default(), None);
+    let controller = tokio::spawn(run(client, vec!["team-a".into()], config, metrics.clone()));
+    (controller, handle)
 }
 
 #[tokio::test]
 async fn at_start_each_reflector_lists_once_and_watches_once() {
     let metrics = Arc::new(Metrics::default());
-    let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(CountRequests::new(metrics.clone()).service(mock), "default");
-    let config = Config {
-        builder: BuilderSettings::default(),
-        version: KubeVersion::OLDEST,
-        history_limit: 10,
-        registry: RegistryOptions::default(),
-        resync: Duration::from_secs(300),
-        concurrency: 4,
-        signing_key: None,
-    };
-    let controller = tokio::spawn(run(client, vec!["team-a".into()], config, metrics.clone()));
+    let (controller, mut handle) = start(&metrics);
     let mut seen = BTreeSet::new();
     // Watches are left pending, as a quiet server's would be.
     let mut open_watches = Vec::new();
@@ -81,7 +61,7 @@ async fn at_start_each_reflector_lists_once_and_watches_once() {
                     "pods" => "PodList",
                     _ => "ImageBuildList",
                 };
-                send.send_response(Response::new(Body::from(empty_list(kind))));
+                send.send_response(Response::new(Body::from(list(kind, &[]))));
             }
         }
     }
@@ -138,23 +118,10 @@ fn building(name: &str) -> serde_json::Value {
 }
 
 fn running_jobs(build: &serde_json::Value) -> Vec<serde_json::Value> {
-    use archforge::plan::{AuthFile, Placement, plan};
     let build: archforge::api::ImageBuild = serde_json::from_value(build.clone()).unwrap();
-    let settings = BuilderSettings::default();
-    let valid = archforge::validation::ValidSpec::check(&build).unwrap();
-    let plan = plan(&valid, &settings, SHA, AuthFile::None);
-    plan.platforms
-        .iter()
-        .map(|p| {
-            let job = archforge::render::render_job(
-                &build,
-                &plan,
-                p,
-                &Placement::Native,
-                &settings,
-                KubeVersion::OLDEST,
-            );
-            let mut job = serde_json::to_value(job).unwrap();
+    rendered_jobs(&build, SHA)
+        .into_iter()
+        .map(|(p, mut job)| {
             job["metadata"]["uid"] = serde_json::json!(format!("uid-{}", p.job_name));
             job["status"] = serde_json::json!({"active": 1, "startTime": "2026-11-23T10:00:00Z"});
             job
@@ -168,25 +135,9 @@ fn running_jobs(build: &serde_json::Value) -> Vec<serde_json::Value> {
 #[tokio::test]
 async fn every_imagebuild_is_reconciled_when_the_job_list_comes_last() {
     let metrics = Arc::new(Metrics::default());
-    let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(CountRequests::new(metrics.clone()).service(mock), "default");
-    let config = Config {
-        builder: BuilderSettings::default(),
-        version: KubeVersion::OLDEST,
-        history_limit: 10,
-        registry: RegistryOptions::default(),
-        resync: Duration::from_secs(300),
-        concurrency: 4,
-        signing_key: None,
-    };
-    let controller = tokio::spawn(run(client, vec!["team-a".into()], config, metrics.clone()));
+    let (controller, mut handle) = start(&metrics);
     let builds: Vec<serde_json::Value> = ["a", "b", "c"].iter().map(|n| building(n)).collect();
     let jobs: Vec<serde_json::Value> = builds.iter().flat_map(running_jobs).collect();
-    let list = |kind: &str, items: &[serde_json::Value]| {
-        serde_json::to_vec(&serde_json::json!({"apiVersion": "v1", "kind": kind,
-            "metadata": {"resourceVersion": "100"}, "items": items}))
-        .unwrap()
-    };
     let mut open = Vec::new();
     let mut job_list = None;
     let mut patched = BTreeSet::new();

@@ -86,17 +86,21 @@ pub fn platform_of(pod: &Pod) -> Option<Platform> {
     Platform::from_str(&pod.labels().get(LABEL_PLATFORM)?.replace('-', "/")).ok()
 }
 
-/// The `buildah push` argv of a builder pod: its command is `sh -c SCRIPT NAME N`, then the
-/// N build arguments, then the push arguments.
-fn push_argv_of(pod: &Pod) -> Option<Vec<String>> {
-    let command = pod
-        .spec
+/// The command of a builder pod's builder container.
+fn builder_command(pod: &Pod) -> Option<Vec<String>> {
+    pod.spec
         .as_ref()?
         .containers
         .iter()
         .find(|c| c.name == BUILDER_CONTAINER)?
         .command
-        .clone()?;
+        .clone()
+}
+
+/// The `buildah push` argv of a builder pod: its command is `sh -c SCRIPT NAME N`, then the
+/// N build arguments, then the push arguments.
+fn push_argv_of(pod: &Pod) -> Option<Vec<String>> {
+    let command = builder_command(pod)?;
     let build_argc: usize = command.get(4)?.parse().ok()?;
     let push = command.get(5 + build_argc..)?.to_vec();
     (push.first().map(String::as_str) == Some("push")).then_some(push)
@@ -107,14 +111,7 @@ fn push_argv_of(pod: &Pod) -> Option<Vec<String>> {
 /// A `push-by-digest` output names a repository; its target is then
 /// `<repository>@@unknown-digest@@`, as the plan writes it.
 fn buildkit_push_of(pod: &Pod) -> Option<(String, MediaType)> {
-    let command = pod
-        .spec
-        .as_ref()?
-        .containers
-        .iter()
-        .find(|c| c.name == BUILDER_CONTAINER)?
-        .command
-        .clone()?;
+    let command = builder_command(pod)?;
     let argv = command.get(4..)?;
     if argv.first().map(String::as_str) != Some("build") {
         return None;

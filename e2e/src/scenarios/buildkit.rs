@@ -2,21 +2,16 @@
 //! BuildKit builder pods, confined by the BuildKit profiles, admitted at the namespace's
 //! Pod Security level, each platform with its own registry cache ref.
 
-use std::collections::BTreeMap;
-
 use anyhow::{Context as _, ensure};
-use archforge::api::Phase;
 use archforge::plan::Platform;
 use archforge::registry::parse_reference;
-use archforge::render::BUILDER_CONTAINER;
-use archforge_e2e::filter::JobFilter;
-use archforge_e2e::nodes;
-use k8s_openapi::api::core::v1::{Container, Node};
-use kube::ResourceExt;
-use kube::api::Api;
+use k8s_openapi::api::core::v1::Container;
 use serde_json::json;
 
-use crate::case::{AMD64, ARM64, Case, condition, describe};
+use crate::case::{AMD64, ARM64, Case};
+use crate::scenarios::checks::{
+    Builder, BuilderPod, ensure_pushed, placed_builders, wait_succeeded,
+};
 
 /// Values of every `flag value` pair of an argv.
 fn values_of<'a>(argv: &'a [String], flag: &str) -> Vec<&'a str> {
@@ -24,6 +19,14 @@ fn values_of<'a>(argv: &'a [String], flag: &str) -> Vec<&'a str> {
         .filter(|w| w[0] == flag)
         .map(|w| w[1].as_str())
         .collect()
+}
+
+/// The slug of `platform` that names its cache ref.
+fn slug(platform: &str) -> anyhow::Result<String> {
+    Ok(platform
+        .parse::<Platform>()
+        .map_err(anyhow::Error::msg)?
+        .slug())
 }
 
 fn env_of(container: &Container, name: &str) -> Option<String> {
@@ -52,145 +55,72 @@ pub async fn happy_path_buildkit(case: &Case) -> anyhow::Result<()> {
     manifest["spec"]["strategy"] = json!("buildkit");
     manifest["spec"]["cache"] = json!({"image": cache});
     case.apply(&manifest).await?;
-    let status = case
-        .wait_phase("app-bk", Phase::Succeeded, suite.run_timeout())
-        .await?;
-    ensure!(
-        condition(&status, "Ready")?.status == "True",
-        "{}",
-        describe(&status)
-    );
-    let digests: BTreeMap<String, String> = status
-        .platforms
-        .iter()
-        .map(|p| (p.platform.clone(), p.digest.clone().unwrap_or_default()))
-        .collect();
-    ensure!(
-        digests.keys().map(String::as_str).collect::<Vec<_>>() == [AMD64, ARM64]
-            && digests.values().all(|d| d.starts_with("sha256:")),
-        "per-platform digests: {digests:?}"
-    );
-
-    let nodes: Api<Node> = Api::all(suite.client.clone());
-    for platform in [AMD64, ARM64] {
-        let slug = platform
-            .parse::<Platform>()
-            .map_err(anyhow::Error::msg)?
-            .slug();
-        let arch = platform.rsplit('/').next().unwrap();
-        let pods = case
-            .pods_of(&JobFilter::of("app-bk").platform(platform))
-            .await?;
-        ensure!(!pods.is_empty(), "no builder pod for {platform}");
-        for pod in pods {
-            let spec = pod.spec.clone().unwrap_or_default();
-            let node_name = spec
-                .node_name
-                .clone()
-                .context("an unscheduled builder pod")?;
-            let node = nodes.get(&node_name).await?;
-            ensure!(
-                node.labels().get(nodes::ARCH_LABEL).map(String::as_str) == Some(arch),
-                "{platform} pod {} ran on {node_name}, not an {arch} node",
-                pod.name_any()
-            );
-            let builder = spec
-                .containers
-                .iter()
-                .find(|c| c.name == BUILDER_CONTAINER)
-                .context("no builder container")?;
-            ensure!(
-                builder.image.as_deref() == Some(suite.builder.buildkit_image.as_str()),
-                "builder image {:?}",
-                builder.image
-            );
-            let security = builder
-                .security_context
-                .clone()
-                .context("no security context")?;
-            ensure!(
-                security.privileged == Some(false) && security.proc_mount.is_none(),
-                "privileged {:?}, procMount {:?}",
-                security.privileged,
-                security.proc_mount
-            );
-            let seccomp = security.seccomp_profile.clone().context("no seccomp")?;
-            ensure!(
-                format!(
-                    "localhost/{}",
-                    seccomp.localhost_profile.as_deref().unwrap_or_default()
-                ) == suite.builder.buildkit_seccomp_profile.to_string(),
-                "seccomp {seccomp:?}"
-            );
-            let profile = format!("localhost/{}", suite.builder.buildkit_apparmor_profile);
-            let annotation =
-                format!("container.apparmor.security.beta.kubernetes.io/{BUILDER_CONTAINER}");
-            ensure!(
-                pod.annotations().get(&annotation) == Some(&profile),
-                "AppArmor annotation on the admitted pod: {:?}",
-                pod.annotations().get(&annotation)
-            );
-            if suite.version.has_apparmor_field() {
-                let field = security.app_armor_profile.as_ref();
-                ensure!(
-                    field.and_then(|p| p.localhost_profile.as_deref())
-                        == Some(suite.builder.buildkit_apparmor_profile.as_str()),
-                    "appArmorProfile on a {} server: {field:?}",
-                    suite.version
-                );
-            }
-            let fuse = builder
-                .resources
-                .as_ref()
-                .and_then(|r| r.limits.as_ref())
-                .and_then(|l| l.get(&suite.builder.fuse_resource));
-            ensure!(
-                fuse.map(|q| q.0.as_str()) == Some(suite.builder.fuse_quantity.as_str()),
-                "fuse limit on the admitted pod: {fuse:?}"
-            );
-            ensure!(
-                env_of(builder, "BUILDKITD_FLAGS").as_deref()
-                    == Some("--oci-worker-no-process-sandbox"),
-                "BUILDKITD_FLAGS {:?}",
-                env_of(builder, "BUILDKITD_FLAGS")
-            );
-            let argv = builder.command.clone().unwrap_or_default();
-            let own = format!("{cache}:{slug}");
-            ensure!(
-                values_of(&argv, "--import-cache") == [format!("type=registry,ref={own}")]
-                    && values_of(&argv, "--export-cache")
-                        == [format!("type=registry,ref={own},mode=max")],
-                "{platform} cache: {:?} / {:?}",
-                values_of(&argv, "--import-cache"),
-                values_of(&argv, "--export-cache")
-            );
-            ensure!(
-                values_of(&argv, "--opt").contains(&format!("platform={platform}").as_str()),
-                "{platform} pod builds for {:?}",
-                values_of(&argv, "--opt")
-            );
-        }
-        // Real BuildKit wrote the cache; a simulated builder only pushes the image.
-        if !suite.settings.simulate_nodes {
-            let reference = parse_reference(&format!("{cache}:{slug}"))?;
+    let (status, digests) = wait_succeeded(case, "app-bk", &[AMD64, ARM64]).await?;
+    let buildkit = Builder {
+        image: &suite.builder.buildkit_image,
+        apparmor_profile: &suite.builder.buildkit_apparmor_profile,
+    };
+    for placed in placed_builders(case, "app-bk", &[AMD64, ARM64], &buildkit).await? {
+        let BuilderPod { platform, builder } = &placed;
+        let security = builder
+            .security_context
+            .clone()
+            .context("no security context")?;
+        ensure!(
+            security.privileged == Some(false) && security.proc_mount.is_none(),
+            "privileged {:?}, procMount {:?}",
+            security.privileged,
+            security.proc_mount
+        );
+        // The shared check also takes a pod-level field; BuildKit's is on the container.
+        ensure!(
+            !suite.version.has_apparmor_field() || security.app_armor_profile.is_some(),
+            "no appArmorProfile on the builder container on a {} server",
+            suite.version
+        );
+        let seccomp = security.seccomp_profile.clone().context("no seccomp")?;
+        ensure!(
+            format!(
+                "localhost/{}",
+                seccomp.localhost_profile.as_deref().unwrap_or_default()
+            ) == suite.builder.buildkit_seccomp_profile.to_string(),
+            "seccomp {seccomp:?}"
+        );
+        ensure!(
+            env_of(builder, "BUILDKITD_FLAGS").as_deref()
+                == Some("--oci-worker-no-process-sandbox"),
+            "BUILDKITD_FLAGS {:?}",
+            env_of(builder, "BUILDKITD_FLAGS")
+        );
+        let argv = builder.command.clone().unwrap_or_default();
+        let own = format!("{cache}:{}", slug(platform)?);
+        ensure!(
+            values_of(&argv, "--import-cache") == [format!("type=registry,ref={own}")]
+                && values_of(&argv, "--export-cache")
+                    == [format!("type=registry,ref={own},mode=max")],
+            "{platform} cache: {:?} / {:?}",
+            values_of(&argv, "--import-cache"),
+            values_of(&argv, "--export-cache")
+        );
+        ensure!(
+            values_of(&argv, "--opt").contains(&format!("platform={platform}").as_str()),
+            "{platform} pod builds for {:?}",
+            values_of(&argv, "--opt")
+        );
+    }
+    // Real BuildKit wrote the cache; a simulated builder only pushes the image.
+    if !suite.settings.simulate_nodes {
+        for platform in [AMD64, ARM64] {
+            let own = format!("{cache}:{}", slug(platform)?);
+            let reference = parse_reference(&own)?;
             let auth = suite.registry.auth_for(&reference)?;
             suite
                 .registry
                 .client()
                 .fetch_manifest_digest(&reference, &auth)
                 .await
-                .with_context(|| format!("the cache ref {cache}:{slug} of {platform}"))?;
+                .with_context(|| format!("the cache ref {own} of {platform}"))?;
         }
     }
-
-    let entries = super::pushed_index(&suite.registry, &status).await?;
-    let pushed: BTreeMap<String, String> = entries.into_iter().collect();
-    ensure!(
-        pushed == digests,
-        "the index holds {pushed:?}, status says {digests:?}"
-    );
-    for reason in ["RunStarted", "PlatformSucceeded", "IndexPushed"] {
-        case.expect_event("app-bk", reason, "Normal").await?;
-    }
-    Ok(())
+    ensure_pushed(case, "app-bk", &status, &digests).await
 }

@@ -1,6 +1,7 @@
 //! The scenarios, one module per group; `main.rs` lists them in the order they run.
 
 pub mod buildkit;
+pub mod checks;
 pub mod failures;
 pub mod happy;
 pub mod invalid;

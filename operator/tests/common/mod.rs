@@ -1,8 +1,12 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod binary;
+pub mod controller;
 pub mod fixtures;
 pub mod git;
+pub mod keys;
+pub mod profiles;
 pub mod registry;
 pub mod sigstore;
 pub mod ssh;
@@ -23,6 +27,15 @@ pub fn run(cmd: &mut std::process::Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// What a finished command printed, standard output then standard error, for messages.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// The median of benchmark samples.

@@ -296,3 +296,28 @@ impl Drop for TestRegistry {
         self.stop();
     }
 }
+
+/// Synthetic linux/amd64 and linux/arm64 images (marked `marker`) pushed through `registry`,
+/// each to `reference(platform)`: a `<repository>@@unknown-digest@@` reference pushes by
+/// digest only, as the builders do without platform tags.
+pub async fn push_platform_images(
+    registry: &archforge::registry::Registry,
+    reference: impl Fn(&archforge::plan::Platform) -> String,
+    marker: &str,
+) -> Vec<archforge::registry::PlatformImage> {
+    let mut images = Vec::new();
+    for p in ["linux/amd64", "linux/arm64"] {
+        let platform: archforge::plan::Platform = p.parse().unwrap();
+        let digest = registry
+            .push_synthetic_image(
+                &reference(&platform),
+                &platform,
+                archforge::api::MediaType::Oci,
+                marker,
+            )
+            .await
+            .unwrap();
+        images.push(archforge::registry::PlatformImage { platform, digest });
+    }
+    images
+}

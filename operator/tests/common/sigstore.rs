@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use super::registry::TestRegistry;
+use super::text;
 
 /// A policy.json and a registries.d directory that trust only `public_pem` for `registry`.
 pub struct SigstorePolicy {
@@ -133,12 +134,7 @@ impl SigstorePolicy {
             .arg(&self.registries_d)
             .arg("copy")
             .args(extra)
-            .args(
-                registry
-                    .skopeo_tls_args()
-                    .iter()
-                    .map(|a| a.replacen("--", "--src-", 1)),
-            )
+            .args(source_tls_args(registry))
             .arg(format!("docker://{reference}"))
             .arg(format!("dir:{}", out.path().display()))
             .output()
@@ -147,12 +143,13 @@ impl SigstorePolicy {
     }
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+/// `registry`'s TLS arguments for skopeo copy's source side (`--src-tls-verify`, ...).
+fn source_tls_args(registry: &TestRegistry) -> Vec<String> {
+    registry
+        .skopeo_tls_args()
+        .iter()
+        .map(|a| a.replacen("--", "--src-", 1))
+        .collect()
 }
 
 /// `skopeo copy` of an attachment tag (no policy: it is data, checked by the caller) into
@@ -169,12 +166,7 @@ pub fn copy_attachment(registry: &TestRegistry, reference: &str, dir: &Path) {
             .arg("--policy")
             .arg(&policy)
             .arg("copy")
-            .args(
-                registry
-                    .skopeo_tls_args()
-                    .iter()
-                    .map(|a| a.replacen("--", "--src-", 1)),
-            )
+            .args(source_tls_args(registry))
             .arg(format!("docker://{reference}"))
             .arg(format!("dir:{}", dir.display())),
     );
