@@ -1338,7 +1338,9 @@ fn build_args_cannot_pick_the_buildkit_frontend() {
                 },
                 "spec.buildArgs[0].name",
                 "selects BuildKit's frontend image",
-                Layer::RustOnly,
+                Layer::Cel(
+                    "spec.buildArgs[].name: BUILDKIT_SYNTAX selects BuildKit's frontend image; put a `# syntax=` line in the Dockerfile instead",
+                ),
             );
             assert!(text.contains("# syntax="), "{text}");
         }

@@ -374,8 +374,10 @@ impl MediaType {
 /// A Dockerfile build argument.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct BuildArg {
-    /// Argument name, as declared by ARG in the Dockerfile.
+    /// Argument name, as declared by ARG in the Dockerfile. Not BUILDKIT_SYNTAX: BuildKit
+    /// would build with the frontend image it names instead of the Dockerfile.
     #[schemars(regex(pattern = BUILD_ARG_NAME_PATTERN), length(max = 128))]
+    #[x_kube(validation = Rule::new("self != 'BUILDKIT_SYNTAX'").message("spec.buildArgs[].name: BUILDKIT_SYNTAX selects BuildKit's frontend image; put a `# syntax=` line in the Dockerfile instead"))]
     pub name: String,
     /// Argument value, passed verbatim.
     #[serde(default)]
