@@ -94,7 +94,11 @@ pub async fn report(
         )
         .await
         .map_err(ReconcileError::PatchStatus)?;
-    ctx.wrote(build, stored.status.unwrap_or_else(|| status.clone()));
+    ctx.wrote(
+        build,
+        stored.metadata.resource_version.clone(),
+        stored.status.unwrap_or_else(|| status.clone()),
+    );
     observe_latencies(ctx, build, &observed, status, jiff::Timestamp::now());
     Ok(())
 }
