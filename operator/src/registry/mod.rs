@@ -170,6 +170,33 @@ impl Registry {
         self.options.deadline.unwrap_or(ASSEMBLY_DEADLINE)
     }
 
+    /// Runs `work` on `image`'s registry within [`Registry::deadline`]: every request is
+    /// bounded, but a registry trickling its answers within each bound, retried, could
+    /// otherwise hold the caller for hours. Past the deadline, `unfinished` ("the index was
+    /// not assembled") says what did not finish, as a transient `Unreachable`.
+    pub async fn within_deadline<T, E: From<RegistryError>>(
+        &self,
+        image: &str,
+        unfinished: &str,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let deadline = self.deadline();
+        match tokio::time::timeout(deadline, work).await {
+            Ok(result) => result,
+            Err(_) => Err(RegistryError::Unreachable {
+                registry: parse_reference(image)
+                    .map(|r| r.resolve_registry().to_string())
+                    .unwrap_or_else(|_| image.to_string()),
+                attempts: 1,
+                message: format!(
+                    "{unfinished} within {}; archforge stops waiting on a registry that slow",
+                    humantime::format_duration(deadline)
+                ),
+            }
+            .into()),
+        }
+    }
+
     /// The oci-client underneath, for callers outside index assembly (tests, e2e). Its reads
     /// are not bounded; assembly does not use it for reading.
     pub fn client(&self) -> &Client {

@@ -25,10 +25,7 @@ use super::bounded::sha256_digest;
 use super::error::{RegistryError, RegistryResult};
 use super::index::{build_index, check_unique_platforms, index_media_type};
 use super::wire::Fetched;
-use super::{
-    ASSEMBLY_DEADLINE, OCI_CONFIG, OCI_MANIFEST, PlatformImage, PushedIndex, Registry,
-    parse_reference,
-};
+use super::{OCI_CONFIG, OCI_MANIFEST, PlatformImage, PushedIndex, Registry, parse_reference};
 
 /// The digests of what was attached to one image.
 #[derive(Clone, Debug, PartialEq)]
@@ -75,25 +72,12 @@ impl Registry {
         annotations: &BTreeMap<String, String>,
         signer: Option<&Signer<'_>>,
     ) -> RegistryResult<Published> {
-        let deadline = self.options.deadline.unwrap_or(ASSEMBLY_DEADLINE);
-        match tokio::time::timeout(
-            deadline,
+        self.within_deadline(
+            image,
+            "the index was not assembled",
             self.publish_now(image, children, media_type, annotations, signer),
         )
         .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(RegistryError::Unreachable {
-                registry: parse_reference(image)
-                    .map(|r| r.resolve_registry().to_string())
-                    .unwrap_or_else(|_| image.to_string()),
-                attempts: 1,
-                message: format!(
-                    "the index was not assembled within {}; archforge stops waiting on a registry that slow",
-                    humantime::format_duration(deadline)
-                ),
-            }),
-        }
     }
 
     async fn publish_now(

@@ -305,18 +305,13 @@ pub async fn verify_image(
     image: &str,
     key: &PublicKey,
 ) -> Result<Verified, VerifyError> {
-    let deadline = registry.deadline();
-    match tokio::time::timeout(deadline, verify_now(registry, image, key)).await {
-        Ok(result) => result,
-        Err(_) => Err(VerifyError::Registry(RegistryError::Unreachable {
-            registry: image.split('/').next().unwrap_or_default().to_string(),
-            attempts: 1,
-            message: format!(
-                "the verification of {image} did not finish within {}; archforge stops waiting on a registry that slow",
-                humantime::format_duration(deadline)
-            ),
-        })),
-    }
+    registry
+        .within_deadline(
+            image,
+            &format!("the verification of {image} did not finish"),
+            verify_now(registry, image, key),
+        )
+        .await
 }
 
 async fn verify_now(
