@@ -327,12 +327,7 @@ impl Wire {
             repo.repository(),
             kind.path()
         );
-        let accept = accept.join(", ");
-        let mut response = self
-            .send(&self.http, repo, Operation::Pull, |http| {
-                http.get(&url).header(ACCEPT, accept.as_str())
-            })
-            .await?;
+        let mut response = self.get(repo, &url, accept).await?;
         let status = response.status();
         if status != StatusCode::OK && !self.is_own(response.url(), &registry) {
             // Not the registry's own answer: its body is not quoted into status and Events.
@@ -475,12 +470,7 @@ impl Wire {
             self.base(&registry),
             repo.repository()
         );
-        let accept = accept.join(", ");
-        let mut response = self
-            .send(&self.http, repo, Operation::Pull, |http| {
-                http.get(&url).header(ACCEPT, accept.as_str())
-            })
-            .await?;
+        let mut response = self.get(repo, &url, accept).await?;
         let status = response.status();
         if status == StatusCode::NOT_FOUND && self.is_own(response.url(), &registry) {
             return Ok(None);
@@ -514,6 +504,21 @@ impl Wire {
             },
             digest_of(hasher),
         )))
+    }
+
+    /// A GET of `url` on `repo`'s registry accepting `accept`, following redirects under
+    /// `redirect_policy`.
+    async fn get(
+        &self,
+        repo: &Reference,
+        url: &str,
+        accept: &[&str],
+    ) -> Result<reqwest::Response, Classified> {
+        let accept = accept.join(", ");
+        self.send(&self.http, repo, Operation::Pull, |http| {
+            http.get(url).header(ACCEPT, accept.as_str())
+        })
+        .await
     }
 
     /// Whether `repo` has the blob `digest` (HEAD; any answer but 200 counts as no).
