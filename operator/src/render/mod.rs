@@ -10,7 +10,13 @@ use serde_json::{Value, json};
 use crate::api::ImageBuild;
 use crate::api::Strategy;
 use crate::plan::{AuthFile, BuildPlan, Placement, PlatformPlan, emulation_label};
-use crate::settings::{BUILDKIT_UID, BuilderSettings, KubeVersion, SeccompProfile};
+use crate::settings::{BUILDKIT_UID, BuilderSettings, KubeVersion};
+
+mod scripts;
+mod security;
+
+pub use scripts::{BUILDER_SCRIPT, BUILDKIT_SCRIPT};
+use security::{apparmor_profile, builder_resources, builder_security};
 
 /// Name of the builder container; the AppArmor annotation is keyed on it.
 pub const BUILDER_CONTAINER: &str = "builder";
@@ -42,119 +48,6 @@ const GIT_SECRET_DIR: &str = "/etc/git-secret";
 /// git-sync's own non-root user (from its image).
 const GIT_SYNC_UID: i64 = 65533;
 
-/// The checks both builder scripts run before building (see [`BUILDER_SCRIPT`]): contextDir
-/// and the Dockerfile exist and resolve inside the checkout. A literal, so that `concat!`
-/// can put it in front of each strategy's own lines.
-macro_rules! source_checks {
-    () => {
-        r#"set -eu
-cd "$ARCHFORGE_WORKSPACE"
-cd "$(readlink source)"
-checkout=$(pwd -P)
-for field in contextDir dockerfile; do
-  if [ "$field" = contextDir ]; then path=$ARCHFORGE_CONTEXT_DIR; else path=$ARCHFORGE_DOCKERFILE; fi
-  if [ ! -e "$path" ]; then
-    printf 'archforge: spec.source.%s: %s does not exist in the repository\n' "$field" "$path" >&2
-    exit 1
-  fi
-  case "$(realpath "$path")/" in
-    "$checkout"/*) ;;
-    *) printf 'archforge: spec.source.%s: %s resolves outside the repository (through a symlink); refusing to build\n' "$field" "$path" >&2
-       exit 1 ;;
-  esac
-done
-"#
-    };
-}
-
-/// The buildah script's refusal of any symlink of the checkout that points outside it (see
-/// [`BUILDER_SCRIPT`]). BuildKit does not need it: buildctl sends a symlink of the context
-/// as a symlink, and the daemon resolves it inside the context, never on the pod's own
-/// filesystem. And the rootless BuildKit image (Alpine, BusyBox) is not known to carry GNU
-/// `realpath -m`, without which the scan refuses every repository holding a link.
-macro_rules! link_checks {
-    () => {
-        r#"escape=$(find . -path ./.git -prune -o -type l -exec sh -c '
-  checkout=$1
-  shift
-  for link do
-    case "$(realpath -m -- "$link")/" in
-      "$checkout"/*) ;;
-      *) printf "%s\n" "$link"; exit 0 ;;
-    esac
-  done' archforge-links "$checkout" {} + | head -n 1)
-if [ -n "$escape" ]; then
-  printf 'archforge: the repository holds a symlink that points outside it (%s); refusing to build, because a RUN --mount or ADD could read through it\n' "$escape" >&2
-  exit 1
-fi
-"#
-    };
-}
-
-/// The builder's entrypoint. It is a constant and holds no buildah flag: its arguments are
-/// the count of the build argv, the build argv and the push argv, both from the plan (the
-/// same lists the local executor runs). Every user value reaches it as a positional argument
-/// or an environment variable expanded inside double quotes; the only text `eval` reads is
-/// `"${1}" "${2}" ...`, made from numbers, so no user string is ever parsed as shell syntax.
-///
-/// The link git-sync made is read rather than followed because `fs.protected_symlinks`
-/// can refuse to follow a link owned by another user (git-sync runs as its own UID).
-///
-/// The context directory and the Dockerfile are resolved before anything is built: a
-/// symlink committed in the repository (`rootlink -> /`) must not turn the builder's own
-/// filesystem, with the push credentials in it, into the build context. No other symlink of
-/// the checkout may point outside it either: buildah follows a `RUN --mount=type=bind`
-/// source through links (before 1.38.1, CVE-2024-11218). The checkout is mounted
-/// read-only, so what is checked is what buildah reads; `realpath -m` (GNU coreutils, in
-/// the default builder image) is needed, and without it the check fails closed.
-pub const BUILDER_SCRIPT: &str = concat!(
-    source_checks!(),
-    link_checks!(),
-    r#"build_argc=$1
-shift
-refs=
-i=1
-while [ "$i" -le "$build_argc" ]; do
-  refs="$refs \"\${$i}\""
-  i=$((i + 1))
-done
-eval "buildah $refs"
-shift "$build_argc"
-exec buildah "$@"
-"#
-);
-
-/// The BuildKit builder's entrypoint: the same contextDir and Dockerfile checks as
-/// [`BUILDER_SCRIPT`] (buildctl would follow a `rootlink -> /` context on the pod's own
-/// filesystem, push credentials included), then
-/// `buildctl-daemonless.sh` with every argument it was given (the plan's `buildctl build`
-/// argv and `--metadata-file`), which starts a rootless buildkitd for this one build and
-/// stops it after. It holds no BuildKit flag. The pushed manifest's digest is read from
-/// buildctl's metadata file (`"containerimage.digest": "sha256:..."`, written by buildctl, not
-/// by the user) and written to the termination log only when it is `sha256:` and 64
-/// lowercase hex digits; anything else fails the build rather than report it.
-pub const BUILDKIT_SCRIPT: &str = concat!(
-    source_checks!(),
-    r#"metadata=$ARCHFORGE_METADATA_FILE
-rm -f -- "$metadata"
-buildctl-daemonless.sh "$@"
-digest=
-if [ -f "$metadata" ]; then
-  digest=$(sed -n 's/.*"containerimage\.digest"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' "$metadata" | head -n 1)
-fi
-hex=${digest#sha256:}
-valid=yes
-case "$digest" in sha256:*) ;; *) valid=no ;; esac
-case "$hex" in *[!0-9a-f]*) valid=no ;; esac
-[ "${#hex}" -eq 64 ] || valid=no
-if [ "$valid" != yes ]; then
-  printf 'archforge: buildctl pushed the image but its metadata file (%s) holds no valid containerimage.digest (sha256: and 64 lowercase hex digits); refusing to report one\n' "$metadata" >&2
-  exit 1
-fi
-printf '%s' "$digest" > "$ARCHFORGE_TERMINATION_LOG"
-"#
-);
-
 /// The labels every object of one run carries; also the selector for finding them.
 pub fn run_labels(imagebuild: &str, generation: i64) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -165,14 +58,6 @@ pub fn run_labels(imagebuild: &str, generation: i64) -> BTreeMap<String, String>
         ),
         (LABEL_GENERATION.to_string(), generation.to_string()),
     ])
-}
-
-fn seccomp(profile: &SeccompProfile) -> Value {
-    match profile {
-        SeccompProfile::Unconfined => json!({"type": "Unconfined"}),
-        SeccompProfile::RuntimeDefault => json!({"type": "RuntimeDefault"}),
-        SeccompProfile::Localhost(path) => json!({"type": "Localhost", "localhostProfile": path}),
-    }
 }
 
 fn git_sync_container(build: &ImageBuild, plan: &BuildPlan, settings: &BuilderSettings) -> Value {
@@ -252,55 +137,6 @@ pub fn auth_file(build: &ImageBuild) -> AuthFile<'static> {
 /// Whether git would reach this URL over SSH (ssh:// or the scp-like user@host:path form).
 pub fn is_ssh_url(url: &str) -> bool {
     url.starts_with("ssh://") || !url.contains("://")
-}
-
-/// The builder container's resources: the spec's, with the fuse device as a limit.
-fn builder_resources(build: &ImageBuild, settings: &BuilderSettings) -> Value {
-    let mut resources = build
-        .spec
-        .resources
-        .as_ref()
-        .map(|r| serde_json::to_value(r).expect("resources serialize"))
-        .unwrap_or_else(|| json!({}));
-    // A device plugin's extended resource must be a limit; Kubernetes copies it to requests.
-    resources["limits"][&settings.fuse_resource] = json!(settings.fuse_quantity);
-    if let Some(requests) = resources.get_mut("requests").and_then(Value::as_object_mut) {
-        requests.remove(&settings.fuse_resource);
-    }
-    resources
-}
-
-/// The AppArmor profile (a name loaded on the nodes) of the builder container.
-fn apparmor_profile<'a>(platform: &PlatformPlan, settings: &'a BuilderSettings) -> &'a str {
-    match platform.strategy {
-        Strategy::Buildah => &settings.apparmor_profile,
-        Strategy::Buildkit => &settings.buildkit_apparmor_profile,
-    }
-}
-
-/// The builder container's security context: non-root, not privileged, every capability
-/// dropped but the two the setuid newuidmap/newgidmap helpers need (both rootless builders
-/// map their subordinate IDs with them, so no_new_privs must stay off), and the strategy's
-/// seccomp and AppArmor profiles.
-fn builder_security(
-    uid: i64,
-    seccomp_profile: &SeccompProfile,
-    apparmor: &str,
-    version: KubeVersion,
-) -> Value {
-    let mut security = json!({
-        "runAsUser": uid,
-        "runAsGroup": uid,
-        "runAsNonRoot": true,
-        "privileged": false,
-        "allowPrivilegeEscalation": true,
-        "capabilities": {"drop": ["ALL"], "add": ["SETUID", "SETGID"]},
-        "seccompProfile": seccomp(seccomp_profile),
-    });
-    if version.has_apparmor_field() {
-        security["appArmorProfile"] = json!({"type": "Localhost", "localhostProfile": apparmor});
-    }
-    security
 }
 
 fn builder_container(
