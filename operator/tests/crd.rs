@@ -197,3 +197,123 @@ fn patterns_and_cel_regexes_avoid_classes_that_differ_between_rust_and_re2() {
         }
     }
 }
+
+/// The nodes a CEL rule reaches from the node that carries it: the node itself (`self`) and
+/// every property, at any depth below it, whose name the rule mentions after a `.` (the
+/// elements of a list or map it iterates included). A structural over-approximation of what
+/// the API server's cost estimator reads, so that a new rule cannot reach an unbounded field.
+fn reached_by_rule<'a>(
+    node: &'a serde_json::Value,
+    path: &str,
+    names: &std::collections::BTreeSet<String>,
+    reached: &mut Vec<(String, &'a serde_json::Value)>,
+) {
+    reached.push((path.to_string(), node));
+    if let Some(properties) = node.get("properties").and_then(|p| p.as_object()) {
+        for (name, child) in properties {
+            if names.contains(name) {
+                reached_by_rule(child, &format!("{path}.{name}"), names, reached);
+            }
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(child) = node.get(key).filter(|c| c.is_object()) {
+            reached_by_rule(child, &format!("{path}[]"), names, reached);
+        }
+    }
+}
+
+/// Why a schema node leaves a CEL rule's cost unbounded, if it does: the API server's
+/// estimator counts only maxLength, maxItems and maxProperties (an enum bounds nothing).
+fn unbounded(node: &serde_json::Value) -> Option<&'static str> {
+    let is_map = node
+        .get("additionalProperties")
+        .is_some_and(|a| a.is_object());
+    match node.get("type").and_then(|t| t.as_str()) {
+        Some("string") if node.get("maxLength").is_none() => Some("a string without maxLength"),
+        Some("array") if node.get("maxItems").is_none() => Some("a list without maxItems"),
+        Some("object") if is_map && node.get("maxProperties").is_none() => {
+            Some("a map without maxProperties")
+        }
+        _ => None,
+    }
+}
+
+/// Every field a CEL rule reaches, as `(rule path, field path, why unbounded)`.
+fn cel_fields_without_bounds(schema: &serde_json::Value) -> Vec<(String, String, &'static str)> {
+    let mut rules = Vec::new();
+    cel_rules(schema, "", &mut rules);
+    let identifier = regex::Regex::new(r"\.([A-Za-z_][A-Za-z0-9_]*)").unwrap();
+    let mut found = Vec::new();
+    for (path, rule) in &rules {
+        let names = identifier
+            .captures_iter(rule)
+            .map(|c| c[1].to_string())
+            .collect();
+        let node = schema_at(schema, path);
+        let mut reached = Vec::new();
+        reached_by_rule(node, path, &names, &mut reached);
+        for (field, node) in reached {
+            if let Some(why) = unbounded(node) {
+                found.push((path.clone(), field, why));
+            }
+        }
+    }
+    found
+}
+
+/// The schema node at a path written as `cel_rules` writes it (`.spec.platforms[]`).
+fn schema_at<'a>(schema: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
+    let mut node = schema;
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (name, elements) = (part.trim_end_matches("[]"), part.matches("[]").count());
+        node = &node["properties"][name];
+        for _ in 0..elements {
+            node = node
+                .get("items")
+                .filter(|i| i.is_object())
+                .unwrap_or(&node["additionalProperties"]);
+        }
+    }
+    node
+}
+
+#[test]
+fn every_field_a_cel_rule_reaches_is_bounded() {
+    // A real 1.26 API server refused the CRD when the platformSettings rules compared
+    // platform strings that had an enum but no maxLength ("estimated rule cost exceeds
+    // budget by factor of 2.0x"). The estimator multiplies the declared bounds of what a
+    // rule reads, so every such field must declare one.
+    assert_eq!(
+        cel_fields_without_bounds(&common::crd_schema()),
+        Vec::<(String, String, &str)>::new(),
+        "(rule at, field it reaches, why its cost is unbounded)"
+    );
+}
+
+#[test]
+fn the_bound_check_sees_an_enum_only_string_a_rule_compares() {
+    // Today's fix taken back: the check must name both fields the platformSettings rules
+    // reached without a bound.
+    let mut schema = common::crd_schema();
+    let spec = &mut schema["properties"]["spec"]["properties"];
+    spec["platforms"]["items"]
+        .as_object_mut()
+        .unwrap()
+        .remove("maxLength");
+    spec["platformSettings"]["items"]["properties"]["platform"]
+        .as_object_mut()
+        .unwrap()
+        .remove("maxLength");
+    let found = cel_fields_without_bounds(&schema);
+    let fields: std::collections::BTreeSet<&str> =
+        found.iter().map(|(_, field, _)| field.as_str()).collect();
+    assert_eq!(
+        fields,
+        std::collections::BTreeSet::from([
+            ".spec.platforms[]",
+            ".spec.platformSettings[].platform"
+        ]),
+        "{found:?}"
+    );
+}

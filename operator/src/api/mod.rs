@@ -77,7 +77,10 @@ pub struct ImageBuildSpec {
     /// architecture. At least one; no duplicates.
     #[schemars(length(min = 1, max = 8))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
-    #[schemars(extend("items" = {"type": "string", "enum": ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/arm/v6", "linux/s390x", "linux/ppc64le", "linux/riscv64", "linux/386"]}))]
+    // maxLength beside the enum: the API server estimates a CEL rule's cost from declared
+    // bounds only, and the platformSettings rules compare these strings (an enum alone left
+    // the spec's rules over the cost budget on a real 1.26 server).
+    #[schemars(extend("items" = {"type": "string", "maxLength": MAX_PLATFORM_LENGTH, "enum": ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/arm/v6", "linux/s390x", "linux/ppc64le", "linux/riscv64", "linux/386"]}))]
     pub platforms: Vec<String>,
 
     /// Per-platform settings, keyed by a platform of spec.platforms: whether it may fail
@@ -207,6 +210,7 @@ impl std::fmt::Display for Emulation {
 #[serde(rename_all = "camelCase")]
 pub struct PlatformSettings {
     /// The platform these settings are for; it must be listed in spec.platforms.
+    #[schemars(length(max = MAX_PLATFORM_LENGTH))]
     #[schemars(extend("enum" = ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/arm/v6", "linux/s390x", "linux/ppc64le", "linux/riscv64", "linux/386"]))]
     pub platform: String,
 

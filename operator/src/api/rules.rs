@@ -70,6 +70,9 @@ pub const QUANTITY_PATTERN: &str =
 /// Most digits of a quantity's decimal exponent: `1e99` is already capped at the maximum.
 pub const MAX_QUANTITY_EXPONENT_DIGITS: usize = 2;
 /// Most node selector entries an ImageBuild may add (bounds the CEL cost of the key rule).
+/// Longest platform string the schema accepts (`linux/ppc64le`, `linux/riscv64`: 13). A
+/// bound the API server's CEL cost estimator counts; the enum it sits beside does not.
+pub const MAX_PLATFORM_LENGTH: usize = 16;
 pub const MAX_NODE_SELECTOR_ENTRIES: usize = 32;
 /// Most tolerations an ImageBuild may add.
 pub const MAX_TOLERATIONS: usize = 32;

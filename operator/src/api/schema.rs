@@ -67,6 +67,10 @@ pub(super) fn tolerations_schema(generator: &mut schemars::SchemaGenerator) -> s
     let properties = &mut item["properties"];
     properties["operator"]["enum"] = json!(TOLERATION_OPERATORS);
     properties["effect"]["enum"] = json!(TOLERATION_EFFECTS);
+    // Bounds for the CEL cost estimator, which ignores enums (the cross-field rules below
+    // compare these strings).
+    properties["operator"]["maxLength"] = json!(longest(TOLERATION_OPERATORS));
+    properties["effect"]["maxLength"] = json!(longest(TOLERATION_EFFECTS));
     properties["key"]["maxLength"] = json!(MAX_LABEL_KEY_LENGTH);
     // Empty means every key, so the label-key pattern is optional.
     properties["key"]["pattern"] = json!(format!(
@@ -103,4 +107,9 @@ pub(super) fn tolerations_schema(generator: &mut schemars::SchemaGenerator) -> s
         "items": item,
     }))
     .expect("a valid schema")
+}
+
+/// The length of the longest of these strings: the maxLength of a field with this enum.
+fn longest(values: &[&str]) -> usize {
+    values.iter().map(|v| v.len()).max().unwrap_or(0)
 }
