@@ -64,7 +64,7 @@ impl ApiServer {
         reply: impl FnOnce(&Value) -> (u16, Value),
     ) -> Value {
         let (request, send) =
-            tokio::time::timeout(Duration::from_secs(10), self.handle.next_request())
+            tokio::time::timeout(common::controller::HANG_GUARD, self.handle.next_request())
                 .await
                 .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
                 .expect("the controller made no further request");

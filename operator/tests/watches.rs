@@ -39,10 +39,11 @@ async fn at_start_each_reflector_lists_once_and_watches_once() {
     // Watches are left pending, as a quiet server's would be.
     let mut open_watches = Vec::new();
     for _ in 0..8 {
-        let (request, send) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
-            .await
-            .expect("the reflectors' lists and watches")
-            .expect("a request");
+        let (request, send) =
+            tokio::time::timeout(common::controller::HANG_GUARD, handle.next_request())
+                .await
+                .expect("the reflectors' lists and watches")
+                .expect("a request");
         let path = request.uri().path().to_string();
         let query = percent_decode(request.uri().query().unwrap_or_default());
         let watch = query.contains("watch=true");
@@ -142,10 +143,11 @@ async fn every_imagebuild_is_reconciled_when_the_job_list_comes_last() {
     let mut job_list = None;
     let mut patched = BTreeSet::new();
     while patched.len() < 3 {
-        let (request, send) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
-            .await
-            .unwrap_or_else(|_| panic!("only {patched:?} were reconciled"))
-            .expect("a request");
+        let (request, send) =
+            tokio::time::timeout(common::controller::HANG_GUARD, handle.next_request())
+                .await
+                .unwrap_or_else(|_| panic!("only {patched:?} were reconciled"))
+                .expect("a request");
         let path = request.uri().path().to_string();
         let query = request.uri().query().unwrap_or_default().to_string();
         let watch = query.contains("watch=true");

@@ -98,3 +98,8 @@ pub fn percent_decode(text: &str) -> String {
     }
     String::from_utf8(out).unwrap()
 }
+
+/// How long a mock-server test waits for the controller's next request before it calls the
+/// controller hung. A guard against a hang, not a measure of speed: a loaded 2-core CI machine
+/// decrypting a cosign key in a debug build took over 10 s for one step, so it is minutes.
+pub const HANG_GUARD: std::time::Duration = std::time::Duration::from_secs(300);
