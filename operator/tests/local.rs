@@ -1082,6 +1082,12 @@ async fn a_signed_local_build_pushes_by_digest_only_and_verifies() {
         stdout.contains("signed  index signature sha256:"),
         "{stdout}"
     );
+    // Progress names the repository pushed to, not buildah's internal placeholder.
+    assert!(
+        stderr.contains(&format!("pushing {} (by digest)", repo_of(&image)))
+            && !stderr.contains("@@unknown-digest@@"),
+        "{stderr}"
+    );
     for line in pem.lines().filter(|l| !l.starts_with("-----")) {
         assert!(
             !stdout.contains(line) && !stderr.contains(line),
@@ -1186,4 +1192,9 @@ fn a_malformed_signing_key_fails_before_building_and_is_not_quoted() {
         stderr.contains("names Secret \"cosign\", which is not in the ImageBuild's file"),
         "{stderr}"
     );
+}
+
+/// The repository of `host:port/path:tag`.
+fn repo_of(image: &str) -> &str {
+    image.rsplit_once(':').map_or(image, |(repo, _)| repo)
 }

@@ -215,7 +215,7 @@ impl Attempt<'_> {
             &format!(
                 "built in {:.1}s; pushing {}",
                 self.started.elapsed().as_secs_f64(),
-                platform.push_target
+                crate::plan::shown_push_target(&platform.push_target)
             ),
         );
         let digest_file = storage.join("digest");

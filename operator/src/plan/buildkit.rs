@@ -1,11 +1,8 @@
 //! The BuildKit side of the plan: the `buildctl build` argv of one platform. Pure, like the
 //! rest of the plan; the same vector is the Job's builder argv and the local executor's.
 
-use super::{Platform, context_dir, dockerfile_path};
+use super::{Platform, UNKNOWN_DIGEST, context_dir, dockerfile_path};
 use crate::api::{CacheScope, ImageBuildSpec, MediaType};
-
-/// Suffix of a push target that has no tag yet: the image is pushed by digest only.
-const UNKNOWN_DIGEST: &str = "@@unknown-digest@@";
 
 /// The `--output` of `buildctl build` for a push target: a tag target is pushed to that
 /// tag; a target ending in `@@unknown-digest@@` (a platform pushed by digest only, whose

@@ -282,6 +282,15 @@ pub fn push_target(output: &crate::api::Output, platform: &Platform) -> String {
     }
 }
 
+/// A push target as people read it: `<repo> (by digest)` rather than the
+/// `@@unknown-digest@@` placeholder only buildah understands.
+pub fn shown_push_target(push_target: &str) -> String {
+    match push_target.strip_suffix(UNKNOWN_DIGEST) {
+        Some(repository) => format!("{repository} (by digest)"),
+        None => push_target.to_string(),
+    }
+}
+
 fn join_path(dir: &str, file: &str) -> String {
     let dir = dir.trim_end_matches('/');
     if dir.is_empty() || dir == "." {

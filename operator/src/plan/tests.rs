@@ -166,4 +166,16 @@ fn platforms_are_pushed_by_digest_unless_platform_tags() {
         push_target(&output("127.0.0.1:5000/team/app:v1", true), &arm64()),
         "127.0.0.1:5000/team/app:v1-linux-arm64"
     );
+    // What progress lines show: the repository, never buildah's placeholder.
+    assert_eq!(
+        shown_push_target(&push_target(
+            &output("127.0.0.1:5000/team/app:v1", false),
+            &arm64()
+        )),
+        "127.0.0.1:5000/team/app (by digest)"
+    );
+    assert_eq!(
+        shown_push_target("127.0.0.1:5000/team/app:v1-linux-arm64"),
+        "127.0.0.1:5000/team/app:v1-linux-arm64"
+    );
 }
