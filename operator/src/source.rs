@@ -34,9 +34,16 @@ pub enum SourceError {
     RefNotFound { url: String, reference: String },
 
     #[error(
-        "git server {url} refused the credentials (HTTP {status}); check the credentials secret"
+        "git server {url} refused the credentials (HTTP {status}){}; check the credentials secret",
+        redirected_to.as_ref().map(|to| format!(" after a redirect to {to}, which is not given them")).unwrap_or_default()
     )]
-    Credentials { url: String, status: u16 },
+    Credentials {
+        url: String,
+        status: u16,
+        /// The scheme://host[:port] a redirect led to, when that is who refused: credentials
+        /// go only to the host of the spec's URL.
+        redirected_to: Option<String>,
+    },
 
     #[error(
         "cannot resolve {reference:?} of {url} without cloning: only http(s) URLs are resolved; give a full commit SHA as ref for SSH and git:// repositories"
@@ -147,6 +154,26 @@ pub fn pick_commit(refs: &[(String, String)], reference: &str) -> Option<String>
         .find_map(|name| find(&format!("{name}^{{}}")).or_else(|| find(name)))
 }
 
+/// How long the ref lookup may take, the whole answer read.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A failed request as people read it: a server that stalls shows as timed out (reqwest
+/// would say "error decoding response body" of a body cut short by its timeout).
+fn unreachable(shown: &str, e: reqwest::Error) -> SourceError {
+    let message = if e.is_timeout() {
+        format!(
+            "timed out: no complete answer within {} s",
+            LOOKUP_TIMEOUT.as_secs()
+        )
+    } else {
+        e.without_url().to_string()
+    };
+    SourceError::Unreachable {
+        url: shown.to_string(),
+        message,
+    }
+}
+
 /// Resolves `reference` of the repository at `url` to a commit SHA.
 pub async fn resolve_commit(
     url: &str,
@@ -165,7 +192,7 @@ pub async fn resolve_commit(
     }
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30))
+        .timeout(LOOKUP_TIMEOUT)
         .user_agent(concat!("git/archforge-", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| SourceError::Protocol {
@@ -180,15 +207,18 @@ pub async fn resolve_commit(
     if let Some(c) = credentials {
         request = request.basic_auth(&c.username, Some(&c.password));
     }
-    let mut response = request.send().await.map_err(|e| SourceError::Unreachable {
-        url: shown.clone(),
-        message: e.without_url().to_string(),
-    })?;
+    let mut response = request.send().await.map_err(|e| unreachable(&shown, e))?;
     let status = response.status();
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        let origin = |u: &reqwest::Url| u.origin().ascii_serialization();
+        let asked = reqwest::Url::parse(url).ok();
+        let answered = origin(response.url());
         return Err(SourceError::Credentials {
             url: shown.clone(),
             status: status.as_u16(),
+            redirected_to: asked
+                .filter(|asked| origin(asked) != answered)
+                .map(|_| answered),
         });
     }
     if status.is_server_error() {
@@ -217,14 +247,7 @@ pub async fn resolve_commit(
         return Err(too_large());
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| SourceError::Unreachable {
-            url: shown.clone(),
-            message: e.without_url().to_string(),
-        })?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(&shown, e))? {
         if body.len() + chunk.len() > MAX_ADVERTISEMENT_BYTES {
             return Err(too_large());
         }

@@ -5,13 +5,12 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::process::Stdio;
 
 use tokio::process::Command;
 use tokio::sync::watch;
 
 use super::LocalError;
-use super::process::{Ended, log_tail, run_logged};
+use super::process::{Captured, Ended, log_tail, run_captured, run_logged};
 use super::secrets::GitAuth;
 use crate::api::ImageBuild;
 use crate::source::{GitCredentials, SourceError, is_full_sha, redact_url, resolve_commit};
@@ -26,8 +25,31 @@ pub(super) struct GitAccess {
     http: Option<GitCredentials>,
     /// The scheme://host[:port] the HTTP credentials are given to.
     origin: Option<String>,
+    /// When every git command of the source's fetch must have ended: a server that stalls
+    /// (or trickles) would otherwise hold `build --local` forever.
+    limit: SourceLimit,
     _dir: Option<tempfile::TempDir>,
 }
+
+/// The time the source's lookup and fetch may take, all commands together (a Job's
+/// git-sync has its Job's activeDeadlineSeconds, the platform timeout; locally the spec's
+/// timeout plays that part).
+#[derive(Clone, Debug)]
+pub(super) struct SourceLimit {
+    pub(super) deadline: tokio::time::Instant,
+    /// The timeout as written, and where it comes from, for the message.
+    pub(super) timeout: String,
+    pub(super) from: &'static str,
+}
+
+/// Most bytes of `git ls-remote` output read: the smart-HTTP lookup's cap, so a server that
+/// advertises refs without end stops at the same size whatever the protocol.
+pub(super) const LS_REMOTE_CAP: usize = crate::source::MAX_ADVERTISEMENT_BYTES;
+
+/// git's own low-speed limit for HTTP: a transfer slower than this many bytes a second for
+/// [`LOW_SPEED_SECONDS`] is abandoned long before the deadline.
+const LOW_SPEED_BYTES: &str = "1000";
+const LOW_SPEED_SECONDS: &str = "60";
 
 /// Characters a path may hold to be passed inside GIT_SSH_COMMAND (a shell string) and as an
 /// ssh option value (split on white space by ssh) without any quoting.
@@ -103,16 +125,19 @@ fn origin(url: &str) -> Result<String, LocalError> {
 
 impl GitAccess {
     /// The environment for fetching `url` with `auth`.
-    pub(super) fn new(url: &str, auth: &GitAuth) -> Result<Self, LocalError> {
+    pub(super) fn new(url: &str, auth: &GitAuth, limit: SourceLimit) -> Result<Self, LocalError> {
         let mut access = GitAccess {
             // Only the protocols the spec allows: git would also run `ext::` URLs as commands.
             env: vec![
                 ("GIT_TERMINAL_PROMPT", "0".into()),
                 ("GIT_ALLOW_PROTOCOL", "http:https:ssh:git".into()),
+                ("GIT_HTTP_LOW_SPEED_LIMIT", LOW_SPEED_BYTES.into()),
+                ("GIT_HTTP_LOW_SPEED_TIME", LOW_SPEED_SECONDS.into()),
             ],
             secret: None,
             http: None,
             origin: None,
+            limit,
             _dir: None,
         };
         let secret = match auth {
@@ -197,6 +222,16 @@ impl GitAccess {
         None
     }
 
+    /// The error of a git command stopped at the deadline.
+    fn timed_out(&self, step: &str, url: &str) -> LocalError {
+        LocalError::SourceTimedOut {
+            step: step.to_string(),
+            url: redact_url(url),
+            timeout: self.limit.timeout.clone(),
+            from: self.limit.from,
+        }
+    }
+
     fn failure(&self, step: &str, output: String) -> LocalError {
         let message = match self.explain(&output) {
             Some(why) => format!("{why}\n{output}"),
@@ -218,35 +253,46 @@ async fn git(
 ) -> Result<(), LocalError> {
     let mut cmd = access.command();
     cmd.args(args).current_dir(cwd);
-    let Ended::Exited(status) = run_logged(cmd, log, cancel, None).await? else {
-        unreachable!("git runs without a deadline")
+    let step = format!("git {}", args.first().copied().unwrap_or_default());
+    let ended = run_logged(cmd, log, cancel, Some(access.limit.deadline)).await?;
+    let Ended::Exited(status) = ended else {
+        let url = args.iter().skip_while(|a| **a != "--").nth(1);
+        return Err(access.timed_out(&step, url.copied().unwrap_or_default()));
     };
     if status.success() {
         Ok(())
     } else {
-        Err(access.failure(
-            &format!("git {}", args.first().copied().unwrap_or_default()),
-            format!("{status}; {}", log_tail(log, 5)),
-        ))
+        Err(access.failure(&step, format!("{status}; {}", log_tail(log, 5))))
     }
 }
 
-/// `git ls-remote` for URLs the smart-HTTP resolver does not speak (ssh, git://, file).
-async fn ls_remote(access: &GitAccess, url: &str, reference: &str) -> Result<String, LocalError> {
-    let out = access
-        .command()
-        .args(["ls-remote", "--", url, reference])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| LocalError::tool("git ls-remote", e))?;
-    if !out.status.success() {
-        return Err(access.failure(
-            "git ls-remote",
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+/// `git ls-remote` for URLs the smart-HTTP resolver does not speak (ssh, git://, file):
+/// cancellable, within the source's deadline, and read up to [`LS_REMOTE_CAP`] only.
+async fn ls_remote(
+    access: &GitAccess,
+    url: &str,
+    reference: &str,
+    log: &Path,
+    cancel: &mut watch::Receiver<bool>,
+) -> Result<String, LocalError> {
+    let mut cmd = access.command();
+    cmd.args(["ls-remote", "--", url, reference]);
+    let out = match run_captured(cmd, log, LS_REMOTE_CAP, cancel, Some(access.limit.deadline))
+        .await?
+    {
+        Captured::Exited(status, out) if status.success() => out,
+        Captured::Exited(status, _) => {
+            return Err(access.failure("git ls-remote", format!("{status}; {}", log_tail(log, 5))));
+        }
+        Captured::TimedOut => return Err(access.timed_out("git ls-remote", url)),
+        Captured::TooLarge => {
+            return Err(LocalError::Source(SourceError::AdvertisementTooLarge {
+                url: redact_url(url),
+                limit: LS_REMOTE_CAP,
+            }));
+        }
+    };
+    let text = String::from_utf8_lossy(&out);
     let refs: Vec<(String, String)> = text
         .lines()
         .filter_map(|l| l.split_once('\t'))
@@ -264,13 +310,25 @@ async fn ls_remote(access: &GitAccess, url: &str, reference: &str) -> Result<Str
 pub(super) async fn pin_commit(
     build: &ImageBuild,
     access: &GitAccess,
+    log: &Path,
+    cancel: &mut watch::Receiver<bool>,
 ) -> Result<String, LocalError> {
     let git = &build.spec.source.git;
     if is_full_sha(&git.r#ref) {
         return Ok(git.r#ref.clone());
     }
-    match resolve_commit(&git.url, &git.r#ref, access.http.as_ref()).await {
-        Err(SourceError::UnsupportedScheme { .. }) => ls_remote(access, &git.url, &git.r#ref).await,
+    let lookup = resolve_commit(&git.url, &git.r#ref, access.http.as_ref());
+    let resolved = tokio::select! {
+        resolved = lookup => resolved,
+        _ = cancel.wait_for(|stop| *stop) => return Err(LocalError::Interrupted),
+        () = tokio::time::sleep_until(access.limit.deadline) => {
+            return Err(access.timed_out("looking up the ref", &git.url));
+        }
+    };
+    match resolved {
+        Err(SourceError::UnsupportedScheme { .. }) => {
+            ls_remote(access, &git.url, &git.r#ref, log, cancel).await
+        }
         other => Ok(other?),
     }
 }
@@ -323,7 +381,12 @@ mod tests {
                     password: "pw".into(),
                 },
             };
-            let access = GitAccess::new(url, &auth).unwrap();
+            let limit = SourceLimit {
+                deadline: tokio::time::Instant::now(),
+                timeout: "1s".into(),
+                from: "spec.timeout",
+            };
+            let access = GitAccess::new(url, &auth, limit).unwrap();
             let value = |name: &str| {
                 let found = access.env.iter().find(|(k, _)| *k == name);
                 found.map(|(_, v)| v.to_string_lossy().into_owned())

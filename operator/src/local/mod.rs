@@ -126,6 +126,17 @@ pub enum LocalError {
     #[error("interrupted: every builder process was stopped")]
     Interrupted,
 
+    /// Fetching the source outlived the timeout and git was stopped.
+    #[error(
+        "{step} of {url} timed out after {timeout} ({from}): the git server stopped answering or is too slow; git was stopped"
+    )]
+    SourceTimedOut {
+        step: String,
+        url: String,
+        timeout: String,
+        from: &'static str,
+    },
+
     /// A program the ImageBuild's strategy needs is not installed.
     #[error("{0}")]
     MissingTool(String),
@@ -237,8 +248,11 @@ pub async fn build_local_with_secrets(
     let access = git::GitAccess::new(
         &build.spec.source.git.url,
         &secrets::git_auth(build, secrets)?,
+        source_limit(build, &settings),
     )?;
-    let commit = git::pin_commit(build, &access).await?;
+    let ws = workspace::Workspace::new(options)?;
+    let git_log = ws.logs.join("git.log");
+    let commit = git::pin_commit(build, &access, &git_log, &mut cancel.clone()).await?;
     let auth = match &options.docker_config {
         Some(path) => AuthFile::Path(path),
         None => AuthFile::None,
@@ -252,8 +266,6 @@ pub async fn build_local_with_secrets(
         &format!("{} at {commit}", redact_url(&build.spec.source.git.url)),
     );
 
-    let ws = workspace::Workspace::new(options)?;
-    let git_log = ws.logs.join("git.log");
     git::checkout(
         &access,
         build,
@@ -412,4 +424,19 @@ async fn assemble(
             signer,
         )
         .await?)
+}
+
+/// The time the source's lookup and fetch may take: the spec's timeout, as a Job's git-sync
+/// has its Job's deadline, or the default timeout.
+fn source_limit(build: &ImageBuild, settings: &BuilderSettings) -> git::SourceLimit {
+    let spec = build.spec.timeout.as_deref();
+    let (timeout, from) = match spec.and_then(crate::validation::parse_timeout) {
+        Some(timeout) => (timeout, "spec.timeout"),
+        None => (settings.default_timeout, "the default timeout"),
+    };
+    git::SourceLimit {
+        deadline: tokio::time::Instant::now() + timeout,
+        timeout: humantime::format_duration(timeout).to_string(),
+        from,
+    }
 }

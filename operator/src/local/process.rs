@@ -4,7 +4,8 @@ use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use tokio::process::Command;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use super::LocalError;
@@ -39,22 +40,8 @@ pub(super) async fn run_logged(
         .open(log)
         .map_err(|e| LocalError::tool(format!("opening {}", log.display()), e))?;
     let err = out.try_clone().expect("log file handle clones");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .process_group(0)
-        .kill_on_drop(true);
-    let program = format!("{:?}", cmd.as_std().get_program());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| LocalError::tool(format!("starting {program}"), e))?;
-    let pgid = child.id().map(|id| id as i32);
-    let expired = async {
-        match deadline {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
-    };
+    cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err));
+    let (mut child, program) = spawn_in_group(cmd)?;
     let interrupted = tokio::select! {
         status = child.wait() => {
             return status
@@ -62,22 +49,113 @@ pub(super) async fn run_logged(
                 .map_err(|e| LocalError::tool(format!("waiting for {program}"), e));
         }
         _ = cancel.wait_for(|stop| *stop) => true,
-        () = expired => false,
+        () = expires(deadline) => false,
     };
-    if let Some(pgid) = pgid {
-        // SAFETY: kill(2) with a negative pid signals the process group we created.
-        unsafe { libc::kill(-pgid, libc::SIGTERM) };
-        let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-        // Whatever the leader did: a member of the group may ignore SIGTERM (a daemon a RUN
-        // step started). Signalling a group with no process left is harmless (ESRCH).
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        let _ = child.wait().await;
-    }
+    stop_group(&mut child).await;
     if interrupted {
         Err(LocalError::Interrupted)
     } else {
         Ok(Ended::TimedOut)
     }
+}
+
+/// How a process whose output was kept ended.
+#[derive(Debug)]
+pub(super) enum Captured {
+    /// It exited; its standard output, whole.
+    Exited(ExitStatus, Vec<u8>),
+    /// The deadline passed first; the process group was stopped.
+    TimedOut,
+    /// It printed more than the cap allows; the process group was stopped.
+    TooLarge,
+}
+
+/// Runs `cmd` like [`run_logged`], keeping its standard output in memory, at most `cap`
+/// bytes: a process whose output comes from a server (git ls-remote of a user-chosen
+/// repository) is stopped once it passes the cap, instead of growing without bound.
+/// Standard error goes to `log`.
+pub(super) async fn run_captured(
+    mut cmd: Command,
+    log: &Path,
+    cap: usize,
+    cancel: &mut watch::Receiver<bool>,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Captured, LocalError> {
+    let err = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| LocalError::tool(format!("opening {}", log.display()), e))?;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::from(err));
+    let (mut child, program) = spawn_in_group(cmd)?;
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let read = async {
+        let mut kept = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match stdout.read(&mut chunk).await {
+                Ok(0) => return Ok(Some(kept)),
+                Ok(n) if kept.len() + n > cap => return Ok(None),
+                Ok(n) => kept.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        read = read => match read {
+            Ok(Some(kept)) => {
+                let status = child
+                    .wait()
+                    .await
+                    .map_err(|e| LocalError::tool(format!("waiting for {program}"), e))?;
+                return Ok(Captured::Exited(status, kept));
+            }
+            Ok(None) => Captured::TooLarge,
+            Err(e) => {
+                stop_group(&mut child).await;
+                return Err(LocalError::tool(format!("reading what {program} printed"), e));
+            }
+        },
+        _ = cancel.wait_for(|stop| *stop) => {
+            stop_group(&mut child).await;
+            return Err(LocalError::Interrupted);
+        }
+        () = expires(deadline) => Captured::TimedOut,
+    };
+    stop_group(&mut child).await;
+    Ok(outcome)
+}
+
+/// Starts `cmd` with no standard input as the leader of a new process group, killed when
+/// dropped; returns it with its program's name, for messages.
+fn spawn_in_group(mut cmd: Command) -> Result<(Child, String), LocalError> {
+    cmd.stdin(Stdio::null()).process_group(0).kill_on_drop(true);
+    let program = format!("{:?}", cmd.as_std().get_program());
+    let child = cmd
+        .spawn()
+        .map_err(|e| LocalError::tool(format!("starting {program}"), e))?;
+    Ok((child, program))
+}
+
+async fn expires(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Stops the whole process group `child` leads: SIGTERM, a few seconds, then SIGKILL.
+async fn stop_group(child: &mut Child) {
+    let Some(pgid) = child.id().map(|id| id as i32) else {
+        return;
+    };
+    // SAFETY: kill(2) with a negative pid signals the process group we created.
+    unsafe { libc::kill(-pgid, libc::SIGTERM) };
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    // Whatever the leader did: a member of the group may ignore SIGTERM (a daemon a RUN
+    // step started). Signalling a group with no process left is harmless (ESRCH).
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let _ = child.wait().await;
 }
 
 #[cfg(test)]
