@@ -8,6 +8,7 @@ pub mod git;
 pub mod keys;
 pub mod profiles;
 pub mod registry;
+pub mod runc;
 pub mod sigstore;
 pub mod ssh;
 

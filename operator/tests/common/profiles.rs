@@ -69,6 +69,16 @@ pub const ACCT_PROBE: [&str; 3] = [
      print('ok' if r == 0 else os.strerror(ctypes.get_errno()))",
 ];
 
+/// A probe that calls keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0): prints
+/// `ok`, or the error it got.
+pub const KEYCTL_PROBE: [&str; 3] = [
+    "/usr/bin/python3",
+    "-c",
+    "import ctypes, os, platform; libc = ctypes.CDLL(None, use_errno=True); \
+     nr = {'x86_64': 250, 'aarch64': 219}[platform.machine()]; \
+     r = libc.syscall(nr, 0, -3, 0); print('ok' if r >= 0 else os.strerror(ctypes.get_errno()))",
+];
+
 /// The calls a rootless builder makes to enter its user and mount namespaces and mount in
 /// them, which every builder seccomp profile allows.
 pub const ROOTLESS_CALLS: [&str; 6] = [
@@ -106,6 +116,13 @@ pub fn check_seccomp_profile(profile: &Path, mount_script: &str) -> String {
     assert!(
         String::from_utf8_lossy(&denied.stdout).contains("Operation not permitted"),
         "{denied:?}"
+    );
+    // The keyring calls look absent (ENOSYS), the one refusal runc tolerates when it
+    // joins a session keyring (tests/seccomp_runc.rs runs that step under real runc).
+    let keyring = under_seccomp(profile, &KEYCTL_PROBE);
+    assert!(
+        String::from_utf8_lossy(&keyring.stdout).contains("Function not implemented"),
+        "{keyring:?}"
     );
     std::fs::read_to_string(profile).unwrap()
 }
