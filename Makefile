@@ -63,7 +63,7 @@ chart-readme:
 
 ## Regenerate the golden rendered Jobs (review the diff by eye before committing).
 golden:
-	ARCHFORGE_UPDATE_GOLDEN=1 $(CARGO) test -p archforge --test render
+	ARCHFORGE_UPDATE_GOLDEN=1 $(CARGO) test -p archforge --test render --test confinement
 
 ## Print the Jobs the sample ImageBuild would create (a dry run, no cluster needed).
 render:

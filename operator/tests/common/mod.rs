@@ -5,6 +5,7 @@ pub mod binary;
 pub mod controller;
 pub mod fixtures;
 pub mod git;
+pub mod golden;
 pub mod keys;
 pub mod profiles;
 pub mod registry;
