@@ -73,9 +73,9 @@ pub enum SeccompProfile {
     /// nor the shipped localhost profile lets rootless buildah run. Pod Security `baseline`
     /// refuses it, so build namespaces would have to be `privileged`.
     Unconfined,
-    /// The container runtime's default profile, the default: current containerd and CRI-O
-    /// profiles let an unprivileged process create a user namespace and mount inside it,
-    /// which is all rootless buildah asks of seccomp.
+    /// The container runtime's default profile, the default (it needs nothing on the nodes).
+    /// containerd 1.6's refuses `unshare(CLONE_NEWUSER)` to a process without CAP_SYS_ADMIN,
+    /// which kills rootless buildah at once; the shipped localhost profile allows it.
     RuntimeDefault,
     /// A profile file under the kubelet's seccomp directory, such as the shipped
     /// `archforge/archforge-builder.json` for runtimes whose default blocks user namespaces.
@@ -176,7 +176,8 @@ pub struct BuilderSettings {
     pub fuse_quantity: String,
 
     /// Seccomp profile of the builder container: RuntimeDefault, localhost/<path> (for
-    /// example localhost/archforge/archforge-builder.json, shipped in config/seccomp) or, as an
+    /// example localhost/archforge/archforge-builder.json, shipped in config/seccomp and
+    /// installed by the node-profiles loader, which containerd 1.6 nodes need) or, as an
     /// explicit opt-in that Pod Security baseline refuses, Unconfined.
     #[arg(
         long,
@@ -236,8 +237,8 @@ pub struct BuilderSettings {
     pub buildkit_apparmor_profile: String,
 
     /// Seccomp profile of BuildKit builder containers. The default is the shipped
-    /// config/seccomp/archforge-buildkit.json (installed by the seccomp loader): the runtimes'
-    /// default profiles refuse the unshare and mount calls rootlesskit and runc make.
+    /// config/seccomp/archforge-buildkit.json (installed by the node-profiles loader): the
+    /// runtimes' default profiles refuse the unshare and mount calls rootlesskit and runc make.
     #[arg(
         long,
         env = "ARCHFORGE_BUILDKIT_SECCOMP_PROFILE",

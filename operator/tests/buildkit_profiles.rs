@@ -47,11 +47,13 @@ fn the_buildkit_apparmor_profile_compiles_allows_mounts_and_keeps_the_denials() 
     assert_eq!(ptrace, ["  ptrace (read) peer=archforge-buildkit,"]);
 
     // Loaded by the same DaemonSet as buildah's, from the same ConfigMap.
-    let script = loader_script(&kustomize("config/apparmor"), "archforge-buildkit", &text);
+    let objects = kustomize("config/node-profiles");
+    let script = loader_script(&objects, "apparmor", "archforge-buildkit", &text);
     assert!(
         script
             .contains("apparmor_parser --replace --write-cache /etc/apparmor.d/archforge-buildkit")
     );
+    assert_chart_copy("archforge-buildkit", &text);
 }
 
 #[test]
@@ -107,14 +109,15 @@ fn the_buildkit_seccomp_profile_allows_rootlesskit_and_refuses_the_dangerous_cal
     };
     assert_eq!(relative, "archforge/archforge-buildkit.json");
     let script = loader_script(
-        &kustomize("config/seccomp"),
+        &kustomize("config/node-profiles"),
+        "seccomp",
         "archforge-buildkit.json",
         &text,
     );
     assert!(script.contains(&format!("/seccomp/{relative}")), "{script}");
     assert_chart_copy("archforge-buildkit.json", &text);
     let template = std::fs::read_to_string(
-        common::repo_root().join("charts/archforge/templates/seccomp-loader.yaml"),
+        common::repo_root().join("charts/archforge/templates/node-profiles.yaml"),
     )
     .unwrap();
     assert!(template.contains(".Files.Get \"files/archforge-buildkit.json\""));

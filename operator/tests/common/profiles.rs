@@ -127,25 +127,30 @@ pub fn check_seccomp_profile(profile: &Path, mount_script: &str) -> String {
     std::fs::read_to_string(profile).unwrap()
 }
 
-/// The kustomize loader among `objects`: its ConfigMap holds `text` under `key`; the shell
-/// script of its DaemonSet's init container.
-pub fn loader_script(objects: &[Value], key: &str, text: &str) -> String {
+/// The node-profiles loader among `objects` (config/node-profiles or a chart render): its
+/// ConfigMap holds `text` under `key`; returns the shell script of its init container
+/// `container` (`seccomp` or `apparmor`).
+pub fn loader_script(objects: &[Value], container: &str, key: &str, text: &str) -> String {
     let map = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
     assert_eq!(map["data"][key], text);
     let loader = objects.iter().find(|o| o["kind"] == "DaemonSet").unwrap();
-    loader["spec"]["template"]["spec"]["initContainers"][0]["command"][2]
-        .as_str()
+    let init = loader["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
         .unwrap()
-        .to_string()
+        .iter()
+        .find(|c| c["name"] == container)
+        .unwrap_or_else(|| panic!("no init container {container}"));
+    init["command"][2].as_str().unwrap().to_string()
 }
 
-/// `charts/archforge/files/<file>` is a copy of `text`, the profile in config/seccomp/.
+/// `charts/archforge/files/<file>` is a copy of `text`, the profile in config/ (`make
+/// manifests` copies it).
 pub fn assert_chart_copy(file: &str, text: &str) {
     let chart =
         std::fs::read_to_string(super::repo_root().join("charts/archforge/files").join(file))
             .unwrap();
     assert_eq!(
         chart, text,
-        "charts/archforge/files/ must be a copy of config/seccomp/"
+        "charts/archforge/files/{file} must be a copy of config/'s: `make manifests`"
     );
 }
