@@ -39,13 +39,16 @@ unit:
 	$(CARGO) test --workspace
 
 ## Regenerate the install files: the CRD from operator/src/api.rs (crds/ and its copies in
-## the chart and config/crd/), the chart's operator rules from operator/src/rbac.rs, then
-## config/rbac/ and config/manager/ from the chart's default render. Tests fail on any drift.
+## the chart and config/crd/), the chart's operator rules from operator/src/rbac.rs, the
+## chart's copies of the node profiles (config/apparmor/, config/seccomp/), then config/rbac/,
+## config/manager/ and config/node-profiles/ from the chart's render. Tests fail on any drift.
 manifests:
 	$(ARCHFORGE) crd > crds/imagebuilds.archforge.dev.yaml
 	cp crds/imagebuilds.archforge.dev.yaml charts/archforge/crds/
 	cp crds/imagebuilds.archforge.dev.yaml config/crd/
 	$(ARCHFORGE) rbac --chart-rules > charts/archforge/templates/_rbac-rules.tpl
+	cp config/apparmor/archforge-builder config/apparmor/archforge-buildkit \
+	  config/seccomp/archforge-builder.json config/seccomp/archforge-buildkit.json charts/archforge/files/
 	python3 scripts/kustomize-base.py --chart charts/archforge --out config
 
 ## The former name of `make manifests`.
@@ -63,7 +66,7 @@ chart-readme:
 
 ## Regenerate the golden rendered Jobs (review the diff by eye before committing).
 golden:
-	ARCHFORGE_UPDATE_GOLDEN=1 $(CARGO) test -p archforge --test render
+	ARCHFORGE_UPDATE_GOLDEN=1 $(CARGO) test -p archforge --test render --test confinement
 
 ## Print the Jobs the sample ImageBuild would create (a dry run, no cluster needed).
 render:

@@ -25,6 +25,8 @@ packages=(
   openssl           # certificates for the registry's TLS mode
   apparmor          # apparmor_parser compiles the builder's profile in the tests
   python3-seccomp   # libseccomp for scripts/seccomp-exec.py: the seccomp profile test
+  runc              # runc 1.1 (libseccomp 2.5) loads the shipped seccomp profiles in tests
+  libcap2-bin       # setcap: file capabilities on newuidmap/newgidmap, as builder images have
 )
 # kubectl renders the kustomize bases; Debian's own kubernetes-client only if none is here.
 command -v kubectl >/dev/null || packages+=(kubernetes-client)

@@ -296,6 +296,7 @@ async fn run_controller(args: &RunArgs) -> crate::Result<()> {
         .map_err(|e| crate::Error::Kube(format!("cannot reach the API server at {server}: {e}")))?;
     let version = KubeVersion::from_info(&info.major, &info.minor).unwrap_or(KubeVersion::OLDEST);
     tracing::info!(%version, "connected to the API server");
+    crate::settings::check_confinement(&args.settings, version).map_err(crate::Error::Settings)?;
     let server = tokio::spawn(crate::telemetry::serve(
         args.metrics_address,
         metrics.clone(),
@@ -596,9 +597,12 @@ fn render(args: &RenderArgs) -> crate::Result<String> {
         &revision,
         auth_file(&build),
     );
+    crate::settings::check_confinement(&args.settings, args.kube_version)
+        .map_err(crate::Error::Settings)?;
     let mut out = String::new();
     for job in render_jobs(&build, &plan, &args.settings, args.kube_version) {
-        crate::podsecurity::check_job(&job, args.settings.pod_security_level)?;
+        let level = args.settings.pod_security_level;
+        crate::podsecurity::check_job_at(&job, level, args.kube_version)?;
         out.push_str("---\n");
         out.push_str(&manifest::to_yaml("Job", &job)?);
     }

@@ -30,6 +30,9 @@ pub enum Error {
     #[error(transparent)]
     PodSecurity(#[from] crate::podsecurity::Violations),
 
+    #[error("operator settings: {0}")]
+    Settings(String),
+
     #[error("cannot serialize {what}: {message}")]
     Serialize { what: &'static str, message: String },
 }

@@ -6,6 +6,10 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+mod confinement;
+
+pub use confinement::{AppArmorMode, BuildkitSnapshotter, check as check_confinement};
+
 /// The Kubernetes API server's version, which decides which pod fields may be set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct KubeVersion {
@@ -69,9 +73,9 @@ pub enum SeccompProfile {
     /// nor the shipped localhost profile lets rootless buildah run. Pod Security `baseline`
     /// refuses it, so build namespaces would have to be `privileged`.
     Unconfined,
-    /// The container runtime's default profile, the default: current containerd and CRI-O
-    /// profiles let an unprivileged process create a user namespace and mount inside it,
-    /// which is all rootless buildah asks of seccomp.
+    /// The container runtime's default profile, the default (it needs nothing on the nodes).
+    /// containerd 1.6's refuses `unshare(CLONE_NEWUSER)` to a process without CAP_SYS_ADMIN,
+    /// which kills rootless buildah at once; the shipped localhost profile allows it.
     RuntimeDefault,
     /// A profile file under the kubelet's seccomp directory, such as the shipped
     /// `archforge/archforge-builder.json` for runtimes whose default blocks user namespaces.
@@ -134,6 +138,14 @@ pub struct BuilderSettings {
     )]
     pub git_sync_image: String,
 
+    /// How builder containers ask for AppArmor: localhost (the profiles named by
+    /// --apparmor-profile and --buildkit-apparmor-profile, loaded on every build node),
+    /// runtime-default, or none for nodes without AppArmor (the kubelet refuses a pod that
+    /// asks for any profile there).
+    #[arg(long, env = "ARCHFORGE_APPARMOR", default_value = "localhost")]
+    #[serde(serialize_with = "as_display")]
+    pub apparmor: AppArmorMode,
+
     /// Name of the AppArmor profile loaded on the nodes for the builder container.
     #[arg(
         long,
@@ -142,6 +154,13 @@ pub struct BuilderSettings {
         value_parser = profile_name
     )]
     pub apparmor_profile: String,
+
+    /// SELinux type of builder containers (securityContext.seLinuxOptions.type) for SELinux
+    /// nodes, e.g. container_engine_t; none by default (the runtime's, container_t). Pod
+    /// Security baseline admits container_t, container_init_t, container_kvm_t and, from
+    /// Kubernetes 1.31, container_engine_t; the operator refuses to start with another.
+    #[arg(long, env = "ARCHFORGE_SELINUX_TYPE", value_parser = confinement::selinux_type)]
+    pub selinux_type: Option<String>,
 
     /// Extended resource that gives the builder /dev/fuse (from a fuse device plugin).
     #[arg(
@@ -157,7 +176,8 @@ pub struct BuilderSettings {
     pub fuse_quantity: String,
 
     /// Seccomp profile of the builder container: RuntimeDefault, localhost/<path> (for
-    /// example localhost/archforge/archforge-builder.json, shipped in config/seccomp) or, as an
+    /// example localhost/archforge/archforge-builder.json, shipped in config/seccomp and
+    /// installed by the node-profiles loader, which containerd 1.6 nodes need) or, as an
     /// explicit opt-in that Pod Security baseline refuses, Unconfined.
     #[arg(
         long,
@@ -217,8 +237,8 @@ pub struct BuilderSettings {
     pub buildkit_apparmor_profile: String,
 
     /// Seccomp profile of BuildKit builder containers. The default is the shipped
-    /// config/seccomp/archforge-buildkit.json (installed by the seccomp loader): the runtimes'
-    /// default profiles refuse the unshare and mount calls rootlesskit and runc make.
+    /// config/seccomp/archforge-buildkit.json (installed by the node-profiles loader): the
+    /// runtimes' default profiles refuse the unshare and mount calls rootlesskit and runc make.
     #[arg(
         long,
         env = "ARCHFORGE_BUILDKIT_SECCOMP_PROFILE",
@@ -226,6 +246,12 @@ pub struct BuilderSettings {
     )]
     #[serde(serialize_with = "as_display")]
     pub buildkit_seccomp_profile: SeccompProfile,
+
+    /// Snapshotter of BuildKit's buildkitd: auto (BuildKit's choice; the pod asks for the
+    /// fuse device), overlayfs (kernel 5.11+, no fuse device), fuse-overlayfs or native.
+    #[arg(long, env = "ARCHFORGE_BUILDKIT_SNAPSHOTTER", default_value = "auto")]
+    #[serde(serialize_with = "as_display")]
+    pub buildkit_snapshotter: BuildkitSnapshotter,
 }
 
 /// The UID (and GID) of the rootless BuildKit image's user: its /etc/subuid maps that user

@@ -47,11 +47,13 @@ fn the_buildkit_apparmor_profile_compiles_allows_mounts_and_keeps_the_denials() 
     assert_eq!(ptrace, ["  ptrace (read) peer=archforge-buildkit,"]);
 
     // Loaded by the same DaemonSet as buildah's, from the same ConfigMap.
-    let script = loader_script(&kustomize("config/apparmor"), "archforge-buildkit", &text);
+    let objects = kustomize("config/node-profiles");
+    let script = loader_script(&objects, "apparmor", "archforge-buildkit", &text);
     assert!(
         script
             .contains("apparmor_parser --replace --write-cache /etc/apparmor.d/archforge-buildkit")
     );
+    assert_chart_copy("archforge-buildkit", &text);
 }
 
 #[test]
@@ -64,10 +66,11 @@ fn the_buildkit_seccomp_profile_allows_rootlesskit_and_refuses_the_dangerous_cal
         "mount -t tmpfs tmpfs /mnt && mount --bind /mnt /mnt && echo mounted",
     );
     let profile: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let denied: Vec<&str> = profile["syscalls"][0]["names"]
+    let denied: Vec<&str> = profile["syscalls"]
         .as_array()
         .unwrap()
         .iter()
+        .flat_map(|rule| rule["names"].as_array().unwrap())
         .map(|n| n.as_str().unwrap())
         .collect();
     // Without a process sandbox a RUN step sees buildkitd's processes: no tracing, reading
@@ -85,6 +88,17 @@ fn the_buildkit_seccomp_profile_allows_rootlesskit_and_refuses_the_dangerous_cal
     ] {
         assert!(denied.contains(&call), "{call} is not denied");
     }
+    // runc joins a session keyring for every RUN step and tolerates only ENOSYS there.
+    for rule in profile["syscalls"].as_array().unwrap() {
+        let names = rule["names"].as_array().unwrap();
+        let keyring = names
+            .iter()
+            .filter(|n| n.as_str().unwrap().contains("key"))
+            .count();
+        assert!(keyring == 0 || keyring == names.len(), "{rule}");
+        let errno = if keyring > 0 { 38 } else { 1 };
+        assert_eq!(rule["errnoRet"], errno, "{rule}");
+    }
     for call in ROOTLESS_CALLS.into_iter().chain(["clone3"]) {
         assert!(!denied.contains(&call), "{call} must stay allowed");
     }
@@ -95,14 +109,15 @@ fn the_buildkit_seccomp_profile_allows_rootlesskit_and_refuses_the_dangerous_cal
     };
     assert_eq!(relative, "archforge/archforge-buildkit.json");
     let script = loader_script(
-        &kustomize("config/seccomp"),
+        &kustomize("config/node-profiles"),
+        "seccomp",
         "archforge-buildkit.json",
         &text,
     );
     assert!(script.contains(&format!("/seccomp/{relative}")), "{script}");
     assert_chart_copy("archforge-buildkit.json", &text);
     let template = std::fs::read_to_string(
-        common::repo_root().join("charts/archforge/templates/seccomp-loader.yaml"),
+        common::repo_root().join("charts/archforge/templates/node-profiles.yaml"),
     )
     .unwrap();
     assert!(template.contains(".Files.Get \"files/archforge-buildkit.json\""));

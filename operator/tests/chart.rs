@@ -232,8 +232,15 @@ fn values_schema_refuses_bad_values() {
             "podSecurityLevel",
         ),
         (
-            "seccompLoader:\n  kubeletSeccompDir: relative\n",
+            "nodeProfiles:\n  kubeletSeccompDir: relative\n",
             "kubeletSeccompDir",
+        ),
+        ("seccompLoader:\n  enabled: true\n", "seccompLoader"),
+        ("builder:\n  apparmor: unconfined\n", "apparmor"),
+        ("builder:\n  selinuxType: \"spc_t:s0\"\n", "selinuxType"),
+        (
+            "builder:\n  buildkitSnapshotter: stargz\n",
+            "buildkitSnapshotter",
         ),
         ("signing:\n  existingSecret: Not_A_Name\n", "existingSecret"),
         ("signing:\n  secret: k\n", "secret"),
@@ -623,7 +630,13 @@ fn chart_values_reach_the_operator() {
     let defaults = BuilderSettings::default();
     assert_eq!(config["builderImage"], defaults.builder_image);
     assert_eq!(config["gitSyncImage"], defaults.git_sync_image);
+    assert_eq!(config["apparmor"], defaults.apparmor.to_string());
     assert_eq!(config["apparmorProfile"], defaults.apparmor_profile);
+    assert_eq!(config["selinuxType"], Value::Null);
+    assert_eq!(
+        config["buildkitSnapshotter"],
+        defaults.buildkit_snapshotter.to_string()
+    );
     assert_eq!(config["fuseResource"], defaults.fuse_resource);
     assert_eq!(
         config["seccompProfile"],
@@ -677,7 +690,9 @@ fn chart_values_reach_the_operator() {
             "leaderElectionLease": "archforge-lease",
             "builderImage": "registry.example.com/mirror/buildah:v1.38.0",
             "gitSyncImage": "registry.example.com/mirror/git-sync:v4.4.0",
+            "apparmor": "runtime-default",
             "apparmorProfile": "builders-strict",
+            "selinuxType": "container_kvm_t",
             "fuseResource": "squat.ai/fuse",
             "fuseQuantity": "2",
             "seccompProfile": "localhost/profiles/buildah.json",
@@ -690,6 +705,7 @@ fn chart_values_reach_the_operator() {
             "buildkitImage": "registry.example.com/mirror/buildkit:v0.17.0-rootless",
             "buildkitApparmorProfile": "buildkit-strict",
             "buildkitSeccompProfile": "localhost/profiles/buildkit.json",
+            "buildkitSnapshotter": "overlayfs",
             "signingKeyFile": "/etc/archforge/signing/cosign.key",
             "signingKeyPasswordFile": "/etc/archforge/signing/cosign.password",
             "dockerConfig": null,
@@ -775,7 +791,7 @@ fn kustomize_base_is_the_same_install_as_the_chart() {
 }
 
 /// The directories of the kustomize base that scripts/kustomize-base.py writes.
-const GENERATED_CONFIG: [&str; 2] = ["rbac", "manager"];
+const GENERATED_CONFIG: [&str; 3] = ["rbac", "manager", "node-profiles"];
 
 fn kustomize_base(chart: &Path, out: &Path) -> std::process::Output {
     Command::new("python3")
@@ -924,9 +940,19 @@ fn apparmor_profile_compiles_and_keeps_the_default_denials() {
     // Compiles, keeps the denials, and the parser refuses a typo.
     let text = check_apparmor_profile(&profile, &default_name, "umount,");
 
-    let objects = kustomize("config/apparmor");
+    let objects = kustomize("config/node-profiles");
     check_types(&objects);
-    loader_script(&objects, "archforge-builder", &text);
+    let script = loader_script(&objects, "apparmor", "archforge-builder", &text);
+    assert!(
+        script
+            .contains("apparmor_parser --replace --write-cache /etc/apparmor.d/archforge-builder")
+    );
+    // On a node without AppArmor it loads nothing (and does not fail): the kubelet's own
+    // test of whether AppArmor is enabled.
+    assert!(script.starts_with(
+        "if [ \"$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)\" != Y ]; then"
+    ));
+    assert_chart_copy("archforge-builder", &text);
 }
 
 #[test]
@@ -988,10 +1014,10 @@ fn seccomp_profile_allows_user_namespaces_and_refuses_the_dangerous_calls() {
     assert!(!under_seccomp(broken.path(), &["true"]).status.success());
 
     // One profile: the kustomize loader and the chart ship the same bytes.
-    let objects = kustomize("config/seccomp");
+    let objects = kustomize("config/node-profiles");
     check_types(&objects);
-    find(&objects, "DaemonSet", "archforge-seccomp-loader");
-    let script = loader_script(&objects, "archforge-builder.json", &text);
+    find(&objects, "DaemonSet", "archforge-node-profiles");
+    let script = loader_script(&objects, "seccomp", "archforge-builder.json", &text);
     // The file lands where the documented --seccomp-profile value points.
     assert!(script.contains("/seccomp/archforge/archforge-builder.json"));
     assert_chart_copy("archforge-builder.json", &text);
@@ -1003,21 +1029,73 @@ fn seccomp_profile_allows_user_namespaces_and_refuses_the_dangerous_calls() {
     );
     let (_, custom) = render_chart(Some(CUSTOM_VALUES));
     check_types(&custom);
-    let map = find(&custom, "ConfigMap", "archforge-seccomp-profile");
+    let map = find(&custom, "ConfigMap", "archforge-node-profiles");
     assert_eq!(map["metadata"]["namespace"], "node-setup");
     let data: Value =
         serde_json::from_str(map["data"]["archforge-builder.json"].as_str().unwrap()).unwrap();
     assert_eq!(data, serde_json::from_str::<Value>(&text).unwrap());
-    let loader = find(&custom, "DaemonSet", "archforge-seccomp-loader");
+    let loader = find(&custom, "DaemonSet", "archforge-node-profiles");
     let pod = &loader["spec"]["template"]["spec"];
     assert_eq!(
         pod["volumes"][0]["hostPath"]["path"],
         "/var/lib/k0s/kubelet/seccomp"
     );
-    let install = &pod["initContainers"][0]["securityContext"];
+    // With nodeProfiles.apparmor off, nothing in it is privileged or sees the host's root.
+    let inits = pod["initContainers"].as_array().unwrap();
+    assert_eq!(inits.len(), 1, "{inits:?}");
+    let install = &inits[0]["securityContext"];
     assert_eq!(install["capabilities"]["drop"], json!(["ALL"]));
     assert_eq!(install["allowPrivilegeEscalation"], false);
     assert!(install.get("privileged").is_none());
+    assert_eq!(pod["volumes"].as_array().unwrap().len(), 2);
+    assert!(map["data"].get("archforge-builder").is_none());
+}
+
+#[test]
+fn the_node_profiles_loader_makes_the_shipped_seccomp_profile_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("values.yaml");
+    let seccomp = |values: &str| {
+        std::fs::write(&file, values).unwrap();
+        let (_, objects) = render_chart(Some(file.to_str().unwrap()));
+        operator_config(find(&objects, "Deployment", "archforge"))["seccompProfile"].clone()
+    };
+    assert_eq!(seccomp("{}\n"), "RuntimeDefault");
+    let enabled = "nodeProfiles:\n  enabled: true\n";
+    assert_eq!(
+        seccomp(enabled),
+        "localhost/archforge/archforge-builder.json"
+    );
+    // A value set by hand wins either way.
+    let own = format!("{enabled}builder:\n  seccompProfile: RuntimeDefault\n");
+    assert_eq!(seccomp(&own), "RuntimeDefault");
+
+    // The AppArmor loader, on by default with the loader: privileged, the host's root.
+    std::fs::write(&file, enabled).unwrap();
+    let (_, objects) = render_chart(Some(file.to_str().unwrap()));
+    let loader = find(&objects, "DaemonSet", "archforge-node-profiles");
+    let pod = &loader["spec"]["template"]["spec"];
+    let names: Vec<&str> = pod["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["seccomp", "apparmor"]);
+    assert_eq!(
+        pod["initContainers"][1]["securityContext"]["privileged"],
+        true
+    );
+    assert_eq!(pod["volumes"][2]["hostPath"]["path"], "/");
+    // config/node-profiles is this render.
+    let map = find(&objects, "ConfigMap", "archforge-node-profiles");
+    assert_eq!(
+        kustomize("config/node-profiles")
+            .iter()
+            .find(|o| o["kind"] == "ConfigMap")
+            .unwrap()["data"],
+        map["data"]
+    );
 }
 
 #[test]

@@ -17,6 +17,7 @@ use archforge::render::{
 };
 use archforge::settings::{BuilderSettings, KubeVersion};
 use archforge::validation::ValidSpec;
+use common::golden::{golden, to_yaml};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Container;
 use serde_json::json;
@@ -31,32 +32,6 @@ fn render(build: &ImageBuild, version: &str) -> Vec<Job> {
         auth_file(build),
     );
     render_jobs(build, &plan, &settings, version.parse().unwrap())
-}
-
-fn to_yaml(jobs: &[Job]) -> String {
-    jobs.iter()
-        .map(|j| format!("---\n{}", archforge::manifest::to_yaml("Job", j).unwrap()))
-        .collect()
-}
-
-fn golden(name: &str, actual: &str) {
-    let path = common::repo_root().join("operator/tests/golden").join(name);
-    if std::env::var_os("ARCHFORGE_UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        panic!(
-            "{} is missing; create it with `make golden`",
-            path.display()
-        )
-    });
-    pretty_assertions::assert_eq!(
-        expected,
-        actual,
-        "{} differs; if intended, run `make golden`",
-        path.display()
-    );
 }
 
 fn pod_container<'a>(job: &'a Job, name: &str) -> &'a Container {

@@ -5,7 +5,10 @@
 //! only in the Job controller's Events. So archforge checks its own builder pods against the
 //! level the operator is configured to target, in `render` and before the controller creates a
 //! Job, and names the violated rule. The rules and their names follow the checks of
-//! `k8s.io/pod-security-admission` (policy version 1.24 and later).
+//! `k8s.io/pod-security-admission` (policy version 1.24 and later). One rule changed since:
+//! `seLinuxOptions` admits `container_engine_t` from 1.31 (kubernetes/kubernetes#126165), so
+//! a check takes the policy version, which Pod Security admission takes from the namespace's
+//! `enforce-version` label (default `latest`: the API server's own version).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,6 +17,13 @@ use std::str::FromStr;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, PodSpec, SeccompProfile, SecurityContext,
 };
+
+use crate::settings::KubeVersion;
+
+mod selinux;
+
+use selinux::check_selinux;
+pub use selinux::{NEWEST_POLICY, selinux_type_allowed, selinux_types};
 
 /// A Pod Security Standards level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -116,9 +126,6 @@ const SAFE_SYSCTLS: &[&str] = &[
     "net.ipv4.ping_group_range",
 ];
 
-/// SELinux types the baseline level allows.
-const SELINUX_TYPES: &[&str] = &["", "container_t", "container_init_t", "container_kvm_t"];
-
 /// Volume sources the restricted level allows.
 const RESTRICTED_VOLUMES: &[&str] = &[
     "configMap",
@@ -135,6 +142,7 @@ const APPARMOR_ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kuber
 
 struct Checker {
     target: Level,
+    version: KubeVersion,
     found: Vec<Violation>,
 }
 
@@ -161,16 +169,27 @@ fn seccomp_type(profile: Option<&SeccompProfile>) -> Option<&str> {
     profile.map(|p| p.type_.as_str())
 }
 
-/// Checks a pod template against `level`: `Ok` when Pod Security admission at that level
-/// admits it, otherwise every broken rule. Ephemeral containers are not rendered by
-/// archforge and so not looked at.
+/// Checks a pod template against `level` at the [`NEWEST_POLICY`] version; see [`check_at`].
 pub fn check(
     pod: &PodSpec,
     annotations: &BTreeMap<String, String>,
     level: Level,
 ) -> Result<(), Violations> {
+    check_at(pod, annotations, level, NEWEST_POLICY)
+}
+
+/// Checks a pod template against `level` at policy `version`: `Ok` when Pod Security
+/// admission at that level admits it, otherwise every broken rule. Ephemeral containers are
+/// not rendered by archforge and so not looked at.
+pub fn check_at(
+    pod: &PodSpec,
+    annotations: &BTreeMap<String, String>,
+    level: Level,
+    version: KubeVersion,
+) -> Result<(), Violations> {
     let mut c = Checker {
         target: level,
+        version,
         found: Vec::new(),
     };
     if level == Level::Privileged {
@@ -362,26 +381,6 @@ fn join(items: &[&String]) -> String {
         .join(", ")
 }
 
-fn check_selinux(c: &mut Checker, whose: &str, se: &k8s_openapi::api::core::v1::SELinuxOptions) {
-    let type_ = se.type_.as_deref().unwrap_or_default();
-    if !SELINUX_TYPES.contains(&type_) {
-        c.flag(
-            Level::Baseline,
-            "seLinuxOptions",
-            format!("{whose} sets SELinux type {type_:?}"),
-        );
-    }
-    if se.user.as_deref().is_some_and(|u| !u.is_empty())
-        || se.role.as_deref().is_some_and(|r| !r.is_empty())
-    {
-        c.flag(
-            Level::Baseline,
-            "seLinuxOptions",
-            format!("{whose} sets an SELinux user or role"),
-        );
-    }
-}
-
 fn check_container_baseline(c: &mut Checker, name: &str, sc: &SecurityContext) {
     if sc.privileged == Some(true) {
         c.flag(
@@ -443,15 +442,26 @@ fn check_container_baseline(c: &mut Checker, name: &str, sc: &SecurityContext) {
     }
 }
 
-/// Checks the pod template of a rendered Job.
+/// Checks the pod template of a rendered Job at the [`NEWEST_POLICY`] version. For the
+/// operator's own Jobs this is the server's verdict too: it refuses to start with an SELinux
+/// type the server's older policy would refuse (`settings::check_confinement`).
 pub fn check_job(job: &k8s_openapi::api::batch::v1::Job, level: Level) -> Result<(), Violations> {
+    check_job_at(job, level, NEWEST_POLICY)
+}
+
+/// Checks the pod template of a rendered Job at policy `version`.
+pub fn check_job_at(
+    job: &k8s_openapi::api::batch::v1::Job,
+    level: Level,
+    version: KubeVersion,
+) -> Result<(), Violations> {
     let template = job.spec.as_ref().map(|s| &s.template);
     let pod = template.and_then(|t| t.spec.clone()).unwrap_or_default();
     let annotations = template
         .and_then(|t| t.metadata.as_ref())
         .and_then(|m| m.annotations.clone())
         .unwrap_or_default();
-    check(&pod, &annotations, level)
+    check_at(&pod, &annotations, level, version)
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::settings::KubeVersion;
 use serde_json::json;
 
 fn pod(value: serde_json::Value) -> PodSpec {
@@ -150,4 +151,53 @@ fn restricted_needs_an_explicit_seccomp_profile_and_non_root() {
 fn levels_parse() {
     assert_eq!("baseline".parse::<Level>(), Ok(Level::Baseline));
     assert!("Baseline".parse::<Level>().is_err());
+}
+
+#[test]
+fn selinux_types_follow_the_policy_version() {
+    let v = |s: &str| s.parse::<KubeVersion>().unwrap();
+    let none = BTreeMap::new();
+    let with_type = |t: &str| minimal(json!({"seLinuxOptions": {"type": t}}));
+    for version in ["1.24", "1.30", "1.31", "1.33"] {
+        for t in ["container_t", "container_init_t", "container_kvm_t", ""] {
+            assert_eq!(
+                check_at(&with_type(t), &none, Level::Baseline, v(version)),
+                Ok(())
+            );
+        }
+        // Never admitted: the unconfined type, and any user or role.
+        let spc = check_at(&with_type("spc_t"), &none, Level::Baseline, v(version));
+        assert_eq!(rules(spc), ["seLinuxOptions"]);
+        let role = minimal(json!({"seLinuxOptions": {"type": "container_t", "role": "r"}}));
+        assert_eq!(
+            rules(check_at(&role, &none, Level::Baseline, v(version))),
+            ["seLinuxOptions"]
+        );
+    }
+    // container_engine_t from policy version 1.31 (kubernetes/kubernetes#126165).
+    let engine = with_type("container_engine_t");
+    let refused = check_at(&engine, &none, Level::Baseline, v("1.30")).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("not admitted at policy version 1.30"),
+        "{refused}"
+    );
+    assert_eq!(check_at(&engine, &none, Level::Baseline, v("1.31")), Ok(()));
+    assert_eq!(
+        check(&engine, &none, Level::Baseline),
+        Ok(()),
+        "the newest policy"
+    );
+    // At the pod level too.
+    let pod_level = pod(
+        json!({"securityContext": {"seLinuxOptions": {"type": "container_engine_t"}},
+                               "containers": [{"name": "c", "image": "i"}]}),
+    );
+    assert!(check_at(&pod_level, &none, Level::Baseline, v("1.29")).is_err());
+    assert_eq!(
+        selinux_types(v("1.30")),
+        ["container_t", "container_init_t", "container_kvm_t"]
+    );
+    assert!(selinux_type_allowed("container_engine_t", v("1.31")));
 }

@@ -16,7 +16,7 @@ mod scripts;
 mod security;
 
 pub use scripts::{BUILDER_SCRIPT, BUILDKIT_SCRIPT};
-use security::{apparmor_profile, builder_resources, builder_security};
+use security::{apparmor, builder_resources, builder_security};
 
 /// Name of the builder container; the AppArmor annotation is keyed on it.
 pub const BUILDER_CONTAINER: &str = "builder";
@@ -164,6 +164,14 @@ pub const BUILDKIT_METADATA_FILE: &str = "/var/run/archforge/output/metadata.jso
 /// process a RUN step leaves behind dies with it.
 pub const BUILDKITD_FLAGS: &str = "--oci-worker-no-process-sandbox";
 
+/// buildkitd's flags with the configured snapshotter (none for `auto`, BuildKit's default).
+pub fn buildkitd_flags(settings: &BuilderSettings) -> String {
+    match settings.buildkit_snapshotter.flag() {
+        Some(flag) => format!("{BUILDKITD_FLAGS} {flag}"),
+        None => BUILDKITD_FLAGS.to_string(),
+    }
+}
+
 fn buildkit_container(
     build: &ImageBuild,
     platform: &PlatformPlan,
@@ -172,7 +180,7 @@ fn buildkit_container(
 ) -> Value {
     let spec = &build.spec;
     let mut env = vec![
-        json!({"name": "BUILDKITD_FLAGS", "value": BUILDKITD_FLAGS}),
+        json!({"name": "BUILDKITD_FLAGS", "value": buildkitd_flags(settings)}),
         json!({"name": "HOME", "value": "/home/user"}),
         json!({"name": "ARCHFORGE_WORKSPACE", "value": WORKSPACE}),
         // Not read by the script (the --output argv carries it): for whoever inspects the pod.
@@ -208,11 +216,16 @@ fn buildkit_container(
         "command": command,
         "env": env,
         "volumeMounts": mounts,
-        "resources": builder_resources(build, settings),
+        "resources": builder_resources(
+            build,
+            settings,
+            settings.buildkit_snapshotter.needs_fuse(),
+        ),
         "securityContext": builder_security(
             BUILDKIT_UID,
             &settings.buildkit_seccomp_profile,
-            &settings.buildkit_apparmor_profile,
+            apparmor(platform, settings).as_ref(),
+            settings.selinux_type.as_deref(),
             version,
         ),
         "terminationMessagePath": TERMINATION_LOG,
@@ -263,11 +276,13 @@ fn buildah_container(
         "command": command,
         "env": env,
         "volumeMounts": mounts,
-        "resources": builder_resources(build, settings),
+        // buildah's overlay storage mounts with fuse-overlayfs.
+        "resources": builder_resources(build, settings, true),
         "securityContext": builder_security(
             settings.builder_uid,
             &settings.seccomp_profile,
-            &settings.apparmor_profile,
+            apparmor(platform, settings).as_ref(),
+            settings.selinux_type.as_deref(),
             version,
         ),
         "terminationMessagePath": TERMINATION_LOG,
@@ -349,13 +364,15 @@ pub fn render_job(
         pod_security["fsGroup"] = json!(GIT_SYNC_UID);
     }
 
-    let pod_annotations = BTreeMap::from([
-        (
+    let mut pod_annotations =
+        BTreeMap::from([(ANNOTATION_IMAGEBUILD.to_string(), name.to_string())]);
+    // Every server reads the annotation; 1.30+ also get the container's field.
+    if let Some(apparmor) = apparmor(platform, settings) {
+        pod_annotations.insert(
             format!("container.apparmor.security.beta.kubernetes.io/{BUILDER_CONTAINER}"),
-            format!("localhost/{}", apparmor_profile(platform, settings)),
-        ),
-        (ANNOTATION_IMAGEBUILD.to_string(), name.to_string()),
-    ]);
+            apparmor.annotation,
+        );
+    }
 
     let owner = build
         .controller_owner_ref(&())

@@ -1,11 +1,11 @@
-//! The builder container's confinement and resources: seccomp and AppArmor profiles,
-//! capabilities, and the fuse device limit. Pure.
+//! The builder container's confinement and resources: seccomp and AppArmor profiles, the
+//! SELinux type, capabilities, and the fuse device limit. Pure.
 
 use serde_json::{Value, json};
 
 use crate::api::{ImageBuild, Strategy};
 use crate::plan::PlatformPlan;
-use crate::settings::{BuilderSettings, KubeVersion, SeccompProfile};
+use crate::settings::{AppArmorMode, BuilderSettings, KubeVersion, SeccompProfile};
 
 fn seccomp(profile: &SeccompProfile) -> Value {
     match profile {
@@ -15,14 +15,22 @@ fn seccomp(profile: &SeccompProfile) -> Value {
     }
 }
 
-/// The builder container's resources: the spec's, with the fuse device as a limit.
-pub(super) fn builder_resources(build: &ImageBuild, settings: &BuilderSettings) -> Value {
+/// The builder container's resources: the spec's, with the fuse device as a limit when the
+/// builder's storage needs it (`fuse`).
+pub(super) fn builder_resources(
+    build: &ImageBuild,
+    settings: &BuilderSettings,
+    fuse: bool,
+) -> Value {
     let mut resources = build
         .spec
         .resources
         .as_ref()
         .map(|r| serde_json::to_value(r).expect("resources serialize"))
         .unwrap_or_else(|| json!({}));
+    if !fuse {
+        return resources;
+    }
     // A device plugin's extended resource must be a limit; Kubernetes copies it to requests.
     resources["limits"][&settings.fuse_resource] = json!(settings.fuse_quantity);
     if let Some(requests) = resources.get_mut("requests").and_then(Value::as_object_mut) {
@@ -31,25 +39,41 @@ pub(super) fn builder_resources(build: &ImageBuild, settings: &BuilderSettings) 
     resources
 }
 
-/// The AppArmor profile (a name loaded on the nodes) of the builder container.
-pub(super) fn apparmor_profile<'a>(
-    platform: &PlatformPlan,
-    settings: &'a BuilderSettings,
-) -> &'a str {
-    match platform.strategy {
+/// What the builder container asks of AppArmor, by the `--apparmor` mode: the value of the
+/// beta annotation and the `appArmorProfile` field (set on 1.30+ servers), or nothing.
+pub(super) struct AppArmor {
+    pub annotation: String,
+    pub field: Value,
+}
+
+pub(super) fn apparmor(platform: &PlatformPlan, settings: &BuilderSettings) -> Option<AppArmor> {
+    let profile = match platform.strategy {
         Strategy::Buildah => &settings.apparmor_profile,
         Strategy::Buildkit => &settings.buildkit_apparmor_profile,
+    };
+    match settings.apparmor {
+        AppArmorMode::Localhost => Some(AppArmor {
+            annotation: format!("localhost/{profile}"),
+            field: json!({"type": "Localhost", "localhostProfile": profile}),
+        }),
+        AppArmorMode::RuntimeDefault => Some(AppArmor {
+            annotation: "runtime/default".to_string(),
+            field: json!({"type": "RuntimeDefault"}),
+        }),
+        AppArmorMode::None => None,
     }
 }
 
 /// The builder container's security context: non-root, not privileged, every capability
 /// dropped but the two the setuid newuidmap/newgidmap helpers need (both rootless builders
-/// map their subordinate IDs with them, so no_new_privs must stay off), and the strategy's
-/// seccomp and AppArmor profiles.
+/// map their subordinate IDs with them, so no_new_privs must stay off), the strategy's
+/// seccomp profile, its AppArmor profile (the field only on 1.30+ servers; older ones read
+/// the pod's annotation) and the SELinux type, when the settings name them.
 pub(super) fn builder_security(
     uid: i64,
     seccomp_profile: &SeccompProfile,
-    apparmor: &str,
+    apparmor: Option<&AppArmor>,
+    selinux_type: Option<&str>,
     version: KubeVersion,
 ) -> Value {
     let mut security = json!({
@@ -61,8 +85,13 @@ pub(super) fn builder_security(
         "capabilities": {"drop": ["ALL"], "add": ["SETUID", "SETGID"]},
         "seccompProfile": seccomp(seccomp_profile),
     });
-    if version.has_apparmor_field() {
-        security["appArmorProfile"] = json!({"type": "Localhost", "localhostProfile": apparmor});
+    if let Some(apparmor) = apparmor
+        && version.has_apparmor_field()
+    {
+        security["appArmorProfile"] = apparmor.field.clone();
+    }
+    if let Some(type_) = selinux_type {
+        security["seLinuxOptions"] = json!({"type": type_});
     }
     security
 }

@@ -5,10 +5,12 @@ pub mod binary;
 pub mod controller;
 pub mod fixtures;
 pub mod git;
+pub mod golden;
 pub mod hostile_git;
 pub mod keys;
 pub mod profiles;
 pub mod registry;
+pub mod runc;
 pub mod sigstore;
 pub mod ssh;
 

@@ -69,6 +69,16 @@ pub const ACCT_PROBE: [&str; 3] = [
      print('ok' if r == 0 else os.strerror(ctypes.get_errno()))",
 ];
 
+/// A probe that calls keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0): prints
+/// `ok`, or the error it got.
+pub const KEYCTL_PROBE: [&str; 3] = [
+    "/usr/bin/python3",
+    "-c",
+    "import ctypes, os, platform; libc = ctypes.CDLL(None, use_errno=True); \
+     nr = {'x86_64': 250, 'aarch64': 219}[platform.machine()]; \
+     r = libc.syscall(nr, 0, -3, 0); print('ok' if r >= 0 else os.strerror(ctypes.get_errno()))",
+];
+
 /// The calls a rootless builder makes to enter its user and mount namespaces and mount in
 /// them, which every builder seccomp profile allows.
 pub const ROOTLESS_CALLS: [&str; 6] = [
@@ -107,28 +117,40 @@ pub fn check_seccomp_profile(profile: &Path, mount_script: &str) -> String {
         String::from_utf8_lossy(&denied.stdout).contains("Operation not permitted"),
         "{denied:?}"
     );
+    // The keyring calls look absent (ENOSYS), the one refusal runc tolerates when it
+    // joins a session keyring (tests/seccomp_runc.rs runs that step under real runc).
+    let keyring = under_seccomp(profile, &KEYCTL_PROBE);
+    assert!(
+        String::from_utf8_lossy(&keyring.stdout).contains("Function not implemented"),
+        "{keyring:?}"
+    );
     std::fs::read_to_string(profile).unwrap()
 }
 
-/// The kustomize loader among `objects`: its ConfigMap holds `text` under `key`; the shell
-/// script of its DaemonSet's init container.
-pub fn loader_script(objects: &[Value], key: &str, text: &str) -> String {
+/// The node-profiles loader among `objects` (config/node-profiles or a chart render): its
+/// ConfigMap holds `text` under `key`; returns the shell script of its init container
+/// `container` (`seccomp` or `apparmor`).
+pub fn loader_script(objects: &[Value], container: &str, key: &str, text: &str) -> String {
     let map = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
     assert_eq!(map["data"][key], text);
     let loader = objects.iter().find(|o| o["kind"] == "DaemonSet").unwrap();
-    loader["spec"]["template"]["spec"]["initContainers"][0]["command"][2]
-        .as_str()
+    let init = loader["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
         .unwrap()
-        .to_string()
+        .iter()
+        .find(|c| c["name"] == container)
+        .unwrap_or_else(|| panic!("no init container {container}"));
+    init["command"][2].as_str().unwrap().to_string()
 }
 
-/// `charts/archforge/files/<file>` is a copy of `text`, the profile in config/seccomp/.
+/// `charts/archforge/files/<file>` is a copy of `text`, the profile in config/ (`make
+/// manifests` copies it).
 pub fn assert_chart_copy(file: &str, text: &str) {
     let chart =
         std::fs::read_to_string(super::repo_root().join("charts/archforge/files").join(file))
             .unwrap();
     assert_eq!(
         chart, text,
-        "charts/archforge/files/ must be a copy of config/seccomp/"
+        "charts/archforge/files/{file} must be a copy of config/'s: `make manifests`"
     );
 }
