@@ -12,6 +12,7 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, CustomResourceExt};
+use oci_client::Reference;
 use serde_json::{Value, json};
 
 use crate::config::Settings;
@@ -174,24 +175,23 @@ pub fn select_pool(manifest: &mut Value, pool: &str) {
     manifest["spec"]["nodeSelector"] = json!({POOL_LABEL: pool});
 }
 
-/// `image` (`host[:port]/repository[:tag]`) named by `digest` instead of its tag.
-pub fn by_digest(image: &str, digest: &str) -> String {
-    let (repository, last) = image.rsplit_once('/').unwrap_or(("", image));
-    let name = last.split(['@', ':']).next().unwrap_or(last);
-    match repository {
-        "" => format!("{name}@{digest}"),
-        _ => format!("{repository}/{name}@{digest}"),
-    }
+/// The manifest `digest` in the repository of `image` (`host[:port]/repository:tag`, as
+/// `spec.output.image` says it): platform images are pushed by digest only, with no tag to
+/// name them by.
+pub fn by_digest(image: &str, digest: &str) -> anyhow::Result<Reference> {
+    Ok(parse_reference(image)?.clone_with_digest(digest.to_string()))
 }
 
 /// The image configuration (`architecture`, `os`, labels...) of the image manifest
 /// `reference` names.
-pub async fn read_image_config(registry: &Registry, reference: &str) -> anyhow::Result<Value> {
-    let target = parse_reference(reference)?;
-    let auth = registry.auth_for(&target)?;
+pub async fn read_image_config(
+    registry: &Registry,
+    reference: &Reference,
+) -> anyhow::Result<Value> {
+    let auth = registry.auth_for(reference)?;
     let (_, _, config) = registry
         .client()
-        .pull_manifest_and_config(&target, &auth)
+        .pull_manifest_and_config(reference, &auth)
         .await?;
     Ok(serde_json::from_str(&config)?)
 }
@@ -417,18 +417,18 @@ mod tests {
     }
 
     #[test]
-    fn names_an_image_by_digest() {
-        let digest = "sha256:abc";
+    fn names_an_image_by_digest_without_its_tag() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let reference = by_digest("10.0.0.5:5000/e2e/ns/app:v1", &digest).unwrap();
         assert_eq!(
-            by_digest("10.0.0.5:5000/e2e/ns/app:v1", digest),
-            "10.0.0.5:5000/e2e/ns/app@sha256:abc"
+            reference.to_string(),
+            format!("10.0.0.5:5000/e2e/ns/app@{digest}")
         );
-        assert_eq!(
-            by_digest("10.0.0.5:5000/e2e/app", digest),
-            "10.0.0.5:5000/e2e/app@sha256:abc"
-        );
-        assert_eq!(by_digest("r/app@sha256:old", digest), "r/app@sha256:abc");
-        assert_eq!(by_digest("app:v1", digest), "app@sha256:abc");
+        assert_eq!(reference.tag(), None);
+        assert_eq!(reference.digest(), Some(digest.as_str()));
+        // Not an output image: no registry host, or no tag.
+        assert!(by_digest("e2e/app:v1", &digest).is_err());
+        assert!(by_digest("10.0.0.5:5000/e2e/app", &digest).is_err());
     }
 
     #[test]

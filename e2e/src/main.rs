@@ -138,7 +138,8 @@ fn scenarios() -> Vec<Scenario> {
         in_case lifecycle::deleting_an_imagebuild_collects_its_jobs;
         own registry::registry_outage_during_assembly, simulated_only;
         own placement::no_node_for_a_platform_waits_for_one;
-        own placement::emulated_platform_when_no_native_node, simulated_only, exclusive;
+        own placement::node_selector_matching_no_node_waits_for_one;
+        own placement::emulated_platform_when_no_native_node, simulated_only;
         in_case failures::allowed_failure_publishes_the_rest, simulated_only;
         in_case buildkit::happy_path_buildkit;
         in_case signing::signed_provenance_for_every_platform;
@@ -221,7 +222,8 @@ mod tests {
                 ("deleting_an_imagebuild_collects_its_jobs", false, false),
                 ("registry_outage_during_assembly", true, false),
                 ("no_node_for_a_platform_waits_for_one", false, false),
-                ("emulated_platform_when_no_native_node", true, true),
+                ("node_selector_matching_no_node_waits_for_one", false, false),
+                ("emulated_platform_when_no_native_node", true, false),
                 ("allowed_failure_publishes_the_rest", true, false),
                 ("happy_path_buildkit", false, false),
                 ("signed_provenance_for_every_platform", false, false),

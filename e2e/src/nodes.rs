@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -40,29 +40,15 @@ pub fn is_simulated(node_name: &str) -> bool {
     node_name.starts_with(NAME_PREFIX)
 }
 
-/// Whether the operator's placement counts `node` (Ready and not cordoned), as
-/// `controller::observe::nodes` does.
-pub fn is_usable(node: &Node) -> bool {
-    let cordoned = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.unschedulable)
-        .unwrap_or(false);
-    let ready = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    ready && !cordoned
-}
-
-/// A simulated node: its name, architecture and labels.
+/// A simulated node: its name, architecture, labels and taints.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimulatedNode {
     pub name: String,
     pub arch: String,
     /// Every label of the node (architecture, os and hostname included).
     pub labels: BTreeMap<String, String>,
+    /// Its taints (none unless a scenario adds some).
+    pub taints: Vec<Taint>,
 }
 
 impl SimulatedNode {
@@ -77,7 +63,19 @@ impl SimulatedNode {
             name,
             arch: arch.to_string(),
             labels: all,
+            taints: Vec::new(),
         }
+    }
+
+    /// The same node with the taint `key=value:effect` too.
+    pub fn tainted(mut self, key: &str, value: &str, effect: &str) -> Self {
+        self.taints.push(Taint {
+            key: key.to_string(),
+            value: Some(value.to_string()),
+            effect: effect.to_string(),
+            time_added: None,
+        });
+        self
     }
 
     /// The node of `arch` every scenario shares ([`node_name`], [`SIMULATED_LABEL`]).
@@ -110,6 +108,16 @@ impl SimulatedNode {
         Self::new(format!("{NAME_PREFIX}{arch}-{nonce}"), arch, labels)
     }
 
+    /// What the suite sets of the node's spec: schedulable, and its taints if it has any
+    /// (those the node controller adds, such as `not-ready` before the first heartbeat, are
+    /// otherwise left to it).
+    fn spec(&self) -> Value {
+        match self.taints.is_empty() {
+            true => json!({"unschedulable": null}),
+            false => json!({"unschedulable": null, "taints": self.taints}),
+        }
+    }
+
     /// The Node object (status is set separately: the API server ignores status on
     /// create).
     pub fn node(&self) -> Node {
@@ -117,7 +125,7 @@ impl SimulatedNode {
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": {"name": self.name, "labels": self.labels},
-            "spec": {},
+            "spec": self.spec(),
         }))
         .expect("a valid Node")
     }
@@ -191,8 +199,8 @@ fn archforge_micro_time(now: jiff::Timestamp) -> String {
     now.strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()
 }
 
-/// Registers `node` if it does not exist, gives it its labels, makes it schedulable (a
-/// suite that died mid-scenario may have left it cordoned) and Ready.
+/// Registers `node` if it does not exist, gives it its labels and taints, makes it
+/// schedulable (a suite that died mid-scenario may have left it cordoned) and Ready.
 pub async fn ensure(
     client: &Client,
     node: &SimulatedNode,
@@ -208,26 +216,21 @@ pub async fn ensure(
             &PatchParams::default(),
             &Patch::Merge(json!({
                 "metadata": {"labels": node.labels},
-                "spec": {"unschedulable": null},
+                "spec": node.spec(),
             })),
         )
         .await?;
     heartbeat(client, node, fuse_resource).await
 }
 
-/// Cordons (`unschedulable`) or uncordons the node `name`, as `kubectl cordon` does.
-pub async fn cordon(client: &Client, name: &str, unschedulable: bool) -> anyhow::Result<()> {
+/// Replaces the taints of the node `name` (as `kubectl taint` would, one by one).
+pub async fn set_taints(client: &Client, name: &str, taints: &[Taint]) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let value = if unschedulable {
-        json!(true)
-    } else {
-        Value::Null
-    };
     nodes
         .patch(
             name,
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"unschedulable": value}})),
+            &Patch::Merge(json!({"spec": {"taints": taints}})),
         )
         .await?;
     Ok(())
@@ -380,19 +383,24 @@ mod tests {
     }
 
     #[test]
-    fn usable_nodes_are_ready_and_not_cordoned() {
-        let shared = SimulatedNode::shared("arm64");
-        let now: jiff::Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
-        let mut node = shared.node();
-        assert!(!is_usable(&node), "no status yet");
-        node.status = Some(serde_json::from_value(node_status(&shared, "f", now)).unwrap());
-        assert!(is_usable(&node));
-        node.spec.get_or_insert_default().unschedulable = Some(true);
-        assert!(!is_usable(&node), "cordoned");
-        node.spec.get_or_insert_default().unschedulable = Some(false);
-        let ready = node.status.as_mut().unwrap().conditions.as_mut().unwrap();
-        ready[0].status = "False".into();
-        assert!(!is_usable(&node), "not Ready");
+    fn a_tainted_node_carries_its_taints_from_creation() {
+        let node = SimulatedNode::pooled("amd64", "af-e2e-x-1a2b3", []).tainted(
+            POOL_LABEL,
+            "af-e2e-x-1a2b3",
+            "NoSchedule",
+        );
+        let taints = node.node().spec.unwrap().taints.unwrap();
+        assert_eq!(taints.len(), 1);
+        assert_eq!(
+            (
+                taints[0].key.as_str(),
+                taints[0].value.as_deref(),
+                taints[0].effect.as_str()
+            ),
+            (POOL_LABEL, Some("af-e2e-x-1a2b3"), "NoSchedule")
+        );
+        let plain = SimulatedNode::shared("amd64").node();
+        assert_eq!(plain.spec.unwrap().taints, None);
     }
 
     #[test]

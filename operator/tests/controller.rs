@@ -152,6 +152,15 @@ impl ApiServer {
         self.stores.set_nodes(items);
     }
 
+    /// The node store holds these Node objects, as the API server sends them.
+    async fn store_node_objects(&mut self, items: Vec<Value>) {
+        self.stores.set_nodes(
+            items
+                .into_iter()
+                .map(|n| serde_json::from_value(n).unwrap()),
+        );
+    }
+
     /// The pod store holds `items` (the operator watches builder pods by label); the
     /// controller picks this run's by label and owner.
     async fn store_pods(&mut self, items: Vec<Value>) {
@@ -1190,6 +1199,173 @@ async fn always_builds_every_platform_on_one_host_and_status_says_emulated() {
         server.done().await;
     };
     reconciled(&build, ctx, verify).await.unwrap();
+}
+
+/// A Ready linux node `name` of `arch` with `labels` and `spec`, as the API server sends it.
+fn node_object(name: &str, arch: &str, labels: Value, spec: Value) -> Value {
+    let mut all = json!({"kubernetes.io/arch": arch, "kubernetes.io/os": "linux"});
+    for (k, v) in labels.as_object().unwrap() {
+        all[k] = v.clone();
+    }
+    json!({
+        "metadata": {"name": name, "labels": all, "managedFields": [{"manager": "kubelet"}]},
+        "spec": spec,
+        "status": {"conditions": [{"type": "Ready", "status": "True",
+                                   "lastHeartbeatTime": "2026-11-23T10:00:00Z"}]}
+    })
+}
+
+#[tokio::test]
+async fn a_node_selector_no_node_matches_waits_without_jobs_and_says_why() {
+    let build = imagebuild_with(
+        json!({"nodeSelector": {"disk": "ssd"}}),
+        "registry.example.com/team/app:v1",
+        Value::Null,
+    );
+    // Nodes of both architectures, none of them both selected and untainted for arm64.
+    let nodes = vec![
+        node_object("amd", "amd64", json!({"disk": "ssd"}), json!({})),
+        node_object("arm-hdd", "arm64", json!({"disk": "hdd"}), json!({})),
+        node_object(
+            "arm-dedicated",
+            "arm64",
+            json!({"disk": "ssd"}),
+            json!({"taints": [{"key": "dedicated", "value": "arm", "effect": "NoSchedule"}]}),
+        ),
+        node_object(
+            "arm-cordoned",
+            "arm64",
+            json!({"disk": "ssd"}),
+            json!({"unschedulable": true}),
+        ),
+    ];
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    let verify = async move {
+        server.store_jobs(vec![]).await;
+        server.store_node_objects(nodes).await;
+        // No Job is created: the first request is the Event, then the status.
+        let event = server.event("NoNodeForPlatform", "Warning").await;
+        let expected = "no Ready, schedulable linux/arm64 node matching spec.nodeSelector {disk: ssd} whose taints spec.tolerations tolerate (3 arm64 nodes: 1 cordoned, 1 without disk=ssd, 1 with taint dedicated=arm:NoSchedule); the run starts when one qualifies";
+        assert_eq!(event["note"], expected);
+        let status = server.patch_status().await;
+        assert_eq!(status["phase"], "Pending");
+        assert_eq!(
+            said(&status, "Reconciling"),
+            ("True".into(), "NoNodeForPlatform".into(), expected.into())
+        );
+        server.done().await;
+    };
+    let action = reconciled(&build, ctx, verify).await;
+    assert_eq!(
+        format!("{:?}", action.unwrap()),
+        format!("{:?}", Action::requeue(Duration::from_secs(30)))
+    );
+
+    // Tolerating the taint, the dedicated node qualifies: the run starts.
+    let tolerating = imagebuild_with(
+        json!({"nodeSelector": {"disk": "ssd"},
+               "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "arm"}]}),
+        "registry.example.com/team/app:v1",
+        Value::Null,
+    );
+    let nodes = vec![
+        node_object("amd", "amd64", json!({"disk": "ssd"}), json!({})),
+        node_object(
+            "arm-dedicated",
+            "arm64",
+            json!({"disk": "ssd"}),
+            json!({"taints": [{"key": "dedicated", "value": "arm", "effect": "NoSchedule"}]}),
+        ),
+    ];
+    let (ctx, mut server) = setup(&tolerating, RegistryOptions::default());
+    let verify = async move {
+        server.store_jobs(vec![]).await;
+        server.store_node_objects(nodes).await;
+        server.create_job("app-1-linux-amd64").await;
+        let arm64 = server.create_job("app-1-linux-arm64").await;
+        assert_eq!(
+            arm64["spec"]["template"]["spec"]["tolerations"][0]["key"],
+            "dedicated"
+        );
+        server.event("RunStarted", "Normal").await;
+        server.patch_status().await;
+        server.done().await;
+    };
+    reconciled(&tolerating, ctx, verify).await.unwrap();
+}
+
+#[tokio::test]
+async fn fallback_and_always_emulate_on_a_host_the_selector_reaches_not_on_native_nodes_it_excludes()
+ {
+    // The only arm64 node is outside the spec's pool; the pool's amd64 node emulates arm64.
+    let nodes = || {
+        vec![
+            node_object("arm", "arm64", json!({}), json!({})),
+            node_object(
+                "pool-amd",
+                "amd64",
+                json!({"pool": "builds", "emulation.archforge.dev/arm64": "true"}),
+                json!({}),
+            ),
+        ]
+    };
+    let selector = |job: &Value| job["spec"]["template"]["spec"]["nodeSelector"].clone();
+    let emulated_on_the_pool = json!({"kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux",
+                                      "pool": "builds", "emulation.archforge.dev/arm64": "true"});
+    let pending = json!({"observedGeneration": 1, "phase": "Pending", "source": {"commit": SHA}});
+
+    let fallback = imagebuild_with(
+        json!({"emulation": "Fallback", "emulationAfter": "0s", "nodeSelector": {"pool": "builds"}}),
+        "registry.example.com/team/app:v1",
+        pending.clone(),
+    );
+    let (ctx, mut server) = setup(&fallback, RegistryOptions::default());
+    let expected = emulated_on_the_pool.clone();
+    let verify = async move {
+        server.store_jobs(vec![]).await;
+        server.store_node_objects(nodes()).await;
+        let amd64 = server.create_job("app-1-linux-amd64").await;
+        assert_eq!(
+            selector(&amd64),
+            json!({"kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux", "pool": "builds"})
+        );
+        let arm64 = server.create_job("app-1-linux-arm64").await;
+        assert_eq!(selector(&arm64), expected);
+        server.event("RunStarted", "Normal").await;
+        let event = server.event("Emulated", "Normal").await;
+        assert!(
+            event["note"]
+                .as_str()
+                .unwrap()
+                .contains("no node of its own architecture qualifies")
+        );
+        server.patch_status().await;
+        server.done().await;
+    };
+    reconciled(&fallback, ctx, verify).await.unwrap();
+
+    // Always, a lone arm64 platform: not natively on the excluded arm64 node.
+    let always = imagebuild_with(
+        json!({"emulation": "Always", "platforms": ["linux/arm64"], "nodeSelector": {"pool": "builds"}}),
+        "registry.example.com/team/app:v1",
+        pending,
+    );
+    let (ctx, mut server) = setup(&always, RegistryOptions::default());
+    let verify = async move {
+        server.store_jobs(vec![]).await;
+        server.store_node_objects(nodes()).await;
+        let arm64 = server.create_job("app-1-linux-arm64").await;
+        assert_eq!(selector(&arm64), emulated_on_the_pool);
+        assert_eq!(
+            arm64["metadata"]["annotations"]["archforge.dev/emulated-on"],
+            "amd64"
+        );
+        server.event("RunStarted", "Normal").await;
+        server.event("Emulated", "Normal").await;
+        server.patch_status().await;
+        server.done().await;
+    };
+    reconciled(&always, ctx, verify).await.unwrap();
 }
 
 // Multi-threaded: the verifier calls skopeo inside block_in_place.

@@ -87,41 +87,114 @@ pub async fn no_node_for_a_platform_waits_for_one(
     outcome
 }
 
+/// A nodeSelector no node matches: the run waits (`NoNodeForPlatform`, naming the selector)
+/// without Jobs, though the cluster has nodes of the architecture. A node of the selected
+/// pool with a taint the spec does not tolerate does not start it either (the message names
+/// the taint); with the taint gone, the run starts on that node.
+pub async fn node_selector_matching_no_node_waits_for_one(
+    suite: Arc<Suite>,
+    test: &'static str,
+) -> anyhow::Result<()> {
+    with_case(&suite, test, None, async |case| {
+        let pool = case.namespace.clone();
+        let mut manifest = case.manifest("app", &[AMD64]);
+        select_pool(&mut manifest, &pool);
+        case.apply(&manifest).await?;
+        waits_saying(case, &format!("spec.nodeSelector {{{POOL_LABEL}: {pool}}}")).await?;
+        case.expect_event("app", "NoNodeForPlatform", "Warning")
+            .await?;
+
+        let taint = "archforge.dev/e2e-untolerated";
+        let node = SimulatedNode::pooled("amd64", &pool, []).tainted(taint, "yes", "NoSchedule");
+        nodes::ensure(&suite.client, &node, &suite.builder.fuse_resource)
+            .await
+            .with_context(|| format!("registering node {}", node.name))?;
+        let heartbeat = tokio::spawn(nodes::keep_ready(
+            suite.client.clone(),
+            vec![node.clone()],
+            suite.builder.fuse_resource.clone(),
+        ));
+        let outcome = async {
+            waits_saying(case, &format!("with taint {taint}=yes:NoSchedule")).await?;
+            nodes::set_taints(&suite.client, &node.name, &[]).await?;
+            // The node changed: the operator looks again at once (or within 30 s).
+            case.wait_jobs(&JobFilter::of("app"), 1, Duration::from_secs(90))
+                .await?;
+            if suite.settings.simulate_nodes {
+                case.wait_phase("app", Phase::Succeeded, suite.run_timeout())
+                    .await?;
+                let pods = case.pods_of(&JobFilter::of("app")).await?;
+                ensure!(
+                    pods.iter()
+                        .all(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                            == Some(node.name.as_str())),
+                    "the builder pods should have run on the pool's node {}",
+                    node.name
+                );
+            }
+            Ok(())
+        }
+        .await;
+        heartbeat.abort();
+        if let Err(e) = nodes::remove(&suite.client, &node.name).await {
+            eprintln!("{test}: could not remove node {}: {e:#}", node.name);
+        }
+        outcome
+    })
+    .await
+}
+
+/// Waits until ImageBuild `app` waits for a node (`NoNodeForPlatform`, Pending) with a
+/// message naming linux/amd64 and `saying`, and checks that it has no Job.
+async fn waits_saying(case: &Case, saying: &str) -> anyhow::Result<()> {
+    let last = std::cell::RefCell::new(String::new());
+    let waiting = wait_for(
+        &format!("NoNodeForPlatform saying {saying:?}"),
+        Duration::from_secs(90),
+        || async {
+            let (_, status) = case.status("app").await?;
+            let found = status.conditions.iter().find(|c| {
+                c.reason == "NoNodeForPlatform"
+                    && c.message.contains(AMD64)
+                    && c.message.contains(saying)
+            });
+            if let Some(c) = status.conditions.iter().find(|c| c.type_ == "Reconciling") {
+                *last.borrow_mut() = c.message.clone();
+            }
+            Ok(found.map(|_| status.phase))
+        },
+    )
+    .await;
+    let phase =
+        waiting.with_context(|| format!("the last Reconciling message: {:?}", last.borrow()))?;
+    ensure!(phase == Some(Phase::Pending), "{phase:?}");
+    ensure!(
+        case.jobs_of(&JobFilter::of("app")).await?.is_empty(),
+        "Jobs started without a node the spec can reach"
+    );
+    Ok(())
+}
+
 /// Only an amd64 node that can emulate arm64 (`emulation.archforge.dev/arm64=true`), the
 /// scenario's own, and `emulation: Fallback`: the arm64 Job runs on it with the emulation
 /// selector and annotation, status and an Event say emulated, and the index holds an arm64
 /// image the simulated builder pushed for the pod's target platform.
 ///
-/// Placement counts every Ready, schedulable node of the cluster, so the shared arm64 node
-/// is cordoned meanwhile: the scenario is `exclusive` (no other runs then).
+/// Placement counts only the nodes the spec's selector and tolerations reach: the ImageBuild
+/// selects the scenario's pool, whose node carries a taint of its own that the ImageBuild
+/// tolerates, so every other node of the cluster (arm64 ones too) is left alone and no
+/// other scenario's pod lands on this one.
 pub async fn emulated_platform_when_no_native_node(
     suite: Arc<Suite>,
     test: &'static str,
 ) -> anyhow::Result<()> {
-    let all_nodes: Api<Node> = Api::all(suite.client.clone());
-    let shared_arm64 = nodes::node_name("arm64");
-    let native: Vec<String> = all_nodes
-        .list(&nodes::of_arch("arm64"))
-        .await?
-        .items
-        .iter()
-        .filter(|n| n.name_any() != shared_arm64 && nodes::is_usable(n))
-        .map(|n| n.name_any())
-        .collect();
-    ensure!(
-        native.is_empty(),
-        "this cluster has schedulable arm64 nodes ({}): the operator would build linux/arm64 on them natively; run {test} on a cluster without arm64 nodes, or cordon them",
-        native.join(", ")
-    );
-    nodes::cordon(&suite.client, &shared_arm64, true)
-        .await
-        .with_context(|| format!("cordoning {shared_arm64}"))?;
-    let outcome = with_case(&suite, test, None, async |case| {
+    with_case(&suite, test, None, async |case| {
         let host = SimulatedNode::pooled(
             "amd64",
             &case.namespace,
             [(emulation_label("arm64"), "true".to_string())],
-        );
+        )
+        .tainted(POOL_LABEL, &case.namespace, "NoSchedule");
         let outcome = match nodes::ensure(&suite.client, &host, &suite.builder.fuse_resource).await
         {
             Ok(()) => {
@@ -141,18 +214,21 @@ pub async fn emulated_platform_when_no_native_node(
         }
         outcome
     })
-    .await;
-    // The other scenarios need it back, whatever happened here.
-    let uncordoned = nodes::cordon(&suite.client, &shared_arm64, false)
-        .await
-        .with_context(|| format!("uncordoning {shared_arm64}: kubectl uncordon {shared_arm64}"));
-    outcome.and(uncordoned)
+    .await
+}
+
+/// The toleration of the taint a scenario's pooled node carries.
+fn tolerate_pool(manifest: &mut serde_json::Value, pool: &str) {
+    manifest["spec"]["tolerations"] = json!([
+        {"key": POOL_LABEL, "operator": "Equal", "value": pool, "effect": "NoSchedule"}
+    ]);
 }
 
 async fn emulated_build(case: &Case, host: &SimulatedNode) -> anyhow::Result<()> {
     let suite = &case.suite;
     let mut manifest = case.manifest("app", &[AMD64, ARM64]);
     select_pool(&mut manifest, &case.namespace);
+    tolerate_pool(&mut manifest, &case.namespace);
     manifest["spec"]["emulation"] = json!("Fallback");
     manifest["spec"]["emulationAfter"] = json!("0s");
     case.apply(&manifest).await?;
@@ -243,7 +319,8 @@ async fn emulated_build(case: &Case, host: &SimulatedNode) -> anyhow::Result<()>
     );
     // What the builder pushed, not only what the index says: an arm64 image from the
     // emulated pod (the simulated builder labels its image with the pod's name).
-    let config = read_image_config(&suite.registry, &by_digest(&image, &pushed[ARM64])).await?;
+    // Platform images are pushed by digest only: read it by digest.
+    let config = read_image_config(&suite.registry, &by_digest(&image, &pushed[ARM64])?).await?;
     ensure!(
         config_platform(&config) == ARM64,
         "the image behind the index's {ARM64} entry is for {} (an emulated build must produce the target's architecture, not the host's)",

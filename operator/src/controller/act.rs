@@ -16,7 +16,7 @@ use super::signing::{build_facts, signing_key};
 use super::{Context, Run, now};
 use crate::api::Emulation;
 use crate::api::{ImageBuild, ImageBuildStatus, Phase, PlatformStatus};
-use crate::plan::{BuildPlan, Placement, emulation_label};
+use crate::plan::{BuildPlan, Placement};
 use crate::registry::{DockerConfig, PlatformImage, Published, Registry, run_annotations};
 use crate::source::redact_url;
 use crate::status::{self, progress, record_run, set_phase_conditions};
@@ -197,39 +197,23 @@ pub async fn take(
     run.status.platforms = platforms;
     let action = match step {
         Step::WaitForNodes {
-            platforms,
+            platforms: _,
             retry_in,
+            why,
         } => {
-            let list = platforms.join(", ");
-            let labels = || {
-                let labels: Vec<String> = plan
-                    .platforms
-                    .iter()
-                    .filter(|p| platforms.contains(&p.platform.to_string()))
-                    .map(|p| format!("{}=true", emulation_label(&p.platform.architecture)))
-                    .collect();
-                labels.join(", ")
-            };
-            let message = match (plan.emulation, retry_in) {
+            let when = match (plan.emulation, retry_in) {
                 // A fixed time, not a countdown: the message (and so the status and the
                 // Event) stays the same on every look until something changes.
                 (_, Some(_)) => format!(
-                    "no schedulable node with kubernetes.io/arch for {list}; the run starts when one is Ready, or under emulation from {} (emulationAfter {} after the run's start)",
+                    "one qualifies, or under emulation from {} (emulationAfter {} after the run's start)",
                     emulation_starts(run.status.start_time.as_deref(), plan.emulation_after),
                     humantime::format_duration(plan.emulation_after)
                 ),
-                (Emulation::Never, None) => format!(
-                    "no schedulable node with kubernetes.io/arch for {list}; the run starts when one is Ready"
-                ),
-                (Emulation::Fallback, None) => format!(
-                    "no schedulable node with kubernetes.io/arch for {list}, and none labelled {} to emulate it; the run starts when either is Ready",
-                    labels()
-                ),
-                (Emulation::Always, None) => format!(
-                    "emulation is Always, but no one architecture's nodes can build every platform: {list} need a schedulable node of that architecture labelled {}; the run starts when there is one",
-                    labels()
-                ),
+                (Emulation::Never, None) => "one qualifies".to_string(),
+                (Emulation::Fallback, None) => "either qualifies".to_string(),
+                (Emulation::Always, None) => "there is one".to_string(),
             };
+            let message = format!("{why}; the run starts when {when}");
             let already = run
                 .previous
                 .conditions
@@ -274,7 +258,7 @@ pub async fn take(
                                 "{platform} builds under QEMU emulation on an {host} node: emulation is Always, so every platform builds on {host} nodes (slower than native)"
                             ),
                             _ => format!(
-                                "{platform} builds under QEMU emulation on an {host} node: no node of its own architecture is schedulable and emulation is Fallback (slower than native)"
+                                "{platform} builds under QEMU emulation on an {host} node: no node of its own architecture qualifies and emulation is Fallback (slower than native)"
                             ),
                         };
                         notes.push(Note::normal("Emulated", "CreateJobs", text, None));

@@ -1,21 +1,22 @@
 //! What a run does next, from what the cluster shows. Pure: no client, no clock.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 
-use crate::api::{Emulation, Phase, PlatformStatus};
+use super::placement::{Nodes, Unplaced, place};
+use crate::api::{Phase, PlatformStatus};
 use crate::plan::{BuildPlan, Placement, PlatformPlan};
 
 /// The next step of a run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// No node can take these platforms yet: wait, and look again in `retry_in` at the
-    /// latest (when an emulation grace period ends).
+    /// No node qualifies for these platforms yet: wait, and look again in `retry_in` at the
+    /// latest (when an emulation grace period ends). `why` says why no node qualifies.
     WaitForNodes {
         platforms: Vec<String>,
         retry_in: Option<Duration>,
+        why: String,
     },
     /// These platforms have no Job yet: create them where they are placed.
     CreateJobs { platforms: Vec<(String, Placement)> },
@@ -30,31 +31,6 @@ pub enum Step {
         job: Option<String>,
         message: String,
     },
-}
-
-/// The schedulable, Ready nodes, as placement sees them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Nodes {
-    /// Architectures with at least one node.
-    pub native: BTreeSet<String>,
-    /// For each architecture, the architectures of nodes labelled as able to emulate it
-    /// (`emulation.archforge.dev/<arch>=true`).
-    pub emulating: BTreeMap<String, BTreeSet<String>>,
-}
-
-impl Nodes {
-    /// The host architecture to emulate `architecture` on: amd64 first, then arm64, then
-    /// the others in order, for a stable choice across reconciles.
-    fn emulator_of(&self, architecture: &str) -> Option<String> {
-        let hosts = self.emulating.get(architecture)?;
-        host_preference(hosts.iter().filter(|h| self.native.contains(*h))).next()
-    }
-}
-
-fn host_preference<'a>(hosts: impl Iterator<Item = &'a String>) -> impl Iterator<Item = String> {
-    let mut hosts: Vec<&String> = hosts.collect();
-    hosts.sort_by_key(|h| (h.as_str() != "amd64", h.as_str() != "arm64", h.to_string()));
-    hosts.into_iter().cloned()
 }
 
 fn is_finished(status: &PlatformStatus) -> bool {
@@ -83,79 +59,6 @@ fn without_job<'a>(
 /// Whether placement has to look at the nodes: some platform still needs a Job.
 pub fn needs_nodes(plan: &BuildPlan, jobs: &[Job], platforms: &[PlatformStatus]) -> bool {
     !without_job(plan, jobs, platforms).is_empty()
-}
-
-/// The platforms that cannot be placed yet, and when to look again at the latest.
-pub type Unplaced = (Vec<String>, Option<Duration>);
-
-/// Where each of `platforms` builds, or which cannot be placed yet. `waited` is how long
-/// the run has been waiting, for the Fallback grace period.
-pub fn place(
-    plan: &BuildPlan,
-    platforms: &[&PlatformPlan],
-    nodes: &Nodes,
-    waited: Duration,
-) -> Result<Vec<(String, Placement)>, Unplaced> {
-    let arch = |p: &PlatformPlan| p.platform.architecture.clone();
-    let mut placed = Vec::new();
-    let mut waiting = Vec::new();
-    let mut retry_in = None;
-    match plan.emulation {
-        Emulation::Never | Emulation::Fallback => {
-            for p in platforms {
-                if nodes.native.contains(&arch(p)) {
-                    placed.push((p.platform.to_string(), Placement::Native));
-                } else if plan.emulation == Emulation::Fallback && waited < plan.emulation_after {
-                    waiting.push(p.platform.to_string());
-                    retry_in = Some(plan.emulation_after - waited);
-                } else if let Some(host) = (plan.emulation == Emulation::Fallback)
-                    .then(|| nodes.emulator_of(&arch(p)))
-                    .flatten()
-                {
-                    placed.push((p.platform.to_string(), Placement::Emulated { host }));
-                } else {
-                    waiting.push(p.platform.to_string());
-                }
-            }
-        }
-        Emulation::Always => {
-            // One host architecture for the whole run: the first that can take every platform.
-            let can_take = |host: &String| {
-                plan.platforms.iter().all(|p| {
-                    &arch(p) == host
-                        || nodes
-                            .emulating
-                            .get(&arch(p))
-                            .is_some_and(|hosts| hosts.contains(host))
-                })
-            };
-            // Among the hosts that can, the one most platforms build natively on; then the
-            // preference order: Always emulates only what it must.
-            let native_on =
-                |host: &String| plan.platforms.iter().filter(|p| &arch(p) == host).count();
-            let mut hosts: Vec<String> = host_preference(nodes.native.iter())
-                .filter(|h| can_take(h))
-                .collect();
-            hosts.sort_by_key(|h| std::cmp::Reverse(native_on(h)));
-            match hosts.into_iter().next() {
-                Some(host) => {
-                    for p in platforms {
-                        let placement = if arch(p) == host {
-                            Placement::Native
-                        } else {
-                            Placement::Emulated { host: host.clone() }
-                        };
-                        placed.push((p.platform.to_string(), placement));
-                    }
-                }
-                None => waiting.extend(platforms.iter().map(|p| p.platform.to_string())),
-            }
-        }
-    }
-    match waiting.is_empty() {
-        true => Ok(placed),
-        false => Err((waiting, retry_in)),
-    }
 }
 
 /// Decides the run's next step. `platforms` is each platform's status as read from `jobs`
@@ -195,9 +98,14 @@ pub fn decide(
     let nodes = nodes.cloned().unwrap_or_default();
     match place(plan, &missing, &nodes, waited) {
         Ok(placed) => Step::CreateJobs { platforms: placed },
-        Err((platforms, retry_in)) => Step::WaitForNodes {
+        Err(Unplaced {
             platforms,
             retry_in,
+            why,
+        }) => Step::WaitForNodes {
+            platforms,
+            retry_in,
+            why,
         },
     }
 }
@@ -205,35 +113,12 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::ImageBuild;
-    use crate::plan::{AuthFile, plan};
-    use crate::settings::BuilderSettings;
-    use crate::validation::ValidSpec;
+    use crate::controller::placement::fixtures::{build_of, nodes, plan_of, survey};
 
     const MIN: Duration = Duration::from_secs(60);
 
-    fn plan_of(extra: serde_json::Value) -> BuildPlan {
-        let mut object = serde_json::json!({
-            "apiVersion": "archforge.dev/v1alpha1", "kind": "ImageBuild",
-            "metadata": {"name": "app", "generation": 1},
-            "spec": {"source": {"git": {"url": "https://g.example.com/a.git"}},
-                     "platforms": ["linux/amd64", "linux/arm64"],
-                     "output": {"image": "r.example.com/a:v1"}}
-        });
-        for (k, v) in extra.as_object().unwrap() {
-            object["spec"][k] = v.clone();
-        }
-        let build: ImageBuild = serde_json::from_value(object).unwrap();
-        plan(
-            &ValidSpec::check(&build).unwrap(),
-            &BuilderSettings::default(),
-            "main",
-            AuthFile::None,
-        )
-    }
-
     fn two_platforms() -> BuildPlan {
-        plan_of(serde_json::json!({}))
+        plan_of(&build_of(serde_json::json!({})))
     }
 
     fn job(name: &str) -> Job {
@@ -262,46 +147,21 @@ mod tests {
         ]
     }
 
-    /// Nodes of `native` architectures; `emulating` lists (target, host) labels.
-    fn nodes(native: &[&str], emulating: &[(&str, &str)]) -> Nodes {
-        let mut n = Nodes {
-            native: native.iter().map(|s| s.to_string()).collect(),
-            ..Nodes::default()
-        };
-        for (target, host) in emulating {
-            n.emulating
-                .entry(target.to_string())
-                .or_default()
-                .insert(host.to_string());
-        }
-        n
-    }
-
-    fn emulated(host: &str) -> Placement {
-        Placement::Emulated { host: host.into() }
-    }
-
     #[test]
     fn a_new_run_waits_for_a_node_of_every_architecture() {
-        let plan = two_platforms();
+        let build = build_of(serde_json::json!({}));
+        let plan = plan_of(&build);
         assert!(needs_nodes(&plan, &[], &pending()));
-        let amd64_only = nodes(&["amd64"], &[("arm64", "amd64")]);
+        let amd64_only = survey(&build, &nodes(&["amd64"], &[("arm64", "amd64")]));
         // Never (the default) does not emulate, even where a node could.
-        assert_eq!(
+        assert!(matches!(
             decide(&plan, &[], &pending(), Some(&amd64_only), 10 * MIN),
-            Step::WaitForNodes {
-                platforms: vec!["linux/arm64".into()],
-                retry_in: None
-            }
-        );
+            Step::WaitForNodes { platforms, retry_in: None, why }
+                if platforms == ["linux/arm64"] && why.contains("no node has kubernetes.io/arch=arm64")
+        ));
+        let both = survey(&build, &nodes(&["amd64", "arm64"], &[]));
         assert_eq!(
-            decide(
-                &plan,
-                &[],
-                &pending(),
-                Some(&nodes(&["amd64", "arm64"], &[])),
-                MIN
-            ),
+            decide(&plan, &[], &pending(), Some(&both), MIN),
             Step::CreateJobs {
                 platforms: vec![
                     ("linux/amd64".into(), Placement::Native),
@@ -309,108 +169,11 @@ mod tests {
                 ]
             }
         );
-    }
-
-    #[test]
-    fn fallback_emulates_after_the_grace_period_on_a_labelled_node() {
-        let plan = plan_of(serde_json::json!({"emulation": "Fallback", "emulationAfter": "5m"}));
-        let amd64_only = nodes(&["amd64"], &[("arm64", "amd64")]);
-        assert_eq!(
-            decide(&plan, &[], &pending(), Some(&amd64_only), 2 * MIN),
-            Step::WaitForNodes {
-                platforms: vec!["linux/arm64".into()],
-                retry_in: Some(3 * MIN)
-            },
-            "within the grace period a native node may still come"
-        );
-        assert_eq!(
-            decide(&plan, &[], &pending(), Some(&amd64_only), 5 * MIN),
-            Step::CreateJobs {
-                platforms: vec![
-                    ("linux/amd64".into(), Placement::Native),
-                    ("linux/arm64".into(), emulated("amd64"))
-                ]
-            }
-        );
-        // Without a node labelled as able to emulate arm64, it keeps waiting.
-        let unlabelled = nodes(&["amd64"], &[]);
-        assert_eq!(
-            decide(&plan, &[], &pending(), Some(&unlabelled), 10 * MIN),
-            Step::WaitForNodes {
-                platforms: vec!["linux/arm64".into()],
-                retry_in: None
-            }
-        );
-        // A native node wins over emulation.
-        let both = nodes(&["amd64", "arm64"], &[("arm64", "amd64")]);
+        // Without a look at the nodes (none needed), nothing is placed.
         assert!(matches!(
-            decide(&plan, &[], &pending(), Some(&both), 10 * MIN),
-            Step::CreateJobs { platforms } if platforms.iter().all(|(_, p)| *p == Placement::Native)
+            decide(&plan, &[], &pending(), None, MIN),
+            Step::WaitForNodes { platforms, .. } if platforms.len() == 2
         ));
-    }
-
-    #[test]
-    fn always_builds_everything_on_one_host_architecture() {
-        let plan = plan_of(serde_json::json!({"emulation": "Always"}));
-        let both = nodes(
-            &["amd64", "arm64"],
-            &[("arm64", "amd64"), ("amd64", "arm64")],
-        );
-        assert_eq!(
-            decide(&plan, &[], &pending(), Some(&both), Duration::ZERO),
-            Step::CreateJobs {
-                platforms: vec![
-                    ("linux/amd64".into(), Placement::Native),
-                    ("linux/arm64".into(), emulated("amd64"))
-                ]
-            }
-        );
-        // Only arm64 nodes can emulate the other: arm64 hosts everything.
-        let arm_hosts = nodes(&["amd64", "arm64"], &[("amd64", "arm64")]);
-        assert_eq!(
-            decide(&plan, &[], &pending(), Some(&arm_hosts), Duration::ZERO),
-            Step::CreateJobs {
-                platforms: vec![
-                    ("linux/amd64".into(), emulated("arm64")),
-                    ("linux/arm64".into(), Placement::Native)
-                ]
-            }
-        );
-        assert!(matches!(
-            decide(
-                &plan,
-                &[],
-                &pending(),
-                Some(&nodes(&["amd64"], &[])),
-                Duration::ZERO
-            ),
-            Step::WaitForNodes { .. }
-        ));
-    }
-
-    #[test]
-    fn always_prefers_the_host_most_platforms_build_natively_on() {
-        let plan = plan_of(serde_json::json!({
-            "emulation": "Always", "platforms": ["linux/arm64", "linux/arm/v7"]
-        }));
-        let pending = [
-            status("linux/arm64", Phase::Pending),
-            status("linux/arm/v7", Phase::Pending),
-        ];
-        // amd64 could take both, but arm64 builds one of them natively.
-        let n = nodes(
-            &["amd64", "arm64"],
-            &[("arm64", "amd64"), ("arm", "amd64"), ("arm", "arm64")],
-        );
-        assert_eq!(
-            decide(&plan, &[], &pending, Some(&n), Duration::ZERO),
-            Step::CreateJobs {
-                platforms: vec![
-                    ("linux/arm64".into(), Placement::Native),
-                    ("linux/arm/v7".into(), emulated("arm64"))
-                ]
-            }
-        );
     }
 
     #[test]
@@ -422,7 +185,7 @@ mod tests {
             status("linux/arm64", Phase::Pending),
         ];
         assert!(needs_nodes(&plan, &[], &platforms));
-        let arm64 = nodes(&["arm64"], &[]);
+        let arm64 = survey(&build_of(serde_json::json!({})), &nodes(&["arm64"], &[]));
         assert_eq!(
             decide(&plan, &[], &platforms, Some(&arm64), MIN),
             Step::CreateJobs {
@@ -458,9 +221,9 @@ mod tests {
 
     #[test]
     fn a_platform_allowed_to_fail_does_not_fail_the_run() {
-        let plan = plan_of(serde_json::json!({
+        let plan = plan_of(&build_of(serde_json::json!({
             "platformSettings": [{"platform": "linux/arm64", "allowFailure": true}]
-        }));
+        })));
         let jobs = [job("app-1-linux-amd64"), job("app-1-linux-arm64")];
         let arm64_failed = [
             status("linux/amd64", Phase::Building),

@@ -15,6 +15,7 @@ pub mod decide;
 mod error;
 mod jobs;
 mod observe;
+pub mod placement;
 mod report;
 pub mod signing;
 
@@ -275,7 +276,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
     let reports = observe::pod_reports(&ctx, &build, plan.generation, &current).await?;
     let platforms = platform_statuses(&plan, &current, &reports, &run.status.platforms);
     let nodes = match needs_nodes(&plan, &current, &platforms) {
-        true => Some(observe::nodes(&ctx).await?),
+        true => Some(observe::nodes(&ctx, &build, &plan).await?),
         false => None,
     };
     let step = decide(&plan, &current, &platforms, nodes.as_ref(), run.waited());
@@ -393,7 +394,7 @@ pub fn waits_for_nodes(build: &ImageBuild) -> bool {
 }
 
 /// Which ImageBuilds a node event wakes: those waiting for a node, and only when the node
-/// changed in what placement reads (labels, cordon, Ready). A trimmed node has no heartbeat
+/// changed in what placement reads (labels, cordon, taints, Ready). A trimmed node has no heartbeat
 /// times, but the watch still delivers every heartbeat update.
 #[derive(Default)]
 pub struct NodeChanges {
@@ -577,6 +578,9 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": "n1", "labels": {"kubernetes.io/arch": arch},
                          "managedFields": [{"manager": "kubelet"}]},
+            "spec": {"podCIDR": "10.0.0.0/24", "providerID": "cloud://n1",
+                     "taints": [{"key": "dedicated", "value": "arm", "effect": "NoSchedule"},
+                                {"key": "spot", "effect": "NoExecute", "timeAdded": format!("2026-11-23T{heartbeat}:00Z")}]},
             "status": {"conditions": [
                 {"type": "Ready", "status": ready, "lastHeartbeatTime": format!("2026-11-23T{heartbeat}:00Z")},
                 {"type": "MemoryPressure", "status": "False", "lastHeartbeatTime": format!("2026-11-23T{heartbeat}:00Z")}],
@@ -614,6 +618,10 @@ mod tests {
         assert_eq!(woken(node("arm64", "False", "10:01")), Vec::<String>::new());
         assert_eq!(woken(node("arm64", "True", "10:02")), vec!["waiting"]);
         assert_eq!(woken(node("amd64", "True", "10:03")), vec!["waiting"]);
+        // A taint removed: a build waiting for a node that tolerates it may start now.
+        let mut untainted = node("amd64", "True", "10:04");
+        untainted.spec.as_mut().unwrap().taints = None;
+        assert_eq!(woken(untainted), vec!["waiting"]);
     }
 
     #[test]
@@ -623,7 +631,9 @@ mod tests {
             trimmed,
             serde_json::json!({"apiVersion": "v1", "kind": "Node",
                                "metadata": {"name": "n1", "labels": {"kubernetes.io/arch": "arm64"}},
-                               "spec": {}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+                               "spec": {"taints": [{"key": "dedicated", "value": "arm", "effect": "NoSchedule"},
+                                                   {"key": "spot", "effect": "NoExecute"}]},
+                               "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
         );
     }
 

@@ -12,10 +12,10 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use super::Context;
-use super::decide::Nodes;
 use super::error::{ReconcileError, Result};
+use super::placement::{Nodes, PodConstraints};
 use crate::api::{ImageBuild, ImageBuildStatus};
-use crate::plan::EMULATION_LABEL_PREFIX;
+use crate::plan::BuildPlan;
 use crate::render::{ANNOTATION_REVISION, LABEL_GENERATION, LABEL_IMAGEBUILD};
 use crate::source::{GitCredentials, resolve_commit};
 use crate::status::{PodReport, owning_job, pod_report};
@@ -189,11 +189,12 @@ pub fn trim_pod(mut pod: Pod) -> Pod {
     pod
 }
 
-/// Keeps of a node its name, labels, whether it is cordoned and its Ready condition (without
-/// heartbeat times): the placement check's inputs. A node's images, capacity, addresses and
+/// Keeps of a node its name, labels, whether it is cordoned, its taints (without the time
+/// a NoExecute one was added) and its Ready condition (without heartbeat times): the
+/// placement check's inputs ([`super::placement`]). A node's images, capacity, addresses and
 /// annotations are most of it, and heartbeats change it every few seconds.
 pub fn trim_node(node: Node) -> Node {
-    use k8s_openapi::api::core::v1::{NodeCondition, NodeSpec, NodeStatus};
+    use k8s_openapi::api::core::v1::{NodeCondition, NodeSpec, NodeStatus, Taint};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     let ready = node
         .status
@@ -205,6 +206,7 @@ pub fn trim_node(node: Node) -> Node {
             status: c.status.clone(),
             ..Default::default()
         });
+    let spec = node.spec.unwrap_or_default();
     Node {
         metadata: ObjectMeta {
             name: node.metadata.name,
@@ -214,7 +216,16 @@ pub fn trim_node(node: Node) -> Node {
             ..Default::default()
         },
         spec: Some(NodeSpec {
-            unschedulable: node.spec.and_then(|s| s.unschedulable),
+            unschedulable: spec.unschedulable,
+            taints: spec.taints.map(|taints| {
+                taints
+                    .into_iter()
+                    .map(|t| Taint {
+                        time_added: None,
+                        ..t
+                    })
+                    .collect()
+            }),
             ..Default::default()
         }),
         status: Some(NodeStatus {
@@ -306,48 +317,13 @@ pub async fn pod_reports(
         .collect())
 }
 
-/// The nodes that can take a builder pod now (Ready and schedulable): their architectures,
-/// and which architectures each can emulate. Read from the node store: no request.
-pub async fn nodes(ctx: &Context) -> Result<Nodes> {
+/// How the cluster's nodes stand for each platform of `plan`: which qualify for its builder
+/// pods (with `build`'s node selector and tolerations), natively or to emulate it. Read
+/// from the node store: no request.
+pub async fn nodes(ctx: &Context, build: &ImageBuild, plan: &BuildPlan) -> Result<Nodes> {
     ready(&ctx.stores.nodes).await?;
-    Ok(usable_nodes(&ctx.stores.nodes.state()))
-}
-
-/// [`nodes`] of a given set of nodes.
-pub fn usable_nodes(nodes: &[Arc<Node>]) -> Nodes {
-    let mut seen = Nodes::default();
-    let usable = nodes
-        .iter()
-        .filter(|n| {
-            !n.spec
-                .as_ref()
-                .and_then(|s| s.unschedulable)
-                .unwrap_or(false)
-        })
-        .filter(|n| {
-            n.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        });
-    for node in usable {
-        let Some(arch) = node.labels().get("kubernetes.io/arch") else {
-            continue;
-        };
-        seen.native.insert(arch.clone());
-        for (key, value) in node.labels() {
-            if let Some(target) = key.strip_prefix(EMULATION_LABEL_PREFIX)
-                && value == "true"
-                && target != arch
-            {
-                seen.emulating
-                    .entry(target.to_string())
-                    .or_default()
-                    .insert(arch.clone());
-            }
-        }
-    }
-    seen
+    let constraints = PodConstraints::of(&build.spec);
+    Ok(Nodes::survey(plan, constraints, &ctx.stores.nodes.state()))
 }
 
 /// Reads a Secret of the ImageBuild's own namespace: a spec can never borrow another
