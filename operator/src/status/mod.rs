@@ -426,3 +426,6 @@ pub fn platform_statuses(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod held_up_tests;

@@ -308,13 +308,21 @@ pub fn of_pod_events(events: &[&Event]) -> Option<Stuck> {
     Some(Stuck::new("FailedMount", message, since))
 }
 
-/// A pod waiting with nothing in its status but "on the way" reasons (or none): what its
-/// Events may explain.
+/// A pod bound to a node whose containers all still wait, with nothing in its status but
+/// "on the way" reasons (or none): what its Events may explain. Once a container ran, its
+/// volumes were mounted, and an earlier `FailedMount` is history.
 pub fn waits_silently(pod: &Pod) -> bool {
     let Some(status) = &pod.status else {
         return false;
     };
+    let all_waiting = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .all(|c| c.state.as_ref().is_none_or(|s| s.waiting.is_some()));
     status.phase.as_deref() == Some("Pending")
+        && all_waiting
         && pod.metadata.deletion_timestamp.is_none()
         && of_pod(pod).is_none()
         && scheduled(pod).is_some_and(|c| c.status == "True")

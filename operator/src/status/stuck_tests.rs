@@ -249,6 +249,12 @@ fn pods_on_their_way_are_not_stuck() {
     );
     assert_eq!(of_pod(&creating), None);
     assert!(waits_silently(&creating), "its Events may say why");
+    let fetching = bound(
+        json!([{"name": "git-sync", "image": "g", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"running": {"startedAt": STARTED}}}]),
+        json!([waiting("builder", "PodInitializing", None)]),
+    );
+    assert!(!waits_silently(&fetching), "its volumes were mounted");
     let unbound = pod(json!({"phase": "Pending"}));
     assert_eq!(of_pod(&unbound), None);
     assert!(!waits_silently(&unbound));
