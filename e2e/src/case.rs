@@ -56,7 +56,13 @@ pub struct Case {
 }
 
 impl Case {
-    async fn start(suite: &Arc<Suite>, test: &str, proxy: Option<&Proxy>) -> anyhow::Result<Case> {
+    /// A Case whose operator runs with `operator_args` added to the suite's.
+    async fn start(
+        suite: &Arc<Suite>,
+        test: &str,
+        proxy: Option<&Proxy>,
+        operator_args: &[String],
+    ) -> anyhow::Result<Case> {
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .subsec_nanos()
@@ -65,13 +71,20 @@ impl Case {
         create_namespace(&suite.client, &namespace).await?;
         let log = suite.logs.join(format!("{namespace}.log"));
         let extra_insecure: Vec<String> = proxy.map(|p| vec![p.host()]).unwrap_or_default();
-        let operator = Operator::start(&suite.settings, &namespace, &log, &extra_insecure)?;
+        let operator = Operator::start_with(
+            &suite.settings,
+            &namespace,
+            &log,
+            &extra_insecure,
+            operator_args,
+        )?;
         let kubelet = suite.settings.simulate_nodes.then(|| {
             Kubelet::start(
                 suite.client.clone(),
                 &namespace,
                 suite.registry.clone(),
                 proxy.map(|p| (p.host(), suite.settings.registry.clone())),
+                suite.settings.registry.clone(),
             )
         });
         let jobs: Api<Job> = Api::namespaced(suite.client.clone(), &namespace);
@@ -400,7 +413,20 @@ pub async fn with_case(
     proxy: Option<&Proxy>,
     body: impl AsyncFnOnce(&Case) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let case = Case::start(suite, test, proxy).await?;
+    let case = Case::start(suite, test, proxy, &[]).await?;
+    let outcome = body(&case).await;
+    case.finish(outcome).await
+}
+
+/// Runs `body` in a fresh Case whose operator runs with `operator_args` added (a setting a
+/// scenario needs: a builder image that does not exist, a shorter grace period).
+pub async fn with_operator_args(
+    suite: &Arc<Suite>,
+    test: &str,
+    operator_args: &[String],
+    body: impl AsyncFnOnce(&Case) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let case = Case::start(suite, test, None, operator_args).await?;
     let outcome = body(&case).await;
     case.finish(outcome).await
 }

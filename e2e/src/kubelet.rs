@@ -11,12 +11,13 @@ use std::time::Duration;
 use archforge::registry::Registry;
 use archforge::render::{LABEL_MANAGED_BY, MANAGER};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
+mod admit;
 mod decide;
 mod pod_status;
 
@@ -48,10 +49,15 @@ impl Kubelet {
         namespace: &str,
         registry: Arc<Registry>,
         rewrite: Option<(String, String)>,
+        pull_host: String,
     ) -> Kubelet {
         let policy = Policy::default();
         let pods: Api<Pod> = Api::namespaced(client, namespace);
-        let task = tokio::spawn(run(pods, registry, policy.clone(), rewrite));
+        let pulls = Pulls {
+            host: pull_host,
+            registry: registry.clone(),
+        };
+        let task = tokio::spawn(run(pods, registry, policy.clone(), rewrite, pulls));
         Kubelet { policy, task }
     }
 }
@@ -62,11 +68,48 @@ impl Drop for Kubelet {
     }
 }
 
+/// Where the simulated kubelet "pulls" images from: images on the suite's registry must
+/// be there (others are taken as present, as a node's image cache would hold them).
+#[derive(Clone)]
+struct Pulls {
+    host: String,
+    registry: Arc<Registry>,
+}
+
+impl Pulls {
+    /// Whether `image` is known not to exist (the registry answers that it has no such
+    /// manifest); anything else, unreachable included, counts as present.
+    async fn missing(&self, image: &str) -> bool {
+        if !image.starts_with(&format!("{}/", self.host)) {
+            return false;
+        }
+        let Ok(reference) = archforge::registry::parse_reference(image) else {
+            return false;
+        };
+        let Ok(auth) = self.registry.auth_for(&reference) else {
+            return false;
+        };
+        match self
+            .registry
+            .client()
+            .fetch_manifest_digest(&reference, &auth)
+            .await
+        {
+            Ok(_) => false,
+            Err(e) => {
+                let said = e.to_string().to_ascii_lowercase();
+                said.contains("404") || said.contains("not found") || said.contains("unknown")
+            }
+        }
+    }
+}
+
 async fn run(
     pods: Api<Pod>,
     registry: Arc<Registry>,
     policy: Policy,
     rewrite: Option<(String, String)>,
+    pulls: Pulls,
 ) {
     let (store, writer) = reflector::store();
     let config = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
@@ -94,11 +137,12 @@ async fn run(
             if !in_flight.lock().unwrap().insert(key.clone()) {
                 continue;
             }
-            let (pods, registry, in_flight, rewrite) = (
+            let (pods, registry, in_flight, rewrite, pulls) = (
                 pods.clone(),
                 registry.clone(),
                 in_flight.clone(),
                 rewrite.clone(),
+                pulls.clone(),
             );
             let slots = slots.clone();
             tokio::spawn(async move {
@@ -106,8 +150,8 @@ async fn run(
                     return;
                 };
                 let name = pod.name_any();
-                if let Err(e) = act(&pods, &registry, &pod, action, rewrite.as_ref().as_ref()).await
-                {
+                let rewrite = rewrite.as_ref().as_ref();
+                if let Err(e) = act(&pods, &registry, &pod, action, rewrite, &pulls).await {
                     eprintln!("simulated kubelet: pod {name}: {e:#}");
                     // Let the next round try again.
                     in_flight.lock().unwrap().remove(&key);
@@ -117,16 +161,82 @@ async fn run(
     }
 }
 
+/// What keeps a pod's containers from starting, as the kubelet finds it before it starts
+/// them: a Secret volume it cannot mount (the kubelet then only says so in an Event), the
+/// builder's image missing from the registry. Checked once per pod.
+async fn blocked(
+    pods: &Api<Pod>,
+    pod: &Pod,
+    pulls: &Pulls,
+    now: &str,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let secrets: Api<Secret> = Api::namespaced(
+        pods.clone().into_client(),
+        &pod.namespace().unwrap_or_default(),
+    );
+    for (volume, name, keys) in admit::secret_volumes(pod) {
+        let failure = match secrets.get_opt(&name).await? {
+            None => Some(admit::mount_failure(&volume, &name, None)),
+            Some(secret) => {
+                let has = |k: &String| secret.data.as_ref().is_some_and(|d| d.contains_key(k));
+                keys.iter()
+                    .find(|k| !has(k))
+                    .map(|k| admit::mount_failure(&volume, &name, Some(k)))
+            }
+        };
+        if let Some(message) = failure {
+            let events: Api<Event> = Api::namespaced(
+                pods.clone().into_client(),
+                &pod.namespace().unwrap_or_default(),
+            );
+            let event = serde_json::from_value(admit::failed_mount_event(pod, &message, now))?;
+            events
+                .create(&kube::api::PostParams::default(), &event)
+                .await?;
+            return Ok(Some(admit::waiting_status(
+                pod,
+                "PodInitializing",
+                None,
+                now,
+            )));
+        }
+    }
+    let image = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .find(|c| c.name == archforge::render::BUILDER_CONTAINER)
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default();
+    if pulls.missing(&image).await {
+        return Ok(Some(admit::pull_failed_status(pod, now)));
+    }
+    Ok(None)
+}
+
 async fn act(
     pods: &Api<Pod>,
     registry: &Registry,
     pod: &Pod,
     action: Action,
     rewrite: Option<&(String, String)>,
+    pulls: &Pulls,
 ) -> anyhow::Result<()> {
     let name = pod.name_any();
     let now = jiff::Timestamp::now();
+    let starts = matches!(action, Action::Run | Action::Fail(_) | Action::Complete(_));
+    let held = match starts {
+        true => blocked(pods, pod, pulls, &now.to_string()).await?,
+        false => None,
+    };
     let status = match action {
+        _ if held.is_some() => held.expect("checked"),
+        Action::RefuseAppArmor(message) => admit::waiting_status(
+            pod,
+            "Blocked",
+            Some(("AppArmor", &message)),
+            &now.to_string(),
+        ),
         Action::FinishDeletion => {
             let params = DeleteParams {
                 grace_period_seconds: Some(0),

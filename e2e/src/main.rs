@@ -22,7 +22,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::case::{Case, with_case};
 use crate::scenarios::{
-    buildkit, failures, happy, invalid, lifecycle, placement, registry, signing,
+    buildkit, failures, happy, invalid, lifecycle, placement, registry, signing, stuck,
 };
 use crate::suite::{Suite, workspace_root};
 
@@ -143,6 +143,10 @@ fn scenarios() -> Vec<Scenario> {
         in_case failures::allowed_failure_publishes_the_rest, simulated_only;
         in_case buildkit::happy_path_buildkit;
         in_case signing::signed_provenance_for_every_platform;
+        in_case stuck::unschedulable_pod_says_why;
+        own stuck::missing_builder_image_says_why;
+        own stuck::missing_push_secret_says_why;
+        own stuck::kubelet_refusal_says_why;
     }
 }
 
@@ -227,6 +231,10 @@ mod tests {
                 ("allowed_failure_publishes_the_rest", true, false),
                 ("happy_path_buildkit", false, false),
                 ("signed_provenance_for_every_platform", false, false),
+                ("unschedulable_pod_says_why", false, false),
+                ("missing_builder_image_says_why", false, false),
+                ("missing_push_secret_says_why", false, false),
+                ("kubelet_refusal_says_why", false, false),
             ]
         );
     }

@@ -55,10 +55,24 @@ impl Operator {
         log: &Path,
         extra_insecure: &[String],
     ) -> anyhow::Result<Operator> {
+        Operator::start_with(settings, namespace, log, extra_insecure, &[])
+    }
+
+    /// [`Operator::start`] with `extra` arguments (settings a scenario needs; none of
+    /// [`run_args`]' own).
+    pub fn start_with(
+        settings: &Settings,
+        namespace: &str,
+        log: &Path,
+        extra_insecure: &[String],
+        extra: &[String],
+    ) -> anyhow::Result<Operator> {
         let metrics_address = format!("127.0.0.1:{}", free_port());
+        let mut args = run_args(settings, namespace, &metrics_address, extra_insecure);
+        args.extend(extra.iter().cloned());
         let mut operator = Operator {
             binary: settings.operator.clone(),
-            args: run_args(settings, namespace, &metrics_address, extra_insecure),
+            args,
             log: log.to_path_buf(),
             child: None,
             metrics_address,

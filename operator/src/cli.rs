@@ -178,6 +178,15 @@ pub struct RunArgs {
     #[serde(serialize_with = "crate::settings::as_humantime")]
     pub resync: std::time::Duration,
 
+    /// How long a builder pod may be held up by something that will not clear by itself (a
+    /// kubelet refusal such as AppArmor, an image that does not exist, a missing Secret or
+    /// key, a pod the namespace forbids) before its platform fails with that reason, counted
+    /// from when the cluster recorded it. What may clear (Unschedulable, pull errors other
+    /// than a missing image, quota) is reported at once and fails at the build's timeout.
+    #[arg(long, env = "ARCHFORGE_STUCK_GRACE", default_value = "2m", value_parser = parse_stuck_grace)]
+    #[serde(serialize_with = "crate::settings::as_humantime")]
+    pub stuck_grace: std::time::Duration,
+
     /// How many ImageBuilds are reconciled at once (per watched namespace; all namespaces
     /// are one).
     #[arg(long, env = "ARCHFORGE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
@@ -246,6 +255,17 @@ fn parse_resync(text: &str) -> Result<std::time::Duration, String> {
         ));
     }
     Ok(resync)
+}
+
+/// `--stuck-grace`: a duration of at most a day (the build's timeout ends a run anyway).
+fn parse_stuck_grace(text: &str) -> Result<std::time::Duration, String> {
+    let grace = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if grace > std::time::Duration::from_secs(24 * 3600) {
+        return Err(format!(
+            "{text:?} is longer than a day; the build's timeout (spec.timeout) already ends a stuck run"
+        ));
+    }
+    Ok(grace)
 }
 
 /// `--kube-api-qps`: a finite number, 0 or more.
@@ -327,6 +347,7 @@ async fn run_controller(args: &RunArgs) -> crate::Result<()> {
         resync: args.resync,
         signing_key,
         concurrency: args.concurrency,
+        stuck_grace: args.stuck_grace,
     };
     crate::controller::run(client, args.namespaces.clone(), config, metrics).await;
     server.abort();

@@ -83,6 +83,13 @@ pub const PERMISSIONS: &[Permission] = &[
         why: "Events on ImageBuilds; repeats are patched into a series",
     },
     Permission {
+        scope: Scope::Watched,
+        group: "",
+        resource: "events",
+        verbs: &["list", "watch"],
+        why: "read-only, narrowed by field selectors to the Job controller's FailedCreate on Jobs and the kubelet's FailedMount on pods: why a builder pod was never created or cannot mount its Secret, which no status says",
+    },
+    Permission {
         scope: Scope::Cluster,
         group: "",
         resource: "nodes",

@@ -656,6 +656,7 @@ fn chart_values_reach_the_operator() {
         defaults.buildkit_seccomp_profile.to_string()
     );
     assert_eq!(config["logFormat"], "json");
+    assert_eq!(config["stuckGrace"], "2m");
     assert_eq!(config["leaderElect"], false);
     assert_eq!(config["watchNamespaces"], json!([]));
     assert_eq!(
@@ -682,6 +683,7 @@ fn chart_values_reach_the_operator() {
             "logFormat": "text",
             "historyLimit": 25,
             "resync": "2m",
+            "stuckGrace": "45s",
             "concurrency": 8,
             "kubeApiQps": 20.5,
             "kubeApiBurst": 40,

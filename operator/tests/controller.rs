@@ -26,6 +26,10 @@ use kube::client::Body;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
+/// Builder pods that do not start: what the scheduler, kubelet and Job controller said.
+#[path = "controller/stuck.rs"]
+mod stuck;
+
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 const UID: &str = "5f3c1a8e-2b7d-4e61-9a0c-7d2e8b4f6a10";
 
@@ -168,6 +172,16 @@ impl ApiServer {
             items
                 .into_iter()
                 .map(|p| serde_json::from_value(p).unwrap()),
+        );
+    }
+
+    /// The two Event stores (the operator watches `FailedCreate` on Jobs and `FailedMount`
+    /// on pods) hold `items`.
+    async fn store_events(&mut self, items: Vec<Value>) {
+        self.stores.set_events(
+            items
+                .into_iter()
+                .map(|e| serde_json::from_value(e).unwrap()),
         );
     }
 
@@ -1593,12 +1607,13 @@ async fn a_reconcile_before_the_watch_shows_the_write_repeats_nothing() {
 /// and reconciles that find nothing new (a stale store right after a write, the ImageBuild's
 /// own status update coming back, the Jobs' TTL deletion, a resync) make no request at
 /// all. The reflectors' own requests are shared by every ImageBuild: at start, one paged
-/// list (50 objects a page) and one watch each for ImageBuilds, Jobs, pods and nodes, then one
-/// re-watch per reflector whenever the server ends a watch (kube asks for 290 s). For N
-/// ImageBuilds (2N Jobs and pods) over a run of T seconds that is
-/// N/50 + 2 x 2N/50 + 1 lists + 4 x (1 + T/290) watches + 1 version probe: for N = 100 and
-/// 10 minutes 11 + 12 + 1 = 24, 0.24 per ImageBuild; for N = 1000, 101 + 12 + 1 = 114, 0.11
-/// each. So 11 + at most 0.25: under 12 per ImageBuild.
+/// list (50 objects a page) and one watch each for ImageBuilds, Jobs, pods, nodes and the
+/// two kinds of Events that explain stuck pods (`FailedCreate`, `FailedMount`: none in a
+/// healthy run), then one re-watch per reflector whenever the server ends a watch (kube asks
+/// for 290 s). For N ImageBuilds (2N Jobs and pods) over a run of T seconds that is
+/// N/50 + 2 x 2N/50 + 3 lists + 6 x (1 + T/290) watches + 1 version probe: for N = 100 and
+/// 10 minutes 13 + 18 + 1 = 32, 0.32 per ImageBuild; for N = 1000, 103 + 18 + 1 = 122, 0.12
+/// each. So 11 + at most 0.35: under 12 per ImageBuild.
 #[tokio::test(flavor = "multi_thread")]
 async fn one_imagebuild_s_whole_life_costs_eleven_requests() {
     let git = GitServer::start();

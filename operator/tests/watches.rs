@@ -1,6 +1,7 @@
 //! The controller's start against kube's `tower-test` mock API server: what its reflectors
 //! ask for (one list and one watch each for ImageBuilds, archforge's Jobs and builder pods by
-//! label, and nodes) and that nothing else is asked while nothing changes.
+//! label, nodes, and the two kinds of Events that explain stuck pods by field selector) and
+//! that nothing else is asked while nothing changes.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -38,7 +39,7 @@ async fn at_start_each_reflector_lists_once_and_watches_once() {
     let mut seen = BTreeSet::new();
     // Watches are left pending, as a quiet server's would be.
     let mut open_watches = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..12 {
         let (request, send) =
             tokio::time::timeout(common::controller::HANG_GUARD, handle.next_request())
                 .await
@@ -47,12 +48,19 @@ async fn at_start_each_reflector_lists_once_and_watches_once() {
         let path = request.uri().path().to_string();
         let query = percent_decode(request.uri().query().unwrap_or_default());
         let watch = query.contains("watch=true");
-        let selector = query
-            .split('&')
-            .find_map(|p| p.strip_prefix("labelSelector="))
-            .unwrap_or_default()
-            .to_string();
-        seen.insert((watch, path.clone(), selector));
+        let selector = |name: &str| {
+            query
+                .split('&')
+                .find_map(|p| p.strip_prefix(name))
+                .unwrap_or_default()
+                .to_string()
+        };
+        let selectors = format!(
+            "{}{}",
+            selector("labelSelector="),
+            selector("fieldSelector=")
+        );
+        seen.insert((watch, path.clone(), selectors));
         match watch {
             true => open_watches.push(send),
             false => {
@@ -60,6 +68,7 @@ async fn at_start_each_reflector_lists_once_and_watches_once() {
                     "nodes" => "NodeList",
                     "jobs" => "JobList",
                     "pods" => "PodList",
+                    "events" => "EventList",
                     _ => "ImageBuildList",
                 };
                 send.send_response(Response::new(Body::from(list(kind, &[]))));
@@ -87,6 +96,16 @@ async fn at_start_each_reflector_lists_once_and_watches_once() {
                     "/api/v1/namespaces/team-a/pods".to_string(),
                     managed.clone(),
                 ),
+                (
+                    watch,
+                    "/api/v1/namespaces/team-a/events".to_string(),
+                    "involvedObject.kind=Job,reason=FailedCreate".to_string(),
+                ),
+                (
+                    watch,
+                    "/api/v1/namespaces/team-a/events".to_string(),
+                    "involvedObject.kind=Pod,reason=FailedMount".to_string(),
+                ),
             ]
         })
         .collect();
@@ -97,7 +116,7 @@ async fn at_start_each_reflector_lists_once_and_watches_once() {
     {
         panic!("unexpected request {} {}", request.method(), request.uri());
     }
-    assert_eq!(metrics.api_requests_total(), 8);
+    assert_eq!(metrics.api_requests_total(), 12);
     assert!(metrics.is_ready());
     controller.abort();
     drop(open_watches);
@@ -158,6 +177,9 @@ async fn every_imagebuild_is_reconciled_when_the_job_list_comes_last() {
                 send.send_response(Response::new(Body::from(list("ImageBuildList", &builds))));
             }
             ("GET", "pods") => send.send_response(Response::new(Body::from(list("PodList", &[])))),
+            ("GET", "events") => {
+                send.send_response(Response::new(Body::from(list("EventList", &[]))))
+            }
             ("GET", "nodes") => {
                 send.send_response(Response::new(Body::from(list("NodeList", &[]))))
             }
@@ -175,7 +197,7 @@ async fn every_imagebuild_is_reconciled_when_the_job_list_comes_last() {
             other => panic!("unexpected {other:?} {path}"),
         }
         // The Job list is answered once everything else has been asked for.
-        if open.len() == 3 && job_list.is_some() {
+        if open.len() == 5 && job_list.is_some() {
             // Longer than the controller's debounce, so the reconciles have started.
             tokio::time::sleep(Duration::from_millis(1500)).await;
             job_list

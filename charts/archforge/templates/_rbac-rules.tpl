@@ -61,6 +61,14 @@ its reason; templates/rbac.yaml puts them into the roles.
   verbs:
   - create
   - patch
+# read-only, narrowed by field selectors to the Job controller's FailedCreate on Jobs and the kubelet's FailedMount on pods: why a builder pod was never created or cannot mount its Secret, which no status says
+- apiGroups:
+  - ""
+  resources:
+  - events
+  verbs:
+  - list
+  - watch
 {{- end -}}
 
 {{- define "archforge.rules.cluster" -}}

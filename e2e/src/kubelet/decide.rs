@@ -56,6 +56,8 @@ pub enum Action {
     Run,
     Complete(Build),
     Fail(String),
+    /// Refuse the pod as the kubelet's AppArmor admission does (the message).
+    RefuseAppArmor(String),
 }
 
 /// Where the builder of a pod pushes, from its container's environment.
@@ -186,6 +188,10 @@ pub fn decide(pod: &Pod, policy: &Policy) -> Option<Action> {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     if matches!(phase, Some("Succeeded" | "Failed")) {
         return None;
+    }
+    if let Some(message) = super::admit::apparmor_refusal(pod) {
+        let refused = pod.status.as_ref().and_then(|s| s.reason.as_deref()) == Some("AppArmor");
+        return (!refused).then_some(Action::RefuseAppArmor(message));
     }
     let imagebuild = pod.labels().get(LABEL_IMAGEBUILD)?;
     let platform = platform_of(pod)?.to_string();

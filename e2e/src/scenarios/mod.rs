@@ -9,6 +9,7 @@ pub mod lifecycle;
 pub mod placement;
 pub mod registry;
 pub mod signing;
+pub mod stuck;
 
 use anyhow::{Context as _, ensure};
 use archforge::api::ImageBuildStatus;

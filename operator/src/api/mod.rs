@@ -519,6 +519,12 @@ pub struct PlatformStatus {
     /// Why the platform is where it is; on failure, the end of the builder's log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// One word for what holds the platform up or failed it, as the scheduler, the kubelet
+    /// or the Job controller names it (Unschedulable, AppArmor, ErrImagePull,
+    /// CreateContainerConfigError, FailedMount, FailedCreate, ...), or archforge's name for a
+    /// known builder failure (e.g. SeccompBlocksUserNamespaces); `message` says the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// True when the platform is built under QEMU emulation on a node of another
     /// architecture.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -10,6 +10,7 @@ use kube::runtime::controller::Action;
 use super::decide::Step;
 use super::error::{ReconcileError, Result};
 use super::jobs::{create_jobs, delete_jobs, unfinished};
+use super::notes::{newly_failed_optional, newly_stuck, newly_succeeded};
 use super::observe::{read_secret, secret_value};
 use super::report::{Note, report};
 use super::signing::{build_facts, signing_key};
@@ -21,7 +22,7 @@ use crate::registry::{DockerConfig, PlatformImage, Published, Registry, run_anno
 use crate::source::redact_url;
 use crate::status::{self, progress, record_run, set_phase_conditions};
 use crate::supply::Signer;
-use crate::telemetry::{PlatformLabels, ResultLabels};
+use crate::telemetry::ResultLabels;
 use crate::validation::InvalidSpec;
 
 /// An invalid spec: Stalled with every broken rule, one Warning Event, no Jobs.
@@ -117,69 +118,6 @@ fn finish_run(ctx: &Context, run: &mut Run, result: Phase, reason: &str, message
         .inc();
 }
 
-/// Events (and build-time metrics) for the platforms that succeeded since the last report.
-fn newly_succeeded(ctx: &Context, run: &Run, platforms: &[PlatformStatus]) -> Vec<Note> {
-    let mut notes = Vec::new();
-    for p in platforms.iter().filter(|p| p.phase == Phase::Succeeded) {
-        let was = run
-            .previous
-            .platforms
-            .iter()
-            .find(|b| b.platform == p.platform && run.same)
-            .map(|b| b.phase);
-        if was == Some(Phase::Succeeded) {
-            continue;
-        }
-        if let (Some(start), Some(end)) = (&p.start_time, &p.completion_time)
-            && let (Ok(start), Ok(end)) = (
-                start.parse::<jiff::Timestamp>(),
-                end.parse::<jiff::Timestamp>(),
-            )
-        {
-            ctx.metrics
-                .build_duration
-                .get_or_create(&PlatformLabels {
-                    platform: p.platform.clone(),
-                })
-                .observe(end.duration_since(start).as_secs_f64());
-        }
-        let digest = p.digest.clone().unwrap_or_default();
-        notes.push(Note::normal(
-            "PlatformSucceeded",
-            "Build",
-            format!("{} pushed {digest}", p.platform),
-            p.job.clone(),
-        ));
-    }
-    notes
-}
-
-/// Warnings for the platforms allowed to fail that failed since the last report: the run
-/// goes on without them.
-fn newly_failed_optional(run: &Run, plan: &BuildPlan, platforms: &[PlatformStatus]) -> Vec<Note> {
-    plan.platforms
-        .iter()
-        .zip(platforms)
-        .filter(|(p, s)| p.allow_failure && s.phase == Phase::Failed)
-        .filter(|(_, s)| {
-            !run.same
-                || !run
-                    .previous
-                    .platforms
-                    .iter()
-                    .any(|b| b.platform == s.platform && b.phase == Phase::Failed)
-        })
-        .map(|(_, s)| {
-            let text = format!(
-                "{} failed and may fail; the run goes on without it: {}",
-                s.platform,
-                s.message.clone().unwrap_or_default()
-            );
-            Note::warning("OptionalPlatformFailed", "Build", text, s.job.clone())
-        })
-        .collect()
-}
-
 /// Carries out `step` and reports the run.
 pub async fn take(
     ctx: &Context,
@@ -193,6 +131,7 @@ pub async fn take(
     let generation = plan.generation;
     let mut notes = newly_succeeded(ctx, &run, &platforms);
     notes.extend(newly_failed_optional(&run, plan, &platforms));
+    notes.extend(newly_stuck(&run, &platforms));
     run.status.progress = Some(progress(&platforms));
     run.status.platforms = platforms;
     let action = match step {
@@ -393,11 +332,21 @@ fn record_attachments(status: &mut ImageBuildStatus, published: &Published) {
 /// platform that may fail and failed does not end it).
 fn building(ctx: &Context, run: &mut Run, plan: &BuildPlan) -> Action {
     let phase = Phase::Building;
-    let message = format!(
+    let mut message = format!(
         "{} of {} platforms built",
         run.status.progress.clone().unwrap_or_default(),
         plan.platforms.len()
     );
+    // What holds a platform up is what `kubectl get`, Argo CD and `kubectl wait` show.
+    let held_up = run
+        .status
+        .platforms
+        .iter()
+        .filter(|p| p.reason.is_some() && matches!(p.phase, Phase::Pending | Phase::Building));
+    for p in held_up {
+        let why = p.message.as_deref().unwrap_or_default();
+        message.push_str(&format!("; {} is held up: {why}", p.platform));
+    }
     set_phase_conditions(
         &mut run.status,
         phase,
@@ -406,7 +355,8 @@ fn building(ctx: &Context, run: &mut Run, plan: &BuildPlan) -> Action {
         plan.generation,
         now(),
     );
-    Action::requeue(ctx.config.resync)
+    let resync = ctx.config.resync;
+    Action::requeue(run.look_again.map_or(resync, |at| at.min(resync)))
 }
 
 /// Publishes the index of a run whose platforms all succeeded: signed and attested, each

@@ -136,6 +136,7 @@ mod tests {
             start_time: None,
             completion_time: None,
             message: Some("exit status 2".into()),
+            reason: None,
             emulated: None,
         }
     }

@@ -13,18 +13,22 @@ mod act;
 pub mod client;
 pub mod decide;
 mod error;
+mod events;
 mod jobs;
+mod notes;
 mod observe;
 pub mod placement;
 mod report;
 pub mod signing;
+mod stores;
+mod written;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -32,14 +36,17 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
 pub use error::{ReconcileError, Result};
-pub use observe::{StoreWriters, Stores, trim_job, trim_node, trim_pod};
+pub use events::{EventStores, trim_event};
+pub use observe::trim_node;
+pub use stores::{StoreWriters, Stores, trim_job, trim_pod};
+pub use written::WrittenStatuses;
 
 use crate::api::{ImageBuild, ImageBuildStatus, SourceStatus};
 use crate::plan::{RunId, plan};
 use crate::registry::RegistryOptions;
 use crate::render::{ANNOTATION_IMAGEBUILD, MANAGER, auth_file};
 use crate::settings::{BuilderSettings, KubeVersion};
-use crate::status::{platform_statuses, start_run};
+use crate::status::{Patience, platform_statuses, start_run, stuck};
 use crate::telemetry::{Metrics, ReasonLabels};
 use crate::validation::ValidSpec;
 use decide::{decide, needs_nodes};
@@ -58,6 +65,9 @@ pub struct Config {
     pub signing_key: Option<Arc<crate::supply::SigningKey>>,
     /// How many ImageBuilds are reconciled at once (at least 1).
     pub concurrency: u16,
+    /// How long a builder pod may be stuck on something that will not clear by itself (a
+    /// kubelet refusal, a missing image or Secret) before its platform fails.
+    pub stuck_grace: Duration,
 }
 
 /// What every reconcile shares: the client, the Event recorder, settings, metrics and the
@@ -70,82 +80,6 @@ pub struct Context {
     pub stores: Stores,
     /// The status this process last wrote to each ImageBuild: see [`WrittenStatuses`].
     written: WrittenStatuses,
-}
-
-/// The status this process last wrote to each ImageBuild (by UID), with the
-/// resourceVersions that write supersedes: while the store still shows one of them, the
-/// written status is the one to compare with.
-#[derive(Default)]
-pub struct WrittenStatuses(std::sync::Mutex<std::collections::HashMap<String, Written>>);
-
-struct Written {
-    /// The version the status was written over and, when that was already an older one
-    /// (the ImageBuild watch lagging behind two writes), every version earlier writes were
-    /// made over or made: a store showing any of them is behind this write.
-    superseded: std::collections::HashSet<String>,
-    /// The version the write made; once the store shows it, the store is current.
-    made: Option<String>,
-    status: ImageBuildStatus,
-}
-
-impl WrittenStatuses {
-    /// The ImageBuild's status as it stands: the one this process wrote, when `build` is a
-    /// version that write supersedes (the watch has not shown the write yet), otherwise
-    /// `build`'s own.
-    pub fn observed(&self, build: &ImageBuild) -> ImageBuildStatus {
-        let own = || build.status.clone().unwrap_or_default();
-        let Some(uid) = build.metadata.uid.as_ref() else {
-            return own();
-        };
-        let mut written = self.0.lock().expect("written statuses lock");
-        let behind = |w: &Written| {
-            build
-                .metadata
-                .resource_version
-                .as_ref()
-                .is_some_and(|v| w.superseded.contains(v))
-        };
-        match written.get(uid) {
-            Some(w) if behind(w) => w.status.clone(),
-            Some(_) => {
-                // The store has caught up (or someone else changed the object).
-                written.remove(uid);
-                own()
-            }
-            None => own(),
-        }
-    }
-
-    /// Remembers that `status` was written over `build` (as reconciled), making version
-    /// `made`.
-    pub fn wrote(&self, build: &ImageBuild, made: Option<String>, status: ImageBuildStatus) {
-        let Some(uid) = build.metadata.uid.clone() else {
-            return;
-        };
-        let over = build.metadata.resource_version.clone();
-        let mut written = self.0.lock().expect("written statuses lock");
-        // Written over a version an earlier write superseded: the store still lags, and
-        // shows next the version that earlier write made, which this one supersedes too.
-        let mut superseded = match written.remove(&uid) {
-            Some(w) if over.as_ref().is_some_and(|v| w.superseded.contains(v)) => {
-                let mut earlier = w.superseded;
-                earlier.extend(w.made);
-                earlier
-            }
-            _ => Default::default(),
-        };
-        // A write that changed nothing leaves the version as it was (`made` is `over`): the
-        // store's status is then the written one, and either compares alike.
-        superseded.extend(over);
-        written.insert(
-            uid,
-            Written {
-                superseded,
-                made,
-                status,
-            },
-        );
-    }
 }
 
 impl Context {
@@ -192,6 +126,9 @@ pub struct Run {
     same: bool,
     previous: ImageBuildStatus,
     status: ImageBuildStatus,
+    /// When to look again at the latest, though no watch event comes: when the grace
+    /// period of a stuck pod ends.
+    look_again: Option<Duration>,
 }
 
 impl Run {
@@ -226,6 +163,7 @@ impl Run {
             same,
             previous,
             status,
+            look_again: None,
         }
     }
 
@@ -274,7 +212,15 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
     let plan = plan(&valid, &ctx.config.builder, &commit, auth_file(&build));
     jobs::stop_earlier_runs(&ctx, &build, &stale).await?;
     let reports = observe::pod_reports(&ctx, &build, plan.generation, &current).await?;
-    let platforms = platform_statuses(&plan, &current, &reports, &run.status.platforms);
+    let blocked = observe::blocked(&ctx, &current, &reports);
+    let patience = Patience {
+        now: now(),
+        grace: ctx.config.stuck_grace,
+    };
+    let held_up = reports.iter().filter_map(|(_, r)| r.stuck.as_ref());
+    run.look_again = stuck::next_grace_end(held_up.chain(blocked.iter().map(|(_, s)| s)), patience);
+    let previous = &run.status.platforms;
+    let platforms = platform_statuses(&plan, &current, &reports, &blocked, previous, patience);
     let nodes = match needs_nodes(&plan, &current, &platforms) {
         true => Some(observe::nodes(&ctx, &build, &plan).await?),
         false => None,
@@ -478,7 +424,23 @@ pub async fn run(client: Client, namespaces: Vec<String>, config: Config, metric
                 |p| *p = trim_pod(std::mem::take(p)),
                 1,
             );
-            let stores = Stores::new(jobs, pods, nodes.clone());
+            // Why a builder pod does not start, where its status cannot say (`events.rs`).
+            let event_watch = |fields| {
+                let config = watcher::Config::default()
+                    .page_size(LIST_PAGE)
+                    .fields(fields);
+                let trim = |e: &mut Event| *e = trim_event(std::mem::take(e));
+                shared_reflector(api::<Event>(&client, &namespace), config, trim, 1)
+            };
+            let ((failed_create, mut create_events), (failed_mount, mut mount_events)) = (
+                event_watch(events::FAILED_CREATE),
+                event_watch(events::FAILED_MOUNT),
+            );
+            let events = EventStores {
+                failed_create,
+                failed_mount,
+            };
+            let stores = Stores::new(jobs.clone(), pods.clone(), nodes.clone(), events);
             all_stores.push(stores.clone());
             let ctx = Arc::new(Context::new(
                 client.clone(),
@@ -495,6 +457,12 @@ pub async fn run(client: Client, namespaces: Vec<String>, config: Config, metric
                 .watches_shared_stream(pod_events.remove(0), |pod: Arc<Pod>| {
                     let name = pod.annotations().get(ANNOTATION_IMAGEBUILD)?.clone();
                     Some(ObjectRef::<ImageBuild>::new(&name).within(&pod.namespace()?))
+                })
+                .watches_shared_stream(create_events.remove(0), move |e: Arc<Event>| {
+                    events::imagebuild_of_job_event(&e, &jobs)
+                })
+                .watches_shared_stream(mount_events.remove(0), move |e: Arc<Event>| {
+                    events::imagebuild_of_pod_event(&e, &pods)
                 })
                 // A node that changes in what placement reads wakes the builds waiting for one.
                 .watches_shared_stream(node_events, move |node: Arc<Node>| {
@@ -634,87 +602,6 @@ mod tests {
                                "spec": {"taints": [{"key": "dedicated", "value": "arm", "effect": "NoSchedule"},
                                                    {"key": "spot", "effect": "NoExecute"}]},
                                "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
-        );
-    }
-
-    /// The ImageBuild at resourceVersion `version`, with `phase` in status.
-    fn at_version(version: &str, phase: &str) -> ImageBuild {
-        let mut build = (*build_in("app", serde_json::json!({"phase": phase}))).clone();
-        build.metadata.uid = Some("uid-app".into());
-        build.metadata.resource_version = Some(version.into());
-        build
-    }
-
-    fn phase_of(status: &ImageBuildStatus) -> Option<crate::api::Phase> {
-        status.phase
-    }
-
-    #[test]
-    fn a_store_two_writes_behind_still_compares_with_the_last_write() {
-        use crate::api::Phase;
-        let written = WrittenStatuses::default();
-        let status = |phase| at_version("0", phase).status.unwrap();
-        // Written over version 1, making 2; the store still shows 1.
-        written.wrote(
-            &at_version("1", "Pending"),
-            Some("2".into()),
-            status("Building"),
-        );
-        assert_eq!(
-            phase_of(&written.observed(&at_version("1", "Pending"))),
-            Some(Phase::Building)
-        );
-        // Written over 1 again (the watch lags), making 3; the store then shows 2, which is
-        // older than the last write: its Assembling run must not be assembled again.
-        written.wrote(
-            &at_version("1", "Pending"),
-            Some("3".into()),
-            status("Succeeded"),
-        );
-        assert_eq!(
-            phase_of(&written.observed(&at_version("2", "Building"))),
-            Some(Phase::Succeeded)
-        );
-        // The store shows the last write: its own status, and the memory is gone.
-        assert_eq!(
-            phase_of(&written.observed(&at_version("3", "Succeeded"))),
-            Some(Phase::Succeeded)
-        );
-        assert_eq!(
-            phase_of(&written.observed(&at_version("2", "Building"))),
-            Some(Phase::Building),
-            "a version shown after the store caught up is someone else's doing"
-        );
-    }
-
-    #[test]
-    fn a_version_written_by_someone_else_is_the_store_s_own() {
-        use crate::api::Phase;
-        let written = WrittenStatuses::default();
-        let status = |phase| at_version("0", phase).status.unwrap();
-        written.wrote(
-            &at_version("1", "Pending"),
-            Some("2".into()),
-            status("Building"),
-        );
-        // A user's edit after this write: not a version this write supersedes.
-        assert_eq!(
-            phase_of(&written.observed(&at_version("4", "Failed"))),
-            Some(Phase::Failed)
-        );
-        assert_eq!(
-            phase_of(&written.observed(&at_version("1", "Pending"))),
-            Some(Phase::Pending)
-        );
-        // A write that changed nothing made no new version: the store is current already.
-        written.wrote(
-            &at_version("5", "Building"),
-            Some("5".into()),
-            status("Building"),
-        );
-        assert_eq!(
-            phase_of(&written.observed(&at_version("5", "Building"))),
-            Some(Phase::Building)
         );
     }
 

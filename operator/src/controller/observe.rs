@@ -1,193 +1,22 @@
 //! Reading what the cluster (and the git server) says about one ImageBuild's run.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
-use kube::runtime::reflector::store::Writer;
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 
 use super::Context;
 use super::error::{ReconcileError, Result};
+use super::events;
 use super::placement::{Nodes, PodConstraints};
 use crate::api::{ImageBuild, ImageBuildStatus};
 use crate::plan::BuildPlan;
 use crate::render::{ANNOTATION_REVISION, LABEL_GENERATION, LABEL_IMAGEBUILD};
 use crate::source::{GitCredentials, resolve_commit};
+use crate::status::stuck::{self, Stuck};
 use crate::status::{PodReport, owning_job, pod_report};
-
-/// What the reflectors have seen of archforge's Jobs and builder pods (of one watched scope)
-/// and of the cluster's nodes: the controller reads these instead of listing per reconcile.
-/// Objects are trimmed ([`trim_job`], [`trim_pod`], [`trim_node`]) before they are stored.
-#[derive(Clone)]
-pub struct Stores {
-    pub jobs: Store<Job>,
-    pub pods: Store<Pod>,
-    pub nodes: Store<Node>,
-    /// Jobs this process created that the Job store may not show yet (the watch event can
-    /// come after the ImageBuild's): without it a quick second reconcile would create them
-    /// again, get 409 and read them back.
-    created: Arc<Mutex<CreatedJobs>>,
-}
-
-/// Jobs created by this process, with when.
-type CreatedJobs = HashMap<ObjectRef<Job>, (Instant, Arc<Job>)>;
-
-/// The writing side of [`Stores`] for callers that feed them by hand (tests, tools); the
-/// operator feeds them from watches.
-pub struct StoreWriters {
-    jobs: Writer<Job>,
-    pods: Writer<Pod>,
-    nodes: Writer<Node>,
-}
-
-/// How long a created Job stands in for the store's copy: far longer than a watch event
-/// takes, short enough that a Job deleted meanwhile is noticed.
-const CREATED_TTL: Duration = Duration::from_secs(120);
-
-impl Stores {
-    /// Stores from readers fed elsewhere (by the reflectors of [`super::run`]).
-    pub fn new(jobs: Store<Job>, pods: Store<Pod>, nodes: Store<Node>) -> Stores {
-        Stores {
-            jobs,
-            pods,
-            nodes,
-            created: Arc::default(),
-        }
-    }
-
-    /// Empty stores, not ready until their writers replace their contents.
-    pub fn empty() -> (Stores, StoreWriters) {
-        let writers = StoreWriters {
-            jobs: Writer::default(),
-            pods: Writer::default(),
-            nodes: Writer::default(),
-        };
-        let stores = Stores::new(
-            writers.jobs.as_reader(),
-            writers.pods.as_reader(),
-            writers.nodes.as_reader(),
-        );
-        (stores, writers)
-    }
-
-    /// Waits until every store has had its first list. Awaited once, by one task, before
-    /// the controllers start: kube's readiness signal wakes only the last of several tasks
-    /// waiting on it at once (a oneshot receiver behind a mutex), so reconciles must not be
-    /// the ones to wait, or all but one of the first `--concurrency` hang.
-    pub async fn wait_until_ready(&self) {
-        let _ = self.jobs.wait_until_ready().await;
-        let _ = self.pods.wait_until_ready().await;
-        let _ = self.nodes.wait_until_ready().await;
-    }
-
-    /// Remembers a Job this process just created, until the store shows it.
-    pub fn created(&self, job: Job) {
-        let key = ObjectRef::from_obj(&job);
-        self.created
-            .lock()
-            .expect("created jobs lock")
-            .insert(key, (Instant::now(), Arc::new(job)));
-    }
-
-    /// Forgets a Job this process deleted.
-    pub fn deleted(&self, namespace: &str, name: &str) {
-        let key = ObjectRef::new(name).within(namespace);
-        self.created.lock().expect("created jobs lock").remove(&key);
-    }
-
-    /// The Job named `name` in `namespace`: the store's, or the one this process created.
-    fn job(&self, namespace: &str, name: &str) -> Option<Arc<Job>> {
-        let key = ObjectRef::new(name).within(namespace);
-        let mut created = self.created.lock().expect("created jobs lock");
-        created.retain(|_, (at, _)| at.elapsed() < CREATED_TTL);
-        match self.jobs.get(&key) {
-            Some(job) => {
-                created.remove(&key);
-                Some(job)
-            }
-            None => created.get(&key).map(|(_, job)| job.clone()),
-        }
-    }
-}
-
-fn replace<K>(writer: &mut Writer<K>, objects: impl IntoIterator<Item = K>)
-where
-    K: kube::runtime::reflector::Lookup + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    writer.apply_watcher_event(&watcher::Event::Init);
-    for object in objects {
-        writer.apply_watcher_event(&watcher::Event::InitApply(object));
-    }
-    writer.apply_watcher_event(&watcher::Event::InitDone);
-}
-
-impl StoreWriters {
-    /// Replaces the Jobs (trimmed as the reflector trims them); the Job store is ready.
-    pub fn set_jobs(&mut self, jobs: impl IntoIterator<Item = Job>) {
-        replace(&mut self.jobs, jobs.into_iter().map(trim_job));
-    }
-
-    /// Replaces the builder pods (trimmed); the pod store is ready.
-    pub fn set_pods(&mut self, pods: impl IntoIterator<Item = Pod>) {
-        replace(&mut self.pods, pods.into_iter().map(trim_pod));
-    }
-
-    /// Replaces the nodes (trimmed); the node store is ready.
-    pub fn set_nodes(&mut self, nodes: impl IntoIterator<Item = Node>) {
-        replace(&mut self.nodes, nodes.into_iter().map(trim_node));
-    }
-}
-
-/// Drops what no step reads from a Job: its spec (the pod template is most of the object),
-/// managed fields and the status' pod bookkeeping. Kept: metadata (names, labels,
-/// annotations, owner references) and the status' counts, times and conditions.
-pub fn trim_job(mut job: Job) -> Job {
-    job.metadata.managed_fields = None;
-    job.spec = None;
-    if let Some(status) = job.status.as_mut() {
-        status.uncounted_terminated_pods = None;
-        for c in status.conditions.iter_mut().flatten() {
-            c.last_probe_time = None;
-        }
-    }
-    job
-}
-
-/// Keeps of a builder pod only what its report is made from: metadata (owner references,
-/// labels) and its containers' states. The spec, conditions and addresses go.
-pub fn trim_pod(mut pod: Pod) -> Pod {
-    pod.metadata.managed_fields = None;
-    pod.spec = None;
-    if let Some(status) = pod.status.as_mut() {
-        status.conditions = None;
-        status.pod_ips = None;
-        status.pod_ip = None;
-        status.host_ips = None;
-        status.host_ip = None;
-        status.ephemeral_container_statuses = None;
-        for c in status
-            .container_statuses
-            .iter_mut()
-            .flatten()
-            .chain(status.init_container_statuses.iter_mut().flatten())
-        {
-            c.image = String::new();
-            c.image_id = String::new();
-            c.last_state = None;
-            c.volume_mounts = None;
-            c.resources = None;
-            c.allocated_resources = None;
-            c.user = None;
-        }
-    }
-    pod
-}
 
 /// Keeps of a node its name, labels, whether it is cordoned, its taints (without the time
 /// a NoExecute one was added) and its Ready condition (without heartbeat times): the
@@ -311,10 +140,45 @@ pub async fn pod_reports(
     });
     // The store has no order; a list had the API server's (by name).
     pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let mount_events = |pod: &Pod| {
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        events::about(&ctx.stores.events.failed_mount, &namespace, uid)
+    };
     Ok(pods
         .iter()
-        .filter_map(|pod| Some((owning_job(pod, jobs)?, pod_report(pod))))
+        .filter_map(|pod| {
+            let mut report = pod_report(pod);
+            // A pod whose status says only that it is on its way may say why in its Events.
+            if stuck::waits_silently(pod) {
+                let said = mount_events(pod);
+                report.stuck = stuck::of_pod_events(&said.iter().map(|e| &**e).collect::<Vec<_>>());
+            }
+            Some((owning_job(pod, jobs)?, report))
+        })
         .collect())
+}
+
+/// Why Jobs of this run that have no pod have none: the Job controller's refusals, by Job
+/// name. Read from the Event store: no request.
+pub fn blocked(
+    ctx: &Context,
+    jobs: &[Job],
+    reports: &[(String, PodReport)],
+) -> Vec<(String, Stuck)> {
+    jobs.iter()
+        .filter(|j| {
+            !reports
+                .iter()
+                .any(|(name, _)| Some(name) == j.metadata.name.as_ref())
+        })
+        .filter_map(|j| {
+            let namespace = j.metadata.namespace.as_deref().unwrap_or_default();
+            let uid = j.metadata.uid.as_deref()?;
+            let said = events::about(&ctx.stores.events.failed_create, namespace, uid);
+            let stuck = stuck::of_job_events(&said.iter().map(|e| &**e).collect::<Vec<_>>())?;
+            Some((j.metadata.name.clone()?, stuck))
+        })
+        .collect()
 }
 
 /// How the cluster's nodes stand for each platform of `plan`: which qualify for its builder

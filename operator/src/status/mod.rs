@@ -1,13 +1,21 @@
 //! From what the cluster shows (Jobs, their pods) to what the ImageBuild's status says.
 //! Pure: no client and no clock (the time is passed in), so every decision is unit-tested.
 
+pub mod fatal;
+mod history;
+pub mod stuck;
+
+use std::time::Duration;
+
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::{ImageBuildStatus, Phase, PlatformStatus, RunRecord};
+use crate::api::{ImageBuildStatus, Phase, PlatformStatus};
 use crate::plan::BuildPlan;
 use crate::render::{BUILDER_CONTAINER, GIT_SYNC_CONTAINER};
+pub use history::{record_run, start_run};
+pub use stuck::Stuck;
 
 pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
@@ -23,6 +31,19 @@ pub struct PodReport {
     pub digest: Option<String>,
     /// The termination message of a failed container (its log tail), prefixed with its name.
     pub failure: Option<String>,
+    /// Why the pod is not getting on ([`stuck::of_pod`]), or why its builder died when the
+    /// cause is a known one.
+    pub stuck: Option<Stuck>,
+    /// When the pod was created: a Job's newest pod says how its platform is doing.
+    pub created: Option<jiff::Timestamp>,
+}
+
+/// What a stuck platform is measured against: the time now and the operator's grace period
+/// for conditions that will not clear by themselves.
+#[derive(Clone, Copy, Debug)]
+pub struct Patience {
+    pub now: jiff::Timestamp,
+    pub grace: Duration,
 }
 
 /// Whether `text` is exactly one `sha256:<64 lowercase hex>` digest.
@@ -66,7 +87,11 @@ pub fn owning_job(pod: &Pod, jobs: &[Job]) -> Option<String> {
 
 /// Reads a builder pod's termination messages.
 pub fn pod_report(pod: &Pod) -> PodReport {
-    let mut report = PodReport::default();
+    let mut report = PodReport {
+        stuck: stuck::of_pod(pod),
+        created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        ..PodReport::default()
+    };
     let Some(status) = &pod.status else {
         return report;
     };
@@ -98,7 +123,17 @@ pub fn pod_report(pod: &Pod) -> PodReport {
             } else {
                 message.to_string()
             };
-            report.failure = Some(keep_tail(&format!("{what} failed: {detail}"), MAX_MESSAGE));
+            // A known cause goes first, with its fix; the log tail fills what is left.
+            let known = (c.name == BUILDER_CONTAINER)
+                .then(|| fatal::known_failure(&detail))
+                .flatten()
+                .map(|k| format!("{}: {}; ", k.reason, k.fix))
+                .unwrap_or_default();
+            let tail = keep_tail(
+                &format!("{what} failed: {detail}"),
+                MAX_MESSAGE - known.len(),
+            );
+            report.failure = Some(format!("{known}{tail}"));
         }
     }
     report
@@ -120,14 +155,17 @@ fn time(t: &Option<Time>) -> Option<String> {
     t.as_ref().map(|t| t.0.to_string())
 }
 
-/// One platform's state, from its Job (if it exists), the reports of its pods, and what the
-/// status already recorded (a digest survives the Job's deletion by its TTL).
+/// One platform's state, from its Job (if it exists), the reports of its pods, what holds
+/// it up (`stuck`: its newest pod's, or why its Job has none), and what the status already
+/// recorded (a digest survives the Job's deletion by its TTL).
 pub fn platform_status(
     platform: &str,
     job_name: &str,
     job: Option<&Job>,
     pods: &[PodReport],
+    stuck: Option<Stuck>,
     previous: Option<&PlatformStatus>,
+    patience: Patience,
 ) -> PlatformStatus {
     let mut entry = PlatformStatus {
         platform: platform.to_string(),
@@ -139,6 +177,7 @@ pub fn platform_status(
         start_time: previous.and_then(|p| p.start_time.clone()),
         completion_time: previous.and_then(|p| p.completion_time.clone()),
         message: None,
+        reason: None,
         emulated: None,
     };
     if let Some(previous) = previous
@@ -183,6 +222,19 @@ pub fn platform_status(
         entry.phase = Phase::Failed;
         let from_pod = pods.iter().rev().find_map(|p| p.failure.clone());
         let from_job = failed.message.clone().or_else(|| failed.reason.clone());
+        // A Job that gave up (its deadline) has deleted its pods: what held them up was
+        // recorded before, and is why it failed.
+        let earlier =
+            previous.filter(|p| from_pod.is_none() && stuck.is_none() && p.reason.is_some());
+        let before = earlier.and_then(|p| p.message.as_deref());
+        let from_job = from_job.map(|m| match before {
+            Some(why) => format!("{m}; before that: {why}"),
+            None => m,
+        });
+        entry.reason = stuck
+            .map(|s| s.reason)
+            .or_else(|| earlier.and_then(|p| p.reason.clone()))
+            .or_else(|| failed.reason.clone());
         entry.message = Some(keep_tail(
             &from_pod
                 .or(from_job)
@@ -197,7 +249,36 @@ pub fn platform_status(
         Phase::Pending
     };
     entry.message = None;
+    if let Some(stuck) = stuck {
+        held_up(&mut entry, stuck, previous, patience);
+    }
     entry
+}
+
+/// Says what holds the platform up; fails it when that will not clear by itself and has
+/// lasted the grace period.
+fn held_up(
+    entry: &mut PlatformStatus,
+    stuck: Stuck,
+    previous: Option<&PlatformStatus>,
+    patience: Patience,
+) {
+    let before = previous.and_then(|p| Some((p.reason.as_deref()?, p.message.as_deref()?)));
+    let stuck = stuck::keep_informative(stuck, before);
+    entry.reason = Some(stuck.reason.clone());
+    let over = stuck.grace_left(patience.now, patience.grace).is_zero();
+    entry.message = Some(match stuck.permanent() && over {
+        true => {
+            entry.phase = Phase::Failed;
+            entry.completion_time = Some(patience.now.to_string());
+            format!(
+                "{} (still so after the {} grace period)",
+                stuck.message,
+                humantime::format_duration(patience.grace)
+            )
+        }
+        false => stuck.message,
+    });
 }
 
 /// The run's phase from its platforms.
@@ -307,80 +388,15 @@ pub fn set_phase_conditions(
     );
 }
 
-/// A status for a new run: the previous run, if it had started and not finished, goes into
-/// history as superseded; results of the previous run are cleared.
-pub fn start_run(
-    previous: &ImageBuildStatus,
-    generation: i64,
-    rebuild: Option<String>,
-    history_limit: usize,
-    now: jiff::Timestamp,
-) -> ImageBuildStatus {
-    let mut history = previous.history.clone();
-    if let (Some(old_generation), Some(phase)) = (previous.observed_generation, previous.phase)
-        && !matches!(phase, Phase::Succeeded | Phase::Failed)
-        && previous.source.is_some()
-    {
-        history.insert(
-            0,
-            RunRecord {
-                generation: old_generation,
-                rebuild: previous.rebuild.clone(),
-                commit: previous.source.as_ref().map(|s| s.commit.clone()),
-                digest: None,
-                result: Phase::Failed,
-                start_time: previous
-                    .platforms
-                    .iter()
-                    .filter_map(|p| p.start_time.clone())
-                    .min(),
-                completion_time: Some(now.to_string()),
-                message: Some(format!("superseded by generation {generation}")),
-            },
-        );
-    }
-    history.truncate(history_limit);
-    ImageBuildStatus {
-        observed_generation: Some(generation),
-        rebuild,
-        conditions: previous.conditions.clone(),
-        history,
-        ..Default::default()
-    }
-}
-
-/// Records the finished current run at the head of the history.
-pub fn record_run(
-    status: &mut ImageBuildStatus,
-    result: Phase,
-    message: Option<String>,
-    history_limit: usize,
-    now: jiff::Timestamp,
-) {
-    let record = RunRecord {
-        generation: status.observed_generation.unwrap_or_default(),
-        rebuild: status.rebuild.clone(),
-        commit: status.source.as_ref().map(|s| s.commit.clone()),
-        digest: status.digest.clone(),
-        result,
-        start_time: status
-            .platforms
-            .iter()
-            .filter_map(|p| p.start_time.clone())
-            .min(),
-        completion_time: Some(now.to_string()),
-        message,
-    };
-    status.history.insert(0, record);
-    status.history.truncate(history_limit);
-}
-
 /// The platform statuses of `plan`'s run.
+/// `blocked` holds, by Job name, why a Job has no pod (the Job controller's refusals).
 pub fn platform_statuses(
     plan: &BuildPlan,
     jobs: &[Job],
     pods: &[(String, PodReport)],
+    blocked: &[(String, Stuck)],
     previous: &[PlatformStatus],
+    patience: Patience,
 ) -> Vec<PlatformStatus> {
     plan.platforms
         .iter()
@@ -395,10 +411,21 @@ pub fn platform_statuses(
                 .map(|(_, r)| r.clone())
                 .collect();
             let before = previous.iter().find(|s| s.platform == platform);
-            platform_status(&platform, &p.job_name, job, &reports, before)
+            let stuck = match reports.iter().max_by_key(|r| r.created) {
+                Some(newest) => newest.stuck.clone(),
+                None => blocked
+                    .iter()
+                    .find(|(job, _)| job == &p.job_name)
+                    .map(|(_, s)| s.clone()),
+            };
+            let (job_name, pods) = (&p.job_name, &reports);
+            platform_status(&platform, job_name, job, pods, stuck, before, patience)
         })
         .collect()
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod held_up_tests;

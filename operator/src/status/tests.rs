@@ -3,19 +3,26 @@ use serde_json::json;
 
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-fn job(status: serde_json::Value) -> Job {
+pub(super) fn patience() -> Patience {
+    Patience {
+        now: "2026-11-23T10:10:00Z".parse().unwrap(),
+        grace: Duration::from_secs(120),
+    }
+}
+
+pub(super) fn job(status: serde_json::Value) -> Job {
     serde_json::from_value(json!({"metadata": {"name": "app-1-linux-arm64"}, "status": status}))
         .unwrap()
 }
 
-fn pod(containers: serde_json::Value, init: serde_json::Value) -> Pod {
+pub(super) fn pod(containers: serde_json::Value, init: serde_json::Value) -> Pod {
     serde_json::from_value(
         json!({"status": {"containerStatuses": containers, "initContainerStatuses": init}}),
     )
     .unwrap()
 }
 
-fn terminated(name: &str, code: i32, message: &str) -> serde_json::Value {
+pub(super) fn terminated(name: &str, code: i32, message: &str) -> serde_json::Value {
     json!({"name": name, "image": "x", "imageID": "", "ready": false, "restartCount": 0,
            "state": {"terminated": {"exitCode": code, "message": message, "reason": "Error"}}})
 }
@@ -70,6 +77,8 @@ fn a_succeeded_builder_reports_its_digest() {
         Some(&j),
         &[report],
         None,
+        None,
+        patience(),
     );
     assert_eq!(s.phase, Phase::Succeeded);
     assert_eq!(s.digest.as_deref(), Some(DIGEST));
@@ -95,6 +104,8 @@ fn a_failed_builder_reports_its_log_tail() {
         Some(&j),
         &[report],
         None,
+        None,
+        patience(),
     );
     assert_eq!(s.phase, Phase::Failed);
     let message = s.message.unwrap();
@@ -120,7 +131,7 @@ fn a_job_failed_by_deadline_without_pod_message_uses_the_job_condition() {
     let j = job(
         json!({"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]}),
     );
-    let s = platform_status("linux/arm64", "j", Some(&j), &[], None);
+    let s = platform_status("linux/arm64", "j", Some(&j), &[], None, None, patience());
     assert_eq!(
         s.message.as_deref(),
         Some("Job was active longer than specified deadline")
@@ -139,6 +150,8 @@ fn success_without_a_digest_is_a_failure() {
         Some(&job(json!({"succeeded": 1}))),
         &[report],
         None,
+        None,
+        patience(),
     );
     assert_eq!(s.phase, Phase::Failed);
 }
@@ -155,9 +168,18 @@ fn a_recorded_result_survives_the_jobs_deletion() {
         start_time: None,
         completion_time: None,
         message: None,
+        reason: None,
         emulated: None,
     };
-    let s = platform_status("linux/amd64", "j", None, &[], Some(&before));
+    let s = platform_status(
+        "linux/amd64",
+        "j",
+        None,
+        &[],
+        None,
+        Some(&before),
+        patience(),
+    );
     assert_eq!(s, before);
 }
 
@@ -173,6 +195,7 @@ fn phases_of_a_run() {
         start_time: None,
         completion_time: None,
         message: None,
+        reason: None,
         emulated: None,
     };
     assert_eq!(

@@ -32,7 +32,7 @@ pub fn mock_client(metrics: &Arc<Metrics>) -> (kube::Client, Handle) {
 }
 
 /// The operator's config in these tests: the oldest supported server, a history of 10, a
-/// resync far beyond any test, 4 concurrent reconciles.
+/// resync far beyond any test, 4 concurrent reconciles, the default 2m grace for stuck pods.
 pub fn config(
     builder: BuilderSettings,
     registry: RegistryOptions,
@@ -46,6 +46,8 @@ pub fn config(
         resync: Duration::from_secs(300),
         concurrency: 4,
         signing_key: signing_key.map(Arc::new),
+        // Long enough that no test outside the stuck-pod ones meets its end.
+        stuck_grace: Duration::from_secs(120),
     }
 }
 
