@@ -6,13 +6,15 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, ensure};
 use archforge::api::{ImageBuildStatus, Phase};
 use archforge::render::BUILDER_CONTAINER;
+use archforge::settings::AppArmorMode;
 use archforge_e2e::filter::JobFilter;
 use archforge_e2e::nodes;
-use k8s_openapi::api::core::v1::{Container, Node};
+use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec};
 use kube::ResourceExt;
 use kube::api::Api;
 
 use crate::case::{Case, condition, describe};
+use crate::suite::Suite;
 
 /// What the builder container of every pod of a strategy must carry.
 pub struct Builder<'a> {
@@ -60,8 +62,8 @@ pub async fn wait_succeeded(
 
 /// The builder pods of `name`, each platform's at least one: bound to a node of the
 /// platform's architecture, with a builder container of `expect.image` under the fuse limit
-/// and the AppArmor profile `expect.apparmor_profile` (annotation, and the field on servers
-/// that have it).
+/// and the AppArmor profile `expect.apparmor_profile` as the operator's AppArmor mode asks
+/// for it (annotation, and the field on servers that have it).
 pub async fn placed_builders(
     case: &Case,
     name: &str,
@@ -109,30 +111,7 @@ pub async fn placed_builders(
                 fuse.map(|q| q.0.as_str()) == Some(suite.builder.fuse_quantity.as_str()),
                 "fuse limit on the admitted pod: {fuse:?}"
             );
-            let profile = format!("localhost/{}", expect.apparmor_profile);
-            let annotation =
-                format!("container.apparmor.security.beta.kubernetes.io/{BUILDER_CONTAINER}");
-            ensure!(
-                pod.annotations().get(&annotation) == Some(&profile),
-                "AppArmor annotation on the admitted pod: {:?}",
-                pod.annotations().get(&annotation)
-            );
-            if suite.version.has_apparmor_field() {
-                let field = builder
-                    .security_context
-                    .as_ref()
-                    .and_then(|s| s.app_armor_profile.as_ref())
-                    .or(spec
-                        .security_context
-                        .as_ref()
-                        .and_then(|s| s.app_armor_profile.as_ref()));
-                ensure!(
-                    field.and_then(|p| p.localhost_profile.as_deref())
-                        == Some(expect.apparmor_profile),
-                    "appArmorProfile on a {} server: {field:?}",
-                    suite.version
-                );
-            }
+            check_apparmor(suite, &pod, &spec, &builder, expect.apparmor_profile)?;
             placed.push(BuilderPod { platform, builder });
         }
     }
@@ -155,6 +134,56 @@ pub async fn ensure_pushed(
     );
     for reason in ["RunStarted", "PlatformSucceeded", "IndexPushed"] {
         case.expect_event(name, reason, "Normal").await?;
+    }
+    Ok(())
+}
+
+/// The builder's AppArmor request, as the operator's `--apparmor` mode (read by the suite
+/// from the same environment as its operators) makes it: `localhost/<profile>`,
+/// `runtime/default`, or nothing at all (nodes without AppArmor refuse any profile).
+fn check_apparmor(
+    suite: &Suite,
+    pod: &Pod,
+    spec: &PodSpec,
+    builder: &Container,
+    profile: &str,
+) -> anyhow::Result<()> {
+    let (annotation_value, field_type, field_profile) = match suite.builder.apparmor {
+        AppArmorMode::Localhost => (
+            Some(format!("localhost/{profile}")),
+            Some("Localhost"),
+            Some(profile),
+        ),
+        AppArmorMode::RuntimeDefault => (
+            Some("runtime/default".to_string()),
+            Some("RuntimeDefault"),
+            None,
+        ),
+        AppArmorMode::None => (None, None, None),
+    };
+    let annotation = format!("container.apparmor.security.beta.kubernetes.io/{BUILDER_CONTAINER}");
+    ensure!(
+        pod.annotations().get(&annotation) == annotation_value.as_ref(),
+        "AppArmor annotation on the admitted pod ({:?} mode): {:?}",
+        suite.builder.apparmor,
+        pod.annotations().get(&annotation)
+    );
+    if suite.version.has_apparmor_field() {
+        let field = builder
+            .security_context
+            .as_ref()
+            .and_then(|s| s.app_armor_profile.as_ref())
+            .or(spec
+                .security_context
+                .as_ref()
+                .and_then(|s| s.app_armor_profile.as_ref()));
+        ensure!(
+            field.map(|p| p.type_.as_str()) == field_type
+                && field.and_then(|p| p.localhost_profile.as_deref()) == field_profile,
+            "appArmorProfile on a {} server ({:?} mode): {field:?}",
+            suite.version,
+            suite.builder.apparmor
+        );
     }
     Ok(())
 }

@@ -1,7 +1,5 @@
 //! Reading what the cluster (and the git server) says about one ImageBuild's run.
 
-use std::sync::Arc;
-
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::runtime::reflector::Store;

@@ -21,14 +21,14 @@ const KNOWN: &[(&[&str], Known)] = &[
         ],
         Known {
             reason: "SeccompBlocksRootlessKit",
-            fix: "the node's seccomp profile does not let rootlesskit create its user namespace: run BuildKit builders under the shipped profile (--buildkit-seccomp-profile, chart builder.buildkitSeccompProfile, installed on the nodes by config/seccomp or seccompLoader.enabled=true)",
+            fix: "the node's seccomp profile does not let rootlesskit create its user namespace: run BuildKit builders under the shipped profile (--buildkit-seccomp-profile, chart builder.buildkitSeccompProfile, installed on the nodes by the chart's nodeProfiles.enabled=true or config/node-profiles)",
         },
     ),
     (
         &["unable to join session keyring"],
         Known {
             reason: "SessionKeyringDenied",
-            fix: "the seccomp profile denies keyctl with EPERM, and runc only tolerates ENOSYS there: use the shipped archforge-buildkit seccomp profile (config/seccomp), which denies the keyring calls with ENOSYS",
+            fix: "the seccomp profile denies keyctl with EPERM, and runc only tolerates ENOSYS there: use the shipped archforge-buildkit seccomp profile (nodeProfiles.enabled=true), which denies the keyring calls with ENOSYS",
         },
     ),
     (
@@ -42,7 +42,7 @@ const KNOWN: &[(&[&str], Known)] = &[
         &["unshare(clone_newuser)", "error during unshare"],
         Known {
             reason: "SeccompBlocksUserNamespaces",
-            fix: "the container runtime's default seccomp profile refuses unshare(CLONE_NEWUSER) (containerd 1.6 does): run the builder under the shipped localhost profile (--seccomp-profile, chart builder.seccompProfile, installed on the nodes by config/seccomp or seccompLoader.enabled=true)",
+            fix: "the container runtime's default seccomp profile refuses unshare(CLONE_NEWUSER) (containerd 1.6 does): run the builder under the shipped localhost profile (--seccomp-profile, chart builder.seccompProfile, installed on the nodes by the chart's nodeProfiles.enabled=true or config/node-profiles)",
         },
     ),
 ];

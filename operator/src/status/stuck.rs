@@ -223,7 +223,7 @@ fn refusal_fix(reason: &str) -> &'static str {
             " — the node cannot apply the builder's AppArmor profile: load it on every build node (config/apparmor), or use the AppArmor setting for nodes without AppArmor (README, Node requirements)"
         }
         "SeccompProfile" => {
-            " — the node cannot apply the builder's seccomp profile: install it on the node (config/seccomp, or the chart's seccompLoader.enabled=true)"
+            " — the node cannot apply the builder's seccomp profile: install it on the node (the chart's nodeProfiles.enabled=true, or config/node-profiles)"
         }
         _ => "",
     }
