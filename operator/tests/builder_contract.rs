@@ -216,6 +216,38 @@ fn buildkit_without_what_rootlesskit_needs_is_named_in_one_line() {
     }
 }
 
+/// As root every device is writable, so the script runs as another user against a device
+/// node only root may open (as a node whose udev rules leave /dev/fuse 0600 gives it).
+#[test]
+fn a_fuse_device_the_builder_cannot_open_is_named() {
+    let devices = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        devices.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let device = devices.path().join("fuse");
+    // The character device of /dev/null, mode 0600, owned by root.
+    common::run(
+        std::process::Command::new("mknod")
+            .args(["-m", "600"])
+            .arg(&device)
+            .args(["c", "1", "3"]),
+    );
+    let image = FakeImage {
+        fuse_device: device.clone(),
+        run_as: Some(65534),
+        ..FakeImage::default()
+    };
+    assert_eq!(
+        refusal(&image, "buildah"),
+        format!(
+            "archforge: {} is not readable and writable by UID 65534 (the device keeps the node's mode); make it mode 0666 on the nodes, as udev does",
+            device.display()
+        )
+    );
+}
+
 /// What the image says (buildah's output, the subordinate ID files) is printed or compared,
 /// never run: shell syntax in it does nothing.
 #[test]

@@ -313,6 +313,77 @@ fn hostile_or_oversized_trust_settings_stop_the_operator_at_start() {
     assert!(yaml.contains("plain.internal"), "{yaml}");
 }
 
+/// `archforge run` reads the trust settings before it looks for a cluster: a bad one stops
+/// it there, naming the setting.
+#[test]
+fn the_controller_refuses_a_bad_ca_directory_before_it_connects() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.crt"), PEM).unwrap();
+    for (ca_dir, words) in [
+        (
+            "/nonexistent/registry-ca".to_string(),
+            "cannot read the registry CA directory /nonexistent/registry-ca",
+        ),
+        (
+            dir.path().display().to_string(),
+            "\"ca.crt\" is not a registry host: it names a file",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_archforge"))
+            .arg("run")
+            .env_clear()
+            .env("ARCHFORGE_REGISTRY_CA_DIR", &ca_dir)
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(words), "{err}");
+        assert!(
+            !err.contains("kubeconfig"),
+            "it looked for a cluster first: {err}"
+        );
+    }
+}
+
+/// The script writes a certificate only under its certificate directory, whatever host
+/// name reaches it (the operator never renders such a host; this is the script's own guard).
+#[test]
+fn the_script_refuses_a_host_that_would_leave_the_certificate_directory() {
+    for strategy in ["buildah", "buildkit"] {
+        for bad in ["../escape", "a/b", ".hidden", ""] {
+            let dir = tempfile::tempdir().unwrap();
+            let job = &jobs(&with_strategy(strategy), &trust())[0];
+            let tool = if strategy == "buildah" {
+                "buildah"
+            } else {
+                "buildctl-daemonless.sh"
+            };
+            let ran = run_container_in(
+                &FakeImage::default(),
+                job,
+                dir.path(),
+                checkout,
+                tool,
+                recorder,
+                |name, v| match name {
+                    Some("ARCHFORGE_REGISTRY_CA_HOST_0") => bad.to_string(),
+                    _ => v.to_string(),
+                },
+            );
+            assert!(!ran.output.status.success(), "{strategy} {bad:?}");
+            assert!(ran.calls.is_empty());
+            assert_eq!(
+                ran.stderr(),
+                format!(
+                    "archforge: registry trust: refusing to write the CA of registry host {bad}\n"
+                )
+            );
+            assert!(!dir.path().join("escape").exists());
+        }
+    }
+}
+
 // --- a real buildah through the builder script ------------------------------------------
 
 /// A busybox image, committed with the machine's buildah and pushed to `registry` as

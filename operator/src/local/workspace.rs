@@ -94,3 +94,48 @@ fn write_certificates(root: &Path, options: &LocalOptions) -> Result<PathBuf, Lo
     }
     Ok(dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    /// `build --local` gets the registry trust as the builder pods do: the same rendered
+    /// registries.conf entries, and each host's CA (in buildah's one --cert-dir).
+    #[test]
+    fn the_trust_settings_become_the_local_files() {
+        let ca_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(ca_file.path(), PEM).unwrap();
+        let trust = RegistryTrust::new(
+            ["plain.internal:5000".parse().unwrap()],
+            [("registry.internal:5000".parse().unwrap(), PEM.to_string())],
+        )
+        .unwrap();
+        let options = LocalOptions {
+            ca_files: vec![ca_file.path().display().to_string()],
+            trust: trust.clone(),
+            ..Default::default()
+        };
+        let ws = Workspace::new(&options).unwrap();
+        let conf = std::fs::read_to_string(ws.registries_conf.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            conf,
+            format!(
+                "unqualified-search-registries = []\n{}",
+                trust.registries_conf()
+            )
+        );
+        let certs = ws.cert_dir.as_ref().unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(certs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["ca-0.crt", "registry-registry.internal_5000.crt"]);
+        assert_eq!(ws.trust, trust);
+
+        let none = Workspace::new(&LocalOptions::default()).unwrap();
+        assert!(none.registries_conf.is_none() && none.cert_dir.is_none());
+    }
+}

@@ -45,6 +45,8 @@ pub struct FakeImage {
     pub subgid: Option<String>,
     /// BuildKit's programs besides the recorded one.
     pub buildkit_tools: Vec<&'static str>,
+    /// Run the script as this UID (and GID) instead of the test's own, with `setpriv`.
+    pub run_as: Option<u32>,
 }
 
 impl Default for FakeImage {
@@ -64,6 +66,7 @@ impl Default for FakeImage {
             subuid: None,
             subgid: None,
             buildkit_tools: vec!["buildctl", "buildkitd", "rootlesskit"],
+            run_as: None,
         }
     }
 }
@@ -212,7 +215,19 @@ pub fn run_container_in(
     std::fs::write(&subgid, image.subgid.as_deref().unwrap_or(&own_range)).unwrap();
 
     let command = builder.command.as_ref().unwrap();
-    let mut cmd = Command::new(&command[0]);
+    let mut cmd = match image.run_as {
+        None => Command::new(&command[0]),
+        Some(uid) => {
+            // The test's directory is its own (0700): let that user in.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let mut cmd = Command::new("/usr/bin/setpriv");
+            cmd.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .args(["--clear-groups", "--"])
+                .arg(&command[0]);
+            cmd
+        }
+    };
     cmd.args(command[1..].iter().map(|a| relocate(None, a)))
         .env_clear()
         .env("PATH", format!("{}:{}", bin.display(), sys.display()));
