@@ -243,6 +243,7 @@ fn values_schema_refuses_bad_values() {
         ),
         // The one-bundle form the chart had before CAs were given per registry host.
         ("registry:\n  caConfigMap:\n    key: ca.crt\n", "key"),
+        ("registry:\n  caConfigMap:\n    name: Corp_CA\n", "name"),
     ] {
         let file = dir.path().join("values.yaml");
         std::fs::write(&file, values).unwrap();

@@ -57,6 +57,7 @@ const CONTRACT_ENV: [(&str, &str); 2] = [
     ("ARCHFORGE_SUBUID_FILE", "/etc/subuid"),
     ("ARCHFORGE_SUBGID_FILE", "/etc/subgid"),
 ];
+/// The fuse device the buildah script checks (ARCHFORGE_FUSE_DEVICE), for the same reason.
 const FUSE_DEVICE: &str = "/dev/fuse";
 
 /// The labels every object of one run carries; also the selector for finding them.

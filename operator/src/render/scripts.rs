@@ -192,7 +192,9 @@ fi
 /// the count of the build argv, the build argv and the push argv, both from the plan (the
 /// same lists the local executor runs). Every user value reaches it as a positional argument
 /// or an environment variable expanded inside double quotes; the only text `eval` reads is
-/// `"${1}" "${2}" ...`, made from numbers, so no user string is ever parsed as shell syntax.
+/// `"${1}" "${2}" ...` and variable names, made from numbers, so no user string is ever
+/// parsed as shell syntax. In order: the image contract, the registry trust files, the
+/// source checks, the build and the push.
 ///
 /// The link git-sync made is read rather than followed because `fs.protected_symlinks`
 /// can refuse to follow a link owned by another user (git-sync runs as its own UID).
@@ -203,7 +205,7 @@ fi
 /// the checkout may point outside it either: buildah follows a `RUN --mount=type=bind`
 /// source through links (before 1.38.1, CVE-2024-11218). The checkout is mounted
 /// read-only, so what is checked is what buildah reads; `realpath -m` (GNU coreutils, in
-/// the default builder image) is needed, and without it the check fails closed.
+/// the default builder image) is needed, and the contract check refuses an image without it.
 pub const BUILDER_SCRIPT: &str = concat!(
     prelude!(),
     buildah_contract!(),
