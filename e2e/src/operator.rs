@@ -298,10 +298,14 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(run.namespaces, vec!["e2e-a"]);
-        assert_eq!(
-            run.registry.insecure_registries,
-            vec!["10.0.0.5:5000", "127.0.0.1:40001"]
-        );
+        let insecure: Vec<&str> = run
+            .registry
+            .trust
+            .insecure_registries
+            .iter()
+            .map(|host| host.as_str())
+            .collect();
+        assert_eq!(insecure, ["10.0.0.5:5000", "127.0.0.1:40001"]);
         assert_eq!(run.resync, Duration::from_secs(20));
     }
 }

@@ -7,12 +7,14 @@ use clap::{Parser, Subcommand};
 use crate::api::MediaType;
 use crate::manifest;
 use crate::plan::{Platform, plan};
-use crate::registry::{
-    DockerConfig, PlatformImage, Registry, RegistryError, RegistryOptions, check_unique_platforms,
-};
+use crate::registry::{PlatformImage, Registry, check_unique_platforms};
 use crate::render::{auth_file, render_jobs};
 use crate::settings::{BuilderSettings, KubeVersion};
 use crate::validation::ValidSpec;
+
+mod registry_args;
+
+pub use registry_args::{RegistryArgs, RegistryTrustArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -70,7 +72,8 @@ pub struct VerifyArgs {
 async fn verify(args: &VerifyArgs) -> Result<Vec<String>, String> {
     let pem = std::fs::read(&args.key).map_err(|e| format!("cannot read {}: {e}", args.key))?;
     let key = crate::supply::load_public_key(&pem).map_err(|e| format!("{}: {e}", args.key))?;
-    let registry = Registry::new(args.registry.options().map_err(|e| e.to_string())?);
+    let trust = args.registry.trust().map_err(|e| e.to_string())?;
+    let registry = Registry::new(args.registry.options(&trust).map_err(|e| e.to_string())?);
     let verified = crate::supply::verify::verify_image(&registry, &args.image, &key)
         .await
         .map_err(|e| format!("verification failed: {e}"))?;
@@ -287,6 +290,13 @@ async fn run_controller(args: &RunArgs) -> crate::Result<()> {
         return Ok(());
     }
     crate::telemetry::init_logging(args.log_format == "json");
+    // Read once, before anything starts: a bad setting stops the operator here.
+    let trust = args.registry.trust()?;
+    let registry = args.registry.options(&trust)?;
+    let builder = BuilderSettings {
+        registry_trust: trust,
+        ..args.settings.clone()
+    };
     let signing_key = match &args.signing_key_file {
         Some(file) => {
             let key = crate::controller::signing::load_operator_key(
@@ -340,10 +350,10 @@ async fn run_controller(args: &RunArgs) -> crate::Result<()> {
         }
     }
     let config = crate::controller::Config {
-        builder: args.settings.clone(),
+        builder,
         version,
         history_limit: args.history_limit,
-        registry: args.registry.options()?,
+        registry,
         resync: args.resync,
         signing_key,
         concurrency: args.concurrency,
@@ -401,13 +411,14 @@ async fn build(args: &BuildArgs) -> crate::Result<()> {
     let build = manifest::read_imagebuild(&args.file)?;
     // The file may carry the Secrets the ImageBuild names, as a namespace would.
     let secrets = crate::local::LocalSecrets::from_file(&args.file)?;
+    let trust = args.registry.trust()?;
     let options = crate::local::LocalOptions {
         jobs: args.jobs,
         storage: args.storage.clone(),
         docker_config: args.registry.docker_config.clone(),
         ca_files: args.registry.ca_files.clone(),
-        insecure_registries: args.registry.insecure_registries.clone(),
-        registry: args.registry.options()?,
+        registry: args.registry.options(&trust)?,
+        trust,
         emulation: args.emulation,
         // The password as cosign takes it, from the environment: never from argv.
         signing_key: args
@@ -475,40 +486,6 @@ pub enum IndexCommand {
     Create(IndexCreateArgs),
 }
 
-/// How to reach registries; shared by every command that talks to one.
-#[derive(clap::Args, Debug, Clone, Default, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RegistryArgs {
-    /// Docker config JSON with registry credentials (the format of ~/.docker/config.json
-    /// and of kubernetes.io/dockerconfigjson Secrets). Anonymous when omitted.
-    #[arg(long, env = "ARCHFORGE_DOCKER_CONFIG")]
-    pub docker_config: Option<String>,
-
-    /// PEM file of CA certificates to trust in addition to the system's (repeatable).
-    #[arg(long = "ca-file")]
-    pub ca_files: Vec<String>,
-
-    /// Registry (HOST:PORT) reached over plain HTTP instead of HTTPS (repeatable).
-    #[arg(long = "insecure-registry")]
-    pub insecure_registries: Vec<String>,
-}
-
-impl RegistryArgs {
-    pub fn options(&self) -> Result<RegistryOptions, RegistryError> {
-        let mut options = RegistryOptions {
-            insecure: self.insecure_registries.clone(),
-            ..Default::default()
-        };
-        if let Some(path) = &self.docker_config {
-            options.credentials = DockerConfig::from_file(path)?;
-        }
-        for path in &self.ca_files {
-            options.add_ca_file(path)?;
-        }
-        Ok(options)
-    }
-}
-
 fn parse_source(text: &str) -> Result<PlatformImage, String> {
     let (platform, digest) = text
         .split_once('=')
@@ -565,10 +542,11 @@ pub struct IndexCreateArgs {
     pub registry: RegistryArgs,
 }
 
-async fn index_create(args: &IndexCreateArgs) -> Result<String, RegistryError> {
+async fn index_create(args: &IndexCreateArgs) -> crate::Result<String> {
     // Before credentials are read or any registry is contacted.
     check_unique_platforms(&args.sources)?;
-    let registry = Registry::new(args.registry.options()?);
+    let trust = args.registry.trust()?;
+    let registry = Registry::new(args.registry.options(&trust)?);
     let annotations = args.annotations.iter().cloned().collect();
     let pushed = registry
         .assemble_index(&args.image, &args.sources, args.media_type, &annotations)
@@ -593,6 +571,9 @@ pub struct RenderArgs {
 
     #[command(flatten)]
     pub settings: BuilderSettings,
+
+    #[command(flatten)]
+    pub trust: RegistryTrustArgs,
 }
 
 /// Stands in for the UID the API server would assign, so a dry run shows the owner reference.
@@ -612,18 +593,21 @@ fn render(args: &RenderArgs) -> crate::Result<String> {
         .revision
         .clone()
         .unwrap_or_else(|| build.spec.source.git.r#ref.clone());
+    let settings = BuilderSettings {
+        registry_trust: args.trust.load()?,
+        ..args.settings.clone()
+    };
     let plan = plan(
         &ValidSpec::check(&build)?,
-        &args.settings,
+        &settings,
         &revision,
         auth_file(&build),
     );
     crate::settings::check_confinement(&args.settings, args.kube_version)
         .map_err(crate::Error::Settings)?;
     let mut out = String::new();
-    for job in render_jobs(&build, &plan, &args.settings, args.kube_version) {
-        let level = args.settings.pod_security_level;
-        crate::podsecurity::check_job_at(&job, level, args.kube_version)?;
+    for job in render_jobs(&build, &plan, &settings, args.kube_version) {
+        crate::podsecurity::check_job_at(&job, settings.pod_security_level, args.kube_version)?;
         out.push_str("---\n");
         out.push_str(&manifest::to_yaml("Job", &job)?);
     }
@@ -653,10 +637,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Render(args) => render(&args).map(|yaml| print!("{yaml}")),
         Command::Build(args) => build(&args).await,
         Command::Run(args) => run_controller(&args).await,
-        Command::Index(IndexCommand::Create(args)) => index_create(&args)
-            .await
-            .map(|digest| println!("{digest}"))
-            .map_err(Into::into),
+        Command::Index(IndexCommand::Create(args)) => {
+            index_create(&args).await.map(|digest| println!("{digest}"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

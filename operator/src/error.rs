@@ -22,6 +22,9 @@ pub enum Error {
     Registry(#[from] crate::registry::RegistryError),
 
     #[error(transparent)]
+    RegistryTrust(#[from] crate::plan::trust::TrustError),
+
+    #[error(transparent)]
     Local(#[from] Box<crate::local::LocalError>),
 
     #[error("Kubernetes API: {0}")]

@@ -126,7 +126,7 @@ pub struct BuilderSettings {
     #[arg(
         long,
         env = "ARCHFORGE_BUILDER_IMAGE",
-        default_value = "quay.io/buildah/stable:v1.38.0"
+        default_value = "quay.io/buildah/stable:v1.43.0"
     )]
     pub builder_image: String,
 
@@ -252,6 +252,13 @@ pub struct BuilderSettings {
     #[arg(long, env = "ARCHFORGE_BUILDKIT_SNAPSHOTTER", default_value = "auto")]
     #[serde(serialize_with = "as_display")]
     pub buildkit_snapshotter: BuildkitSnapshotter,
+
+    /// Registry trust for the builders (plain-HTTP registries, CA certificates per host):
+    /// read and checked at start from the registry flags (`--insecure-registry`,
+    /// `--registry-ca-dir`), which `--print-config` shows.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub registry_trust: crate::plan::trust::RegistryTrust,
 }
 
 /// The UID (and GID) of the rootless BuildKit image's user: its /etc/subuid maps that user

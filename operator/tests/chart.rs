@@ -244,6 +244,13 @@ fn values_schema_refuses_bad_values() {
         ),
         ("signing:\n  existingSecret: Not_A_Name\n", "existingSecret"),
         ("signing:\n  secret: k\n", "secret"),
+        (
+            "registry:\n  insecureRegistries: [\"a\\\"]\\n[x]\"]\n",
+            "insecureRegistries",
+        ),
+        // The one-bundle form the chart had before CAs were given per registry host.
+        ("registry:\n  caConfigMap:\n    key: ca.crt\n", "key"),
+        ("registry:\n  caConfigMap:\n    name: Corp_CA\n", "name"),
     ] {
         let file = dir.path().join("values.yaml");
         std::fs::write(&file, values).unwrap();
@@ -690,7 +697,7 @@ fn chart_values_reach_the_operator() {
             "leaderElect": true,
             "leaderElectionNamespace": NAMESPACE,
             "leaderElectionLease": "archforge-lease",
-            "builderImage": "registry.example.com/mirror/buildah:v1.38.0",
+            "builderImage": "registry.example.com/mirror/buildah:v1.43.0",
             "gitSyncImage": "registry.example.com/mirror/git-sync:v4.4.0",
             "apparmor": "runtime-default",
             "apparmorProfile": "builders-strict",
@@ -711,8 +718,9 @@ fn chart_values_reach_the_operator() {
             "signingKeyFile": "/etc/archforge/signing/cosign.key",
             "signingKeyPasswordFile": "/etc/archforge/signing/cosign.password",
             "dockerConfig": null,
-            "caFiles": ["/etc/archforge/ca/bundle.pem"],
+            "caFiles": [],
             "insecureRegistries": ["registry.internal:5000"],
+            "registryCaDir": "/etc/archforge/registry-ca",
         })
     );
 }

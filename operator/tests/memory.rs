@@ -60,7 +60,7 @@ fn objects(i: usize) -> (Vec<Job>, Vec<Pod>) {
                 "initContainerStatuses": [{"name": "git-sync", "image": "registry.k8s.io/git-sync/git-sync:v4.4.0",
                     "imageID": format!("registry.k8s.io/git-sync/git-sync@sha256:{}", "a".repeat(64)),
                     "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 0}}}],
-                "containerStatuses": [{"name": "builder", "image": "quay.io/buildah/stable:v1.38.0",
+                "containerStatuses": [{"name": "builder", "image": "quay.io/buildah/stable:v1.43.0",
                     "imageID": format!("quay.io/buildah/stable@sha256:{}", "b".repeat(64)),
                     "ready": false, "restartCount": 0,
                     "state": {"terminated": {"exitCode": 0, "message": format!("sha256:{}", "c".repeat(64))}}}]

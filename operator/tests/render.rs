@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use archforge::api::ImageBuild;
@@ -17,6 +16,7 @@ use archforge::render::{
 };
 use archforge::settings::{BuilderSettings, KubeVersion};
 use archforge::validation::ValidSpec;
+use common::builder::{recorder, run_container};
 use common::golden::{golden, to_yaml};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Container;
@@ -57,6 +57,36 @@ fn sample_jobs_on_1_30() {
         "sample-jobs-1.30.yaml",
         &to_yaml(&render(&common::sample(), "1.30")),
     );
+}
+
+/// One Job of each strategy with registry trust set: a plain-HTTP registry and a CA.
+#[test]
+fn trust_jobs_on_1_30() {
+    use archforge::plan::trust::RegistryTrust;
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n";
+    let trust = RegistryTrust::new(
+        ["registry.internal:5000".parse().unwrap()],
+        [("ghcr.internal".parse().unwrap(), pem.to_string())],
+    )
+    .unwrap();
+    let settings = BuilderSettings {
+        registry_trust: trust,
+        ..BuilderSettings::default()
+    };
+    let jobs: Vec<Job> = [common::sample(), buildkit_sample()]
+        .iter()
+        .map(|build| {
+            let valid = ValidSpec::check(build).unwrap();
+            let plan = plan(
+                &valid,
+                &settings,
+                &build.spec.source.git.r#ref,
+                auth_file(build),
+            );
+            render_jobs(build, &plan, &settings, "1.30".parse().unwrap()).remove(0)
+        })
+        .collect();
+    golden("trust-jobs-1.30.yaml", &to_yaml(&jobs));
 }
 
 #[test]
@@ -327,71 +357,10 @@ fn run_builder(
     dir: &std::path::Path,
     fill: impl FnOnce(&std::path::Path),
 ) -> BuilderRun {
-    let record = |log: &std::path::Path| {
-        format!(
-            "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\0' \"$a\" >> {}; done\nprintf '\\n\\0' >> {}\n",
-            log.display(),
-            log.display()
-        )
-    };
-    let (output, calls) = run_container(job, dir, fill, "buildah", record, |_, value| {
+    let (output, calls) = run_container(job, dir, fill, "buildah", recorder, |_, value| {
         value.to_string()
     });
     BuilderRun { output, calls }
-}
-
-/// Runs `job`'s builder container's real command and environment under `/bin/sh`, in the
-/// workspace git-sync would leave in `dir` (`fill` writes its checkout), with `tool` on PATH:
-/// the script `script(log)` that records each call's arguments in `log`. `relocate` gives
-/// each argument (name `None`) and environment value (`Some(name)`) as run here, to move
-/// the pod's paths into `dir`. What the run printed, and each call's arguments.
-fn run_container(
-    job: &Job,
-    dir: &std::path::Path,
-    fill: impl FnOnce(&std::path::Path),
-    tool: &str,
-    script: impl FnOnce(&std::path::Path) -> String,
-    relocate: impl Fn(Option<&str>, &str) -> String,
-) -> (std::process::Output, Vec<Vec<String>>) {
-    let builder = pod_container(job, BUILDER_CONTAINER);
-    // The workspace git-sync would leave: a link to the checked-out worktree.
-    let workspace = dir.join("workspace");
-    std::fs::create_dir_all(workspace.join(".worktrees/abc")).unwrap();
-    std::os::unix::fs::symlink(".worktrees/abc", workspace.join("source")).unwrap();
-    fill(&workspace.join(".worktrees/abc"));
-    let bin = dir.join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let log = dir.join("argv.log");
-    let fake = bin.join(tool);
-    std::fs::write(&fake, script(&log)).unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-
-    let command = builder.command.as_ref().unwrap();
-    let mut cmd = Command::new(&command[0]);
-    cmd.args(command[1..].iter().map(|a| relocate(None, a)))
-        .env_clear()
-        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()));
-    for var in builder.env.as_ref().unwrap() {
-        let value = if var.name == "ARCHFORGE_WORKSPACE" {
-            workspace.display().to_string()
-        } else {
-            relocate(Some(&var.name), var.value.as_deref().unwrap())
-        };
-        cmd.env(&var.name, value);
-    }
-    let output = cmd.output().unwrap();
-    let recorded = std::fs::read_to_string(&log).unwrap_or_default();
-    let calls = recorded
-        .split("\n\0")
-        .filter(|c| !c.is_empty())
-        .map(|c| {
-            c.split('\0')
-                .filter(|a| !a.is_empty())
-                .map(String::from)
-                .collect()
-        })
-        .collect();
-    (output, calls)
 }
 
 #[test]

@@ -128,7 +128,8 @@ pub async fn create_jobs(
         })
         .collect();
     for (_, job) in &jobs {
-        crate::podsecurity::check_job(job, settings.pod_security_level)
+        // At the server's own policy version: what baseline admits changes between releases.
+        crate::podsecurity::check_job_at(job, settings.pod_security_level, ctx.config.version)
             .map_err(|v| (v.into(), vec![]))?;
     }
     let mut created = 0;

@@ -6,6 +6,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use super::LocalError;
+use crate::plan::trust::RegistryTrust;
 
 /// What the BuildKit strategy runs: the one-shot wrapper and the two programs it starts.
 pub(super) const TOOLS: [&str; 3] = ["buildctl-daemonless.sh", "buildctl", "buildkitd"];
@@ -63,16 +64,19 @@ pub(super) fn digest_from_metadata(path: &Path) -> Result<String, String> {
     }
 }
 
-/// buildkitd's configuration for this run: plain HTTP for the listed registries only.
-pub(super) fn write_buildkitd_config(dir: &Path, insecure: &[String]) -> std::io::Result<PathBuf> {
-    let mut conf = String::new();
-    for registry in insecure {
-        // A TOML basic string, escaped by serde_json exactly as TOML needs.
-        let key = serde_json::to_string(registry).expect("strings serialize");
-        conf.push_str(&format!(
-            "[registry.{key}]\n  http = true\n  insecure = true\n"
-        ));
-    }
+/// buildkitd's configuration for this run: the registry trust settings rendered as the
+/// cluster's BuildKit builders get them, each host's CA from the run's certificate directory.
+pub(super) fn write_buildkitd_config(
+    dir: &Path,
+    trust: &RegistryTrust,
+    cert_dir: Option<&Path>,
+) -> std::io::Result<PathBuf> {
+    let conf = trust.buildkitd_toml(|host| {
+        let dir = cert_dir.expect("a certificate directory exists when a host has certificates");
+        super::workspace::host_ca_file(dir, host)
+            .display()
+            .to_string()
+    });
     let path = dir.join("buildkitd.toml");
     std::fs::write(&path, conf)?;
     Ok(path)
@@ -145,10 +149,16 @@ mod tests {
     #[test]
     fn insecure_registries_become_buildkitd_registry_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_buildkitd_config(dir.path(), &["127.0.0.1:5000".into()]).unwrap();
+        let trust = RegistryTrust::new(["127.0.0.1:5000".parse().unwrap()], []).unwrap();
+        let path = write_buildkitd_config(dir.path(), &trust, None).unwrap();
         assert_eq!(
             std::fs::read_to_string(path).unwrap(),
-            "[registry.\"127.0.0.1:5000\"]\n  http = true\n  insecure = true\n"
+            trust.buildkitd_toml(|_| unreachable!())
+        );
+        assert!(
+            trust
+                .buildkitd_toml(|_| unreachable!())
+                .contains("[registry.\"127.0.0.1:5000\"]\n  http = true\n  insecure = true\n")
         );
     }
 }

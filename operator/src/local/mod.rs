@@ -46,10 +46,11 @@ pub struct LocalOptions {
     pub storage: Option<PathBuf>,
     /// Docker config with registry credentials (passed to buildah with `--authfile`).
     pub docker_config: Option<String>,
-    /// CA certificates (PEM files) to trust for the registries.
+    /// CA certificates (PEM files) to trust for every registry.
     pub ca_files: Vec<String>,
-    /// `host:port` of registries spoken to over plain HTTP.
-    pub insecure_registries: Vec<String>,
+    /// Plain-HTTP registries and CA certificates per registry host: the same settings, and
+    /// the same rendered files, as the cluster's builders get.
+    pub trust: crate::plan::trust::RegistryTrust,
     pub registry: RegistryOptions,
     /// `--emulation`: overrides `spec.emulation`; with neither, Fallback.
     pub emulation: Option<Emulation>,

@@ -117,9 +117,13 @@ impl Attempt<'_> {
             .map_err(|e| LocalError::tool("creating the BuildKit storage", e))?;
         // buildkitd's flags are split on spaces by the wrapper: these are the run's own paths.
         let mut flags = format!("--root {}", storage.join("buildkit").display());
-        if !ws.insecure_registries.is_empty() {
-            let config = super::buildkit::write_buildkitd_config(&storage, &ws.insecure_registries)
-                .map_err(|e| LocalError::tool("writing buildkitd.toml", e))?;
+        if !ws.trust.is_empty() {
+            let config = super::buildkit::write_buildkitd_config(
+                &storage,
+                &ws.trust,
+                ws.cert_dir.as_deref(),
+            )
+            .map_err(|e| LocalError::tool("writing buildkitd.toml", e))?;
             flags.push_str(&format!(" --config {}", config.display()));
         }
         let metadata = storage.join("metadata.json");

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{LocalError, LocalOptions};
+use crate::plan::trust::{RegistryHost, RegistryTrust};
 
 /// Where one run keeps its files; the temporary directory goes when this is dropped.
 pub(super) struct Workspace {
@@ -12,8 +13,8 @@ pub(super) struct Workspace {
     pub(super) logs: PathBuf,
     pub(super) registries_conf: Option<PathBuf>,
     pub(super) cert_dir: Option<PathBuf>,
-    /// `host:port` of registries spoken to over plain HTTP (BuildKit's buildkitd.toml).
-    pub(super) insecure_registries: Vec<String>,
+    /// The registry trust settings, for BuildKit's buildkitd.toml.
+    pub(super) trust: RegistryTrust,
     _root: tempfile::TempDir,
 }
 
@@ -28,18 +29,15 @@ impl Workspace {
         let logs = root.path().join("logs");
         std::fs::create_dir_all(&logs)
             .map_err(|e| LocalError::tool("creating the log directory", e))?;
-        let registries_conf = if options.insecure_registries.is_empty() {
+        let registries_conf = if options.trust.insecure().is_empty() {
             None
         } else {
-            Some(write_registries_conf(
-                root.path(),
-                &options.insecure_registries,
-            )?)
+            Some(write_registries_conf(root.path(), &options.trust)?)
         };
-        let cert_dir = if options.ca_files.is_empty() {
+        let cert_dir = if options.ca_files.is_empty() && options.trust.certificates().count() == 0 {
             None
         } else {
-            Some(copy_certificates(root.path(), &options.ca_files)?)
+            Some(write_certificates(root.path(), options)?)
         };
         Ok(Workspace {
             checkout: root.path().join("src"),
@@ -50,35 +48,94 @@ impl Workspace {
             logs,
             registries_conf,
             cert_dir,
-            insecure_registries: options.insecure_registries.clone(),
+            trust: options.trust.clone(),
             _root: root,
         })
     }
 }
 
-/// containers-registries.conf(5): plain HTTP for the listed registries only.
-fn write_registries_conf(root: &Path, insecure: &[String]) -> Result<PathBuf, LocalError> {
-    // Written as TOML strings by serde_json, which escapes exactly as TOML basic strings need.
-    let mut conf = String::from("unqualified-search-registries = []\n");
-    for registry in insecure {
-        let location = serde_json::to_string(registry).expect("a string serializes");
-        conf.push_str(&format!(
-            "\n[[registry]]\nlocation = {location}\ninsecure = true\n"
-        ));
-    }
+/// containers-registries.conf(5) for buildah, given with CONTAINERS_REGISTRIES_CONF, which
+/// replaces the machine's own: the plain-HTTP registries as the cluster's builders get them
+/// (one renderer for both), and no search registries, so a short name is never resolved to
+/// a registry nobody named.
+fn write_registries_conf(root: &Path, trust: &RegistryTrust) -> Result<PathBuf, LocalError> {
+    let conf = format!(
+        "unqualified-search-registries = []\n{}",
+        trust.registries_conf()
+    );
     let path = root.join("registries.conf");
     std::fs::write(&path, conf).map_err(|e| LocalError::tool("writing registries.conf", e))?;
     Ok(path)
 }
 
-/// The CA files copied into one directory, for buildah's `--cert-dir`.
-fn copy_certificates(root: &Path, ca_files: &[String]) -> Result<PathBuf, LocalError> {
+/// Where `build --local` keeps `host`'s CA bundle, in the certificate directory.
+pub(super) fn host_ca_file(cert_dir: &Path, host: &RegistryHost) -> PathBuf {
+    // The ConfigMap key form: a file name without ':' (IPv6 hosts keep their brackets).
+    let name = host
+        .config_map_key()
+        .unwrap_or_else(|| host.as_str().replace(':', "_"));
+    cert_dir.join(format!("registry-{name}.crt"))
+}
+
+/// One directory for buildah's `--cert-dir`: the `--ca-file` files and each registry host's
+/// CA bundle. buildah trusts every certificate of a `--cert-dir` for every registry, as the
+/// operator's own client does; builder pods scope each bundle to its host (certs.d).
+fn write_certificates(root: &Path, options: &LocalOptions) -> Result<PathBuf, LocalError> {
     let dir = root.join("certs");
     std::fs::create_dir_all(&dir)
         .map_err(|e| LocalError::tool("creating the certificate directory", e))?;
-    for (i, file) in ca_files.iter().enumerate() {
+    for (i, file) in options.ca_files.iter().enumerate() {
         std::fs::copy(file, dir.join(format!("ca-{i}.crt")))
             .map_err(|e| LocalError::tool(format!("copying {file}"), e))?;
     }
+    for (host, pem) in options.trust.certificates() {
+        std::fs::write(host_ca_file(&dir, host), pem)
+            .map_err(|e| LocalError::tool(format!("writing the CA of registry {host}"), e))?;
+    }
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    /// `build --local` gets the registry trust as the builder pods do: the same rendered
+    /// registries.conf entries, and each host's CA (in buildah's one --cert-dir).
+    #[test]
+    fn the_trust_settings_become_the_local_files() {
+        let ca_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(ca_file.path(), PEM).unwrap();
+        let trust = RegistryTrust::new(
+            ["plain.internal:5000".parse().unwrap()],
+            [("registry.internal:5000".parse().unwrap(), PEM.to_string())],
+        )
+        .unwrap();
+        let options = LocalOptions {
+            ca_files: vec![ca_file.path().display().to_string()],
+            trust: trust.clone(),
+            ..Default::default()
+        };
+        let ws = Workspace::new(&options).unwrap();
+        let conf = std::fs::read_to_string(ws.registries_conf.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            conf,
+            format!(
+                "unqualified-search-registries = []\n{}",
+                trust.registries_conf()
+            )
+        );
+        let certs = ws.cert_dir.as_ref().unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(certs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["ca-0.crt", "registry-registry.internal_5000.crt"]);
+        assert_eq!(ws.trust, trust);
+
+        let none = Workspace::new(&LocalOptions::default()).unwrap();
+        assert!(none.registries_conf.is_none() && none.cert_dir.is_none());
+    }
 }

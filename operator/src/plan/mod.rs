@@ -13,6 +13,7 @@ use crate::settings::BuilderSettings;
 use crate::validation::{ValidSpec, parse_timeout};
 
 mod buildkit;
+pub mod trust;
 
 pub use buildkit::{buildkit_argv, buildkit_output, cache_ref};
 
@@ -22,7 +23,7 @@ pub const REBUILD_ANNOTATION: &str = "archforge.dev/rebuild";
 pub const LOCAL_IMAGE: &str = "localhost/archforge-build:latest";
 /// What follows a repository in a push destination to push by digest only, without a tag:
 /// containers/image 5.29 (buildah 1.33) and later understand `docker://host/repo@@unknown-digest@@`.
-/// The default builder image (buildah 1.38) does; older builders fail the push instead.
+/// The default builder image (buildah 1.43) does; the builder script refuses an older one.
 pub const UNKNOWN_DIGEST: &str = "@@unknown-digest@@";
 
 /// A target platform: `os/arch[/variant]`.

@@ -14,9 +14,12 @@ use crate::settings::{BUILDKIT_UID, BuilderSettings, KubeVersion};
 
 mod scripts;
 mod security;
+mod trust;
 
 pub use scripts::{BUILDER_SCRIPT, BUILDKIT_SCRIPT};
 use security::{apparmor, builder_resources, builder_security};
+use trust::{BUILDAH_HOME, trust_env, trust_mounts, trust_volumes};
+pub use trust::{BUILDKIT_TRUST_DIR, buildkitd_config_file};
 
 /// Name of the builder container; the AppArmor annotation is keyed on it.
 pub const BUILDER_CONTAINER: &str = "builder";
@@ -47,6 +50,15 @@ pub const PUSH_AUTH_FILE: &str = "/var/run/archforge/push/config.json";
 const GIT_SECRET_DIR: &str = "/etc/git-secret";
 /// git-sync's own non-root user (from its image).
 const GIT_SYNC_UID: i64 = 65533;
+/// What the builder scripts check the image against: the fuse device rootless buildah's
+/// overlay storage opens, and the subordinate ID files newuidmap/newgidmap read. In the
+/// environment rather than the script, so that a test can point them elsewhere.
+const CONTRACT_ENV: [(&str, &str); 2] = [
+    ("ARCHFORGE_SUBUID_FILE", "/etc/subuid"),
+    ("ARCHFORGE_SUBGID_FILE", "/etc/subgid"),
+];
+/// The fuse device the buildah script checks (ARCHFORGE_FUSE_DEVICE), for the same reason.
+const FUSE_DEVICE: &str = "/dev/fuse";
 
 /// The labels every object of one run carries; also the selector for finding them.
 pub fn run_labels(imagebuild: &str, generation: i64) -> BTreeMap<String, String> {
@@ -164,12 +176,18 @@ pub const BUILDKIT_METADATA_FILE: &str = "/var/run/archforge/output/metadata.jso
 /// process a RUN step leaves behind dies with it.
 pub const BUILDKITD_FLAGS: &str = "--oci-worker-no-process-sandbox";
 
-/// buildkitd's flags with the configured snapshotter (none for `auto`, BuildKit's default).
+/// buildkitd's flags: the configured snapshotter (none for `auto`, BuildKit's default) and,
+/// when registry trust is configured, the buildkitd.toml the script writes from it.
 pub fn buildkitd_flags(settings: &BuilderSettings) -> String {
-    match settings.buildkit_snapshotter.flag() {
-        Some(flag) => format!("{BUILDKITD_FLAGS} {flag}"),
-        None => BUILDKITD_FLAGS.to_string(),
+    let mut flags = BUILDKITD_FLAGS.to_string();
+    if let Some(flag) = settings.buildkit_snapshotter.flag() {
+        flags.push(' ');
+        flags.push_str(&flag);
     }
+    if !settings.registry_trust.is_empty() {
+        flags.push_str(&format!(" --config {}", buildkitd_config_file()));
+    }
+    flags
 }
 
 fn buildkit_container(
@@ -179,6 +197,7 @@ fn buildkit_container(
     version: KubeVersion,
 ) -> Value {
     let spec = &build.spec;
+    let trust = &settings.registry_trust;
     let mut env = vec![
         json!({"name": "BUILDKITD_FLAGS", "value": buildkitd_flags(settings)}),
         json!({"name": "HOME", "value": "/home/user"}),
@@ -190,11 +209,14 @@ fn buildkit_container(
         json!({"name": "ARCHFORGE_METADATA_FILE", "value": BUILDKIT_METADATA_FILE}),
         json!({"name": "ARCHFORGE_TERMINATION_LOG", "value": TERMINATION_LOG}),
     ];
+    env.extend(CONTRACT_ENV.map(|(name, value)| json!({"name": name, "value": value})));
+    env.extend(trust_env(trust, Strategy::Buildkit));
     let mut mounts = vec![
         json!({"name": "workspace", "mountPath": WORKSPACE, "readOnly": true}),
         json!({"name": "buildkit", "mountPath": BUILDKIT_STATE}),
         json!({"name": "builder-output", "mountPath": BUILDKIT_OUTPUT_DIR}),
     ];
+    mounts.extend(trust_mounts(trust, Strategy::Buildkit));
     if spec.output.push_secret.is_some() {
         // buildctl reads registry credentials from $DOCKER_CONFIG/config.json.
         env.push(json!({"name": "DOCKER_CONFIG", "value": PUSH_AUTH_DIR}));
@@ -240,21 +262,26 @@ fn buildah_container(
     version: KubeVersion,
 ) -> Value {
     let spec = &build.spec;
+    let trust = &settings.registry_trust;
 
-    let env = vec![
+    let mut env = vec![
         json!({"name": "BUILDAH_ISOLATION", "value": "chroot"}),
         json!({"name": "STORAGE_DRIVER", "value": "overlay"}),
-        json!({"name": "HOME", "value": "/home/build"}),
+        json!({"name": "HOME", "value": BUILDAH_HOME}),
         json!({"name": "ARCHFORGE_WORKSPACE", "value": WORKSPACE}),
         // Not read by the script (the push argv carries it): for whoever inspects the pod.
         json!({"name": "ARCHFORGE_PUSH_TARGET", "value": platform.push_target}),
         json!({"name": "ARCHFORGE_CONTEXT_DIR", "value": crate::plan::context_dir(spec)}),
         json!({"name": "ARCHFORGE_DOCKERFILE", "value": crate::plan::dockerfile_path(spec)}),
+        json!({"name": "ARCHFORGE_FUSE_DEVICE", "value": FUSE_DEVICE}),
     ];
+    env.extend(CONTRACT_ENV.map(|(name, value)| json!({"name": name, "value": value})));
+    env.extend(trust_env(trust, Strategy::Buildah));
     let mut mounts = vec![
         json!({"name": "workspace", "mountPath": WORKSPACE, "readOnly": true}),
-        json!({"name": "containers", "mountPath": "/home/build/.local/share/containers"}),
+        json!({"name": "containers", "mountPath": format!("{BUILDAH_HOME}/.local/share/containers")}),
     ];
+    mounts.extend(trust_mounts(trust, Strategy::Buildah));
     if spec.output.push_secret.is_some() {
         mounts.push(
             json!({"name": "push-credentials", "mountPath": PUSH_AUTH_DIR, "readOnly": true}),
@@ -340,6 +367,7 @@ pub fn render_job(
             json!({"name": "builder-output", "emptyDir": {}}),
         ]),
     }
+    volumes.extend(trust_volumes(&settings.registry_trust, platform.strategy));
     if let Some(secret) = &spec.output.push_secret {
         volumes.push(json!({
             "name": "push-credentials",

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod builder;
 pub mod controller;
 pub mod fixtures;
 pub mod git;
