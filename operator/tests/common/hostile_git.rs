@@ -72,4 +72,7 @@ fn flood(mut stream: TcpStream, bytes: usize) {
         batch.clear();
     }
     let _ = stream.write_all(b"0000");
+    // As git daemon does: the client ends the session (its own flush packet, then close);
+    // closing first would make git's last write a SIGPIPE.
+    let _ = std::io::copy(&mut stream, &mut std::io::sink());
 }
