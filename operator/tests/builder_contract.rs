@@ -100,6 +100,13 @@ fn buildah_without_what_it_needs_is_named_in_one_line() {
             "archforge: the builder image's buildah is 1.32; archforge pushes by digest alone (@@unknown-digest@@), which needs buildah 1.33 or newer; use a newer image (operator setting --builder-image, Helm value builder.image) such as quay.io/buildah/stable:v1.43.0".into(),
         ),
         (
+            // Two version lines made the old parse a two-line number that `[ -lt ]` could not
+            // compare, which let the check pass: only the first counts.
+            "a buildah that prints two versions",
+            FakeImage { buildah_version: Some("buildah version 1.28.2\nbuildah version 1.40.0".into()), ..image() },
+            "archforge: the builder image's buildah is 1.28; archforge pushes by digest alone (@@unknown-digest@@), which needs buildah 1.33 or newer; use a newer image (operator setting --builder-image, Helm value builder.image) such as quay.io/buildah/stable:v1.43.0".into(),
+        ),
+        (
             "a buildah that says no version",
             FakeImage { buildah_version: Some("$(touch pwned) not a version".into()), ..image() },
             "archforge: the builder image's buildah is of an unknown version; archforge pushes by digest alone (@@unknown-digest@@), which needs buildah 1.33 or newer; use a newer image (operator setting --builder-image, Helm value builder.image) such as quay.io/buildah/stable:v1.43.0".into(),

@@ -21,9 +21,9 @@ pub const FAILED_CREATE: &str = "involvedObject.kind=Job,reason=FailedCreate";
 /// The field selector of the kubelet's failures to mount a pod's volumes.
 pub const FAILED_MOUNT: &str = "involvedObject.kind=Pod,reason=FailedMount";
 
-/// A stored Event's message keeps this many bytes: the status keeps fewer, and an Event is
-/// anyone's who may create Events in the namespace.
-const MAX_STORED_MESSAGE: usize = 4096;
+/// A stored message (of an Event, or of a builder pod's status) keeps this many bytes: the
+/// status keeps fewer, and an Event is anyone's who may create Events in the namespace.
+pub const MAX_STORED_MESSAGE: usize = 4096;
 
 /// The two Event stores ([`FAILED_CREATE`], [`FAILED_MOUNT`]).
 #[derive(Clone)]
@@ -33,9 +33,23 @@ pub struct EventStores {
 }
 
 /// Keeps of an Event what [`crate::status::stuck`] reads: what it is about (kind, name,
-/// UID), its reason, message (bounded) and times.
+/// UID), its reason, message (bounded) and times. An Event about an object of another
+/// namespace than its own (the API server allows that for Events with an eventTime) keeps
+/// nothing it could be matched by: no Event of namespace A speaks for a build of B.
 pub fn trim_event(event: Event) -> Event {
-    let about = event.involved_object;
+    let mut about = event.involved_object;
+    if about.namespace.is_none() || about.namespace != event.metadata.namespace {
+        return Event {
+            metadata: ObjectMeta {
+                name: event.metadata.name,
+                namespace: event.metadata.namespace,
+                resource_version: event.metadata.resource_version,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+    }
+    about.field_path = None;
     Event {
         metadata: ObjectMeta {
             name: event.metadata.name,
@@ -62,7 +76,9 @@ pub fn trim_event(event: Event) -> Event {
     }
 }
 
-/// `text` cut to at most `max` bytes on a character boundary.
+/// `text` cut to at most `max` bytes on a character boundary, its memory given back: a
+/// stored object keeps only what it holds (a megabyte message cut to 4 KiB must not keep
+/// its megabyte allocation in the store).
 pub fn bounded(mut text: String, max: usize) -> String {
     if text.len() > max {
         let mut end = max;
@@ -70,6 +86,7 @@ pub fn bounded(mut text: String, max: usize) -> String {
             end -= 1;
         }
         text.truncate(end);
+        text.shrink_to_fit();
     }
     text
 }
@@ -79,6 +96,7 @@ pub fn bounded(mut text: String, max: usize) -> String {
 pub fn about(store: &Store<Event>, namespace: &str, uid: &str) -> Vec<Arc<Event>> {
     store.state_filter(|e| {
         e.involved_object.uid.as_deref() == Some(uid)
+            && e.metadata.namespace.as_deref() == Some(namespace)
             && e.involved_object.namespace.as_deref() == Some(namespace)
     })
 }
@@ -86,7 +104,7 @@ pub fn about(store: &Store<Event>, namespace: &str, uid: &str) -> Vec<Arc<Event>
 /// The ImageBuild a `FailedCreate` Event concerns: the controller of the Job it is about,
 /// when the Job store holds that Job (archforge's Jobs only).
 pub fn imagebuild_of_job_event(event: &Event, jobs: &Store<Job>) -> Option<ObjectRef<ImageBuild>> {
-    let namespace = event.involved_object.namespace.clone()?;
+    let namespace = own_namespace(event)?;
     let name = event.involved_object.name.as_deref()?;
     let job = jobs.get(&ObjectRef::new(name).within(&namespace))?;
     let owner = job
@@ -99,11 +117,17 @@ pub fn imagebuild_of_job_event(event: &Event, jobs: &Store<Job>) -> Option<Objec
 /// The ImageBuild a `FailedMount` Event concerns: the one named by the builder pod it is
 /// about, when the pod store holds that pod (archforge's builder pods only).
 pub fn imagebuild_of_pod_event(event: &Event, pods: &Store<Pod>) -> Option<ObjectRef<ImageBuild>> {
-    let namespace = event.involved_object.namespace.clone()?;
+    let namespace = own_namespace(event)?;
     let name = event.involved_object.name.as_deref()?;
     let pod = pods.get(&ObjectRef::new(name).within(&namespace))?;
     let build = pod.annotations().get(ANNOTATION_IMAGEBUILD)?;
     Some(ObjectRef::new(build).within(&namespace))
+}
+
+/// The namespace an Event is in, when the object it is about is in that namespace too.
+fn own_namespace(event: &Event) -> Option<String> {
+    let namespace = event.metadata.namespace.clone()?;
+    (event.involved_object.namespace.as_deref() == Some(namespace.as_str())).then_some(namespace)
 }
 
 #[cfg(test)]
@@ -131,5 +155,49 @@ mod tests {
         assert!(trimmed.first_timestamp.is_some() && trimmed.last_timestamp.is_some());
         let stuck = crate::status::stuck::of_job_events(&[&trimmed]).unwrap();
         assert_eq!(stuck.since.unwrap().to_string(), "2026-11-23T10:00:02Z");
+    }
+
+    fn failed_create(namespace: &str, about_namespace: &str, message: String) -> Event {
+        serde_json::from_value(json!({
+            "metadata": {"name": "forged", "namespace": namespace, "uid": "e2"},
+            "involvedObject": {"kind": "Job", "namespace": about_namespace,
+                               "name": "app-1-linux-amd64", "uid": "job-uid"},
+            "reason": "FailedCreate", "message": message, "type": "Warning",
+            "eventTime": "2026-11-23T10:00:02.000000Z"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_event_about_another_namespace_speaks_for_nothing() {
+        // Created in team-a, about team-b's Job: the API server accepts it (with an
+        // eventTime), archforge keeps nothing it could be matched by.
+        let forged = trim_event(failed_create("team-a", "team-b", "fake".into()));
+        assert_eq!(forged.involved_object.uid, None);
+        assert_eq!(forged.message, None);
+        assert_eq!(own_namespace(&forged), None);
+        let (store, mut writer) = kube::runtime::reflector::store::<Event>();
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(failed_create(
+            "team-a",
+            "team-b",
+            "untrimmed".into(),
+        )));
+        assert!(about(&store, "team-b", "job-uid").is_empty());
+        // The same Event in the Job's own namespace is read.
+        let own = trim_event(failed_create("team-b", "team-b", "quota".into()));
+        assert_eq!(own.involved_object.uid.as_deref(), Some("job-uid"));
+        assert_eq!(own_namespace(&own).as_deref(), Some("team-b"));
+    }
+
+    #[test]
+    fn a_huge_message_keeps_only_its_bounded_bytes_in_memory() {
+        let trimmed = trim_event(failed_create("team-a", "team-a", "m".repeat(1 << 20)));
+        let message = trimmed.message.unwrap();
+        assert_eq!(message.len(), MAX_STORED_MESSAGE);
+        assert!(
+            message.capacity() < 2 * MAX_STORED_MESSAGE,
+            "{}",
+            message.capacity()
+        );
     }
 }

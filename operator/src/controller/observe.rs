@@ -149,7 +149,9 @@ pub async fn pod_reports(
             // A pod whose status says only that it is on its way may say why in its Events.
             if stuck::waits_silently(pod) {
                 let said = mount_events(pod);
-                report.stuck = stuck::of_pod_events(&said.iter().map(|e| &**e).collect::<Vec<_>>());
+                let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
+                report.stuck = stuck::of_pod_events(&said.iter().map(|e| &**e).collect::<Vec<_>>())
+                    .map(|s| s.not_before(created));
             }
             Some((owning_job(pod, jobs)?, report))
         })
@@ -174,7 +176,8 @@ pub fn blocked(
             let uid = j.metadata.uid.as_deref()?;
             let said = events::about(&ctx.stores.events.failed_create, namespace, uid);
             let stuck = stuck::of_job_events(&said.iter().map(|e| &**e).collect::<Vec<_>>())?;
-            Some((j.metadata.name.clone()?, stuck))
+            let created = j.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            Some((j.metadata.name.clone()?, stuck.not_before(created)))
         })
         .collect()
 }

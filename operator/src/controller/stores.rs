@@ -11,8 +11,9 @@ use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
-use super::events::{self, EventStores, trim_event};
+use super::events::{self, EventStores, MAX_STORED_MESSAGE, trim_event};
 use super::observe::trim_node;
+use crate::render::{ANNOTATION_IMAGEBUILD, LABEL_MANAGED_BY};
 
 /// What the reflectors have seen of archforge's Jobs and builder pods (of one watched scope)
 /// and of the cluster's nodes: the controller reads these instead of listing per reconcile.
@@ -191,6 +192,15 @@ pub fn trim_job(mut job: Job) -> Job {
 pub fn trim_pod(mut pod: Pod) -> Pod {
     pod.metadata.managed_fields = None;
     pod.spec = None;
+    // Anyone who may create pods in a namespace can label one as archforge's: only the
+    // labels and the annotation archforge reads are kept, not up to 256 KiB of others.
+    let ours = |key: &String| key.starts_with("archforge.dev/") || key == LABEL_MANAGED_BY;
+    if let Some(labels) = pod.metadata.labels.as_mut() {
+        labels.retain(|k, _| ours(k));
+    }
+    if let Some(annotations) = pod.metadata.annotations.as_mut() {
+        annotations.retain(|k, _| k == ANNOTATION_IMAGEBUILD);
+    }
     if let Some(status) = pod.status.as_mut() {
         let scheduled = status
             .conditions
@@ -237,5 +247,35 @@ pub fn trim_pod(mut pod: Pod) -> Pod {
     pod
 }
 
-/// What a stored pod keeps of a scheduler's or kubelet's message (the status keeps less).
-const MAX_STORED_MESSAGE: usize = 4096;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_stored_pod_keeps_only_archforges_labels_and_annotation_and_bounded_messages() {
+        // A pod anyone in the namespace could create with archforge's label.
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {
+                "name": "app-1-linux-amd64-x7k2p",
+                "labels": {"app.kubernetes.io/managed-by": "archforge", "archforge.dev/imagebuild": "app", "padding": "p"},
+                "annotations": {"archforge.dev/imagebuild": "app", "filler": "f".repeat(200_000)},
+            },
+            "status": {"phase": "Pending", "message": "m".repeat(1 << 20)}
+        }))
+        .unwrap();
+        let kept = trim_pod(pod);
+        let labels = kept.metadata.labels.unwrap();
+        assert_eq!(
+            labels.keys().collect::<Vec<_>>(),
+            ["app.kubernetes.io/managed-by", "archforge.dev/imagebuild"]
+        );
+        let annotations = kept.metadata.annotations.unwrap();
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            ["archforge.dev/imagebuild"]
+        );
+        let message = kept.status.unwrap().message.unwrap();
+        assert!(message.len() <= MAX_STORED_MESSAGE && message.capacity() < 2 * MAX_STORED_MESSAGE);
+    }
+}

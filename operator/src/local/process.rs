@@ -89,41 +89,35 @@ pub(super) async fn run_captured(
     cmd.stdout(Stdio::piped()).stderr(Stdio::from(err));
     let (mut child, program) = spawn_in_group(cmd)?;
     let mut stdout = child.stdout.take().expect("stdout is piped");
-    let read = async {
+    // Reading and the wait for the exit both race the cancel and the deadline: a process
+    // may close its output and go on running.
+    let finish = async {
         let mut kept = Vec::new();
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
             match stdout.read(&mut chunk).await {
-                Ok(0) => return Ok(Some(kept)),
+                Ok(0) => break,
                 Ok(n) if kept.len() + n > cap => return Ok(None),
                 Ok(n) => kept.extend_from_slice(&chunk[..n]),
-                Err(e) => return Err(e),
+                Err(e) => return Err(format!("reading what {program} printed: {e}")),
             }
+        }
+        match child.wait().await {
+            Ok(status) => Ok(Some((status, kept))),
+            Err(e) => Err(format!("waiting for {program}: {e}")),
         }
     };
     let outcome = tokio::select! {
-        read = read => match read {
-            Ok(Some(kept)) => {
-                let status = child
-                    .wait()
-                    .await
-                    .map_err(|e| LocalError::tool(format!("waiting for {program}"), e))?;
-                return Ok(Captured::Exited(status, kept));
-            }
-            Ok(None) => Captured::TooLarge,
-            Err(e) => {
-                stop_group(&mut child).await;
-                return Err(LocalError::tool(format!("reading what {program} printed"), e));
-            }
+        finished = finish => match finished {
+            Ok(Some((status, kept))) => return Ok(Captured::Exited(status, kept)),
+            Ok(None) => Ok(Captured::TooLarge),
+            Err(message) => Err(LocalError::Tool { step: program.clone(), message }),
         },
-        _ = cancel.wait_for(|stop| *stop) => {
-            stop_group(&mut child).await;
-            return Err(LocalError::Interrupted);
-        }
-        () = expires(deadline) => Captured::TimedOut,
+        _ = cancel.wait_for(|stop| *stop) => Err(LocalError::Interrupted),
+        () = expires(deadline) => Ok(Captured::TimedOut),
     };
     stop_group(&mut child).await;
-    Ok(outcome)
+    outcome
 }
 
 /// Starts `cmd` with no standard input as the leader of a new process group, killed when
@@ -211,5 +205,31 @@ mod tests {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         assert!(!alive, "pid {pid} of the timed-out group is still running");
+    }
+
+    #[tokio::test]
+    async fn a_captured_process_that_closes_its_output_still_ends_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("sh");
+        // Prints, closes its standard output, and goes on for a minute.
+        cmd.arg("-c").arg("echo ref; exec >&-; exec sleep 60");
+        let (_tx, mut rx) = watch::channel(false);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        let ended = run_captured(cmd, &dir.path().join("log"), 1024, &mut rx, Some(deadline))
+            .await
+            .unwrap();
+        assert!(matches!(ended, Captured::TimedOut), "{ended:?}");
+    }
+
+    #[tokio::test]
+    async fn captured_output_past_the_cap_stops_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg("exec yes archforge");
+        let (_tx, mut rx) = watch::channel(false);
+        let ended = run_captured(cmd, &dir.path().join("log"), 1 << 20, &mut rx, None)
+            .await
+            .unwrap();
+        assert!(matches!(ended, Captured::TooLarge), "{ended:?}");
     }
 }

@@ -46,9 +46,12 @@ macro_rules! buildah_contract {
         r#"if ! command -v buildah >/dev/null 2>&1; then
   fail "the builder image has no buildah on PATH; use a buildah image (operator setting --builder-image, Helm value builder.image) such as quay.io/buildah/stable:v1.43.0"
 fi
-version=$(buildah --version 2>/dev/null | sed -n 's/^buildah version \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p')
+version=$(buildah --version 2>/dev/null | sed -n '/^buildah version [0-9]/{s/^buildah version \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p;q;}')
 major=${version%%.*}
 minor=${version#*.}
+case "$major.$minor" in
+  *[!0-9.]* | .* | *.) version= ;;
+esac
 if [ -z "$version" ] || [ "$major" -lt 1 ] || { [ "$major" -eq 1 ] && [ "$minor" -lt 33 ]; }; then
   fail "the builder image's buildah is ${version:-of an unknown version}; archforge pushes by digest alone (@@unknown-digest@@), which needs buildah 1.33 or newer; use a newer image (operator setting --builder-image, Helm value builder.image) such as quay.io/buildah/stable:v1.43.0"
 fi

@@ -40,6 +40,16 @@ const ON_THE_WAY: &[&str] = &["ContainerCreating", "PodInitializing", "Blocked"]
 const NODE_REFUSALS: &[&str] = &["AppArmor", "SeccompProfile", "NoNewPrivs", "ProcMount"];
 
 impl Stuck {
+    /// The same, counted from no earlier than `created` (the Job's or pod's creation): an
+    /// Event's times are whatever its writer said, and a backdated one must not skip the
+    /// grace period.
+    pub fn not_before(mut self, created: Option<jiff::Timestamp>) -> Stuck {
+        if let (Some(since), Some(created)) = (self.since, created) {
+            self.since = Some(since.max(created));
+        }
+        self
+    }
+
     fn new(reason: &str, message: String, since: Option<jiff::Timestamp>) -> Stuck {
         Stuck {
             reason: clean(reason, 64),

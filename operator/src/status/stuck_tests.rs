@@ -377,3 +377,31 @@ fn hostile_messages_are_cleaned_and_bounded() {
     // Multi-byte characters are never cut in half.
     assert!(clean(&"é".repeat(600), 100).len() <= 100);
 }
+
+#[test]
+fn a_backdated_event_counts_from_the_objects_creation_not_from_its_own_time() {
+    // A FailedCreate Event whose writer says it happened years before the Job existed.
+    let e = event(
+        "FailedCreate",
+        "pods \"x\" is forbidden: exceeded quota",
+        "2000-01-01T00:00:00Z",
+        "2000-01-01T00:00:00Z",
+    );
+    let created = at("2026-11-23T10:00:00Z");
+    let s = of_job_events(&[&e]).unwrap().not_before(Some(created));
+    assert_eq!(s.since, Some(created));
+    let grace = Duration::from_secs(120);
+    assert_eq!(
+        s.grace_left(at("2026-11-23T10:00:30Z"), grace),
+        Duration::from_secs(90)
+    );
+    // A later time stands; no recorded time stays unknown.
+    let later = event(
+        "FailedCreate",
+        "m",
+        "2026-11-23T10:01:00Z",
+        "2026-11-23T10:01:00Z",
+    );
+    let s = of_job_events(&[&later]).unwrap().not_before(Some(created));
+    assert_eq!(s.since, Some(at("2026-11-23T10:01:00Z")));
+}
