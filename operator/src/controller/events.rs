@@ -21,9 +21,10 @@ pub const FAILED_CREATE: &str = "involvedObject.kind=Job,reason=FailedCreate";
 /// The field selector of the kubelet's failures to mount a pod's volumes.
 pub const FAILED_MOUNT: &str = "involvedObject.kind=Pod,reason=FailedMount";
 
-/// A stored message (of an Event, or of a builder pod's status) keeps this many bytes: the
-/// status keeps fewer, and an Event is anyone's who may create Events in the namespace.
-pub const MAX_STORED_MESSAGE: usize = 4096;
+/// A stored message (of an Event, or of a builder pod's status) keeps this many bytes, what
+/// the status shows at most: an Event is anyone's who may create Events in the namespace
+/// (the default `edit` role may), so what each one costs the shared operator stays small.
+pub const MAX_STORED_MESSAGE: usize = crate::status::stuck::MAX_STUCK_MESSAGE;
 
 /// The two Event stores ([`FAILED_CREATE`], [`FAILED_MOUNT`]).
 #[derive(Clone)]
