@@ -86,9 +86,20 @@ pub async fn happy_path_buildkit(case: &Case) -> anyhow::Result<()> {
             ) == suite.builder.buildkit_seccomp_profile.to_string(),
             "seccomp {seccomp:?}"
         );
+        // No process sandbox; the operator's snapshotter; and, as the suite's operators are
+        // told of the plain-HTTP registry, the buildkitd.toml that trusts it.
+        let mut flags = archforge::render::BUILDKITD_FLAGS.to_string();
+        if let Some(snapshotter) = suite.builder.buildkit_snapshotter.flag() {
+            flags.push_str(&format!(" {snapshotter}"));
+        }
+        if suite.settings.insecure_registry {
+            flags.push_str(&format!(
+                " --config {}",
+                archforge::render::buildkitd_config_file()
+            ));
+        }
         ensure!(
-            env_of(builder, "BUILDKITD_FLAGS").as_deref()
-                == Some("--oci-worker-no-process-sandbox"),
+            env_of(builder, "BUILDKITD_FLAGS") == Some(flags),
             "BUILDKITD_FLAGS {:?}",
             env_of(builder, "BUILDKITD_FLAGS")
         );
