@@ -10,6 +10,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
+use super::pod_status::{container_status, image_of};
+
 const APPARMOR_ANNOTATION: &str = "container.apparmor.security.beta.kubernetes.io/";
 
 /// The localhost AppArmor profiles a pod asks for: from the beta annotations and from the
@@ -74,25 +76,6 @@ fn container_names(pod: &Pod) -> (Vec<String>, Vec<String>) {
     (names(true), names(false))
 }
 
-fn image_of(pod: &Pod, container: &str) -> String {
-    let spec = pod.spec.as_ref();
-    spec.into_iter()
-        .flat_map(|s| {
-            s.init_containers
-                .iter()
-                .flatten()
-                .chain(s.containers.iter())
-        })
-        .find(|c| c.name == container)
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default()
-}
-
-fn status_of(pod: &Pod, name: &str, state: Value) -> Value {
-    json!({"name": name, "image": image_of(pod, name), "imageID": "", "ready": false,
-           "restartCount": 0, "started": false, "state": state})
-}
-
 /// The status of a pod that has its node but not yet its containers: `startTime` set, each
 /// container waiting for `reason` (`Blocked` under a soft admission refusal,
 /// `PodInitializing` while volumes are mounted), the pod `Pending` with `refusal`
@@ -104,8 +87,8 @@ pub fn waiting_status(pod: &Pod, waiting: &str, refusal: Option<(&str, &str)>, n
         "phase": "Pending",
         "startTime": now,
         "hostIP": "192.0.2.10",
-        "initContainerStatuses": init.iter().map(|n| status_of(pod, n, state.clone())).collect::<Vec<_>>(),
-        "containerStatuses": main.iter().map(|n| status_of(pod, n, state.clone())).collect::<Vec<_>>(),
+        "initContainerStatuses": init.iter().map(|n| container_status(pod, n, state.clone())).collect::<Vec<_>>(),
+        "containerStatuses": main.iter().map(|n| container_status(pod, n, state.clone())).collect::<Vec<_>>(),
     });
     if let Some((reason, message)) = refusal {
         status["reason"] = json!(reason);
@@ -127,8 +110,8 @@ pub fn pull_failed_status(pod: &Pod, now: &str) -> Value {
         "phase": "Pending",
         "startTime": now,
         "hostIP": "192.0.2.10",
-        "initContainerStatuses": init.iter().map(|n| status_of(pod, n, done.clone())).collect::<Vec<_>>(),
-        "containerStatuses": [status_of(pod, BUILDER_CONTAINER, json!({"waiting": {"reason": "ErrImagePull", "message": message}}))],
+        "initContainerStatuses": init.iter().map(|n| container_status(pod, n, done.clone())).collect::<Vec<_>>(),
+        "containerStatuses": [container_status(pod, BUILDER_CONTAINER, json!({"waiting": {"reason": "ErrImagePull", "message": message}}))],
     })
 }
 

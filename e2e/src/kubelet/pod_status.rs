@@ -6,7 +6,7 @@ use archforge::render::BUILDER_CONTAINER;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
-fn image_of(pod: &Pod, container: &str) -> String {
+pub(super) fn image_of(pod: &Pod, container: &str) -> String {
     let spec = pod.spec.as_ref();
     spec.into_iter()
         .flat_map(|s| {
@@ -20,7 +20,7 @@ fn image_of(pod: &Pod, container: &str) -> String {
         .unwrap_or_default()
 }
 
-fn container_status(pod: &Pod, name: &str, state: Value) -> Value {
+pub(super) fn container_status(pod: &Pod, name: &str, state: Value) -> Value {
     json!({
         "name": name,
         "image": image_of(pod, name),
