@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use archforge_e2e::config::Settings;
-use futures::future::{Either, LocalBoxFuture};
+use futures::future::LocalBoxFuture;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::case::{Case, with_case};
@@ -36,8 +36,6 @@ struct Scenario {
     name: &'static str,
     /// Ignored unless the suite simulates nodes (it drives the simulated builders).
     simulated_only: bool,
-    /// Changes the shared simulated nodes, so it runs while no other scenario does.
-    exclusive: bool,
     body: Body,
 }
 
@@ -45,7 +43,6 @@ struct Scenario {
 #[derive(Clone, Copy, PartialEq)]
 enum Mark {
     SimulatedOnly,
-    Exclusive,
 }
 
 /// How a scenario runs.
@@ -60,13 +57,7 @@ enum Body {
 
 impl Scenario {
     async fn run(&self, suite: Arc<Suite>) -> anyhow::Result<()> {
-        // libtest runs scenarios side by side; one that cordons a shared node waits for the
-        // others to finish, and the others for it.
-        let _shared = match self.exclusive {
-            true => Either::Left(suite.shared_nodes.write().await),
-            false => Either::Right(suite.shared_nodes.read().await),
-        };
-        self.body.run(suite.clone(), self.name).await
+        self.body.run(suite, self.name).await
     }
 }
 
@@ -106,12 +97,9 @@ macro_rules! mark {
     (simulated_only) => {
         Mark::SimulatedOnly
     };
-    (exclusive) => {
-        Mark::Exclusive
-    };
 }
 
-/// The scenarios, each `<how it runs> <module>::<function>[, simulated_only][, exclusive]`,
+/// The scenarios, each `<how it runs> <module>::<function>[, simulated_only]`,
 /// named after their functions.
 macro_rules! scenarios {
     ($($kind:ident $module:ident :: $scenario:ident $(, $mark:ident)*;)*) => {
@@ -120,7 +108,6 @@ macro_rules! scenarios {
             Scenario {
                 name: stringify!($scenario),
                 simulated_only: marks.contains(&Mark::SimulatedOnly),
-                exclusive: marks.contains(&Mark::Exclusive),
                 body: body!($kind, $module::$scenario),
             }
         }),*]
@@ -210,31 +197,31 @@ mod tests {
     /// and simulated-only marks wherever their code lives.
     #[test]
     fn scenarios_keep_their_names() {
-        let listed: Vec<(&str, bool, bool)> = super::scenarios()
+        let listed: Vec<(&str, bool)> = super::scenarios()
             .into_iter()
-            .map(|s| (s.name, s.simulated_only, s.exclusive))
+            .map(|s| (s.name, s.simulated_only))
             .collect();
         assert_eq!(
             listed,
             [
-                ("happy_path_two_platforms", false, false),
-                ("invalid_imagebuilds_are_refused", false, false),
-                ("invalid_job_fields_stall_with_a_reason", false, false),
-                ("one_failed_platform_fails_the_run", true, false),
-                ("operator_restart_mid_run_completes_once", false, false),
-                ("spec_change_mid_run_starts_a_new_run", false, false),
-                ("deleting_an_imagebuild_collects_its_jobs", false, false),
-                ("registry_outage_during_assembly", true, false),
-                ("no_node_for_a_platform_waits_for_one", false, false),
-                ("node_selector_matching_no_node_waits_for_one", false, false),
-                ("emulated_platform_when_no_native_node", true, false),
-                ("allowed_failure_publishes_the_rest", true, false),
-                ("happy_path_buildkit", false, false),
-                ("signed_provenance_for_every_platform", false, false),
-                ("unschedulable_pod_says_why", false, false),
-                ("missing_builder_image_says_why", false, false),
-                ("missing_push_secret_says_why", false, false),
-                ("kubelet_refusal_says_why", false, false),
+                ("happy_path_two_platforms", false),
+                ("invalid_imagebuilds_are_refused", false),
+                ("invalid_job_fields_stall_with_a_reason", false),
+                ("one_failed_platform_fails_the_run", true),
+                ("operator_restart_mid_run_completes_once", false),
+                ("spec_change_mid_run_starts_a_new_run", false),
+                ("deleting_an_imagebuild_collects_its_jobs", false),
+                ("registry_outage_during_assembly", true),
+                ("no_node_for_a_platform_waits_for_one", false),
+                ("node_selector_matching_no_node_waits_for_one", false),
+                ("emulated_platform_when_no_native_node", true),
+                ("allowed_failure_publishes_the_rest", true),
+                ("happy_path_buildkit", false),
+                ("signed_provenance_for_every_platform", false),
+                ("unschedulable_pod_says_why", false),
+                ("missing_builder_image_says_why", false),
+                ("missing_push_secret_says_why", false),
+                ("kubelet_refusal_says_why", false),
             ]
         );
     }

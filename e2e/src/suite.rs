@@ -29,10 +29,6 @@ pub struct Suite {
     pub runtime: tokio::runtime::Handle,
     /// The folder of the operators' logs, one file per namespace.
     pub logs: PathBuf,
-    /// Guards the shared simulated nodes: a scenario that changes them (cordons one) holds
-    /// it exclusively, every other scenario holds it shared for its whole run, so that no
-    /// scenario finds a shared node gone mid-run (`main.rs` takes it).
-    pub shared_nodes: tokio::sync::RwLock<()>,
 }
 
 impl Suite {
@@ -100,7 +96,6 @@ impl Suite {
             builder,
             runtime,
             logs,
-            shared_nodes: tokio::sync::RwLock::new(()),
         })
     }
 
