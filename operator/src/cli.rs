@@ -235,6 +235,17 @@ pub struct RunArgs {
     )]
     pub signing_key_password_file: Option<std::path::PathBuf>,
 
+    /// The isolated build namespace: every ImageBuild's Jobs, builder pods and per-run
+    /// Secret copies are made there, where tenants have no rights, and mapped back to their
+    /// ImageBuild by labels. Empty or unset: each ImageBuild builds in its own namespace.
+    #[arg(long, env = "ARCHFORGE_BUILD_NAMESPACE")]
+    pub build_namespace: Option<String>,
+
+    /// Sign with the operator-wide key also the builds that run in their ImageBuild's own
+    /// namespace, where a tenant with `edit` can influence them (README, Security model).
+    #[arg(long, env = "ARCHFORGE_ALLOW_IN_NAMESPACE_SIGNING")]
+    pub allow_in_namespace_signing: bool,
+
     /// Print the effective configuration (flags, environment, defaults) as JSON and exit.
     #[arg(long)]
     #[serde(skip)]
@@ -358,6 +369,8 @@ async fn run_controller(args: &RunArgs) -> crate::Result<()> {
         signing_key,
         concurrency: args.concurrency,
         stuck_grace: args.stuck_grace,
+        build_namespace: args.build_namespace.clone().filter(|ns| !ns.is_empty()),
+        allow_in_namespace_signing: args.allow_in_namespace_signing,
     };
     crate::controller::run(client, args.namespaces.clone(), config, metrics).await;
     server.abort();

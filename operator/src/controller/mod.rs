@@ -68,6 +68,13 @@ pub struct Config {
     /// How long a builder pod may be stuck on something that will not clear by itself (a
     /// kubelet refusal, a missing image or Secret) before its platform fails.
     pub stuck_grace: Duration,
+    /// The isolated build namespace: where every ImageBuild's Jobs, pods and per-run Secret
+    /// copies live, out of tenants' reach. `None`: each ImageBuild builds in its own
+    /// namespace (single-tenant clusters).
+    pub build_namespace: Option<String>,
+    /// Sign with the operator-wide key builds that run in their ImageBuild's own namespace
+    /// (where a tenant can reach them). Off by default: such a run is Stalled.
+    pub allow_in_namespace_signing: bool,
 }
 
 /// What every reconcile shares: the client, the Event recorder, settings, metrics and the

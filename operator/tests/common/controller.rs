@@ -48,6 +48,8 @@ pub fn config(
         signing_key: signing_key.map(Arc::new),
         // Long enough that no test outside the stuck-pod ones meets its end.
         stuck_grace: Duration::from_secs(120),
+        build_namespace: None,
+        allow_in_namespace_signing: false,
     }
 }
 
