@@ -64,6 +64,12 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub source: Option<String>,
 
+    /// Fail unless the provenance of the index and of every platform image says it was
+    /// built in the operator's isolated build namespace (`internalParameters.isolated`),
+    /// out of tenants' reach: a build in its ImageBuild's own namespace does not pass.
+    #[arg(long)]
+    pub require_isolated: bool,
+
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -86,14 +92,23 @@ async fn verify(args: &VerifyArgs) -> Result<Vec<String>, String> {
             crate::registry::quote_untrusted(&verified.index.source)
         ));
     }
+    if args.require_isolated {
+        verified
+            .require_isolated()
+            .map_err(|e| format!("verification failed: {e}"))?;
+    }
     let mut lines = vec![format!(
         "signatures verified: the index and {} platform image(s), key {}",
         verified.platforms.len(),
         key.fingerprint()
     )];
     for image in verified.platforms.iter().chain([&verified.index]) {
+        let built = match &image.build_namespace {
+            Some(ns) => format!("isolated in {}", crate::registry::quote_untrusted(ns)),
+            None => "not isolated".to_string(),
+        };
         lines.push(format!(
-            "provenance {:<14} {}  commit {}  source {}",
+            "provenance {:<14} {}  commit {}  source {}  {built}",
             image.platform,
             image.subject,
             image.commit,
@@ -303,7 +318,17 @@ async fn run_controller(args: &RunArgs) -> crate::Result<()> {
     crate::telemetry::init_logging(args.log_format == "json");
     // Read once, before anything starts: a bad setting stops the operator here.
     let trust = args.registry.trust()?;
-    let registry = args.registry.options(&trust)?;
+    if args.registry.docker_config.is_some() {
+        tracing::warn!(
+            "--docker-config is not used by the operator: an ImageBuild's index, signatures and attestations are pushed with its own spec.output.pushSecret, anonymously when it names none"
+        );
+    }
+    // The operator's own client takes trust only, never credentials of its own.
+    let registry = RegistryArgs {
+        docker_config: None,
+        ..args.registry.clone()
+    }
+    .options(&trust)?;
     let builder = BuilderSettings {
         registry_trust: trust,
         ..args.settings.clone()

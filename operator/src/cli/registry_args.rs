@@ -12,7 +12,11 @@ use crate::registry::{DockerConfig, RegistryError, RegistryOptions};
 #[serde(rename_all = "camelCase")]
 pub struct RegistryArgs {
     /// Docker config JSON with registry credentials (the format of ~/.docker/config.json
-    /// and of kubernetes.io/dockerconfigjson Secrets). Anonymous when omitted.
+    /// and of kubernetes.io/dockerconfigjson Secrets), for this command's own pushes and
+    /// reads (`index create`, `build --local`, `verify`). Anonymous when omitted. Not used
+    /// by `run`: the operator pushes an ImageBuild's index, signatures and attestations
+    /// only with that ImageBuild's spec.output.pushSecret (anonymously without one), never
+    /// with more rights than the ImageBuild grants.
     #[arg(long, env = "ARCHFORGE_DOCKER_CONFIG")]
     pub docker_config: Option<String>,
 

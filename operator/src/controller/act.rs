@@ -18,7 +18,9 @@ use super::{Context, Run, now};
 use crate::api::Emulation;
 use crate::api::{ImageBuild, ImageBuildStatus, Phase, PlatformStatus};
 use crate::plan::{BuildPlan, Placement};
-use crate::registry::{DockerConfig, PlatformImage, Published, Registry, run_annotations};
+use crate::registry::{
+    DockerConfig, PlatformImage, Published, Registry, RegistryOptions, run_annotations,
+};
 use crate::source::redact_url;
 use crate::status::{self, progress, record_run, set_phase_conditions};
 use crate::supply::Signer;
@@ -369,16 +371,7 @@ async fn assemble(
 ) -> Result<Published> {
     // Before any push: a key that went missing since the Jobs started publishes nothing.
     let key = signing_key(ctx, build).await?;
-    let mut options = ctx.config.registry.clone();
-    if let Some(name) = &build.spec.output.push_secret {
-        let secret = read_secret(ctx, build, name).await?;
-        let config =
-            secret_value(&secret, ".dockerconfigjson").ok_or(ReconcileError::SecretKeys {
-                name: name.clone(),
-                keys: ".dockerconfigjson",
-            })?;
-        options.credentials = DockerConfig::from_json(name, &config)?;
-    }
+    let options = push_options(ctx, build).await?;
     // Only what succeeded: a platform allowed to fail that failed is left out.
     let images: Vec<PlatformImage> = plan
         .platforms
@@ -402,7 +395,7 @@ async fn assemble(
         &plan.revision,
         &created,
     );
-    let facts = build_facts(ctx, build, plan, status, &created);
+    let facts = build_facts(&ctx.config, build, plan, status, &created);
     let signer = key.as_deref().map(|key| Signer { key, facts: &facts });
     let started = Instant::now();
     let published = Registry::new(options)
@@ -418,6 +411,28 @@ async fn assemble(
         .assembly_duration
         .observe(started.elapsed().as_secs_f64());
     Ok(published)
+}
+
+/// How the index, signatures and attestations of `build`'s run are pushed: with the
+/// ImageBuild's own push Secret, anonymously when it names none. The operator's own
+/// credentials are never used, so it never writes into a repository with more rights than
+/// the ImageBuild grants; registry trust (CAs, plain-HTTP hosts) and retries stay the
+/// operator's.
+async fn push_options(ctx: &Context, build: &ImageBuild) -> Result<RegistryOptions> {
+    let mut options = RegistryOptions {
+        credentials: DockerConfig::default(),
+        ..ctx.config.registry.clone()
+    };
+    if let Some(name) = &build.spec.output.push_secret {
+        let secret = read_secret(ctx, build, name).await?;
+        let config =
+            secret_value(&secret, ".dockerconfigjson").ok_or(ReconcileError::SecretKeys {
+                name: name.clone(),
+                keys: ".dockerconfigjson",
+            })?;
+        options.credentials = DockerConfig::from_json(name, &config)?;
+    }
+    Ok(options)
 }
 
 /// When a run that started at `start_time` may fall back to emulation, as RFC 3339.

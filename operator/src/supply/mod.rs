@@ -71,6 +71,10 @@ pub struct BuildFacts {
     /// The ImageBuild's namespace and name (empty for a local build without one).
     pub namespace: String,
     pub name: String,
+    /// The operator's isolated build namespace the run's pods ran in, out of tenants'
+    /// reach: from the operator's settings, never from the ImageBuild. `None`: the run was
+    /// built where a tenant could reach it (its ImageBuild's namespace, or `build --local`).
+    pub build_namespace: Option<String>,
 }
 
 impl BuildFacts {
@@ -145,6 +149,10 @@ pub fn provenance_statement(
         }
         dependencies.push(builder);
         internal["builderImage"] = json!(facts.builder_image);
+    }
+    internal["isolated"] = json!(facts.build_namespace.is_some());
+    if let Some(namespace) = &facts.build_namespace {
+        internal["buildNamespace"] = json!(namespace);
     }
     json!({
         "_type": STATEMENT_TYPE,
@@ -257,12 +265,31 @@ mod tests {
             definition["resolvedDependencies"][1]["digest"]["sha256"],
             "b".repeat(64)
         );
+        assert_eq!(definition["internalParameters"]["isolated"], false);
+        assert!(
+            definition["internalParameters"]
+                .get("buildNamespace")
+                .is_none()
+        );
         let index = provenance_statement(&facts(), "r.example.com/app", &digest, None);
         assert!(
             index["predicate"]["buildDefinition"]["externalParameters"]
                 .get("platform")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn an_isolated_run_names_its_build_namespace() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let isolated = BuildFacts {
+            build_namespace: Some("archforge-builds".into()),
+            ..facts()
+        };
+        let s = provenance_statement(&isolated, "r.example.com/app", &digest, None);
+        let internal = &s["predicate"]["buildDefinition"]["internalParameters"];
+        assert_eq!(internal["isolated"], true);
+        assert_eq!(internal["buildNamespace"], "archforge-builds");
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub struct VerifiedImage {
     /// The git repository the provenance says it was built from (`externalParameters.source.url`):
     /// with an operator-wide key, what tells one tenant's build from another's.
     pub source: String,
+    /// The isolated build namespace the provenance says the image was built in
+    /// (`internalParameters.isolated` true and its `buildNamespace`); `None` when it says
+    /// the build ran where a tenant could reach it, or says nothing.
+    pub build_namespace: Option<String>,
 }
 
 /// Everything `verify` checked.
@@ -49,6 +53,33 @@ pub struct VerifiedImage {
 pub struct Verified {
     pub index: VerifiedImage,
     pub platforms: Vec<VerifiedImage>,
+}
+
+impl Verified {
+    /// `archforge verify --require-isolated`: the first image (the index, then each
+    /// platform image) whose verified provenance does not say it was built in an isolated
+    /// build namespace.
+    pub fn require_isolated(&self) -> Result<(), VerifyError> {
+        let images = std::iter::once(&self.index).chain(&self.platforms);
+        match images.into_iter().find(|i| i.build_namespace.is_none()) {
+            None => Ok(()),
+            Some(image) => Err(broken(
+                &image.link(),
+                "its provenance does not say it was built in an isolated build namespace (internalParameters.isolated is not true): it was built where a tenant could reach the build, and --require-isolated asks for isolated builds",
+            )),
+        }
+    }
+}
+
+impl VerifiedImage {
+    /// How a broken link names this image: `index host/repo@sha256:...` or
+    /// `linux/arm64 image host/repo@sha256:...`.
+    fn link(&self) -> String {
+        match self.platform.as_str() {
+            "index" => format!("index {}", self.subject),
+            platform => format!("{platform} image {}", self.subject),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -277,6 +308,19 @@ fn source_of(statement: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The isolated build namespace a provenance statement names: only when it says
+/// `"isolated": true` and names a namespace.
+fn build_namespace_of(statement: &Value) -> Option<String> {
+    let internal = &statement["predicate"]["buildDefinition"]["internalParameters"];
+    if internal["isolated"] != Value::Bool(true) {
+        return None;
+    }
+    internal["buildNamespace"]
+        .as_str()
+        .filter(|ns| !ns.is_empty())
+        .map(str::to_string)
+}
+
 /// The commit a provenance statement names (the git dependency's `gitCommit`).
 fn commit_of(statement: &Value) -> Option<String> {
     statement["predicate"]["buildDefinition"]["resolvedDependencies"]
@@ -353,6 +397,7 @@ async fn verify_now(
     let source = source_of(&statement)
         .ok_or_else(|| broken(&index_link, "its provenance names no source repository"))?;
     let subject = format!("{}@{}", repository_name(&reference), manifest.digest);
+    let build_namespace = build_namespace_of(&statement);
     let mut platforms = Vec::new();
     for child in &index.manifests {
         let platform = child
@@ -408,6 +453,7 @@ async fn verify_now(
             subject: format!("{}@{}", repository_name(&reference), child.digest),
             commit: child_commit,
             source: child_source,
+            build_namespace: build_namespace_of(&statement),
         });
     }
     Ok(Verified {
@@ -417,7 +463,74 @@ async fn verify_now(
             subject,
             commit,
             source,
+            build_namespace,
         },
         platforms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(platform: &str, build_namespace: Option<&str>) -> VerifiedImage {
+        VerifiedImage {
+            platform: platform.to_string(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            subject: format!("r.example.com/app@sha256:{}", "a".repeat(64)),
+            commit: "c".repeat(40),
+            source: "https://git.example.com/app.git".to_string(),
+            build_namespace: build_namespace.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn require_isolated_names_the_first_image_built_in_reach_of_a_tenant() {
+        let isolated = Some("archforge-builds");
+        let all = Verified {
+            index: image("index", isolated),
+            platforms: vec![
+                image("linux/amd64", isolated),
+                image("linux/arm64", isolated),
+            ],
+        };
+        assert!(all.require_isolated().is_ok());
+
+        let one_child = Verified {
+            platforms: vec![image("linux/amd64", isolated), image("linux/arm64", None)],
+            ..all.clone()
+        };
+        let err = one_child.require_isolated().unwrap_err().to_string();
+        assert!(
+            err.starts_with("linux/arm64 image r.example.com/app@sha256:")
+                && err.contains("not say it was built in an isolated build namespace"),
+            "{err}"
+        );
+        let index = Verified {
+            index: image("index", None),
+            ..all
+        };
+        let err = index.require_isolated().unwrap_err().to_string();
+        assert!(err.starts_with("index r.example.com/app@"), "{err}");
+    }
+
+    #[test]
+    fn only_a_statement_that_says_isolated_true_names_a_build_namespace() {
+        let statement = |internal: serde_json::Value| serde_json::json!({"predicate": {"buildDefinition": {"internalParameters": internal}}});
+        let ns = |internal| build_namespace_of(&statement(internal));
+        assert_eq!(
+            ns(serde_json::json!({"isolated": true, "buildNamespace": "b"})),
+            Some("b".to_string())
+        );
+        assert_eq!(
+            ns(serde_json::json!({"isolated": false, "buildNamespace": "b"})),
+            None
+        );
+        assert_eq!(
+            ns(serde_json::json!({"isolated": "true", "buildNamespace": "b"})),
+            None
+        );
+        assert_eq!(ns(serde_json::json!({"isolated": true})), None);
+        assert_eq!(ns(serde_json::json!({})), None);
+    }
 }
