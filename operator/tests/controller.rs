@@ -30,6 +30,10 @@ use serde_json::{Value, json};
 #[path = "controller/stuck.rs"]
 mod stuck;
 
+/// Signing only what is trustworthy, and pushing only with the ImageBuild's own rights.
+#[path = "controller/trust.rs"]
+mod trust;
+
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 const UID: &str = "5f3c1a8e-2b7d-4e61-9a0c-7d2e8b4f6a10";
 
@@ -360,10 +364,17 @@ fn setup_signing_with(
     builder: BuilderSettings,
     signing_key: Option<SigningKey>,
 ) -> (Arc<Context>, ApiServer) {
+    setup_config(build, config(builder, registry, signing_key))
+}
+
+/// A reconcile context with the operator's settings `config`.
+fn setup_config(
+    build: &ImageBuild,
+    config: archforge::controller::Config,
+) -> (Arc<Context>, ApiServer) {
     let metrics = Arc::new(Metrics::default());
     let (client, handle) = mock_client(&metrics);
     let (stores, writers) = Stores::empty();
-    let config = config(builder, registry, signing_key);
     let ctx = Arc::new(Context::new(client, config, metrics, stores));
     (
         ctx,
@@ -2272,12 +2283,15 @@ async fn signing_without_a_key_secret_takes_the_operator_key_or_stalls() {
         &[],
     )
     .await;
-    // With the operator's key the run starts, reading no Secret.
-    let (ctx, mut server) = setup_with_operator_key(
-        &build,
+    // With the operator's key (and, building in the ImageBuild's namespace, the platform
+    // team's opt-in: see `trust.rs`) the run starts, reading no Secret.
+    let mut config = config(
+        BuilderSettings::default(),
         RegistryOptions::default(),
         Some(SigningKey::generate()),
     );
+    config.allow_in_namespace_signing = true;
+    let (ctx, mut server) = setup_config(&build, config);
     let verify = async move {
         server.store_nothing_started().await;
         let (_, status) = server.start_run().await;
