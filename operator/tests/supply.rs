@@ -19,6 +19,10 @@ use common::text;
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
+/// `archforge verify --require-isolated` against provenance the operator wrote in each mode.
+#[path = "supply/isolated.rs"]
+mod isolated;
+
 fn facts(commit: &str) -> BuildFacts {
     BuildFacts {
         source_url: "https://git.example.com/app.git".into(),
