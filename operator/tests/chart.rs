@@ -245,6 +245,10 @@ fn values_schema_refuses_bad_values() {
         ("signing:\n  existingSecret: Not_A_Name\n", "existingSecret"),
         ("signing:\n  secret: k\n", "secret"),
         (
+            "signing:\n  allowInNamespaceBuilds: \"yes\"\n",
+            "allowInNamespaceBuilds",
+        ),
+        (
             "registry:\n  insecureRegistries: [\"a\\\"]\\n[x]\"]\n",
             "insecureRegistries",
         ),
@@ -686,6 +690,8 @@ fn chart_values_reach_the_operator() {
         config,
         json!({
             "watchNamespaces": ["team-a", "team-b"],
+            "buildNamespace": null,
+            "allowInNamespaceSigning": false,
             "metricsAddress": "0.0.0.0:9090",
             "logFormat": "text",
             "historyLimit": 25,
@@ -782,6 +788,20 @@ fn the_signing_secret_is_mounted_read_only_for_the_operator_alone() {
         pod.init_containers.is_none() && pod.containers.len() == 1,
         "only the operator container sees the key"
     );
+}
+
+#[test]
+fn in_namespace_signing_is_off_unless_the_platform_team_turns_it_on() {
+    let (_, objects) = render_chart(None);
+    let config = operator_config(find(&objects, "Deployment", "archforge"));
+    assert_eq!(config["allowInNamespaceSigning"], false);
+
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("values.yaml");
+    std::fs::write(&values, "signing:\n  allowInNamespaceBuilds: true\n").unwrap();
+    let (_, objects) = render_chart(Some(values.to_str().unwrap()));
+    let config = operator_config(find(&objects, "Deployment", "archforge"));
+    assert_eq!(config["allowInNamespaceSigning"], true);
 }
 
 #[test]

@@ -15,11 +15,8 @@ const BUILD_NAMESPACE: &str = "archforge-builds";
 /// The provenance facts the operator writes for the sample ImageBuild's run, in isolated
 /// mode (`--build-namespace`) or in-namespace mode with the platform team's opt-in.
 fn operator_facts(build_namespace: Option<&str>) -> BuildFacts {
-    let mut config = common::controller::config(
-        BuilderSettings::default(),
-        RegistryOptions::default(),
-        None,
-    );
+    let mut config =
+        common::controller::config(BuilderSettings::default(), RegistryOptions::default(), None);
     config.build_namespace = build_namespace.map(str::to_string);
     config.allow_in_namespace_signing = build_namespace.is_none();
     let build = common::sample();
@@ -81,7 +78,9 @@ async fn verify_require_isolated_passes_only_builds_the_operator_isolated() {
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
     assert_eq!(
-        shown.matches(&format!("isolated in {BUILD_NAMESPACE}")).count(),
+        shown
+            .matches(&format!("isolated in {BUILD_NAMESPACE}"))
+            .count(),
         3,
         "the index and both platform images: {shown}"
     );
@@ -102,7 +101,11 @@ async fn verify_require_isolated_passes_only_builds_the_operator_isolated() {
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
     assert_eq!(shown.matches("not isolated").count(), 3, "{shown}");
-    assert!(verify(&reg, &format!("{isolated_repo}:v1"), &public).status.success());
+    assert!(
+        verify(&reg, &format!("{isolated_repo}:v1"), &public)
+            .status
+            .success()
+    );
 }
 
 #[tokio::test]
