@@ -18,3 +18,32 @@ fn run_against_an_unreachable_https_server_fails_cleanly() {
         "the error should name the server: {stderr}"
     );
 }
+
+// The operator pushes an ImageBuild's index only with that ImageBuild's own push Secret:
+// a docker config given to `run` is not read at all (not even a malformed one stops it),
+// and the log says it is unused.
+#[test]
+fn run_does_not_read_a_docker_config_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        r#"{"auths": {"registry.example.com": {"auth": "b3BlcmF0b3I6czNjcmV0"}}} broken"#,
+    )
+    .unwrap();
+    let flag = format!("--docker-config={}", config.display());
+    let output = run_operator(env!("CARGO_BIN_EXE_archforge"), dir.path(), &[&flag]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--docker-config is not used by the operator")
+            && stderr.contains("pushSecret"),
+        "{stderr}"
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("cannot reach the API server"),
+        "past the settings, the API server is what fails: {stderr}"
+    );
+    assert!(!stderr.contains("b3BlcmF0b3I6czNjcmV0"), "{stderr}");
+}
