@@ -371,7 +371,22 @@ async fn assemble(
 ) -> Result<Published> {
     // Before any push: a key that went missing since the Jobs started publishes nothing.
     let key = signing_key(ctx, build).await?;
-    let options = push_options(ctx, build).await?;
+    // Only the ImageBuild's own push credentials, anonymous without: the operator never
+    // writes into a repository with more rights than the ImageBuild grants. Registry trust
+    // (CAs, plain-HTTP hosts) and retries stay the operator's.
+    let mut options = RegistryOptions {
+        credentials: DockerConfig::default(),
+        ..ctx.config.registry.clone()
+    };
+    if let Some(name) = &build.spec.output.push_secret {
+        let secret = read_secret(ctx, build, name).await?;
+        let config =
+            secret_value(&secret, ".dockerconfigjson").ok_or(ReconcileError::SecretKeys {
+                name: name.clone(),
+                keys: ".dockerconfigjson",
+            })?;
+        options.credentials = DockerConfig::from_json(name, &config)?;
+    }
     // Only what succeeded: a platform allowed to fail that failed is left out.
     let images: Vec<PlatformImage> = plan
         .platforms
@@ -411,28 +426,6 @@ async fn assemble(
         .assembly_duration
         .observe(started.elapsed().as_secs_f64());
     Ok(published)
-}
-
-/// How the index, signatures and attestations of `build`'s run are pushed: with the
-/// ImageBuild's own push Secret, anonymously when it names none. The operator's own
-/// credentials are never used, so it never writes into a repository with more rights than
-/// the ImageBuild grants; registry trust (CAs, plain-HTTP hosts) and retries stay the
-/// operator's.
-async fn push_options(ctx: &Context, build: &ImageBuild) -> Result<RegistryOptions> {
-    let mut options = RegistryOptions {
-        credentials: DockerConfig::default(),
-        ..ctx.config.registry.clone()
-    };
-    if let Some(name) = &build.spec.output.push_secret {
-        let secret = read_secret(ctx, build, name).await?;
-        let config =
-            secret_value(&secret, ".dockerconfigjson").ok_or(ReconcileError::SecretKeys {
-                name: name.clone(),
-                keys: ".dockerconfigjson",
-            })?;
-        options.credentials = DockerConfig::from_json(name, &config)?;
-    }
-    Ok(options)
 }
 
 /// When a run that started at `start_time` may fall back to emulation, as RFC 3339.
