@@ -1146,6 +1146,8 @@ async fn a_signed_local_build_pushes_by_digest_only_and_verifies() {
         3,
         "{said}"
     );
+    // A workstation is no isolated build namespace: the provenance says so.
+    assert_eq!(said.matches("not isolated").count(), 3, "{said}");
 
     let policy = common::sigstore::SigstorePolicy::new(&s.registry, &key.public_pem());
     let (accepted, why) = policy.copy(&s.registry, &image, &["--all"]);
