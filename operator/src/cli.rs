@@ -12,8 +12,10 @@ use crate::render::{auth_file, render_jobs};
 use crate::settings::{BuilderSettings, KubeVersion};
 use crate::validation::ValidSpec;
 
+mod push_image;
 mod registry_args;
 
+pub use push_image::{PushImageArgs, split_target};
 pub use registry_args::{RegistryArgs, RegistryTrustArgs};
 
 #[derive(Parser, Debug)]
@@ -47,6 +49,9 @@ pub enum Command {
     /// platform image's signature and provenance (same commit, the platform the index
     /// claims). Exits non-zero naming the first broken link.
     Verify(VerifyArgs),
+    /// The builder pod's push container: upload a handed-off image and report its digest.
+    #[command(hide = true)]
+    PushImage(PushImageArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -639,6 +644,16 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("archforge: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Command::PushImage(args) => match push_image::push_image(&args).await {
+            Ok(digest) => {
+                println!("{digest}");
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("archforge: push-image: {e}");
                 return ExitCode::FAILURE;
             }
         },

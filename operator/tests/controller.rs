@@ -430,13 +430,29 @@ fn builder_pod(job_name: &str, generation: i64, exit_code: i32, message: &str) -
                      "labels": {"job-name": job_name, "archforge.dev/imagebuild": "app", "archforge.dev/generation": generation.to_string()},
                      "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name,
                                           "uid": job_uid(job_name), "controller": true, "blockOwnerDeletion": true}]},
-        "status": {
-            "initContainerStatuses": [{"name": "git-sync", "image": "", "imageID": "", "ready": false, "restartCount": 0,
-                                        "state": {"terminated": {"exitCode": 0}}}],
-            "containerStatuses": [{"name": "builder", "image": "", "imageID": "", "ready": false, "restartCount": 0,
-                                   "state": {"terminated": {"exitCode": exit_code, "message": message}}}]
-        }
+        "status": pod_status(exit_code, message)
     })
+}
+
+/// A finished builder pod's status: a build that failed ends in the `builder` init
+/// container; one that succeeded has the push container's digest.
+fn pod_status(exit_code: i32, message: &str) -> Value {
+    let terminated = |name: &str, code: i32, message: &str| {
+        json!({"name": name, "image": "", "imageID": "", "ready": false, "restartCount": 0,
+               "state": {"terminated": {"exitCode": code, "message": message}}})
+    };
+    if exit_code == 0 {
+        json!({
+            "initContainerStatuses": [terminated("git-sync", 0, ""), terminated("builder", 0, "")],
+            "containerStatuses": [terminated("push", 0, message)]
+        })
+    } else {
+        json!({
+            "initContainerStatuses": [terminated("git-sync", 0, ""), terminated("builder", exit_code, message)],
+            "containerStatuses": [{"name": "push", "image": "", "imageID": "", "ready": false, "restartCount": 0,
+                                   "state": {"waiting": {"reason": "PodInitializing"}}}]
+        })
+    }
 }
 
 fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {

@@ -98,6 +98,33 @@ pub(super) fn signing_secret(
     Ok((key, values.get(crate::supply::COSIGN_PASSWORD).cloned()))
 }
 
+/// The docker config of `spec.pullSecret` (`.dockerconfigjson`), when the spec names one:
+/// the only credentials the local build process gets (the push credentials stay in
+/// archforge's own process, which uploads the image).
+pub(super) fn pull_auth(
+    build: &ImageBuild,
+    secrets: &LocalSecrets,
+) -> Result<Option<Vec<u8>>, LocalError> {
+    let Some(name) = &build.spec.pull_secret else {
+        return Ok(None);
+    };
+    let values = secrets.0.get(name).ok_or_else(|| {
+        LocalError::Credentials(format!(
+            "spec.pullSecret names Secret {name:?}, which is not in the ImageBuild's file; add it there as another YAML document (---)"
+        ))
+    })?;
+    values
+        .get(".dockerconfigjson")
+        .filter(|v| !v.is_empty())
+        .cloned()
+        .map(Some)
+        .ok_or_else(|| {
+            LocalError::Credentials(format!(
+                "Secret {name:?} (spec.pullSecret) has no \".dockerconfigjson\" key (a kubernetes.io/dockerconfigjson Secret)"
+            ))
+        })
+}
+
 /// How the git server of `spec.source.git` is authenticated to.
 pub(super) enum GitAuth {
     Anonymous,
