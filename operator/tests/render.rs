@@ -12,7 +12,7 @@ use archforge::api::Strategy;
 use archforge::plan::{AuthFile, plan};
 use archforge::podsecurity::{self, Level};
 use archforge::render::{
-    BUILDER_CONTAINER, GIT_SYNC_CONTAINER, PUSH_AUTH_FILE, auth_file, render_jobs,
+    BUILDER_CONTAINER, GIT_SYNC_CONTAINER, PUSH_AUTH_FILE, PUSH_CONTAINER, auth_file, render_jobs,
 };
 use archforge::settings::{BuilderSettings, KubeVersion};
 use archforge::validation::ValidSpec;
@@ -273,13 +273,24 @@ fn user_settings_flow_into_the_jobs() {
     assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "8Gi");
     assert_eq!(resources.limits.as_ref().unwrap()["github.com/fuse"].0, "1");
     let argv = builder.command.as_ref().unwrap();
-    // Both buildah calls, build (base images) and push, read the push secret.
-    assert_eq!(
-        argv.windows(2)
-            .filter(|w| w[0] == "--authfile" && w[1] == PUSH_AUTH_FILE)
-            .count(),
-        2,
-        "{argv:?}"
+    // The builder never reads the push secret; without a pull secret it reads none.
+    assert!(!argv.iter().any(|a| a == "--authfile"), "{argv:?}");
+    let mounts = |c: &Container| -> Vec<String> {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.name.clone())
+            .collect()
+    };
+    assert!(!mounts(builder).contains(&"push-credentials".to_string()));
+    let pusher = pod_container(job, PUSH_CONTAINER);
+    assert!(mounts(pusher).contains(&"push-credentials".to_string()));
+    let push_argv = pusher.command.as_ref().unwrap();
+    assert!(
+        push_argv
+            .windows(2)
+            .any(|w| w[0] == "--authfile" && w[1] == PUSH_AUTH_FILE),
+        "{push_argv:?}"
     );
     let volumes = pod.volumes.as_ref().unwrap();
     let push = volumes
@@ -410,17 +421,16 @@ fn build_args_reach_buildah_verbatim_and_never_a_shell() {
             .any(|w| w == ["--platform", "linux/arm64"])
     );
     assert_eq!(build_call.last().map(String::as_str), Some("guestbook-go"));
+    // The second call writes the image to the handoff, with no credentials: never a registry.
     assert_eq!(
         calls[1],
         [
             "push",
             "--format",
             "oci",
-            "--digestfile",
-            "/dev/termination-log",
             "--",
             "localhost/archforge-build:latest",
-            "docker://registry.example.com/team/guestbook@@unknown-digest@@"
+            "dir:/var/run/archforge/handoff/image"
         ]
     );
 }
@@ -934,10 +944,8 @@ fn buildkit_jobs_are_confined_unprivileged_and_admissible_at_baseline() {
                 var("BUILDKITD_FLAGS").as_deref(),
                 Some("--oci-worker-no-process-sandbox")
             );
-            assert_eq!(
-                var("DOCKER_CONFIG").as_deref(),
-                Some("/var/run/archforge/push")
-            );
+            // Pull credentials only, and only when the spec names them.
+            assert_eq!(var("DOCKER_CONFIG"), None);
             // buildkitd's state is an emptyDir, as rootless BuildKit needs.
             let state = builder
                 .volume_mounts
@@ -952,11 +960,12 @@ fn buildkit_jobs_are_confined_unprivileged_and_admissible_at_baseline() {
                 .find(|v| v.name == state.name)
                 .unwrap();
             assert!(volume.empty_dir.is_some());
-            // The metadata file buildctl is told about is the one the script reads.
+            // The image goes to the handoff volume, no metadata file is read.
             let argv = argv_of(&job);
+            assert!(values_of(&argv, "--metadata-file").is_empty());
             assert_eq!(
-                values_of(&argv, "--metadata-file"),
-                [var("ARCHFORGE_METADATA_FILE").unwrap().as_str()]
+                values_of(&argv, "--output"),
+                ["type=oci,tar=false,dest=/var/run/archforge/handoff/image,oci-mediatypes=true"]
             );
         }
     }
@@ -1055,11 +1064,19 @@ fn one_plan_feeds_both_strategies() {
         assert_eq!(b.build_argv[0], "build");
         assert!(a.build_argv.contains(&"--platform".to_string()));
         assert!(b.build_argv.contains(&format!("platform={}", b.platform)));
-        // Pushed by digest, as buildah's `@@unknown-digest@@` target is (no platformTags).
-        let repo = b.push_target.strip_suffix("@@unknown-digest@@").unwrap();
-        assert!(b.build_argv.contains(&format!(
-            "type=image,name={repo},push-by-digest=true,push=true,oci-mediatypes=true"
-        )));
+        // Neither builds to a registry: both hand the image off to a directory.
+        assert!(b.push_target.ends_with("@@unknown-digest@@"));
+        assert_eq!(
+            b.handoff_argv("/h"),
+            ["--output", "type=oci,tar=false,dest=/h,oci-mediatypes=true"]
+        );
+        assert_eq!(a.handoff_argv("/h").last().unwrap(), "dir:/h");
+        assert!(
+            !a.build_argv
+                .iter()
+                .chain(&b.build_argv)
+                .any(|x| x.contains("push"))
+        );
     }
     // The operator-wide default picks the strategy of an ImageBuild that names none.
     let unnamed = buildkit_with(|spec| spec["strategy"] = json!(null));
@@ -1084,7 +1101,7 @@ fn one_plan_feeds_both_strategies() {
     }));
     assert!(
         docker.platforms[0]
-            .build_argv
+            .handoff_argv("/h")
             .last()
             .unwrap()
             .ends_with(",oci-mediatypes=false")
@@ -1102,7 +1119,7 @@ struct BuildkitRun {
 
 /// Runs the BuildKit builder container's real command and environment under `/bin/sh`, with
 /// a `buildctl-daemonless.sh` on PATH that records its arguments and the environment it got
-/// (`env` output, one line per variable, after the arguments), then exits with `status`.
+/// (`export -p`), then exits with `status`.
 /// The handoff path is moved into `dir`.
 fn run_buildkit(
     job: &Job,
@@ -1120,7 +1137,7 @@ for a in "$@"; do
   printf '%s\0' "$a" >> '{log}'
 done
 printf '\n\0' >> '{log}'
-env > '{env}'
+export -p > '{env}'
 exit {status}
 "#,
             log = log.display(),
@@ -1210,8 +1227,10 @@ fn build_args_reach_buildctl_verbatim_and_the_image_goes_to_the_handoff_never_a_
     );
     let env = std::fs::read_to_string(dir.path().join("buildctl-env")).unwrap();
     assert!(
-        env.lines()
-            .any(|l| l == format!("DOCKER_CONFIG={}", archforge::render::PULL_AUTH_DIR)),
+        env.lines().any(|l| l.ends_with(&format!(
+            "DOCKER_CONFIG='{}'",
+            archforge::render::PULL_AUTH_DIR
+        ))),
         "{env}"
     );
     assert!(!env.contains(archforge::render::PUSH_AUTH_DIR), "{env}");
