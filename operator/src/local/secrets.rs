@@ -233,6 +233,38 @@ mod tests {
     }
 
     #[test]
+    fn the_pull_secret_is_read_from_the_file_and_its_absence_named() {
+        let with_pull = FILE.replace(
+            "  platforms: [linux/amd64]\n",
+            "  platforms: [linux/amd64]\n  pullSecret: pull\n",
+        );
+        let build = crate::manifest::parse_imagebuild("ib.yaml", &with_pull).unwrap();
+        let err = pull_auth(&build, &LocalSecrets::default()).err().unwrap();
+        assert!(
+            err.to_string()
+                .contains("spec.pullSecret names Secret \"pull\""),
+            "{err}"
+        );
+        let without_key = format!(
+            "{with_pull}---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: pull\nstringData:\n  other: x\n"
+        );
+        let secrets = LocalSecrets::parse("ib.yaml", &without_key).unwrap();
+        let err = pull_auth(&build, &secrets).err().unwrap();
+        assert!(err.to_string().contains(".dockerconfigjson"), "{err}");
+        let good = format!(
+            "{with_pull}---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: pull\nstringData:\n  .dockerconfigjson: '{{\"auths\":{{}}}}'\n"
+        );
+        let secrets = LocalSecrets::parse("ib.yaml", &good).unwrap();
+        assert_eq!(
+            pull_auth(&build, &secrets).unwrap().unwrap(),
+            br#"{"auths":{}}"#
+        );
+        // No pullSecret: no credentials for the build, whatever Secrets the file holds.
+        let plain = crate::manifest::parse_imagebuild("ib.yaml", FILE).unwrap();
+        assert_eq!(pull_auth(&plain, &secrets).unwrap(), None);
+    }
+
+    #[test]
     fn missing_secrets_and_keys_are_named() {
         let build = crate::manifest::parse_imagebuild("ib.yaml", FILE).unwrap();
         let err = git_auth(&build, &LocalSecrets::default())

@@ -179,4 +179,50 @@ mod tests {
         let none = Workspace::new(&LocalOptions::default(), None).unwrap();
         assert!(none.registries_conf.is_none() && none.cert_dir.is_none());
     }
+
+    #[test]
+    fn build_processes_get_the_pull_credentials_and_nothing_else() {
+        let push = "/home/me/.docker/push-config.json";
+        let options = LocalOptions {
+            docker_config: Some(push.to_string()),
+            ..Default::default()
+        };
+        let envs = |ws: &Workspace| -> Vec<(String, Option<String>)> {
+            let mut cmd = tokio::process::Command::new("buildah");
+            credential_env(&mut cmd, ws);
+            cmd.as_std()
+                .get_envs()
+                .map(|(k, v)| {
+                    let v = v.map(|v| v.to_string_lossy().into_owned());
+                    (k.to_string_lossy().into_owned(), v)
+                })
+                .collect()
+        };
+        let pull = br#"{"auths":{"base.example.com":{"auth":"cHVsbDp0b2tlbg=="}}}"#;
+        let ws = Workspace::new(&options, Some(pull)).unwrap();
+        let set = envs(&ws);
+        let file = ws.pull_auth.display().to_string();
+        let dir = ws.pull_auth.parent().unwrap().display().to_string();
+        assert!(set.contains(&("REGISTRY_AUTH_FILE".into(), Some(file))));
+        assert!(set.contains(&("DOCKER_CONFIG".into(), Some(dir))));
+        // The variable that may hold the push credentials' path is removed, not inherited.
+        assert!(set.contains(&("ARCHFORGE_DOCKER_CONFIG".into(), None)));
+        assert!(!set.iter().any(|(_, v)| v.as_deref() == Some(push)));
+        assert_eq!(std::fs::read(&ws.pull_auth).unwrap(), pull);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&ws.pull_auth)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        // Without spec.pullSecret: a file with no credentials, so no login of this machine's
+        // (~/.docker/config.json, $XDG_RUNTIME_DIR/containers/auth.json) is read either.
+        let ws = Workspace::new(&options, None).unwrap();
+        assert!(!ws.has_pull_auth);
+        assert_eq!(
+            std::fs::read_to_string(&ws.pull_auth).unwrap(),
+            r#"{"auths":{}}"#
+        );
+    }
 }
