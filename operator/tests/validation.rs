@@ -333,7 +333,6 @@ fn pull_secret_is_a_dns_label() {
         "a b",
         "creds\n--authfile",
         "-rf",
-        &"a".repeat(64),
     ] {
         rejected(
             |s| s["pullSecret"] = json!(hostile),
@@ -342,6 +341,12 @@ fn pull_secret_is_a_dns_label() {
             Layer::Schema,
         );
     }
+    rejected(
+        |s| s["pullSecret"] = json!("a".repeat(64)),
+        "spec.pullSecret",
+        "at most 63 characters",
+        Layer::Schema,
+    );
 }
 
 #[test]
