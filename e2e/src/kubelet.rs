@@ -270,7 +270,7 @@ async fn act(
 #[cfg(test)]
 mod tests {
     use archforge::render::{
-        BUILDER_CONTAINER, LABEL_GENERATION, LABEL_IMAGEBUILD, LABEL_PLATFORM,
+        BUILDER_CONTAINER, LABEL_GENERATION, LABEL_IMAGEBUILD, LABEL_PLATFORM, PUSH_CONTAINER,
     };
 
     use super::*;
@@ -290,16 +290,22 @@ mod tests {
             },
             "spec": {
                 "nodeName": node,
-                "initContainers": [{"name": "git-sync", "image": "git-sync:v4"}],
+                "initContainers": [
+                    {"name": "git-sync", "image": "git-sync:v4"},
+                    {
+                        "name": BUILDER_CONTAINER,
+                        "image": "buildah:v1",
+                        "command": ["/bin/sh", "-c", "script", "archforge-builder", "2", "build", ".",
+                                    "push", "--format", "oci", "--",
+                                    "localhost/archforge-build:latest", "dir:/var/run/archforge/handoff/image"],
+                    },
+                ],
                 "containers": [{
-                    "name": BUILDER_CONTAINER,
-                    "image": "buildah:v1",
-                    "command": ["/bin/sh", "-c", "script", "archforge-builder", "2", "build", ".",
-                                "push", "--format", "oci", "--digestfile", "/dev/termination-log", "--",
-                                "localhost/archforge-build:latest", "docker://127.0.0.1:5000/e2e/app:v1-linux-arm64"],
-                    "env": [
-                        {"name": "ARCHFORGE_PUSH_TARGET", "value": "127.0.0.1:5000/e2e/app:v1-linux-arm64"},
-                    ],
+                    "name": PUSH_CONTAINER,
+                    "image": "archforge:v1",
+                    "command": ["archforge", "push-image", "--dir", "/var/run/archforge/handoff/image",
+                                "--to", "127.0.0.1:5000/e2e/app:v1-linux-arm64",
+                                "--termination-log", "/dev/termination-log"],
                 }],
             },
             "status": {"phase": phase},

@@ -253,6 +253,16 @@ pub struct BuilderSettings {
     #[serde(serialize_with = "as_display")]
     pub buildkit_snapshotter: BuildkitSnapshotter,
 
+    /// Image of the push container that uploads each built image (`archforge push-image`):
+    /// the operator's own image, in which no user code runs. It alone mounts the push
+    /// credentials; the builder container that runs the Dockerfile never has them.
+    #[arg(
+        long,
+        env = "ARCHFORGE_PUSHER_IMAGE",
+        default_value = concat!("ghcr.io/archforge-dev/archforge:", env!("CARGO_PKG_VERSION"))
+    )]
+    pub pusher_image: String,
+
     /// Registry trust for the builders (plain-HTTP registries, CA certificates per host):
     /// read and checked at start from the registry flags (`--insecure-registry`,
     /// `--registry-ca-dir`), which `--print-config` shows.

@@ -666,6 +666,15 @@ fn chart_values_reach_the_operator() {
         config["buildkitSeccompProfile"],
         defaults.buildkit_seccomp_profile.to_string()
     );
+    // The push container runs the operator's own image: the chart's, by default.
+    assert_eq!(config["pusherImage"], defaults.pusher_image);
+    assert_eq!(
+        config["pusherImage"],
+        format!(
+            "ghcr.io/archforge-dev/archforge:{}",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
     assert_eq!(config["logFormat"], "json");
     assert_eq!(config["stuckGrace"], "2m");
     assert_eq!(config["leaderElect"], false);
@@ -721,12 +730,17 @@ fn chart_values_reach_the_operator() {
             "buildkitApparmorProfile": "buildkit-strict",
             "buildkitSeccompProfile": "localhost/profiles/buildkit.json",
             "buildkitSnapshotter": "overlayfs",
+            // Unset in the values: the operator image the values name.
+            "pusherImage": "registry.example.com/platform/archforge:0.1.0-rc1",
             "signingKeyFile": "/etc/archforge/signing/cosign.key",
             "signingKeyPasswordFile": "/etc/archforge/signing/cosign.password",
             "dockerConfig": null,
             "caFiles": [],
             "insecureRegistries": ["registry.internal:5000"],
             "registryCaDir": "/etc/archforge/registry-ca",
+            // The trusted-builds settings (issue 23) at their defaults: the chart sets none yet.
+            "buildNamespace": null,
+            "allowInNamespaceSigning": false,
         })
     );
 }

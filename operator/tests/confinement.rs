@@ -41,8 +41,9 @@ fn render(build: &ImageBuild, settings: &BuilderSettings, version: &str) -> Vec<
 
 fn builder(job: &Job) -> &Container {
     let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-    pod.containers
+    pod.init_containers
         .iter()
+        .flatten()
         .find(|c| c.name == BUILDER_CONTAINER)
         .unwrap()
 }

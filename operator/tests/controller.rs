@@ -441,13 +441,29 @@ fn builder_pod(job_name: &str, generation: i64, exit_code: i32, message: &str) -
                      "labels": {"job-name": job_name, "archforge.dev/imagebuild": "app", "archforge.dev/generation": generation.to_string()},
                      "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name,
                                           "uid": job_uid(job_name), "controller": true, "blockOwnerDeletion": true}]},
-        "status": {
-            "initContainerStatuses": [{"name": "git-sync", "image": "", "imageID": "", "ready": false, "restartCount": 0,
-                                        "state": {"terminated": {"exitCode": 0}}}],
-            "containerStatuses": [{"name": "builder", "image": "", "imageID": "", "ready": false, "restartCount": 0,
-                                   "state": {"terminated": {"exitCode": exit_code, "message": message}}}]
-        }
+        "status": pod_status(exit_code, message)
     })
+}
+
+/// A finished builder pod's status: a build that failed ends in the `builder` init
+/// container; one that succeeded has the push container's digest.
+fn pod_status(exit_code: i32, message: &str) -> Value {
+    let terminated = |name: &str, code: i32, message: &str| {
+        json!({"name": name, "image": "", "imageID": "", "ready": false, "restartCount": 0,
+               "state": {"terminated": {"exitCode": code, "message": message}}})
+    };
+    if exit_code == 0 {
+        json!({
+            "initContainerStatuses": [terminated("git-sync", 0, ""), terminated("builder", 0, "")],
+            "containerStatuses": [terminated("push", 0, message)]
+        })
+    } else {
+        json!({
+            "initContainerStatuses": [terminated("git-sync", 0, ""), terminated("builder", exit_code, message)],
+            "containerStatuses": [{"name": "push", "image": "", "imageID": "", "ready": false, "restartCount": 0,
+                                   "state": {"waiting": {"reason": "PodInitializing"}}}]
+        })
+    }
 }
 
 fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
@@ -1152,7 +1168,7 @@ async fn fallback_waits_out_the_grace_period_then_emulates_on_a_labelled_node() 
             arm64["metadata"]["annotations"]["archforge.dev/emulated-on"],
             "amd64"
         );
-        let command = arm64["spec"]["template"]["spec"]["containers"][0]["command"]
+        let command = arm64["spec"]["template"]["spec"]["initContainers"][1]["command"]
             .as_array()
             .unwrap()
             .clone();
@@ -2338,23 +2354,24 @@ async fn without_platform_tags_the_builders_push_by_digest_only() {
         };
         let (action, amd64) = tokio::join!(reconcile(Arc::new(build.clone()), ctx), verify);
         action.unwrap();
-        let builder = &amd64["spec"]["template"]["spec"]["containers"][0];
-        let command: Vec<&str> = builder["command"]
+        // The push container pushes to the target; the builder only hands the image off.
+        let pusher = &amd64["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(pusher["name"], "push");
+        let command: Vec<&str> = pusher["command"]
             .as_array()
             .unwrap()
             .iter()
             .map(|a| a.as_str().unwrap())
             .collect();
+        let to = command.windows(2).find(|w| w[0] == "--to").map(|w| w[1]);
         assert_eq!(
-            command.last().copied(),
-            Some(format!("docker://{expected}").as_str()),
+            to,
+            Some(expected.as_str()),
             "platformTags {platform_tags:?}: {command:?}"
         );
-        let env = builder["env"].as_array().unwrap();
-        let target = env
-            .iter()
-            .find(|e| e["name"] == "ARCHFORGE_PUSH_TARGET")
-            .unwrap();
-        assert_eq!(target["value"], expected.as_str());
+        let builder = &amd64["spec"]["template"]["spec"]["initContainers"][1];
+        assert_eq!(builder["name"], "builder");
+        let handoff = builder["command"].as_array().unwrap().last().unwrap();
+        assert_eq!(handoff, "dir:/var/run/archforge/handoff/image");
     }
 }

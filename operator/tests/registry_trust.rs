@@ -427,24 +427,14 @@ fn push_base(work: &Path, registry: &TestRegistry) {
 
 /// The machine's buildah behind the builder image's name: the contract's questions are the
 /// fake image's (this machine's buildah is 1.28 and runs as root), everything else runs for
-/// real in `work`'s storage. buildah 1.28 cannot push by digest alone, so the push goes to
-/// the tag `pushed` instead.
+/// real in `work`'s storage. The builder writes the image to the handoff directory (`dir:`);
+/// the push container's `archforge push-image` uploads it.
 fn real_buildah(work: &Path) -> impl FnOnce(&Path) -> String {
     let storage = work.join("build-storage");
     let runroot = work.join("build-run");
     move |_log: &Path| {
         format!(
             r#"#!/bin/sh
-n=$#
-i=0
-for a; do
-  i=$((i + 1))
-  if [ "$i" -eq "$n" ]; then
-    case "$a" in *@@unknown-digest@@) a="${{a%@@unknown-digest@@}}:pushed" ;; esac
-  fi
-  set -- "$@" "$a"
-done
-shift "$n"
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 exec buildah --root '{storage}' --runroot '{runroot}' --storage-driver vfs "$@"
 "#,
@@ -455,8 +445,8 @@ exec buildah --root '{storage}' --runroot '{runroot}' --storage-driver vfs "$@"
 }
 
 /// A rendered Job's builder, with `trust`, run by its real script and the machine's buildah:
-/// a Dockerfile whose stages come from `plain` (plain HTTP) and `tls` (a private CA), pushed
-/// to `tls`.
+/// a Dockerfile whose stages come from `plain` (plain HTTP) and `tls` (a private CA), then
+/// its push container, which pushes to `tls` by digest with the CA the Job hands it.
 fn build_through_the_script(
     work: &Path,
     plain: &TestRegistry,
@@ -476,7 +466,9 @@ fn build_through_the_script(
         tls = tls.addr
     );
     let termination = dir.path().join("termination-log");
-    let relocated = termination.display().to_string();
+    let handoff = dir.path().join("handoff");
+    std::fs::create_dir_all(&handoff).unwrap();
+    let moved = handoff.display().to_string();
     let ran = run_container_in(
         &FakeImage::default(),
         job,
@@ -487,18 +479,42 @@ fn build_through_the_script(
         },
         "buildah",
         real_buildah(work),
-        |_, v| {
-            if v == "/dev/termination-log" {
-                relocated.clone()
-            } else {
-                v.to_string()
-            }
-        },
+        |_, v| v.replace(archforge::render::HANDOFF_DIR, &moved),
     );
+    let output = match ran.output.status.success() {
+        true => run_push_container(job, &handoff, &termination),
+        false => ran.output,
+    };
     // The temporary directory goes; what the test reads is returned.
     let kept = work.join(format!("termination-{}", rand_suffix()));
     let _ = std::fs::copy(&termination, &kept);
-    (ran.output, kept)
+    (output, kept)
+}
+
+/// Runs the Job's push container as the kubelet would, with this build's `archforge`, its
+/// handoff and termination log moved to `handoff` and `termination`.
+fn run_push_container(job: &Job, handoff: &Path, termination: &Path) -> std::process::Output {
+    let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let push = pod
+        .containers
+        .iter()
+        .find(|c| c.name == archforge::render::PUSH_CONTAINER)
+        .unwrap();
+    let command = push.command.as_ref().unwrap();
+    assert_eq!(command[0], "archforge");
+    let moved = handoff.display().to_string();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_archforge"));
+    for arg in &command[1..] {
+        match arg.as_str() {
+            "/dev/termination-log" => cmd.arg(termination),
+            _ => cmd.arg(arg.replace(archforge::render::HANDOFF_DIR, &moved)),
+        };
+    }
+    cmd.env_clear();
+    for var in push.env.iter().flatten() {
+        cmd.env(&var.name, var.value.as_deref().unwrap());
+    }
+    cmd.output().unwrap()
 }
 
 fn rand_suffix() -> u128 {
@@ -539,6 +555,6 @@ fn a_real_buildah_pulls_through_a_private_ca_and_plain_http_with_the_files_the_s
     assert!(out.status.success(), "{}", common::text(&out));
     let digest = std::fs::read_to_string(termination).unwrap();
     assert!(digest.starts_with("sha256:"), "{digest}");
-    let pushed = tls.skopeo_inspect(&format!("{}/app:pushed", tls.addr), &["--raw"]);
+    let pushed = tls.skopeo_inspect(&format!("{}/app@{digest}", tls.addr), &["--raw"]);
     assert!(pushed.contains("layers"), "{pushed}");
 }

@@ -12,7 +12,7 @@ use archforge::api::Strategy;
 use archforge::plan::{AuthFile, plan};
 use archforge::podsecurity::{self, Level};
 use archforge::render::{
-    BUILDER_CONTAINER, GIT_SYNC_CONTAINER, PUSH_AUTH_FILE, auth_file, render_jobs,
+    BUILDER_CONTAINER, GIT_SYNC_CONTAINER, PUSH_AUTH_FILE, PUSH_CONTAINER, auth_file, render_jobs,
 };
 use archforge::settings::{BuilderSettings, KubeVersion};
 use archforge::validation::ValidSpec;
@@ -273,13 +273,24 @@ fn user_settings_flow_into_the_jobs() {
     assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "8Gi");
     assert_eq!(resources.limits.as_ref().unwrap()["github.com/fuse"].0, "1");
     let argv = builder.command.as_ref().unwrap();
-    // Both buildah calls, build (base images) and push, read the push secret.
-    assert_eq!(
-        argv.windows(2)
-            .filter(|w| w[0] == "--authfile" && w[1] == PUSH_AUTH_FILE)
-            .count(),
-        2,
-        "{argv:?}"
+    // The builder never reads the push secret; without a pull secret it reads none.
+    assert!(!argv.iter().any(|a| a == "--authfile"), "{argv:?}");
+    let mounts = |c: &Container| -> Vec<String> {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.name.clone())
+            .collect()
+    };
+    assert!(!mounts(builder).contains(&"push-credentials".to_string()));
+    let pusher = pod_container(job, PUSH_CONTAINER);
+    assert!(mounts(pusher).contains(&"push-credentials".to_string()));
+    let push_argv = pusher.command.as_ref().unwrap();
+    assert!(
+        push_argv
+            .windows(2)
+            .any(|w| w[0] == "--authfile" && w[1] == PUSH_AUTH_FILE),
+        "{push_argv:?}"
     );
     let volumes = pod.volumes.as_ref().unwrap();
     let push = volumes
@@ -410,17 +421,16 @@ fn build_args_reach_buildah_verbatim_and_never_a_shell() {
             .any(|w| w == ["--platform", "linux/arm64"])
     );
     assert_eq!(build_call.last().map(String::as_str), Some("guestbook-go"));
+    // The second call writes the image to the handoff, with no credentials: never a registry.
     assert_eq!(
         calls[1],
         [
             "push",
             "--format",
             "oci",
-            "--digestfile",
-            "/dev/termination-log",
             "--",
             "localhost/archforge-build:latest",
-            "docker://registry.example.com/team/guestbook@@unknown-digest@@"
+            "dir:/var/run/archforge/handoff/image"
         ]
     );
 }
@@ -934,10 +944,8 @@ fn buildkit_jobs_are_confined_unprivileged_and_admissible_at_baseline() {
                 var("BUILDKITD_FLAGS").as_deref(),
                 Some("--oci-worker-no-process-sandbox")
             );
-            assert_eq!(
-                var("DOCKER_CONFIG").as_deref(),
-                Some("/var/run/archforge/push")
-            );
+            // Pull credentials only, and only when the spec names them.
+            assert_eq!(var("DOCKER_CONFIG"), None);
             // buildkitd's state is an emptyDir, as rootless BuildKit needs.
             let state = builder
                 .volume_mounts
@@ -952,11 +960,12 @@ fn buildkit_jobs_are_confined_unprivileged_and_admissible_at_baseline() {
                 .find(|v| v.name == state.name)
                 .unwrap();
             assert!(volume.empty_dir.is_some());
-            // The metadata file buildctl is told about is the one the script reads.
+            // The image goes to the handoff volume, no metadata file is read.
             let argv = argv_of(&job);
+            assert!(values_of(&argv, "--metadata-file").is_empty());
             assert_eq!(
-                values_of(&argv, "--metadata-file"),
-                [var("ARCHFORGE_METADATA_FILE").unwrap().as_str()]
+                values_of(&argv, "--output"),
+                ["type=oci,tar=false,dest=/var/run/archforge/handoff/image,oci-mediatypes=true"]
             );
         }
     }
@@ -1055,11 +1064,19 @@ fn one_plan_feeds_both_strategies() {
         assert_eq!(b.build_argv[0], "build");
         assert!(a.build_argv.contains(&"--platform".to_string()));
         assert!(b.build_argv.contains(&format!("platform={}", b.platform)));
-        // Pushed by digest, as buildah's `@@unknown-digest@@` target is (no platformTags).
-        let repo = b.push_target.strip_suffix("@@unknown-digest@@").unwrap();
-        assert!(b.build_argv.contains(&format!(
-            "type=image,name={repo},push-by-digest=true,push=true,oci-mediatypes=true"
-        )));
+        // Neither builds to a registry: both hand the image off to a directory.
+        assert!(b.push_target.ends_with("@@unknown-digest@@"));
+        assert_eq!(
+            b.handoff_argv("/h"),
+            ["--output", "type=oci,tar=false,dest=/h,oci-mediatypes=true"]
+        );
+        assert_eq!(a.handoff_argv("/h").last().unwrap(), "dir:/h");
+        assert!(
+            !a.build_argv
+                .iter()
+                .chain(&b.build_argv)
+                .any(|x| x.contains("push"))
+        );
     }
     // The operator-wide default picks the strategy of an ImageBuild that names none.
     let unnamed = buildkit_with(|spec| spec["strategy"] = json!(null));
@@ -1084,7 +1101,7 @@ fn one_plan_feeds_both_strategies() {
     }));
     assert!(
         docker.platforms[0]
-            .build_argv
+            .handoff_argv("/h")
             .last()
             .unwrap()
             .ends_with(",oci-mediatypes=false")
@@ -1096,54 +1113,45 @@ struct BuildkitRun {
     output: std::process::Output,
     /// Each `buildctl-daemonless.sh` invocation's arguments.
     calls: Vec<Vec<String>>,
-    /// What the script wrote to the termination log, if anything.
-    termination: Option<String>,
+    /// The handoff directory (the Job's path, moved into the test's directory).
+    handoff: std::path::PathBuf,
 }
 
 /// Runs the BuildKit builder container's real command and environment under `/bin/sh`, with
-/// a `buildctl-daemonless.sh` on PATH that records its arguments and, as buildctl does,
-/// writes `metadata` (when given) to the file named by `--metadata-file`, then exits with
-/// `status`. The metadata and termination paths are moved into `dir`, in the argv and the
-/// environment alike.
+/// a `buildctl-daemonless.sh` on PATH that records its arguments and the environment it got
+/// (`export -p`), then exits with `status`.
+/// The handoff path is moved into `dir`.
 fn run_buildkit(
     job: &Job,
     dir: &std::path::Path,
     fill: impl FnOnce(&std::path::Path),
-    metadata: Option<&str>,
     status: i32,
 ) -> BuildkitRun {
-    let canned = dir.join("canned-metadata.json");
-    if let Some(metadata) = metadata {
-        std::fs::write(&canned, metadata).unwrap();
-    }
+    let handoff = dir.join("handoff");
+    std::fs::create_dir_all(&handoff).unwrap();
+    let env_log = dir.join("buildctl-env");
     let record = |log: &std::path::Path| {
         format!(
             r#"#!/bin/sh
-prev=
 for a in "$@"; do
   printf '%s\0' "$a" >> '{log}'
-  if [ "$prev" = --metadata-file ] && [ -f '{canned}' ]; then cp '{canned}' "$a"; fi
-  prev=$a
 done
 printf '\n\0' >> '{log}'
+export -p > '{env}'
 exit {status}
 "#,
             log = log.display(),
-            canned = canned.display(),
+            env = env_log.display(),
         )
     };
-    let metadata_file = dir.join("metadata.json").display().to_string();
-    let termination = dir.join("termination-log");
-    let relocate = |name: Option<&str>, value: &str| match name {
-        Some("ARCHFORGE_TERMINATION_LOG") => termination.display().to_string(),
-        _ if value == archforge::render::BUILDKIT_METADATA_FILE => metadata_file.clone(),
-        _ => value.to_string(),
-    };
+    let moved = handoff.display().to_string();
+    let relocate =
+        |_: Option<&str>, value: &str| value.replace(archforge::render::HANDOFF_DIR, &moved);
     let (output, calls) = run_container(job, dir, fill, "buildctl-daemonless.sh", record, relocate);
     BuildkitRun {
         output,
         calls,
-        termination: std::fs::read_to_string(&termination).ok(),
+        handoff,
     }
 }
 
@@ -1152,18 +1160,8 @@ fn guestbook_checkout(checkout: &std::path::Path) {
     std::fs::write(checkout.join("guestbook-go/Dockerfile"), "FROM scratch\n").unwrap();
 }
 
-const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-/// buildctl's metadata file as it writes it (indented JSON), with `digest`.
-fn metadata_with(digest: &str) -> String {
-    format!(
-        "{{\n  \"containerimage.config.digest\": \"sha256:{}\",\n  \"containerimage.descriptor\": {{\n    \"mediaType\": \"application/vnd.oci.image.manifest.v1+json\",\n    \"digest\": \"{DIGEST}\",\n    \"size\": 480\n  }},\n  \"containerimage.digest\": \"{digest}\",\n  \"image.name\": \"registry.example.com/team/guestbook:v1-linux-arm64\"\n}}\n",
-        "f".repeat(64)
-    )
-}
-
 #[test]
-fn build_args_reach_buildctl_verbatim_and_the_digest_reaches_the_termination_log() {
+fn build_args_reach_buildctl_verbatim_and_the_image_goes_to_the_handoff_never_a_registry() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("pwned");
     let hostile = format!(
@@ -1176,15 +1174,11 @@ fn build_args_reach_buildctl_verbatim_and_the_digest_reaches_the_termination_log
             {"name": "LINES", "value": "a  b\n$HOME\n--output=type=local,dest=/"},
         ]);
         spec["target"] = json!("runtime");
+        spec["output"]["pushSecret"] = json!("push-creds");
+        spec["pullSecret"] = json!("pull-creds");
     });
     let job = &render(&build, "1.24")[1];
-    let run = run_buildkit(
-        job,
-        dir.path(),
-        guestbook_checkout,
-        Some(&metadata_with(DIGEST)),
-        0,
-    );
+    let run = run_buildkit(job, dir.path(), guestbook_checkout, 0);
     assert!(
         run.output.status.success(),
         "{}",
@@ -1193,7 +1187,10 @@ fn build_args_reach_buildctl_verbatim_and_the_digest_reaches_the_termination_log
     assert!(!marker.exists(), "a build arg was executed by a shell");
     assert_eq!(run.calls.len(), 1, "one buildctl call: {:?}", run.calls);
     let call = &run.calls[0];
-    let metadata = dir.path().join("metadata.json").display().to_string();
+    let output = format!(
+        "type=oci,tar=false,dest={}/image,oci-mediatypes=true",
+        run.handoff.display()
+    );
     assert_eq!(
         *call,
         [
@@ -1219,68 +1216,33 @@ fn build_args_reach_buildctl_verbatim_and_the_digest_reaches_the_termination_log
             "--export-cache",
             "type=registry,ref=registry.example.com/team/guestbook-cache:linux-arm64,mode=max",
             "--output",
-            "type=image,name=registry.example.com/team/guestbook,push-by-digest=true,push=true,oci-mediatypes=true",
-            "--metadata-file",
-            metadata.as_str(),
+            output.as_str(),
         ]
     );
-    assert_eq!(run.termination.as_deref(), Some(DIGEST));
-
-    // buildctl may write its metadata on one line as well.
-    let dir = tempfile::tempdir().unwrap();
-    let compact = format!(
-        r#"{{"containerimage.descriptor":{{"digest":"sha256:{}"}},"containerimage.digest":"{DIGEST}"}}"#,
-        "e".repeat(64)
+    // No push output, no metadata file, and only the pull credentials in its environment.
+    assert!(
+        !call
+            .iter()
+            .any(|a| a.contains("push") || a.contains("type=image"))
     );
-    let run = run_buildkit(job, dir.path(), guestbook_checkout, Some(&compact), 0);
-    assert!(run.output.status.success());
-    assert_eq!(run.termination.as_deref(), Some(DIGEST));
+    let env = std::fs::read_to_string(dir.path().join("buildctl-env")).unwrap();
+    assert!(
+        env.lines().any(|l| l.ends_with(&format!(
+            "DOCKER_CONFIG='{}'",
+            archforge::render::PULL_AUTH_DIR
+        ))),
+        "{env}"
+    );
+    assert!(!env.contains(archforge::render::PUSH_AUTH_DIR), "{env}");
+    assert!(!env.contains("push-creds"), "{env}");
 }
 
 #[test]
-fn a_missing_or_malformed_digest_is_never_reported() {
+fn a_failed_buildkit_build_fails_the_builder() {
     let job = &render(&buildkit_sample(), "1.24")[0];
     let dir = tempfile::tempdir().unwrap();
-    let marker = dir.path().join("pwned");
-    let injected = format!("$(touch {})", marker.display());
-    let short = &DIGEST[..DIGEST.len() - 1];
-    let long = format!("{DIGEST}0");
-    let upper = DIGEST.to_uppercase().replace("SHA256", "sha256");
-    let other = DIGEST.replace("sha256", "sha512");
-    let cases: Vec<(&str, Option<String>)> = vec![
-        ("no metadata file", None),
-        ("no digest key", Some("{\"image.name\": \"x\"}".to_string())),
-        ("a short digest", Some(metadata_with(short))),
-        ("a long digest", Some(metadata_with(&long))),
-        ("upper-case hex", Some(metadata_with(&upper))),
-        ("another algorithm", Some(metadata_with(&other))),
-        ("shell syntax", Some(metadata_with(&injected))),
-        ("an empty digest", Some(metadata_with(""))),
-    ];
-    for (what, metadata) in cases {
-        let dir = tempfile::tempdir().unwrap();
-        let run = run_buildkit(job, dir.path(), guestbook_checkout, metadata.as_deref(), 0);
-        let stderr = String::from_utf8_lossy(&run.output.stderr);
-        assert!(!run.output.status.success(), "{what}: reported a digest");
-        assert_eq!(run.termination, None, "{what}");
-        assert!(
-            stderr.contains("holds no valid containerimage.digest"),
-            "{what}: {stderr}"
-        );
-    }
-    assert!(!marker.exists(), "the metadata was executed by a shell");
-
-    // A failed build fails the container with buildctl's status, and reports nothing.
-    let dir = tempfile::tempdir().unwrap();
-    let run = run_buildkit(
-        job,
-        dir.path(),
-        guestbook_checkout,
-        Some(&metadata_with(DIGEST)),
-        3,
-    );
+    let run = run_buildkit(job, dir.path(), guestbook_checkout, 3);
     assert_eq!(run.output.status.code(), Some(3));
-    assert_eq!(run.termination, None);
 }
 
 #[test]
@@ -1294,7 +1256,6 @@ fn a_buildkit_context_outside_the_checkout_is_refused_before_buildctl_runs() {
         |checkout| {
             std::os::unix::fs::symlink("/", checkout.join("rootlink")).unwrap();
         },
-        Some(&metadata_with(DIGEST)),
         0,
     );
     let stderr = String::from_utf8_lossy(&run.output.stderr);
@@ -1304,5 +1265,4 @@ fn a_buildkit_context_outside_the_checkout_is_refused_before_buildctl_runs() {
         stderr.contains("spec.source.contextDir") && stderr.contains("resolves outside"),
         "{stderr}"
     );
-    assert_eq!(run.termination, None);
 }

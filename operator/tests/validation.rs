@@ -137,6 +137,7 @@ fn a_full_valid_spec_passes_every_layer() {
         s["cache"] = json!({"image": "127.0.0.1:5000/team/app-cache"});
         s["output"]["image"] = json!("localhost:5000/a/b_c/d--e:1.0-rc.1");
         s["output"]["pushSecret"] = json!("regcred");
+        s["pullSecret"] = json!("pull-creds");
         s["output"]["mediaType"] = json!("docker");
         s["source"]["git"]["url"] = json!("git@github.com:team/app.git");
         s["source"]["git"]["ref"] = json!("0123456789abcdef0123456789abcdef01234567");
@@ -320,6 +321,30 @@ fn push_secret_is_a_dns_label() {
         |s| s["output"]["pushSecret"] = json!("Reg_Cred"),
         "spec.output.pushSecret",
         "valid Secret name",
+        Layer::Schema,
+    );
+}
+
+#[test]
+fn pull_secret_is_a_dns_label() {
+    for hostile in [
+        "Reg_Cred",
+        "../push-creds",
+        "a b",
+        "creds\n--authfile",
+        "-rf",
+    ] {
+        rejected(
+            |s| s["pullSecret"] = json!(hostile),
+            "spec.pullSecret",
+            "valid Secret name",
+            Layer::Schema,
+        );
+    }
+    rejected(
+        |s| s["pullSecret"] = json!("a".repeat(64)),
+        "spec.pullSecret",
+        "at most 63 characters",
         Layer::Schema,
     );
 }

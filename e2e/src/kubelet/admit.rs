@@ -100,18 +100,32 @@ pub fn waiting_status(pod: &Pod, waiting: &str, refusal: Option<(&str, &str)>, n
 /// The status of a pod whose init containers ran and whose builder's image cannot be
 /// pulled: what containerd 1.6 says for a reference the registry does not hold.
 pub fn pull_failed_status(pod: &Pod, now: &str) -> Value {
-    let (init, _) = container_names(pod);
+    let (init, containers) = container_names(pod);
     let image = image_of(pod, BUILDER_CONTAINER);
     let done = json!({"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}});
     let message = format!(
         "rpc error: code = NotFound desc = failed to pull and unpack image \"{image}\": failed to resolve reference \"{image}\": {image}: not found"
     );
+    let pulling = json!({"waiting": {"reason": "ErrImagePull", "message": message}});
+    let waiting = json!({"waiting": {"reason": "PodInitializing"}});
+    // git-sync ran; the builder (an init container) waits for its image; the rest after it.
+    let init: Vec<Value> = init
+        .iter()
+        .map(|n| match n.as_str() {
+            BUILDER_CONTAINER => container_status(pod, n, pulling.clone()),
+            _ => container_status(pod, n, done.clone()),
+        })
+        .collect();
+    let main: Vec<Value> = containers
+        .iter()
+        .map(|n| container_status(pod, n, waiting.clone()))
+        .collect();
     json!({
         "phase": "Pending",
         "startTime": now,
         "hostIP": "192.0.2.10",
-        "initContainerStatuses": init.iter().map(|n| container_status(pod, n, done.clone())).collect::<Vec<_>>(),
-        "containerStatuses": [container_status(pod, BUILDER_CONTAINER, json!({"waiting": {"reason": "ErrImagePull", "message": message}}))],
+        "initContainerStatuses": init,
+        "containerStatuses": main,
     })
 }
 

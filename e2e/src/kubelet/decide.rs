@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use archforge::api::MediaType;
 use archforge::plan::Platform;
 use archforge::render::{
-    BUILDER_CONTAINER, LABEL_GENERATION, LABEL_IMAGEBUILD, LABEL_MANAGED_BY, LABEL_PLATFORM,
-    MANAGER,
+    BUILDER_CONTAINER, HANDOFF_IMAGE, LABEL_GENERATION, LABEL_IMAGEBUILD, LABEL_MANAGED_BY,
+    LABEL_PLATFORM, MANAGER, PUSH_CONTAINER,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -60,26 +60,12 @@ pub enum Action {
     RefuseAppArmor(String),
 }
 
-/// Where the builder of a pod pushes, from its container's environment.
+/// What a builder pod builds and where its push container pushes it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Build {
     pub platform: Platform,
     pub push_target: String,
     pub media_type: MediaType,
-}
-
-fn builder_env(pod: &Pod, name: &str) -> Option<String> {
-    pod.spec
-        .as_ref()?
-        .containers
-        .iter()
-        .find(|c| c.name == BUILDER_CONTAINER)?
-        .env
-        .as_ref()?
-        .iter()
-        .find(|e| e.name == name)?
-        .value
-        .clone()
 }
 
 /// The platform of a builder pod, from its label (`linux-arm64` for linux/arm64; os,
@@ -88,86 +74,70 @@ pub fn platform_of(pod: &Pod) -> Option<Platform> {
     Platform::from_str(&pod.labels().get(LABEL_PLATFORM)?.replace('-', "/")).ok()
 }
 
-/// The command of a builder pod's builder container.
-fn builder_command(pod: &Pod) -> Option<Vec<String>> {
-    pod.spec
-        .as_ref()?
-        .containers
+/// The command of the pod's container `name`, init or regular.
+fn command_of(pod: &Pod, name: &str) -> Option<Vec<String>> {
+    let spec = pod.spec.as_ref()?;
+    spec.init_containers
         .iter()
-        .find(|c| c.name == BUILDER_CONTAINER)?
+        .flatten()
+        .chain(&spec.containers)
+        .find(|c| c.name == name)?
         .command
         .clone()
 }
 
-/// The `buildah push` argv of a builder pod: its command is `sh -c SCRIPT NAME N`, then the
-/// N build arguments, then the push arguments.
-fn push_argv_of(pod: &Pod) -> Option<Vec<String>> {
-    let command = builder_command(pod)?;
-    let build_argc: usize = command.get(4)?.parse().ok()?;
-    let push = command.get(5 + build_argc..)?.to_vec();
-    (push.first().map(String::as_str) == Some("push")).then_some(push)
-}
-
-/// What a BuildKit builder pod pushes, from its `--output`: its command is `sh -c SCRIPT
-/// NAME`, then the `buildctl build` argv (no count: BuildKit builds and pushes in one call).
-/// A `push-by-digest` output names a repository; its target is then
-/// `<repository>@@unknown-digest@@`, as the plan writes it.
-fn buildkit_push_of(pod: &Pod) -> Option<(String, MediaType)> {
-    let command = builder_command(pod)?;
+/// The media type the builder hands its image off in: buildah's `push --format` (its
+/// command is `sh -c SCRIPT NAME N`, the N build arguments, then the handoff arguments,
+/// ending in `dir:<handoff>`), or BuildKit's `--output type=oci,...,oci-mediatypes=`. `None`
+/// unless the image goes to the handoff volume.
+fn handoff_media_type(pod: &Pod) -> Option<MediaType> {
+    let command = command_of(pod, BUILDER_CONTAINER)?;
     let argv = command.get(4..)?;
-    if argv.first().map(String::as_str) != Some("build") {
-        return None;
-    }
-    let output = &argv.windows(2).find(|w| w[0] == "--output")?[1];
-    let keys: Vec<(&str, &str)> = output
-        .split(',')
-        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
-        .collect();
-    let value = |key: &str| keys.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
-    if value("type")? != "image" || value("push")? != "true" {
-        return None;
-    }
-    let name = value("name")?;
-    let target = if value("push-by-digest") == Some("true") {
-        format!("{name}@@unknown-digest@@")
-    } else {
-        name.to_string()
-    };
-    let media_type = match value("oci-mediatypes") {
-        Some("false") => MediaType::Docker,
-        _ => MediaType::Oci,
-    };
-    Some((target, media_type))
-}
-
-/// The builder's work as the rendered pod describes it: what its `buildah push` (or its
-/// BuildKit `--output`) would do.
-pub fn build_of(pod: &Pod) -> Option<Build> {
-    let platform = platform_of(pod)?;
-    if let Some((push_target, media_type)) = buildkit_push_of(pod) {
-        if builder_env(pod, "ARCHFORGE_PUSH_TARGET").as_deref() != Some(push_target.as_str()) {
+    if argv.first().map(String::as_str) == Some("build") {
+        let output = &argv.windows(2).find(|w| w[0] == "--output")?[1];
+        let keys: Vec<(&str, &str)> = output
+            .split(',')
+            .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+            .collect();
+        let value = |key: &str| keys.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        if value("type")? != "oci" || value("dest")? != HANDOFF_IMAGE {
             return None;
         }
-        return Some(Build {
-            platform,
-            push_target,
-            media_type,
+        return Some(match value("oci-mediatypes") {
+            Some("false") => MediaType::Docker,
+            _ => MediaType::Oci,
         });
     }
-    let push = push_argv_of(pod)?;
-    let format = push.windows(2).find(|w| w[0] == "--format")?[1].clone();
-    let media_type = match format.as_str() {
+    let build_argc: usize = argv.first()?.parse().ok()?;
+    let handoff = argv.get(1 + build_argc..)?;
+    if handoff.first().map(String::as_str) != Some("push")
+        || handoff.last()? != &format!("dir:{HANDOFF_IMAGE}")
+    {
+        return None;
+    }
+    let format = &handoff.windows(2).find(|w| w[0] == "--format")?[1];
+    Some(match format.as_str() {
         "v2s2" => MediaType::Docker,
         _ => MediaType::Oci,
-    };
-    let push_target = push.last()?.strip_prefix("docker://")?.to_string();
-    // The pod's own record of its target must agree with what buildah is told.
-    if builder_env(pod, "ARCHFORGE_PUSH_TARGET").as_deref() != Some(push_target.as_str()) {
+    })
+}
+
+/// The builder's work as the rendered pod describes it: what its builder hands off and
+/// where its push container (`archforge push-image --dir <handoff> --to <target>`) pushes.
+pub fn build_of(pod: &Pod) -> Option<Build> {
+    let platform = platform_of(pod)?;
+    let media_type = handoff_media_type(pod)?;
+    let push = command_of(pod, PUSH_CONTAINER)?;
+    if push.get(..2)? != ["archforge", "push-image"] {
+        return None;
+    }
+    let value = |flag: &str| push.windows(2).find(|w| w[0] == flag).map(|w| w[1].clone());
+    if value("--dir")? != HANDOFF_IMAGE {
         return None;
     }
     Some(Build {
         platform,
-        push_target,
+        push_target: value("--to")?,
         media_type,
     })
 }
@@ -376,23 +346,18 @@ mod tests {
         );
     }
 
-    /// A BuildKit pod is treated like a buildah one: the push target and media type come
-    /// from its `--output`, and must agree with its ARCHFORGE_PUSH_TARGET.
+    /// A BuildKit pod is treated like a buildah one: the media type comes from its
+    /// `--output`, the target from the push container.
     #[test]
     fn acts_on_the_pods_of_rendered_buildkit_jobs() {
         let native = archforge::plan::Placement::Native;
         let pods = rendered_pods_with("archforge-e2e-sim-amd64", &native, |spec| {
             spec["strategy"] = serde_json::json!("buildkit");
             spec["output"]["mediaType"] = serde_json::json!("docker");
-            // A tagged push here; the push by digest (the default) is the next test's.
             spec["output"]["platformTags"] = serde_json::json!(true);
         });
-        let builder = pods[1].spec.as_ref().unwrap().containers[0].clone();
-        assert_eq!(
-            builder.command.as_ref().unwrap()[4],
-            "build",
-            "a BuildKit pod"
-        );
+        let builder = command_of(&pods[1], BUILDER_CONTAINER).unwrap();
+        assert_eq!(builder[4], "build", "a BuildKit pod");
         assert_eq!(
             decide(&pods[1], &Policy::default()),
             Some(Action::Complete(Build {
@@ -401,40 +366,38 @@ mod tests {
                 media_type: MediaType::Docker,
             }))
         );
-        // A pod whose record of its target disagrees with its --output is not acted on.
-        let mut lying = pods[1].clone();
-        let env = lying.spec.as_mut().unwrap().containers[0]
-            .env
-            .as_mut()
-            .unwrap();
-        env.iter_mut()
-            .find(|e| e.name == "ARCHFORGE_PUSH_TARGET")
-            .unwrap()
-            .value = Some("10.0.0.5:5000/e2e/ns/other:v1".into());
-        assert_eq!(build_of(&lying), None);
     }
 
+    /// A pod whose builder would push itself, or whose push container reads another
+    /// directory than the handoff, is not acted on.
     #[test]
-    fn a_push_by_digest_output_names_the_repository() {
+    fn only_a_builder_that_hands_off_to_the_push_container_counts() {
         let native = archforge::plan::Placement::Native;
         let mut pod = rendered_pods_with("archforge-e2e-sim-amd64", &native, |spec| {
             spec["strategy"] = serde_json::json!("buildkit");
         })
         .remove(0);
-        let builder = &mut pod.spec.as_mut().unwrap().containers[0];
+        assert!(build_of(&pod).is_some());
+        let spec = pod.spec.as_mut().unwrap();
+        let mut builders = spec.init_containers.as_mut().unwrap().iter_mut();
+        let builder = builders.find(|c| c.name == BUILDER_CONTAINER).unwrap();
         let command = builder.command.as_mut().unwrap();
         let output = command.iter().position(|a| a == "--output").unwrap() + 1;
-        command[output] =
-            archforge::plan::buildkit_output("10.0.0.5:5000/e2e/ns/app@@unknown-digest@@");
-        for var in builder.env.as_mut().unwrap() {
-            if var.name == "ARCHFORGE_PUSH_TARGET" {
-                var.value = Some("10.0.0.5:5000/e2e/ns/app@@unknown-digest@@".into());
-            }
-        }
-        assert_eq!(
-            build_of(&pod).map(|b| b.push_target),
-            Some("10.0.0.5:5000/e2e/ns/app@@unknown-digest@@".to_string())
-        );
+        let original = command[output].clone();
+        command[output] = "type=image,name=10.0.0.5:5000/e2e/ns/app,push=true".into();
+        assert_eq!(build_of(&pod), None);
+        let spec = pod.spec.as_mut().unwrap();
+        let mut builders = spec.init_containers.as_mut().unwrap().iter_mut();
+        let builder = builders.find(|c| c.name == BUILDER_CONTAINER).unwrap();
+        builder.command.as_mut().unwrap()[output] = original;
+        let push = spec
+            .containers
+            .iter_mut()
+            .find(|c| c.name == PUSH_CONTAINER);
+        let push = push.unwrap().command.as_mut().unwrap();
+        let dir = push.iter().position(|a| a == "--dir").unwrap() + 1;
+        push[dir] = "/elsewhere".into();
+        assert_eq!(build_of(&pod), None);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The pod statuses the simulated kubelet reports, shaped as the kubelet writes them
-//! (init containers done, the builder's termination message) so that the operator reads them
-//! as it reads real ones.
+//! (git-sync and the builder as init containers, the push container's termination message)
+//! so that the operator reads them as it reads real ones.
 
-use archforge::render::BUILDER_CONTAINER;
+use archforge::render::{BUILDER_CONTAINER, PUSH_CONTAINER};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
@@ -42,39 +42,70 @@ fn terminated(exit_code: i32, reason: &str, message: &str, now: &str) -> Value {
     }})
 }
 
-fn init_statuses(pod: &Pod, now: &str) -> Vec<Value> {
+/// Each init container's status: done, except the builder's, which is `builder`.
+fn init_statuses(pod: &Pod, builder: &Value) -> Vec<Value> {
     pod.spec
         .iter()
         .flat_map(|s| s.init_containers.iter().flatten())
-        .map(|c| container_status(pod, &c.name, terminated(0, "Completed", "", now)))
+        .map(|c| match c.name.as_str() {
+            BUILDER_CONTAINER => container_status(pod, &c.name, builder.clone()),
+            _ => container_status(pod, &c.name, done(builder)),
+        })
         .collect()
 }
 
-/// The status a finished pod reports: init containers done, the builder terminated with
-/// `exit_code` and `message` (the digest on success, the failure otherwise).
+/// The state of an init container that ran before the builder.
+fn done(builder: &Value) -> Value {
+    let at = builder
+        .as_object()
+        .and_then(|o| o.values().next())
+        .and_then(|s| s.get("startedAt").or_else(|| s.get("finishedAt")))
+        .cloned()
+        .unwrap_or_default();
+    json!({"terminated": {"exitCode": 0, "reason": "Completed", "message": "", "startedAt": at, "finishedAt": at}})
+}
+
+/// The push container's status: `state`, or waiting while the init containers run.
+fn push_status(pod: &Pod, state: Option<Value>) -> Value {
+    let waiting = json!({"waiting": {"reason": "PodInitializing"}});
+    container_status(pod, PUSH_CONTAINER, state.unwrap_or(waiting))
+}
+
+/// The status a finished pod reports. Success: git-sync and the builder done, the push
+/// container terminated with the digest (`message`). Failure: the builder terminated with
+/// `exit_code` and `message`, the push container never started.
 pub fn finished_status(pod: &Pod, exit_code: i32, message: &str, now: jiff::Timestamp) -> Value {
     let now = now.to_string();
-    let (phase, reason) = if exit_code == 0 {
-        ("Succeeded", "Completed")
+    let (phase, builder, push) = if exit_code == 0 {
+        (
+            "Succeeded",
+            terminated(0, "Completed", "", &now),
+            Some(terminated(0, "Completed", message, &now)),
+        )
     } else {
-        ("Failed", "Error")
+        (
+            "Failed",
+            terminated(exit_code, "Error", message, &now),
+            None,
+        )
     };
     json!({
         "phase": phase,
         "startTime": now,
-        "initContainerStatuses": init_statuses(pod, &now),
-        "containerStatuses": [container_status(pod, BUILDER_CONTAINER, terminated(exit_code, reason, message, &now))],
+        "initContainerStatuses": init_statuses(pod, &builder),
+        "containerStatuses": [push_status(pod, push)],
     })
 }
 
 /// The status of a pod whose builder is still at work.
 pub fn running_status(pod: &Pod, now: jiff::Timestamp) -> Value {
     let now = now.to_string();
+    let builder = json!({"running": {"startedAt": now}});
     json!({
         "phase": "Running",
         "startTime": now,
-        "initContainerStatuses": init_statuses(pod, &now),
-        "containerStatuses": [container_status(pod, BUILDER_CONTAINER, json!({"running": {"startedAt": now}}))],
+        "initContainerStatuses": init_statuses(pod, &builder),
+        "containerStatuses": [push_status(pod, None)],
     })
 }
 

@@ -92,8 +92,9 @@ pub async fn placed_builders(
                 pod.name_any()
             );
             let builder = spec
-                .containers
+                .init_containers
                 .iter()
+                .flatten()
                 .find(|c| c.name == BUILDER_CONTAINER)
                 .context("no builder container")?
                 .clone();

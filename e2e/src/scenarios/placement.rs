@@ -291,8 +291,9 @@ async fn emulated_build(case: &Case, host: &SimulatedNode) -> anyhow::Result<()>
             pod.labels().get(LABEL_PLATFORM)
         );
         let command = spec
-            .containers
+            .init_containers
             .iter()
+            .flatten()
             .find(|c| c.name == BUILDER_CONTAINER)
             .and_then(|c| c.command.clone())
             .unwrap_or_default();

@@ -165,6 +165,16 @@ pub struct ImageBuildSpec {
     /// strategy (buildah unless the operator says otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<Strategy>,
+
+    /// kubernetes.io/dockerconfigjson Secret in the ImageBuild's namespace with credentials
+    /// for pulling base images (FROM) and for the registry cache (spec.cache). Mounted
+    /// read-only in the build container only, where the Dockerfile's RUN steps can read it:
+    /// give it read access to the base images and write access to the cache repository,
+    /// nothing more. The push credentials (spec.output.pushSecret) never reach the build
+    /// container. Anonymous pulls when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_LABEL_PATTERN), length(max = 63))]
+    pub pull_secret: Option<String>,
 }
 
 /// How a platform without a node of its own architecture is built.

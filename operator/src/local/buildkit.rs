@@ -1,6 +1,7 @@
 //! The BuildKit strategy on this machine: `buildctl-daemonless.sh` (which starts a buildkitd
-//! for the one build and stops it after, as in the builder pod) with the plan's argv, and
-//! the pushed digest read from buildctl's metadata file.
+//! for the one build and stops it after, as in the builder pod) with the plan's argv, writing
+//! an OCI layout that this process uploads; buildctl's metadata file says which digest to
+//! expect (its top-level `containerimage.digest`, parsed as JSON, nothing else).
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -41,8 +42,10 @@ pub(super) fn check_tools(path: Option<&OsStr>) -> Result<(), LocalError> {
     )))
 }
 
-/// The pushed manifest's digest from buildctl's `--metadata-file`: `containerimage.digest`,
-/// only when it is `sha256:` and 64 lowercase hex digits.
+/// The image's digest from buildctl's `--metadata-file`: the top-level
+/// `containerimage.digest` key of the JSON object (never a key of the same name, or ending
+/// so, inside `containerimage.descriptor`'s annotations, which the build controls), only
+/// when it is `sha256:` and 64 lowercase hex digits.
 pub(super) fn digest_from_metadata(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("buildctl wrote no metadata file ({}): {e}", path.display()))?;
@@ -144,6 +147,37 @@ mod tests {
         std::fs::write(&file, "not json").unwrap();
         assert!(digest_from_metadata(&file).is_err());
         assert!(digest_from_metadata(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn a_forged_digest_in_the_descriptor_annotations_never_wins() {
+        // The annotations are the build's (LABEL, --opt annotation...): a key ending in
+        // containerimage.digest there, first in the file, must not be read as the digest.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("metadata.json");
+        let real = format!("sha256:{}", "1".repeat(64));
+        let forged = format!("sha256:{}", "f".repeat(64));
+        let text = format!(
+            r#"{{
+  "containerimage.descriptor": {{
+    "annotations": {{"evil.containerimage.digest": "{forged}", "containerimage.digest": "{forged}"}},
+    "digest": "{forged}",
+    "mediaType": "application/vnd.oci.image.manifest.v1+json"
+  }},
+  "x-containerimage.digest": "{forged}",
+  "containerimage.digest": "{real}"
+}}"#
+        );
+        assert!(text.find(&forged) < text.find(&real));
+        std::fs::write(&file, text).unwrap();
+        assert_eq!(digest_from_metadata(&file), Ok(real));
+        // Only there: a file with the forged keys alone holds no digest.
+        std::fs::write(
+            &file,
+            format!(r#"{{"containerimage.descriptor": {{"annotations": {{"containerimage.digest": "{forged}"}}}}}}"#),
+        )
+        .unwrap();
+        assert!(digest_from_metadata(&file).is_err());
     }
 
     #[test]

@@ -44,7 +44,8 @@ pub struct LocalOptions {
     /// Where buildah keeps images and layers; a fresh temporary directory when `None`
     /// (a kept directory makes later builds reuse cached layers).
     pub storage: Option<PathBuf>,
-    /// Docker config with registry credentials (passed to buildah with `--authfile`).
+    /// Docker config with registry credentials for the push, used by this process only
+    /// (buildah and buildctl get `spec.pullSecret`'s, never these).
     pub docker_config: Option<String>,
     /// CA certificates (PEM files) to trust for every registry.
     pub ca_files: Vec<String>,
@@ -251,12 +252,15 @@ pub async fn build_local_with_secrets(
         &secrets::git_auth(build, secrets)?,
         source_limit(build, &settings),
     )?;
-    let ws = workspace::Workspace::new(options)?;
+    let pull = secrets::pull_auth(build, secrets)?;
+    let ws = workspace::Workspace::new(options, pull.as_deref())?;
     let git_log = ws.logs.join("git.log");
     let commit = git::pin_commit(build, &access, &git_log, &mut cancel.clone()).await?;
-    let auth = match &options.docker_config {
-        Some(path) => AuthFile::Path(path),
-        None => AuthFile::None,
+    // The build reads pull credentials only; the push happens in this process.
+    let pull_auth = ws.pull_auth.display().to_string();
+    let auth = match ws.has_pull_auth {
+        true => AuthFile::Path(&pull_auth),
+        false => AuthFile::None,
     };
     let plan = plan(&valid, &settings, &commit, auth);
     for warning in warnings {

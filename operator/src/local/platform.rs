@@ -13,6 +13,7 @@ use super::workspace::Workspace;
 use super::{LocalError, PlatformResult, TimedOut};
 use crate::api::{ImageBuildSpec, Strategy};
 use crate::plan::{PlatformPlan, UNKNOWN_DIGEST};
+
 use crate::registry::Registry;
 
 /// Inserts local-only options before the `--` that ends a buildah argv.
@@ -100,8 +101,9 @@ impl Attempt<'_> {
         }
     }
 
-    /// BuildKit: one `buildctl-daemonless.sh` call builds and pushes, with its own buildkitd
-    /// state per platform under the run's storage; the digest comes from buildctl's metadata.
+    /// BuildKit: one `buildctl-daemonless.sh` call builds into an OCI layout, with its own
+    /// buildkitd state per platform under the run's storage; this process uploads it, and
+    /// checks it against the digest in buildctl's metadata.
     async fn once_buildkit(&self, mut cancel: watch::Receiver<bool>) -> Result<String, LocalError> {
         let (ws, platform) = (self.ws, self.platform);
         let slug = platform.platform.slug();
@@ -113,7 +115,7 @@ impl Attempt<'_> {
             log: log.display().to_string(),
             tail: log_tail(&log, 25),
         };
-        std::fs::create_dir_all(storage.join("docker"))
+        std::fs::create_dir_all(&storage)
             .map_err(|e| LocalError::tool("creating the BuildKit storage", e))?;
         // buildkitd's flags are split on spaces by the wrapper: these are the run's own paths.
         let mut flags = format!("--root {}", storage.join("buildkit").display());
@@ -127,19 +129,18 @@ impl Attempt<'_> {
             flags.push_str(&format!(" --config {}", config.display()));
         }
         let metadata = storage.join("metadata.json");
+        let handoff = storage.join("image");
         let _ = std::fs::remove_file(&metadata);
+        let _ = std::fs::remove_dir_all(&handoff);
         let mut argv = platform.build_argv.clone();
+        argv.extend(platform.handoff_argv(&handoff.display().to_string()));
         argv.extend(platform.metadata_argv(&metadata.display().to_string()));
         let mut cmd = Command::new("buildctl-daemonless.sh");
         cmd.args(argv)
             .current_dir(&ws.checkout)
             .env("BUILDKITD_FLAGS", flags);
-        if let Some(auth) = &platform.auth_file {
-            // buildctl reads credentials from $DOCKER_CONFIG/config.json only.
-            std::fs::copy(auth, storage.join("docker/config.json"))
-                .map_err(|e| LocalError::tool(format!("copying {auth}"), e))?;
-            cmd.env("DOCKER_CONFIG", storage.join("docker"));
-        }
+        // buildctl reads credentials from $DOCKER_CONFIG/config.json: the pull ones only.
+        super::workspace::credential_env(&mut cmd, ws);
         self.progress
             .say(Some(&platform.platform), "building with BuildKit");
         match run_logged(cmd, &log, &mut cancel, Some(self.deadline)).await? {
@@ -160,10 +161,54 @@ impl Attempt<'_> {
                 })));
             }
         }
-        super::buildkit::digest_from_metadata(&metadata).map_err(failed)
+        let digest = super::buildkit::digest_from_metadata(&metadata).map_err(failed)?;
+        self.upload(&handoff, &digest, &log, cancel).await
     }
 
-    /// buildah: `buildah build`, then `buildah push`, which writes the digest.
+    /// Uploads the image the builder wrote to `dir` (checked against `digest`, the builder's
+    /// word) to the platform's push target, within the platform's deadline.
+    async fn upload(
+        &self,
+        dir: &std::path::Path,
+        digest: &str,
+        log: &std::path::Path,
+        mut cancel: watch::Receiver<bool>,
+    ) -> Result<String, LocalError> {
+        let platform = self.platform;
+        let (repository, tag) = crate::cli::split_target(&platform.push_target)
+            .map_err(|e| LocalError::tool("reading the push target", e))?;
+        let timed_out = || {
+            LocalError::PlatformTimedOut(Box::new(TimedOut {
+                platform: platform.platform.to_string(),
+                timeout: humantime::format_duration(platform.timeout).to_string(),
+                from: self.timeout_from.to_string(),
+                step: "push (upload by digest)".to_string(),
+                log: log.display().to_string(),
+                tail: log_tail(log, 25),
+            }))
+        };
+        let upload = self
+            .registry
+            .upload_image(repository, tag, dir, Some(digest));
+        tokio::select! {
+            uploaded = upload => uploaded.map_err(|e| LocalError::Platform {
+                platform: platform.platform.to_string(),
+                message: format!("uploading by digest: {e}"),
+                log: log.display().to_string(),
+                tail: log_tail(log, 25),
+            }),
+            _ = tokio::time::sleep_until(self.deadline) => Err(timed_out()),
+            _ = async {
+                // A dropped sender is no Ctrl-C: wait on.
+                if cancel.wait_for(|stop| *stop).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            } => Err(LocalError::Interrupted),
+        }
+    }
+
+    /// buildah: `buildah build`, then `buildah push` to `dir:` (no credentials), which this
+    /// process uploads.
     async fn once_buildah(&self, mut cancel: watch::Receiver<bool>) -> Result<String, LocalError> {
         let (ws, platform) = (self.ws, self.platform);
         let slug = platform.platform.slug();
@@ -179,6 +224,7 @@ impl Attempt<'_> {
                 .args(argv)
                 .current_dir(&ws.checkout)
                 .env("BUILDAH_ISOLATION", "chroot");
+            super::workspace::credential_env(&mut cmd, ws);
             if let Some(conf) = &ws.registries_conf {
                 cmd.env("CONTAINERS_REGISTRIES_CONF", conf);
             }
@@ -223,49 +269,29 @@ impl Attempt<'_> {
             ),
         );
         let digest_file = storage.join("digest");
-        let mut push = platform.push_argv(&digest_file.display().to_string());
-        // This machine's buildah (1.28) cannot push by digest alone (`@@unknown-digest@@`
-        // needs 1.33): it writes the image to a directory, and archforge uploads it by
-        // digest, so no tag is left behind either way.
-        let by_digest = platform.push_target.strip_suffix(UNKNOWN_DIGEST);
-        let pushed_dir = storage.join("pushed");
-        if by_digest.is_some() {
-            let _ = std::fs::remove_dir_all(&pushed_dir);
-            if let Some(last) = push.last_mut() {
-                *last = format!("dir:{}", pushed_dir.display());
-            }
-        }
-        let push = buildah(with_options(push, &extra));
+        let handoff = storage.join("image");
+        let _ = std::fs::remove_dir_all(&handoff);
+        let push = with_options(
+            platform.handoff_argv(&handoff.display().to_string()),
+            &[
+                "--digestfile".to_string(),
+                digest_file.display().to_string(),
+            ],
+        );
         ran(
-            run_logged(push, &log, &mut cancel, Some(self.deadline)).await?,
+            run_logged(
+                buildah(with_options(push, &extra)),
+                &log,
+                &mut cancel,
+                Some(self.deadline),
+            )
+            .await?,
             "push",
         )?;
         let digest = std::fs::read_to_string(&digest_file)
             .map(|d| d.trim().to_string())
             .map_err(|e| failed(format!("buildah wrote no digest: {e}")))?;
-        let Some(repository) = by_digest else {
-            return Ok(digest);
-        };
-        let upload = self
-            .registry
-            .upload_dir_image(repository, &pushed_dir, Some(&digest));
-        tokio::select! {
-            uploaded = upload => uploaded.map_err(|e| failed(format!("uploading by digest: {e}"))),
-            _ = tokio::time::sleep_until(self.deadline) => Err(LocalError::PlatformTimedOut(Box::new(TimedOut {
-                platform: platform.platform.to_string(),
-                timeout: humantime::format_duration(platform.timeout).to_string(),
-                from: self.timeout_from.to_string(),
-                step: "push (upload by digest)".to_string(),
-                log: log.display().to_string(),
-                tail: log_tail(&log, 25),
-            }))),
-            _ = async {
-                // A dropped sender is no Ctrl-C: wait on.
-                if cancel.wait_for(|stop| *stop).await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            } => Err(LocalError::Interrupted),
-        }
+        self.upload(&handoff, &digest, &log, cancel).await
     }
 }
 

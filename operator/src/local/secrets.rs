@@ -98,6 +98,33 @@ pub(super) fn signing_secret(
     Ok((key, values.get(crate::supply::COSIGN_PASSWORD).cloned()))
 }
 
+/// The docker config of `spec.pullSecret` (`.dockerconfigjson`), when the spec names one:
+/// the only credentials the local build process gets (the push credentials stay in
+/// archforge's own process, which uploads the image).
+pub(super) fn pull_auth(
+    build: &ImageBuild,
+    secrets: &LocalSecrets,
+) -> Result<Option<Vec<u8>>, LocalError> {
+    let Some(name) = &build.spec.pull_secret else {
+        return Ok(None);
+    };
+    let values = secrets.0.get(name).ok_or_else(|| {
+        LocalError::Credentials(format!(
+            "spec.pullSecret names Secret {name:?}, which is not in the ImageBuild's file; add it there as another YAML document (---)"
+        ))
+    })?;
+    values
+        .get(".dockerconfigjson")
+        .filter(|v| !v.is_empty())
+        .cloned()
+        .map(Some)
+        .ok_or_else(|| {
+            LocalError::Credentials(format!(
+                "Secret {name:?} (spec.pullSecret) has no \".dockerconfigjson\" key (a kubernetes.io/dockerconfigjson Secret)"
+            ))
+        })
+}
+
 /// How the git server of `spec.source.git` is authenticated to.
 pub(super) enum GitAuth {
     Anonymous,
@@ -203,6 +230,38 @@ mod tests {
             }
             _ => panic!("an scp-like URL takes the SSH keys"),
         }
+    }
+
+    #[test]
+    fn the_pull_secret_is_read_from_the_file_and_its_absence_named() {
+        let with_pull = FILE.replace(
+            "  platforms: [linux/amd64]\n",
+            "  platforms: [linux/amd64]\n  pullSecret: pull\n",
+        );
+        let build = crate::manifest::parse_imagebuild("ib.yaml", &with_pull).unwrap();
+        let err = pull_auth(&build, &LocalSecrets::default()).err().unwrap();
+        assert!(
+            err.to_string()
+                .contains("spec.pullSecret names Secret \"pull\""),
+            "{err}"
+        );
+        let without_key = format!(
+            "{with_pull}---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: pull\nstringData:\n  other: x\n"
+        );
+        let secrets = LocalSecrets::parse("ib.yaml", &without_key).unwrap();
+        let err = pull_auth(&build, &secrets).err().unwrap();
+        assert!(err.to_string().contains(".dockerconfigjson"), "{err}");
+        let good = format!(
+            "{with_pull}---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: pull\nstringData:\n  .dockerconfigjson: '{{\"auths\":{{}}}}'\n"
+        );
+        let secrets = LocalSecrets::parse("ib.yaml", &good).unwrap();
+        assert_eq!(
+            pull_auth(&build, &secrets).unwrap().unwrap(),
+            br#"{"auths":{}}"#
+        );
+        // No pullSecret: no credentials for the build, whatever Secrets the file holds.
+        let plain = crate::manifest::parse_imagebuild("ib.yaml", FILE).unwrap();
+        assert_eq!(pull_auth(&plain, &secrets).unwrap(), None);
     }
 
     #[test]

@@ -13,6 +13,13 @@ pub(super) struct Workspace {
     pub(super) logs: PathBuf,
     pub(super) registries_conf: Option<PathBuf>,
     pub(super) cert_dir: Option<PathBuf>,
+    /// The only registry credentials the build processes get: `spec.pullSecret`'s docker
+    /// config, or one with no credentials (so that buildah and buildctl read no login of
+    /// this machine's either). `config.json` in its own directory, for buildctl's
+    /// DOCKER_CONFIG.
+    pub(super) pull_auth: PathBuf,
+    /// Whether [`Workspace::pull_auth`] holds credentials (`spec.pullSecret`).
+    pub(super) has_pull_auth: bool,
     /// The registry trust settings, for BuildKit's buildkitd.toml.
     pub(super) trust: RegistryTrust,
     _root: tempfile::TempDir,
@@ -21,7 +28,7 @@ pub(super) struct Workspace {
 impl Workspace {
     /// A fresh work directory laid out for `options`: logs, and the registries.conf and
     /// certificate directory buildah is pointed at when `options` asks for them.
-    pub(super) fn new(options: &LocalOptions) -> Result<Self, LocalError> {
+    pub(super) fn new(options: &LocalOptions, pull: Option<&[u8]>) -> Result<Self, LocalError> {
         let root = tempfile::Builder::new()
             .prefix("archforge-local-")
             .tempdir()
@@ -39,7 +46,10 @@ impl Workspace {
         } else {
             Some(write_certificates(root.path(), options)?)
         };
+        let pull_auth = write_pull_auth(root.path(), pull)?;
         Ok(Workspace {
+            has_pull_auth: pull.is_some(),
+            pull_auth,
             checkout: root.path().join("src"),
             storage: options
                 .storage
@@ -52,6 +62,37 @@ impl Workspace {
             _root: root,
         })
     }
+}
+
+/// `pull-auth/config.json`, mode 0600: `pull`, or a docker config with no credentials.
+fn write_pull_auth(root: &Path, pull: Option<&[u8]>) -> Result<PathBuf, LocalError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = root.join("pull-auth");
+    std::fs::create_dir_all(&dir).map_err(|e| LocalError::tool("creating pull-auth", e))?;
+    let path = dir.join("config.json");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(pull.unwrap_or(br#"{"auths":{}}"#)))
+        .map_err(|e| LocalError::tool("writing the pull credentials", e))?;
+    Ok(path)
+}
+
+/// The environment every build process of this run gets for registry credentials: only the
+/// pull credentials file, and none of this process's own (`--docker-config` in
+/// ARCHFORGE_DOCKER_CONFIG holds the push credentials).
+pub(super) fn credential_env(cmd: &mut tokio::process::Command, ws: &Workspace) {
+    cmd.env_remove("ARCHFORGE_DOCKER_CONFIG")
+        .env("REGISTRY_AUTH_FILE", &ws.pull_auth)
+        .env(
+            "DOCKER_CONFIG",
+            ws.pull_auth
+                .parent()
+                .expect("pull-auth/config.json has a parent"),
+        );
 }
 
 /// containers-registries.conf(5) for buildah, given with CONTAINERS_REGISTRIES_CONF, which
@@ -117,7 +158,7 @@ mod tests {
             trust: trust.clone(),
             ..Default::default()
         };
-        let ws = Workspace::new(&options).unwrap();
+        let ws = Workspace::new(&options, None).unwrap();
         let conf = std::fs::read_to_string(ws.registries_conf.as_ref().unwrap()).unwrap();
         assert_eq!(
             conf,
@@ -135,7 +176,53 @@ mod tests {
         assert_eq!(names, ["ca-0.crt", "registry-registry.internal_5000.crt"]);
         assert_eq!(ws.trust, trust);
 
-        let none = Workspace::new(&LocalOptions::default()).unwrap();
+        let none = Workspace::new(&LocalOptions::default(), None).unwrap();
         assert!(none.registries_conf.is_none() && none.cert_dir.is_none());
+    }
+
+    #[test]
+    fn build_processes_get_the_pull_credentials_and_nothing_else() {
+        let push = "/home/me/.docker/push-config.json";
+        let options = LocalOptions {
+            docker_config: Some(push.to_string()),
+            ..Default::default()
+        };
+        let envs = |ws: &Workspace| -> Vec<(String, Option<String>)> {
+            let mut cmd = tokio::process::Command::new("buildah");
+            credential_env(&mut cmd, ws);
+            cmd.as_std()
+                .get_envs()
+                .map(|(k, v)| {
+                    let v = v.map(|v| v.to_string_lossy().into_owned());
+                    (k.to_string_lossy().into_owned(), v)
+                })
+                .collect()
+        };
+        let pull = br#"{"auths":{"base.example.com":{"auth":"cHVsbDp0b2tlbg=="}}}"#;
+        let ws = Workspace::new(&options, Some(pull)).unwrap();
+        let set = envs(&ws);
+        let file = ws.pull_auth.display().to_string();
+        let dir = ws.pull_auth.parent().unwrap().display().to_string();
+        assert!(set.contains(&("REGISTRY_AUTH_FILE".into(), Some(file))));
+        assert!(set.contains(&("DOCKER_CONFIG".into(), Some(dir))));
+        // The variable that may hold the push credentials' path is removed, not inherited.
+        assert!(set.contains(&("ARCHFORGE_DOCKER_CONFIG".into(), None)));
+        assert!(!set.iter().any(|(_, v)| v.as_deref() == Some(push)));
+        assert_eq!(std::fs::read(&ws.pull_auth).unwrap(), pull);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&ws.pull_auth)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        // Without spec.pullSecret: a file with no credentials, so no login of this machine's
+        // (~/.docker/config.json, $XDG_RUNTIME_DIR/containers/auth.json) is read either.
+        let ws = Workspace::new(&options, None).unwrap();
+        assert!(!ws.has_pull_auth);
+        assert_eq!(
+            std::fs::read_to_string(&ws.pull_auth).unwrap(),
+            r#"{"auths":{}}"#
+        );
     }
 }

@@ -1,17 +1,18 @@
 //! The BuildKit side of the plan: the `buildctl build` argv of one platform. Pure, like the
 //! rest of the plan; the same vector is the Job's builder argv and the local executor's.
 
-use super::{Platform, UNKNOWN_DIGEST, context_dir, dockerfile_path};
+use super::{Platform, context_dir, dockerfile_path};
 use crate::api::{CacheScope, ImageBuildSpec, MediaType};
 
-/// The `--output` of `buildctl build` for a push target: a tag target is pushed to that
-/// tag; a target ending in `@@unknown-digest@@` (a platform pushed by digest only, whose
-/// digest is known once pushed) pushes to its repository by digest, without a tag.
-pub fn buildkit_output(push_target: &str) -> String {
-    match push_target.strip_suffix(UNKNOWN_DIGEST) {
-        Some(repository) => format!("type=image,name={repository},push-by-digest=true,push=true"),
-        None => format!("type=image,name={push_target},push=true"),
-    }
+/// The `--output` of `buildctl build` that writes the image to the directory `dest` as an
+/// OCI image layout (`index.json`, `blobs/sha256/`) instead of pushing it: the builder has
+/// no push credentials. `dest` is the builder's own path (the handoff volume, or a
+/// directory of the local run), never a user value.
+pub fn buildkit_handoff_output(dest: &str, media_type: MediaType) -> String {
+    format!(
+        "type=oci,tar=false,dest={dest},oci-mediatypes={}",
+        oci_mediatypes(media_type)
+    )
 }
 
 /// The registry cache ref of one platform: `<cache image>:<os>-<arch>[-<variant>]`. Each
@@ -29,12 +30,13 @@ fn oci_mediatypes(media_type: MediaType) -> &'static str {
     }
 }
 
-/// The `buildctl build` arguments that build `platform` and push it to `push_target`.
+/// The `buildctl build` arguments that build `platform`; where the image goes
+/// ([`buildkit_handoff_output`]) is appended by `PlatformPlan::handoff_argv`.
 /// Every user value is one whole element, bound to its key inside it (`build-arg:NAME=VALUE`:
 /// buildctl splits an `--opt` at its first `=`, and NAME cannot hold one); nothing is ever
 /// joined into a shell string. The comma-separated `--output` and cache values hold only
 /// references whose patterns exclude `,` and `=`.
-pub fn buildkit_argv(spec: &ImageBuildSpec, platform: &Platform, push_target: &str) -> Vec<String> {
+pub fn buildkit_argv(spec: &ImageBuildSpec, platform: &Platform) -> Vec<String> {
     let dockerfile = dockerfile_path(spec);
     let (dockerfile_dir, filename) = match dockerfile.rsplit_once('/') {
         Some((dir, file)) => (dir.to_string(), file.to_string()),
@@ -90,14 +92,6 @@ pub fn buildkit_argv(spec: &ImageBuildSpec, platform: &Platform, push_target: &s
             format!("type=registry,ref={own},mode=max"),
         ]);
     }
-    argv.extend([
-        "--output".to_string(),
-        format!(
-            "{},oci-mediatypes={}",
-            buildkit_output(push_target),
-            oci_mediatypes(spec.output.media_type)
-        ),
-    ]);
     argv
 }
 
@@ -106,24 +100,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_tag_target_is_pushed_to_its_tag() {
+    fn the_image_is_written_to_the_handoff_never_pushed() {
         assert_eq!(
-            buildkit_output("r.example.com/team/app:v1-linux-arm64"),
-            "type=image,name=r.example.com/team/app:v1-linux-arm64,push=true"
+            buildkit_handoff_output("/var/run/archforge/handoff/image", MediaType::Oci),
+            "type=oci,tar=false,dest=/var/run/archforge/handoff/image,oci-mediatypes=true"
         );
-    }
-
-    #[test]
-    fn an_unknown_digest_target_is_pushed_by_digest_to_its_repository() {
-        assert_eq!(
-            buildkit_output("r.example.com:5000/team/app@@unknown-digest@@"),
-            "type=image,name=r.example.com:5000/team/app,push-by-digest=true,push=true"
-        );
-        // Only as a suffix: anywhere else it is part of a (then invalid) name, left alone.
-        assert_eq!(
-            buildkit_output("r.example.com/a@@unknown-digest@@x:v1"),
-            "type=image,name=r.example.com/a@@unknown-digest@@x:v1,push=true"
-        );
+        assert!(!buildkit_handoff_output("/h", MediaType::Docker).contains("push"));
+        assert!(buildkit_handoff_output("/h", MediaType::Docker).ends_with("oci-mediatypes=false"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::validation::{ValidSpec, parse_timeout};
 mod buildkit;
 pub mod trust;
 
-pub use buildkit::{buildkit_argv, buildkit_output, cache_ref};
+pub use buildkit::{buildkit_argv, buildkit_handoff_output, cache_ref};
 
 /// Annotation whose new value starts a new run of an unchanged spec.
 pub const REBUILD_ANNOTATION: &str = "archforge.dev/rebuild";
@@ -89,14 +89,15 @@ pub struct PlatformPlan {
     /// Which builder runs this platform; `build_argv` is that builder's.
     pub strategy: Strategy,
     /// Arguments to the strategy's builder, starting with `build` and run from the
-    /// repository root: `buildah` (then [`PlatformPlan::push_argv`]), or
-    /// `buildctl-daemonless.sh`/`buildctl`, which builds and pushes in one call (then
-    /// [`PlatformPlan::metadata_argv`]).
+    /// repository root: `buildah` (then [`PlatformPlan::handoff_argv`], a second call), or
+    /// `buildctl-daemonless.sh`/`buildctl` (with [`PlatformPlan::handoff_argv`] appended).
+    /// Neither ever pushes: the image goes to a directory, uploaded by another process.
     pub build_argv: Vec<String>,
     /// The manifest format of the pushed image.
     pub media_type: MediaType,
-    /// The registry credentials file buildah reads, when there is one.
-    pub auth_file: Option<String>,
+    /// The pull credentials file the builder reads (base images, the registry cache), when
+    /// there is one. Never the push credentials: RUN steps can read what the builder reads.
+    pub pull_auth_file: Option<String>,
     /// Whether the run may succeed without this platform.
     pub allow_failure: bool,
     /// Pod retries of this platform (its Job's backoffLimit).
@@ -125,42 +126,61 @@ pub enum Placement {
 }
 
 impl PlatformPlan {
-    /// The `buildah push` arguments that push the built image to this platform's tag and
-    /// write the pushed manifest digest to `digest_file`: the Job's termination log, or a
-    /// file of the local executor. The one place that decides how a platform is pushed.
-    pub fn push_argv(&self, digest_file: &str) -> Vec<String> {
-        let mut argv: Vec<String> = [
-            "push",
-            "--format",
-            self.media_type.buildah_push_format(),
-            "--digestfile",
-            digest_file,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if let Some(path) = &self.auth_file {
-            argv.extend(["--authfile".to_string(), path.clone()]);
+    /// The arguments that write the built image to the directory `dest` instead of pushing
+    /// it, with no credentials: buildah's `push` to `dir:<dest>` (a second buildah call), or
+    /// BuildKit's `--output type=oci,tar=false,dest=<dest>` (appended to the build argv).
+    /// The push container (or `build --local` itself) uploads it from there. The one place
+    /// that decides how a platform's image leaves the builder.
+    pub fn handoff_argv(&self, dest: &str) -> Vec<String> {
+        match self.strategy {
+            Strategy::Buildah => [
+                "push",
+                "--format",
+                self.media_type.buildah_push_format(),
+                "--",
+                LOCAL_IMAGE,
+                &format!("dir:{dest}"),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            Strategy::Buildkit => vec![
+                "--output".to_string(),
+                buildkit_handoff_output(dest, self.media_type),
+            ],
         }
-        argv.extend([
-            "--".to_string(),
-            LOCAL_IMAGE.to_string(),
-            format!("docker://{}", self.push_target),
-        ]);
-        argv
     }
-}
 
-impl PlatformPlan {
-    /// The arguments that make BuildKit's `buildctl build` write its result metadata (with
-    /// the pushed manifest's digest under `containerimage.digest`) to `metadata_file`: the
-    /// Job's builder script reads it into the termination log, the local executor into the
-    /// run. Appended to [`PlatformPlan::build_argv`]; empty for buildah, whose digest comes
-    /// from [`PlatformPlan::push_argv`].
+    /// The arguments that make BuildKit's `buildctl build` write its result metadata (the
+    /// image's digest under the top-level `containerimage.digest`) to `metadata_file`, which
+    /// the local executor checks the handed-off image against. Appended to
+    /// [`PlatformPlan::build_argv`]; empty for buildah.
     pub fn metadata_argv(&self, metadata_file: &str) -> Vec<String> {
         match self.strategy {
             Strategy::Buildah => Vec::new(),
             Strategy::Buildkit => vec!["--metadata-file".to_string(), metadata_file.to_string()],
+        }
+    }
+}
+
+/// The Secrets one run mounts, by name: each in one container only (git credentials in
+/// git-sync, pull credentials in the builder, push credentials in the push container).
+/// Render reads Secret names from here alone, never from the spec, so that where they come
+/// from (the ImageBuild's namespace, or per-run copies) is decided in one place.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretNames {
+    pub git: Option<String>,
+    pub push: Option<String>,
+    pub pull: Option<String>,
+}
+
+impl SecretNames {
+    /// The Secrets `spec` names.
+    pub fn of(spec: &ImageBuildSpec) -> Self {
+        SecretNames {
+            git: spec.source.git.credentials_secret.clone(),
+            push: spec.output.push_secret.clone(),
+            pull: spec.pull_secret.clone(),
         }
     }
 }
@@ -179,9 +199,15 @@ pub struct BuildPlan {
     pub emulation: Emulation,
     pub emulation_after: Duration,
     pub platforms: Vec<PlatformPlan>,
+    /// The Secrets the run's pods mount.
+    pub secrets: SecretNames,
+    /// The build context, relative to the repository root (`.` for the root itself).
+    pub context_dir: String,
+    /// The Dockerfile, relative to the repository root.
+    pub dockerfile: String,
 }
 
-/// Where the builder reads registry credentials from, if anywhere.
+/// Where the builder reads pull credentials from, if anywhere (never push credentials).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthFile<'a> {
     None,
@@ -443,7 +469,7 @@ pub fn plan(
             let push_target = push_target(&spec.output, &platform);
             let build_argv = match strategy {
                 Strategy::Buildah => build_argv(spec, &platform, auth),
-                Strategy::Buildkit => buildkit_argv(spec, &platform, &push_target),
+                Strategy::Buildkit => buildkit_argv(spec, &platform),
             };
             PlatformPlan {
                 allow_failure: own.and_then(|s| s.allow_failure).unwrap_or(false),
@@ -454,7 +480,7 @@ pub fn plan(
                 strategy,
                 build_argv,
                 media_type: spec.output.media_type,
-                auth_file: match auth {
+                pull_auth_file: match auth {
                     AuthFile::Path(path) => Some(path.to_string()),
                     AuthFile::None => None,
                 },
@@ -475,6 +501,9 @@ pub fn plan(
             .and_then(parse_timeout)
             .unwrap_or_default(),
         platforms,
+        secrets: SecretNames::of(spec),
+        context_dir: context_dir(spec),
+        dockerfile: dockerfile_path(spec),
     }
 }
 

@@ -12,6 +12,7 @@ mod auth;
 mod bounded;
 mod classify;
 mod error;
+mod handoff;
 mod index;
 mod inspect;
 mod publish;
@@ -35,6 +36,7 @@ use crate::plan::Platform;
 pub use auth::DockerConfig;
 pub use bounded::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, sha256_digest};
 pub use error::{RegistryError, RegistryResult};
+pub use handoff::{HandoffImage, read_handoff};
 pub use index::{
     ANNOTATION_CREATED, ANNOTATION_REVISION, ANNOTATION_SOURCE, Index, IndexEntry, IndexPlatform,
     build_index, check_unique_platforms, index_media_type, run_annotations,

@@ -12,16 +12,23 @@ use crate::api::Strategy;
 use crate::plan::{AuthFile, BuildPlan, Placement, PlatformPlan, emulation_label};
 use crate::settings::{BUILDKIT_UID, BuilderSettings, KubeVersion};
 
+mod push;
 mod scripts;
 mod security;
 mod trust;
 
+pub use push::{
+    HANDOFF_DIR, HANDOFF_IMAGE, PULL_AUTH_DIR, PULL_AUTH_FILE, PUSH_AUTH_DIR, PUSH_AUTH_FILE,
+    PUSH_CONTAINER,
+};
+use push::{builder_mounts, handoff_and_secret_volumes, push_container};
 pub use scripts::{BUILDER_SCRIPT, BUILDKIT_SCRIPT};
 use security::{apparmor, builder_resources, builder_security};
 use trust::{BUILDAH_HOME, trust_env, trust_mounts, trust_volumes};
 pub use trust::{BUILDKIT_TRUST_DIR, buildkitd_config_file};
 
-/// Name of the builder container; the AppArmor annotation is keyed on it.
+/// Name of the builder init container (it runs the Dockerfile); the AppArmor annotation is
+/// keyed on it.
 pub const BUILDER_CONTAINER: &str = "builder";
 /// Name of the git-sync init container.
 pub const GIT_SYNC_CONTAINER: &str = "git-sync";
@@ -42,11 +49,6 @@ pub const MANAGER: &str = "archforge";
 const WORKSPACE: &str = "/workspace";
 /// The link git-sync points at the checked-out worktree, relative to the workspace.
 const SOURCE_LINK: &str = "source";
-/// The builder's termination message: buildah writes the pushed digest here.
-const TERMINATION_LOG: &str = "/dev/termination-log";
-/// Where the push secret's docker config is mounted in the builder.
-pub const PUSH_AUTH_DIR: &str = "/var/run/archforge/push";
-pub const PUSH_AUTH_FILE: &str = "/var/run/archforge/push/config.json";
 const GIT_SECRET_DIR: &str = "/etc/git-secret";
 /// git-sync's own non-root user (from its image).
 const GIT_SYNC_UID: i64 = 65533;
@@ -73,6 +75,7 @@ pub fn run_labels(imagebuild: &str, generation: i64) -> BTreeMap<String, String>
 }
 
 fn git_sync_container(build: &ImageBuild, plan: &BuildPlan, settings: &BuilderSettings) -> Value {
+    let ssh = is_ssh_git(build);
     let git = &build.spec.source.git;
     // `--flag=value` keeps every value bound to its flag, whatever it starts with.
     let mut args = vec![
@@ -91,8 +94,8 @@ fn git_sync_container(build: &ImageBuild, plan: &BuildPlan, settings: &BuilderSe
         json!({"name": "workspace", "mountPath": WORKSPACE}),
         json!({"name": "git-tmp", "mountPath": "/tmp"}),
     ];
-    if let Some(secret) = &git.credentials_secret {
-        if is_ssh_url(&git.url) {
+    if let Some(secret) = &plan.secrets.git {
+        if ssh {
             args.push(format!("--ssh-key-file={GIT_SECRET_DIR}/ssh-privatekey"));
             args.push(format!(
                 "--ssh-known-hosts-file={GIT_SECRET_DIR}/known_hosts"
@@ -136,14 +139,20 @@ fn git_sync_container(build: &ImageBuild, plan: &BuildPlan, settings: &BuilderSe
     })
 }
 
-/// Where a builder Job's buildah finds registry credentials: the push Secret, when the
-/// ImageBuild names one, mounted at [`PUSH_AUTH_FILE`].
+/// Where a builder Job's buildah finds pull credentials (base images, the cache): the pull
+/// Secret, when the ImageBuild names one, mounted at [`PULL_AUTH_FILE`]. Never the push
+/// Secret, which only the push container mounts.
 pub fn auth_file(build: &ImageBuild) -> AuthFile<'static> {
-    if build.spec.output.push_secret.is_some() {
-        AuthFile::Path(PUSH_AUTH_FILE)
+    if build.spec.pull_secret.is_some() {
+        AuthFile::Path(PULL_AUTH_FILE)
     } else {
         AuthFile::None
     }
+}
+
+/// Whether the source is fetched over SSH (its credentials are then a mounted key).
+fn is_ssh_git(build: &ImageBuild) -> bool {
+    is_ssh_url(&build.spec.source.git.url)
 }
 
 /// Whether git would reach this URL over SSH (ssh:// or the scp-like user@host:path form).
@@ -151,24 +160,37 @@ pub fn is_ssh_url(url: &str) -> bool {
     url.starts_with("ssh://") || !url.contains("://")
 }
 
-fn builder_container(
-    build: &ImageBuild,
-    platform: &PlatformPlan,
-    settings: &BuilderSettings,
+/// What the builder containers of both strategies share: the pod's build, the run's plan
+/// and this platform's part of it.
+struct Builder<'a> {
+    build: &'a ImageBuild,
+    plan: &'a BuildPlan,
+    platform: &'a PlatformPlan,
+    settings: &'a BuilderSettings,
     version: KubeVersion,
-) -> Value {
-    match platform.strategy {
-        Strategy::Buildah => buildah_container(build, platform, settings, version),
-        Strategy::Buildkit => buildkit_container(build, platform, settings, version),
+}
+
+impl Builder<'_> {
+    fn container(&self) -> Value {
+        match self.platform.strategy {
+            Strategy::Buildah => buildah_container(self),
+            Strategy::Buildkit => buildkit_container(self),
+        }
+    }
+
+    /// The environment both builder scripts read: the checkout and what to build in it.
+    fn source_env(&self) -> Vec<Value> {
+        vec![
+            json!({"name": "ARCHFORGE_WORKSPACE", "value": WORKSPACE}),
+            json!({"name": "ARCHFORGE_CONTEXT_DIR", "value": self.plan.context_dir}),
+            json!({"name": "ARCHFORGE_DOCKERFILE", "value": self.plan.dockerfile}),
+        ]
     }
 }
 
 /// Where the BuildKit builder's buildkitd keeps its state: the image declares it a volume,
 /// and rootless BuildKit needs it to be a real (emptyDir) mount, not the image's overlay.
 const BUILDKIT_STATE: &str = "/home/user/.local/share/buildkit";
-/// Where buildctl writes the build's metadata (the pushed digest among it).
-pub const BUILDKIT_OUTPUT_DIR: &str = "/var/run/archforge/output";
-pub const BUILDKIT_METADATA_FILE: &str = "/var/run/archforge/output/metadata.json";
 /// buildkitd's flags. Without a process sandbox, RUN steps share the builder container's PID
 /// namespace: a new one needs a fresh /proc mounted, which the kernel refuses while the
 /// container's /proc has masked paths ("mount_too_revealing"), and Kubernetes unmasks it only
@@ -190,40 +212,27 @@ pub fn buildkitd_flags(settings: &BuilderSettings) -> String {
     flags
 }
 
-fn buildkit_container(
-    build: &ImageBuild,
-    platform: &PlatformPlan,
-    settings: &BuilderSettings,
-    version: KubeVersion,
-) -> Value {
-    let spec = &build.spec;
+fn buildkit_container(b: &Builder<'_>) -> Value {
+    let (platform, settings) = (b.platform, b.settings);
     let trust = &settings.registry_trust;
     let mut env = vec![
         json!({"name": "BUILDKITD_FLAGS", "value": buildkitd_flags(settings)}),
         json!({"name": "HOME", "value": "/home/user"}),
-        json!({"name": "ARCHFORGE_WORKSPACE", "value": WORKSPACE}),
-        // Not read by the script (the --output argv carries it): for whoever inspects the pod.
-        json!({"name": "ARCHFORGE_PUSH_TARGET", "value": platform.push_target}),
-        json!({"name": "ARCHFORGE_CONTEXT_DIR", "value": crate::plan::context_dir(spec)}),
-        json!({"name": "ARCHFORGE_DOCKERFILE", "value": crate::plan::dockerfile_path(spec)}),
-        json!({"name": "ARCHFORGE_METADATA_FILE", "value": BUILDKIT_METADATA_FILE}),
-        json!({"name": "ARCHFORGE_TERMINATION_LOG", "value": TERMINATION_LOG}),
     ];
+    env.extend(b.source_env());
     env.extend(CONTRACT_ENV.map(|(name, value)| json!({"name": name, "value": value})));
     env.extend(trust_env(trust, Strategy::Buildkit));
+    if b.plan.secrets.pull.is_some() {
+        // buildctl reads registry credentials (the cache's among them) from
+        // $DOCKER_CONFIG/config.json.
+        env.push(json!({"name": "DOCKER_CONFIG", "value": PULL_AUTH_DIR}));
+    }
     let mut mounts = vec![
         json!({"name": "workspace", "mountPath": WORKSPACE, "readOnly": true}),
         json!({"name": "buildkit", "mountPath": BUILDKIT_STATE}),
-        json!({"name": "builder-output", "mountPath": BUILDKIT_OUTPUT_DIR}),
     ];
     mounts.extend(trust_mounts(trust, Strategy::Buildkit));
-    if spec.output.push_secret.is_some() {
-        // buildctl reads registry credentials from $DOCKER_CONFIG/config.json.
-        env.push(json!({"name": "DOCKER_CONFIG", "value": PUSH_AUTH_DIR}));
-        mounts.push(
-            json!({"name": "push-credentials", "mountPath": PUSH_AUTH_DIR, "readOnly": true}),
-        );
-    }
+    mounts.extend(builder_mounts(b.plan));
     let mut command = vec![
         "/bin/sh".to_string(),
         "-c".to_string(),
@@ -231,7 +240,7 @@ fn buildkit_container(
         "archforge-builder".to_string(),
     ];
     command.extend(platform.build_argv.iter().cloned());
-    command.extend(platform.metadata_argv(BUILDKIT_METADATA_FILE));
+    command.extend(platform.handoff_argv(HANDOFF_IMAGE));
     json!({
         "name": BUILDER_CONTAINER,
         "image": settings.buildkit_image,
@@ -239,7 +248,7 @@ fn buildkit_container(
         "env": env,
         "volumeMounts": mounts,
         "resources": builder_resources(
-            build,
+            b.build,
             settings,
             settings.buildkit_snapshotter.needs_fuse(),
         ),
@@ -248,33 +257,22 @@ fn buildkit_container(
             &settings.buildkit_seccomp_profile,
             apparmor(platform, settings).as_ref(),
             settings.selinux_type.as_deref(),
-            version,
+            b.version,
         ),
-        "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     })
 }
 
-fn buildah_container(
-    build: &ImageBuild,
-    platform: &PlatformPlan,
-    settings: &BuilderSettings,
-    version: KubeVersion,
-) -> Value {
-    let spec = &build.spec;
+fn buildah_container(b: &Builder<'_>) -> Value {
+    let (platform, settings) = (b.platform, b.settings);
     let trust = &settings.registry_trust;
-
     let mut env = vec![
         json!({"name": "BUILDAH_ISOLATION", "value": "chroot"}),
         json!({"name": "STORAGE_DRIVER", "value": "overlay"}),
         json!({"name": "HOME", "value": BUILDAH_HOME}),
-        json!({"name": "ARCHFORGE_WORKSPACE", "value": WORKSPACE}),
-        // Not read by the script (the push argv carries it): for whoever inspects the pod.
-        json!({"name": "ARCHFORGE_PUSH_TARGET", "value": platform.push_target}),
-        json!({"name": "ARCHFORGE_CONTEXT_DIR", "value": crate::plan::context_dir(spec)}),
-        json!({"name": "ARCHFORGE_DOCKERFILE", "value": crate::plan::dockerfile_path(spec)}),
-        json!({"name": "ARCHFORGE_FUSE_DEVICE", "value": FUSE_DEVICE}),
     ];
+    env.extend(b.source_env());
+    env.push(json!({"name": "ARCHFORGE_FUSE_DEVICE", "value": FUSE_DEVICE}));
     env.extend(CONTRACT_ENV.map(|(name, value)| json!({"name": name, "value": value})));
     env.extend(trust_env(trust, Strategy::Buildah));
     let mut mounts = vec![
@@ -282,11 +280,7 @@ fn buildah_container(
         json!({"name": "containers", "mountPath": format!("{BUILDAH_HOME}/.local/share/containers")}),
     ];
     mounts.extend(trust_mounts(trust, Strategy::Buildah));
-    if spec.output.push_secret.is_some() {
-        mounts.push(
-            json!({"name": "push-credentials", "mountPath": PUSH_AUTH_DIR, "readOnly": true}),
-        );
-    }
+    mounts.extend(builder_mounts(b.plan));
 
     let mut command = vec![
         "/bin/sh".to_string(),
@@ -296,7 +290,7 @@ fn buildah_container(
     ];
     command.push(platform.build_argv.len().to_string());
     command.extend(platform.build_argv.iter().cloned());
-    command.extend(platform.push_argv(TERMINATION_LOG));
+    command.extend(platform.handoff_argv(HANDOFF_IMAGE));
     json!({
         "name": BUILDER_CONTAINER,
         "image": settings.builder_image,
@@ -304,15 +298,14 @@ fn buildah_container(
         "env": env,
         "volumeMounts": mounts,
         // buildah's overlay storage mounts with fuse-overlayfs.
-        "resources": builder_resources(build, settings, true),
+        "resources": builder_resources(b.build, settings, true),
         "securityContext": builder_security(
             settings.builder_uid,
             &settings.seccomp_profile,
             apparmor(platform, settings).as_ref(),
             settings.selinux_type.as_deref(),
-            version,
+            b.version,
         ),
-        "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     })
 }
@@ -362,31 +355,15 @@ pub fn render_job(
     ];
     match platform.strategy {
         Strategy::Buildah => volumes.push(json!({"name": "containers", "emptyDir": {}})),
-        Strategy::Buildkit => volumes.extend([
-            json!({"name": "buildkit", "emptyDir": {}}),
-            json!({"name": "builder-output", "emptyDir": {}}),
-        ]),
+        Strategy::Buildkit => volumes.push(json!({"name": "buildkit", "emptyDir": {}})),
     }
     volumes.extend(trust_volumes(&settings.registry_trust, platform.strategy));
-    if let Some(secret) = &spec.output.push_secret {
-        volumes.push(json!({
-            "name": "push-credentials",
-            "secret": {"secretName": secret, "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}
-        }));
-    }
-    if let Some(secret) = &spec.source.git.credentials_secret
-        && is_ssh_url(&spec.source.git.url)
-    {
-        volumes.push(json!({
-            "name": "git-credentials",
-            // git-sync's documented setting: with the pod's fsGroup the kubelet makes it 0440.
-            "secret": {"secretName": secret, "defaultMode": 0o400}
-        }));
-    }
+    let ssh_git = is_ssh_git(build);
+    volumes.extend(handoff_and_secret_volumes(plan, ssh_git));
 
     // The runtime's default for the pod; the builder container states its own profile.
     let mut pod_security = json!({"seccompProfile": {"type": "RuntimeDefault"}});
-    if spec.source.git.credentials_secret.is_some() && is_ssh_url(&spec.source.git.url) {
+    if plan.secrets.git.is_some() && ssh_git {
         // The kubelet makes the key readable by this group (mode 0440, owner root), which
         // git-sync's user is in; ssh accepts the key because git-sync does not own it.
         pod_security["fsGroup"] = json!(GIT_SYNC_UID);
@@ -402,6 +379,14 @@ pub fn render_job(
         );
     }
 
+    let builder = Builder {
+        build,
+        plan,
+        platform,
+        settings,
+        version,
+    }
+    .container();
     let owner = build
         .controller_owner_ref(&())
         .map(|o| serde_json::to_value(vec![o]).expect("owner reference serializes"));
@@ -430,8 +415,10 @@ pub fn render_job(
                     "nodeSelector": node_selector,
                     "tolerations": spec.tolerations,
                     "securityContext": pod_security,
-                    "initContainers": [git_sync_container(build, plan, settings)],
-                    "containers": [builder_container(build, platform, settings, version)],
+                    // git-sync, then the builder; the push container starts only after both
+                    // have exited, so nothing a RUN step started is left running beside it.
+                    "initContainers": [git_sync_container(build, plan, settings), builder],
+                    "containers": [push_container(plan, platform, settings)],
                     "volumes": volumes,
                 },
             },

@@ -192,19 +192,21 @@ fi
 }
 
 /// The builder's entrypoint. It is a constant and holds no buildah flag: its arguments are
-/// the count of the build argv, the build argv and the push argv, both from the plan (the
-/// same lists the local executor runs). Every user value reaches it as a positional argument
+/// the count of the build argv, the build argv and the handoff argv (`buildah push` to
+/// `dir:` in the handoff volume, with no credentials), both from the plan (the same lists
+/// the local executor runs). Every user value reaches it as a positional argument
 /// or an environment variable expanded inside double quotes; the only text `eval` reads is
 /// `"${1}" "${2}" ...` and variable names, made from numbers, so no user string is ever
 /// parsed as shell syntax. In order: the image contract, the registry trust files, the
-/// source checks, the build and the push.
+/// source checks, the build and the handoff. The builder never pushes: it has no push
+/// credentials (the pod's `push` container uploads the image after this one has exited).
 ///
 /// The link git-sync made is read rather than followed because `fs.protected_symlinks`
 /// can refuse to follow a link owned by another user (git-sync runs as its own UID).
 ///
 /// The context directory and the Dockerfile are resolved before anything is built: a
 /// symlink committed in the repository (`rootlink -> /`) must not turn the builder's own
-/// filesystem, with the push credentials in it, into the build context. No other symlink of
+/// filesystem, with the pull credentials in it, into the build context. No other symlink of
 /// the checkout may point outside it either: buildah follows a `RUN --mount=type=bind`
 /// source through links (before 1.38.1, CVE-2024-11218). The checkout is mounted
 /// read-only, so what is checked is what buildah reads; `realpath -m` (GNU coreutils, in
@@ -239,13 +241,11 @@ exec buildah "$@"
 
 /// The BuildKit builder's entrypoint: the same contextDir and Dockerfile checks as
 /// [`BUILDER_SCRIPT`] (buildctl would follow a `rootlink -> /` context on the pod's own
-/// filesystem, push credentials included), then
-/// `buildctl-daemonless.sh` with every argument it was given (the plan's `buildctl build`
-/// argv and `--metadata-file`), which starts a rootless buildkitd for this one build and
-/// stops it after. It holds no BuildKit flag. The pushed manifest's digest is read from
-/// buildctl's metadata file (`"containerimage.digest": "sha256:..."`, written by buildctl, not
-/// by the user) and written to the termination log only when it is `sha256:` and 64
-/// lowercase hex digits; anything else fails the build rather than report it.
+/// filesystem, pull credentials included), then `buildctl-daemonless.sh` with every
+/// argument it was given (the plan's `buildctl build` argv and the handoff `--output`, an
+/// OCI layout in the handoff volume), which starts a rootless buildkitd for this one build
+/// and stops it after. It holds no BuildKit flag and reports no digest: the pod's `push`
+/// container computes it from what it uploads.
 pub const BUILDKIT_SCRIPT: &str = concat!(
     prelude!(),
     buildkit_contract!(),
@@ -258,22 +258,6 @@ certs=${ARCHFORGE_TRUST_DIR:-}/certs.d
 "#,
     write_certificates!(),
     source_checks!(),
-    r#"metadata=$ARCHFORGE_METADATA_FILE
-rm -f -- "$metadata"
-buildctl-daemonless.sh "$@"
-digest=
-if [ -f "$metadata" ]; then
-  digest=$(sed -n 's/.*"containerimage\.digest"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' "$metadata" | head -n 1)
-fi
-hex=${digest#sha256:}
-valid=yes
-case "$digest" in sha256:*) ;; *) valid=no ;; esac
-case "$hex" in *[!0-9a-f]*) valid=no ;; esac
-[ "${#hex}" -eq 64 ] || valid=no
-if [ "$valid" != yes ]; then
-  printf 'archforge: buildctl pushed the image but its metadata file (%s) holds no valid containerimage.digest (sha256: and 64 lowercase hex digits); refusing to report one\n' "$metadata" >&2
-  exit 1
-fi
-printf '%s' "$digest" > "$ARCHFORGE_TERMINATION_LOG"
+    r#"exec buildctl-daemonless.sh "$@"
 "#
 );

@@ -170,7 +170,7 @@ fn a_known_builder_failure_names_its_fix_before_the_log_tail() {
         "{}Error during unshare(CLONE_NEWUSER): Operation not permitted",
         "noise\n".repeat(400)
     );
-    let report = pod_report(&pod(json!([terminated("builder", 1, &log)]), json!([])));
+    let report = pod_report(&pod(json!([]), json!([terminated("builder", 1, &log)])));
     let failure = report.failure.clone().unwrap();
     assert!(
         failure.starts_with(

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::{ImageBuildStatus, Phase, PlatformStatus};
 use crate::plan::BuildPlan;
-use crate::render::{BUILDER_CONTAINER, GIT_SYNC_CONTAINER};
+use crate::render::{BUILDER_CONTAINER, GIT_SYNC_CONTAINER, PUSH_CONTAINER};
 pub use history::{record_run, start_run};
 pub use stuck::Stuck;
 
@@ -27,7 +27,7 @@ pub const MAX_MESSAGE: usize = 1024;
 /// What a finished builder pod reported.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodReport {
-    /// `sha256:<hex>`, when the builder ended successfully with exactly a digest.
+    /// `sha256:<hex>`, when the push container ended successfully with exactly a digest.
     pub digest: Option<String>,
     /// The termination message of a failed container (its log tail), prefixed with its name.
     pub failure: Option<String>,
@@ -85,7 +85,25 @@ pub fn owning_job(pod: &Pod, jobs: &[Job]) -> Option<String> {
         .and_then(|j| j.metadata.name.clone())
 }
 
-/// Reads a builder pod's termination messages.
+/// The digest the `push` container (a regular container, never an init container) reported
+/// on ending with exit code 0.
+fn push_digest(status: &k8s_openapi::api::core::v1::PodStatus) -> Option<String> {
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .filter(|c| c.name == PUSH_CONTAINER)
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
+        .filter(|t| t.exit_code == 0)
+        .map(|t| t.message.as_deref().unwrap_or_default().trim())
+        .find(|message| is_digest(message))
+        .map(str::to_string)
+}
+
+/// Reads a builder pod's termination messages. The digest comes only from the `push`
+/// container (a regular container, exit code 0): no other container's message, least of
+/// all the builder's, where the Dockerfile's RUN steps run, ever becomes a digest. A
+/// failure is told from whichever container failed.
 pub fn pod_report(pod: &Pod) -> PodReport {
     let mut report = PodReport {
         stuck: stuck::of_pod(pod),
@@ -95,6 +113,7 @@ pub fn pod_report(pod: &Pod) -> PodReport {
     let Some(status) = &pod.status else {
         return report;
     };
+    report.digest = push_digest(status);
     let containers = status
         .init_container_statuses
         .iter()
@@ -105,16 +124,13 @@ pub fn pod_report(pod: &Pod) -> PodReport {
             continue;
         };
         let message = terminated.message.as_deref().unwrap_or_default().trim();
-        if terminated.exit_code == 0 {
-            if c.name == BUILDER_CONTAINER && is_digest(message) {
-                report.digest = Some(message.to_string());
-            }
-        } else if c.name == BUILDER_CONTAINER || c.name == GIT_SYNC_CONTAINER {
-            let what = if c.name == GIT_SYNC_CONTAINER {
-                "fetching the source"
-            } else {
-                "building"
-            };
+        let what = match c.name.as_str() {
+            GIT_SYNC_CONTAINER => "fetching the source",
+            BUILDER_CONTAINER => "building",
+            PUSH_CONTAINER => "pushing",
+            _ => continue,
+        };
+        if terminated.exit_code != 0 {
             let detail = if message.is_empty() {
                 terminated
                     .reason
@@ -211,7 +227,7 @@ pub fn platform_status(
             None => {
                 entry.phase = Phase::Failed;
                 entry.message = Some(
-                    "the builder succeeded but its termination message is not a sha256 digest"
+                    "the pod succeeded but its push container's termination message is not a sha256 digest"
                         .to_string(),
                 );
             }

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::fatal::known_failure;
-use crate::render::{BUILDER_CONTAINER, GIT_SYNC_CONTAINER};
+use crate::render::{BUILDER_CONTAINER, GIT_SYNC_CONTAINER, PUSH_CONTAINER};
 
 /// A status message about a stuck pod keeps this many bytes of what the cluster said.
 pub const MAX_STUCK_MESSAGE: usize = 1024;
@@ -244,6 +244,9 @@ fn waiting_fix(container: &str, reason: &str, said: &str) -> &'static str {
     let image = match container {
         GIT_SYNC_CONTAINER => {
             " — check the git-sync image (--git-sync-image, chart builder.gitSyncImage) and that the node can pull it"
+        }
+        PUSH_CONTAINER => {
+            " — check the pusher image (--pusher-image, chart builder.pusherImage; the operator's own image by default) and that the node can pull it"
         }
         _ => {
             " — check the builder image (--builder-image or --buildkit-image, chart builder.image or builder.buildkitImage) and that the node can pull it"

@@ -62,10 +62,10 @@ fn only_pods_controlled_by_the_runs_job_count() {
 }
 
 #[test]
-fn a_succeeded_builder_reports_its_digest() {
+fn a_succeeded_push_container_reports_its_digest() {
     let report = pod_report(&pod(
-        json!([terminated("builder", 0, &format!("{DIGEST}\n"))]),
-        json!([]),
+        json!([terminated("push", 0, &format!("{DIGEST}\n"))]),
+        json!([terminated("git-sync", 0, ""), terminated("builder", 0, "")]),
     ));
     assert_eq!(report.digest.as_deref(), Some(DIGEST));
     let j = job(
@@ -86,14 +86,54 @@ fn a_succeeded_builder_reports_its_digest() {
 }
 
 #[test]
+fn only_the_push_container_reports_a_digest() {
+    // The builder runs the Dockerfile: a RUN step can write its termination log. A digest
+    // there, or in any container but `push`, or from a push that failed, is never taken.
+    for (containers, init) in [
+        (json!([]), json!([terminated("builder", 0, DIGEST)])),
+        (
+            json!([terminated("push", 0, "")]),
+            json!([terminated("builder", 0, DIGEST)]),
+        ),
+        (json!([]), json!([terminated("push", 0, DIGEST)])),
+        (json!([terminated("builder", 0, DIGEST)]), json!([])),
+        (json!([terminated("sidecar", 0, DIGEST)]), json!([])),
+        (json!([terminated("push", 1, DIGEST)]), json!([])),
+    ] {
+        let report = pod_report(&pod(containers.clone(), init.clone()));
+        assert_eq!(report.digest, None, "{containers} {init}");
+    }
+}
+
+#[test]
+fn a_failed_push_says_so() {
+    let report = pod_report(&pod(
+        json!([terminated(
+            "push",
+            1,
+            "archforge: push-image: pushing to r/a: denied"
+        )]),
+        json!([terminated("git-sync", 0, ""), terminated("builder", 0, "")]),
+    ));
+    assert_eq!(
+        report.failure.as_deref(),
+        Some("pushing failed: archforge: push-image: pushing to r/a: denied")
+    );
+    assert_eq!(report.digest, None);
+}
+
+#[test]
 fn a_failed_builder_reports_its_log_tail() {
     let log = format!(
         "{}\nError: building at STEP \"RUN make\": exit status 2",
         "noise\n".repeat(400)
     );
     let report = pod_report(&pod(
-        json!([terminated("builder", 1, &log)]),
-        json!([terminated("git-sync", 0, "")]),
+        json!([]),
+        json!([
+            terminated("git-sync", 0, ""),
+            terminated("builder", 1, &log)
+        ]),
     ));
     let j = job(
         json!({"failed": 2, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}),
@@ -141,8 +181,8 @@ fn a_job_failed_by_deadline_without_pod_message_uses_the_job_condition() {
 #[test]
 fn success_without_a_digest_is_a_failure() {
     let report = pod_report(&pod(
-        json!([terminated("builder", 0, "pushed ok")]),
-        json!([]),
+        json!([terminated("push", 0, "pushed ok")]),
+        json!([terminated("builder", 0, DIGEST)]),
     ));
     let s = platform_status(
         "linux/amd64",

@@ -306,14 +306,19 @@ impl ImageBuildSpec {
             255,
             "an image reference with a registry host and a tag (registry.example.com/team/app:v1; tag at most 110 characters)",
         );
-        if let Some(secret) = &self.output.push_secret {
-            p.check_pattern(
-                "spec.output.pushSecret",
-                secret,
-                &DNS_LABEL,
-                63,
-                "a valid Secret name (lowercase DNS label)",
-            );
+        for (field, secret) in [
+            ("spec.output.pushSecret", &self.output.push_secret),
+            ("spec.pullSecret", &self.pull_secret),
+        ] {
+            if let Some(secret) = secret {
+                p.check_pattern(
+                    field,
+                    secret,
+                    &DNS_LABEL,
+                    63,
+                    "a valid Secret name (lowercase DNS label)",
+                );
+            }
         }
 
         if let Some(secret) = self

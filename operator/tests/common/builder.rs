@@ -89,10 +89,11 @@ impl Ran {
 
 pub fn builder(job: &Job) -> &Container {
     let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-    pod.containers
+    pod.init_containers
         .iter()
+        .flatten()
         .find(|c| c.name == BUILDER_CONTAINER)
-        .expect("a builder container")
+        .expect("a builder init container")
 }
 
 fn write_tool(bin: &Path, name: &str, text: &str, mode: u32) {

@@ -31,7 +31,8 @@ fn apparmor_refused(started: &str) -> Value {
            "message": "Cannot enforce AppArmor: AppArmor is not enabled on the host",
            "hostIP": "192.168.1.10", "startTime": started, "qosClass": "Burstable",
            "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": started}],
-           "initContainerStatuses": [blocked("git-sync")], "containerStatuses": [blocked("builder")]})
+           "initContainerStatuses": [blocked("git-sync"), blocked("builder")],
+           "containerStatuses": [blocked("push")]})
 }
 
 fn running() -> Value {
