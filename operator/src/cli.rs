@@ -6,7 +6,6 @@ use clap::{Parser, Subcommand};
 
 use crate::manifest;
 use crate::plan::plan;
-use crate::registry::Registry;
 use crate::render::{auth_file, render_jobs};
 use crate::settings::{BuilderSettings, KubeVersion};
 use crate::validation::ValidSpec;

@@ -738,9 +738,6 @@ fn chart_values_reach_the_operator() {
             "caFiles": [],
             "insecureRegistries": ["registry.internal:5000"],
             "registryCaDir": "/etc/archforge/registry-ca",
-            // The trusted-builds settings (issue 23) at their defaults: the chart sets none yet.
-            "buildNamespace": null,
-            "allowInNamespaceSigning": false,
         })
     );
 }
