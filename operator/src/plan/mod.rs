@@ -13,9 +13,11 @@ use crate::settings::BuilderSettings;
 use crate::validation::{ValidSpec, parse_timeout};
 
 mod buildkit;
+pub mod isolated;
 pub mod trust;
 
 pub use buildkit::{buildkit_argv, buildkit_output, cache_ref};
+pub use isolated::secret_copy_name;
 
 /// Annotation whose new value starts a new run of an unchanged spec.
 pub const REBUILD_ANNOTATION: &str = "archforge.dev/rebuild";
@@ -179,6 +181,20 @@ pub struct BuildPlan {
     pub emulation: Emulation,
     pub emulation_after: Duration,
     pub platforms: Vec<PlatformPlan>,
+    /// The Secrets the builder pods mount, by name in the namespace the Jobs run in.
+    pub secrets: SecretNames,
+}
+
+/// The names of the Secrets a run's pods use: the ImageBuild's own (from its spec), or, in
+/// an isolated build namespace, the run's per-Job copies ([`isolated::secret_copy_name`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretNames {
+    /// git credentials (`spec.source.git.credentialsSecret`), mounted only in git-sync.
+    pub git: Option<String>,
+    /// Registry push credentials (`spec.output.pushSecret`), only in the push step.
+    pub push: Option<String>,
+    /// Registry pull credentials for base images (`spec.pullSecret`), only in the builder.
+    pub pull: Option<String>,
 }
 
 /// Where the builder reads registry credentials from, if anywhere.
@@ -475,6 +491,11 @@ pub fn plan(
             .and_then(parse_timeout)
             .unwrap_or_default(),
         platforms,
+        secrets: SecretNames {
+            git: spec.source.git.credentials_secret.clone(),
+            push: spec.output.push_secret.clone(),
+            pull: None,
+        },
     }
 }
 

@@ -91,7 +91,7 @@ fn git_sync_container(build: &ImageBuild, plan: &BuildPlan, settings: &BuilderSe
         json!({"name": "workspace", "mountPath": WORKSPACE}),
         json!({"name": "git-tmp", "mountPath": "/tmp"}),
     ];
-    if let Some(secret) = &git.credentials_secret {
+    if let Some(secret) = &plan.secrets.git {
         if is_ssh_url(&git.url) {
             args.push(format!("--ssh-key-file={GIT_SECRET_DIR}/ssh-privatekey"));
             args.push(format!(
@@ -368,13 +368,13 @@ pub fn render_job(
         ]),
     }
     volumes.extend(trust_volumes(&settings.registry_trust, platform.strategy));
-    if let Some(secret) = &spec.output.push_secret {
+    if let Some(secret) = &plan.secrets.push {
         volumes.push(json!({
             "name": "push-credentials",
             "secret": {"secretName": secret, "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}
         }));
     }
-    if let Some(secret) = &spec.source.git.credentials_secret
+    if let Some(secret) = &plan.secrets.git
         && is_ssh_url(&spec.source.git.url)
     {
         volumes.push(json!({

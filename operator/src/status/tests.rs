@@ -170,6 +170,7 @@ fn a_recorded_result_survives_the_jobs_deletion() {
         message: None,
         reason: None,
         emulated: None,
+        job_uid: None,
     };
     let s = platform_status(
         "linux/amd64",
@@ -197,6 +198,7 @@ fn phases_of_a_run() {
         message: None,
         reason: None,
         emulated: None,
+        job_uid: None,
     };
     assert_eq!(
         run_phase(&[p(Phase::Pending), p(Phase::Pending)]),
