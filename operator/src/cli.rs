@@ -127,8 +127,13 @@ pub struct RbacArgs {
     #[arg(long, default_value = "archforge-system")]
     pub service_account_namespace: String,
 
+    /// The isolated build namespace: the Jobs, pods and Secret copies get a Role there
+    /// only, instead of joining the watched namespaces' rules.
+    #[arg(long)]
+    pub build_namespace: Option<String>,
+
     /// Print the Helm chart's generated rules template (templates/_rbac-rules.tpl) instead.
-    #[arg(long, conflicts_with_all = ["name", "namespaces", "leader_election_namespace", "service_account", "service_account_namespace"])]
+    #[arg(long, conflicts_with_all = ["name", "namespaces", "leader_election_namespace", "service_account", "service_account_namespace", "build_namespace"])]
     pub chart_rules: bool,
 }
 
@@ -142,6 +147,7 @@ fn rbac(args: &RbacArgs) -> crate::Result<String> {
         service_account_namespace: args.service_account_namespace.clone(),
         watched_namespaces: args.namespaces.clone(),
         leader_election_namespace: args.leader_election_namespace.clone(),
+        build_namespace: args.build_namespace.clone(),
     })
 }
 
