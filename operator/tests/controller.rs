@@ -30,6 +30,10 @@ use serde_json::{Value, json};
 #[path = "controller/stuck.rs"]
 mod stuck;
 
+/// An isolated build namespace: Jobs and Secret copies there, the finalizer.
+#[path = "controller/isolated.rs"]
+mod isolated;
+
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 const UID: &str = "5f3c1a8e-2b7d-4e61-9a0c-7d2e8b4f6a10";
 
