@@ -13,7 +13,7 @@ use super::jobs::{create_jobs, delete_jobs, unfinished};
 use super::notes::{newly_failed_optional, newly_stuck, newly_succeeded};
 use super::report::{Note, report};
 use super::signing::signing_key;
-use super::{Context, Run, now, publish};
+use super::{Context, Run, copies, now, publish};
 use crate::api::Emulation;
 use crate::api::{ImageBuild, Phase, PlatformStatus};
 use crate::plan::{BuildPlan, Placement};
@@ -137,7 +137,12 @@ pub async fn take(
             let step = (current, &platforms[..]);
             create(ctx, build, plan, &mut run, step, &mut notes).await?
         }
-        Step::Building => building(ctx, &mut run, plan),
+        Step::Building => {
+            if ctx.isolated() && copies::mounts_missing(&run.status.platforms) {
+                copies::restore(ctx, build, plan, current).await?;
+            }
+            building(ctx, &mut run, plan)
+        }
         Step::Fail { job, message, .. } => {
             delete_jobs(ctx, build, &unfinished(current)).await?;
             finish_run(ctx, &mut run, Phase::Failed, "PlatformFailed", &message);

@@ -11,9 +11,9 @@ use kube::{Api, ResourceExt};
 use super::Context;
 use super::error::{ReconcileError, Result};
 use super::observe::read_secret;
-use crate::api::ImageBuild;
-use crate::plan::SecretNames;
+use crate::api::{ImageBuild, PlatformStatus};
 use crate::plan::isolated::{GIT, PULL, PUSH, secret_copy};
+use crate::plan::{BuildPlan, SecretNames};
 use crate::render::{MANAGER, is_ssh_url};
 
 /// The tenant's Secrets a run copies, read before any Job is created: a missing one fails
@@ -58,6 +58,36 @@ pub async fn write(ctx: &Context, build: &ImageBuild, job: &Job, sources: &Sourc
                 });
             }
         }
+    }
+    Ok(())
+}
+
+/// Whether a builder pod of the run says a Secret it uses is missing: the copies of a Job
+/// whose operator stopped between creating it and writing them.
+pub fn mounts_missing(platforms: &[PlatformStatus]) -> bool {
+    platforms.iter().any(|p| {
+        matches!(
+            p.reason.as_deref(),
+            Some("FailedMount" | "CreateContainerConfigError")
+        )
+    })
+}
+
+/// Writes again the copies of the run's unfinished Jobs `current` (those that exist are
+/// left as they are).
+pub async fn restore(
+    ctx: &Context,
+    build: &ImageBuild,
+    plan: &BuildPlan,
+    current: &[Job],
+) -> Result<()> {
+    let sources = read(ctx, build, &plan.secrets).await?;
+    let unfinished = super::jobs::unfinished(current);
+    for job in current
+        .iter()
+        .filter(|j| unfinished.contains(&j.name_any()))
+    {
+        write(ctx, build, job, &sources).await?;
     }
     Ok(())
 }

@@ -346,3 +346,54 @@ async fn a_replaced_job_fails_its_platform_and_a_forged_pod_is_ignored() {
     };
     waits_for_change(reconciled(&build, ctx, verify).await);
 }
+
+#[tokio::test]
+async fn a_pod_missing_its_secret_copy_gets_it_written_again() {
+    // The operator stopped between creating amd64's Job and writing its copy: the pod says
+    // the copy is missing, and the next look writes the copies again (an existing one is
+    // left as it is).
+    let names = current_job_names(&isolated_build(Value::Null, json!({})));
+    let recorded = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA},
+        "platforms": [
+            {"platform": "linux/amd64", "job": names[0], "jobUid": "uid-amd64", "phase": "Building"},
+            {"platform": "linux/arm64", "job": names[1], "jobUid": "uid-arm64", "phase": "Building"}]});
+    let mut build = serde_json::to_value(isolated_build(json!([FINALIZER]), json!({}))).unwrap();
+    build["status"] = recorded;
+    let build: ImageBuild = serde_json::from_value(build).unwrap();
+    let (ctx, mut server) = setup_isolated(&build);
+    let jobs = vec![
+        isolated_job(&build, &names[0], "uid-amd64", json!({"active": 1})),
+        isolated_job(&build, &names[1], "uid-arm64", json!({"active": 1})),
+    ];
+    let mut waiting = isolated_pod(&names[0], BUILDS, "uid-amd64", "");
+    let missing = format!("secret \"{}-push\" not found", names[0]);
+    waiting["status"] = json!({"phase": "Pending", "containerStatuses": [
+        {"name": "builder", "image": "", "imageID": "", "ready": false, "restartCount": 0,
+         "state": {"waiting": {"reason": "CreateContainerConfigError", "message": missing}}}]});
+    let names2 = names.clone();
+    let verify = async move {
+        server.store_jobs(jobs).await;
+        server.store_pods(vec![waiting]).await;
+        let secret = "/api/v1/namespaces/default/secrets/push";
+        server.expect(Method::GET, secret, &[], push_secret()).await;
+        let path = format!("/api/v1/namespaces/{BUILDS}/secrets");
+        let exists = (
+            409,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409}),
+        );
+        for (name, answer) in names2.iter().zip([(201, json!({})), exists]) {
+            let copy = server
+                .expect_answer(Method::POST, &path, &[], move |_| answer)
+                .await;
+            assert_eq!(copy["metadata"]["name"], format!("{name}-push"));
+        }
+        server.event("CreateContainerConfigError", "Warning").await;
+        let status = server.patch_status().await;
+        assert_eq!(
+            status["platforms"][0]["reason"],
+            "CreateContainerConfigError"
+        );
+        server.done().await;
+    };
+    reconciled(&build, ctx, verify).await.unwrap();
+}
