@@ -13,7 +13,7 @@ use archforge_e2e::kubelet::Outcome;
 use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -35,7 +35,34 @@ async fn tenant(case: &Case) -> anyhow::Result<Client> {
         .await?;
     let mut config = kube::Config::infer().await?;
     config.auth_info.impersonate = Some(user);
-    Ok(Client::try_from(config)?)
+    let client = Client::try_from(config)?;
+    aggregate_imagebuilds_into_edit(case).await?;
+    wait_for(
+        "edit to include ImageBuilds",
+        Duration::from_secs(30),
+        || async {
+            let may = may(&client, &case.namespace, "create", "imagebuilds", "").await?;
+            Ok(may.then_some(()))
+        },
+    )
+    .await?;
+    Ok(client)
+}
+
+/// The chart's ClusterRole that gives the built-in `edit` role ImageBuilds (and not their
+/// status), as `rbac.aggregateToDefaultRoles` installs it.
+async fn aggregate_imagebuilds_into_edit(case: &Case) -> anyhow::Result<()> {
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": "archforge-e2e-imagebuilds-edit",
+                     "labels": {"rbac.authorization.k8s.io/aggregate-to-edit": "true"}},
+        "rules": [{"apiGroups": ["archforge.dev"], "resources": ["imagebuilds"],
+                   "verbs": ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]}]
+    }))?;
+    let api: Api<ClusterRole> = Api::all(case.suite.client.clone());
+    match api.create(&PostParams::default(), &role).await {
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        other => other.map(|_| ()).map_err(Into::into),
+    }
 }
 
 /// Whether the API server refused `result` as forbidden (403).
@@ -53,11 +80,19 @@ async fn may(
 ) -> anyhow::Result<bool> {
     let review: SelfSubjectAccessReview = serde_json::from_value(json!({
         "spec": {"resourceAttributes": {"namespace": namespace, "verb": verb,
-                 "resource": resource, "subresource": subresource}}
+                 "group": group_of(resource), "resource": resource, "subresource": subresource}}
     }))?;
     let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
     let answer = api.create(&PostParams::default(), &review).await?;
     Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+/// The API group of the resources these scenarios ask about.
+fn group_of(resource: &str) -> &'static str {
+    match resource {
+        "imagebuilds" => "archforge.dev",
+        _ => "",
+    }
 }
 
 /// A pod named and labelled like `job`'s builder, controlled (as its owner reference says)
@@ -99,6 +134,18 @@ async fn reports(case: &Case, pod: &str, digest: &str) -> anyhow::Result<()> {
 pub async fn a_tenant_cannot_forge_or_touch_an_isolated_build(case: &Case) -> anyhow::Result<()> {
     let tenant = tenant(case).await?;
     case.start_held_run("app").await?;
+    // The status (with the Job UIDs it records) is the operator's alone.
+    let forged_status = json!({"status": {"platforms": [{"platform": AMD64, "phase": "Building", "jobUid": "forged"}]}});
+    let builds: Api<archforge::api::ImageBuild> = Api::namespaced(tenant.clone(), &case.namespace);
+    let patch = Patch::Merge(&forged_status);
+    let write = builds
+        .patch_status("app", &PatchParams::default(), &patch)
+        .await;
+    ensure!(forbidden(write), "the tenant wrote the ImageBuild's status");
+    ensure!(
+        builds.get("app").await.is_ok(),
+        "the tenant cannot read its own ImageBuild"
+    );
     let jobs = case.jobs_of(&JobFilter::of("app")).await?;
     let forged_digest = format!("sha256:{}", "e".repeat(64));
     for job in &jobs {
