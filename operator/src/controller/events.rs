@@ -216,4 +216,24 @@ mod tests {
             message.capacity()
         );
     }
+
+    #[test]
+    fn in_the_build_namespace_an_event_wakes_the_imagebuild_its_job_names() {
+        let job: Job = serde_json::from_value(json!({
+            "metadata": {"name": "app-1-linux-amd64", "namespace": "builds",
+                         "annotations": {"archforge.dev/imagebuild": "app",
+                                         "archforge.dev/imagebuild-namespace": "team-a"}}
+        }))
+        .unwrap();
+        let (store, mut writer) = kube::runtime::reflector::store::<Job>();
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(job));
+        let event = trim_event(failed_create("builds", "builds", "quota".into()));
+        let woken = imagebuild_of_job_event(&event, &store, true).unwrap();
+        assert_eq!(
+            (woken.name.as_str(), woken.namespace.as_deref()),
+            ("app", Some("team-a"))
+        );
+        // Without a build namespace, only an owner reference names the ImageBuild.
+        assert_eq!(imagebuild_of_job_event(&event, &store, false), None);
+    }
 }
