@@ -55,7 +55,7 @@ pub struct Case {
     pub jobs: Api<Job>,
     pods: Api<Pod>,
     /// (ImageBuild, platform label, uid) of every Job seen in the namespace.
-    seen_jobs: Arc<Mutex<BTreeSet<(String, String, String)>>>,
+    seen_jobs: SeenJobs,
     job_watch: tokio::task::JoinHandle<()>,
 }
 
@@ -91,24 +91,7 @@ impl Case {
             )
         });
         let jobs: Api<Job> = Api::namespaced(suite.client.clone(), &build_namespace);
-        let seen_jobs: Arc<Mutex<BTreeSet<(String, String, String)>>> = Arc::default();
-        let seen = seen_jobs.clone();
-        let job_watch = tokio::spawn(
-            watcher(jobs.clone(), watcher::Config::default())
-                .default_backoff()
-                .applied_objects()
-                .for_each(move |job| {
-                    if let Ok(job) = job {
-                        let label = |key: &str| job.labels().get(key).cloned().unwrap_or_default();
-                        seen.lock().unwrap().insert((
-                            label(LABEL_IMAGEBUILD),
-                            label(LABEL_PLATFORM),
-                            job.uid().unwrap_or_default(),
-                        ));
-                    }
-                    async {}
-                }),
-        );
+        let (seen_jobs, job_watch) = record_jobs(jobs.clone());
         Ok(Case {
             suite: suite.clone(),
             builds: Api::namespaced(suite.client.clone(), &namespace),
@@ -392,6 +375,32 @@ impl Case {
         }
         by_platform
     }
+}
+
+/// (ImageBuild, platform label, uid) of every Job `jobs` ever shows, kept by a watch.
+type SeenJobs = Arc<Mutex<BTreeSet<(String, String, String)>>>;
+
+/// Records every Job of `jobs` from now on, until the returned task is aborted.
+fn record_jobs(jobs: Api<Job>) -> (SeenJobs, tokio::task::JoinHandle<()>) {
+    let seen_jobs: SeenJobs = Arc::default();
+    let seen = seen_jobs.clone();
+    let job_watch = tokio::spawn(
+        watcher(jobs, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .for_each(move |job| {
+                if let Ok(job) = job {
+                    let label = |key: &str| job.labels().get(key).cloned().unwrap_or_default();
+                    seen.lock().unwrap().insert((
+                        label(LABEL_IMAGEBUILD),
+                        label(LABEL_PLATFORM),
+                        job.uid().unwrap_or_default(),
+                    ));
+                }
+                async {}
+            }),
+    );
+    (seen_jobs, job_watch)
 }
 
 /// Deletes every ImageBuild of `builds` and waits (30 s) for them to go, which they do once

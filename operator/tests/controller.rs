@@ -496,7 +496,10 @@ async fn a_new_imagebuild_pins_its_commit_and_creates_one_job_per_platform() {
         assert_eq!(status["progress"], "0/2");
         assert_eq!(status["platforms"][1]["job"], "app-1-linux-arm64");
         // Recorded at creation: a Job of that name with another UID is not this run's.
-        assert_eq!(status["platforms"][1]["jobUid"], job_uid("app-1-linux-arm64"));
+        assert_eq!(
+            status["platforms"][1]["jobUid"],
+            job_uid("app-1-linux-arm64")
+        );
         assert_eq!(condition(&status, "Reconciling")["status"], "True");
         assert_eq!(condition(&status, "Ready")["status"], "False");
         server.done().await;

@@ -206,6 +206,27 @@ fn imagebuild_of_pod(pod: &Pod) -> Option<ObjectRef<ImageBuild>> {
     Some(ObjectRef::<ImageBuild>::new(&name).within(&pod.namespace()?))
 }
 
+/// `controller` woken by Job and builder pod updates. Owner references cannot cross
+/// namespaces: in the build namespace, Jobs and pods name their ImageBuild in annotations
+/// (which only the operator may write there).
+fn watch_jobs_and_pods(
+    controller: Controller<ImageBuild>,
+    jobs: Events<Job>,
+    pods: Events<Pod>,
+    isolated: bool,
+) -> Controller<ImageBuild> {
+    use crate::plan::isolated::imagebuild_ref;
+    match isolated {
+        true => controller
+            .watches_shared_stream(jobs, |j: Arc<Job>| imagebuild_ref(&j.metadata))
+            .watches_shared_stream(pods, |p: Arc<Pod>| imagebuild_ref(&p.metadata)),
+        // A builder pod's termination message arrives with a pod update.
+        false => controller
+            .owns_shared_stream(jobs)
+            .watches_shared_stream(pods, |p: Arc<Pod>| imagebuild_of_pod(&p)),
+    }
+}
+
 /// One controller over the ImageBuilds of `namespace` (all when `None`).
 fn controller(
     client: &Client,
@@ -237,21 +258,12 @@ fn controller(
         .debounce(DEBOUNCE);
     let controller = Controller::for_shared_stream(build_events.remove(0), builds)
         .with_config(controller_config);
-    // Owner references cannot cross namespaces: in the build namespace, Jobs and pods name
-    // their ImageBuild in annotations (which only the operator may write there).
-    let controller = match isolated {
-        true => controller
-            .watches_shared_stream(children.job_events, |j: Arc<Job>| {
-                crate::plan::isolated::imagebuild_ref(&j.metadata)
-            })
-            .watches_shared_stream(children.pod_events, |p: Arc<Pod>| {
-                crate::plan::isolated::imagebuild_ref(&p.metadata)
-            }),
-        // A builder pod's termination message arrives with a pod update.
-        false => controller
-            .owns_shared_stream(children.job_events)
-            .watches_shared_stream(children.pod_events, |p: Arc<Pod>| imagebuild_of_pod(&p)),
-    };
+    let controller = watch_jobs_and_pods(
+        controller,
+        children.job_events,
+        children.pod_events,
+        isolated,
+    );
     let run = controller
         .watches_shared_stream(children.create_events, move |e: Arc<Event>| {
             events::imagebuild_of_job_event(&e, &jobs, isolated)
