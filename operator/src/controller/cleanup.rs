@@ -3,6 +3,8 @@
 //! ImageBuild goes. Cleanup is idempotent and never waits for what is already gone: a
 //! missing build namespace, Jobs deleted by their TTL, a restart halfway through.
 
+use std::sync::Arc;
+
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
@@ -49,7 +51,8 @@ pub fn remove_patch(finalizers: &[String]) -> Option<Value> {
     ]))
 }
 
-async fn patch(ctx: &Context, build: &ImageBuild, patch: Value) -> Result<()> {
+/// Applies `patch` to `build`: the ImageBuild as patched, `None` when it is gone.
+async fn patch(ctx: &Context, build: &ImageBuild, patch: Value) -> Result<Option<ImageBuild>> {
     let api: Api<ImageBuild> =
         Api::namespaced(ctx.client.clone(), &build.namespace().unwrap_or_default());
     let patch: json_patch::Patch = serde_json::from_value(patch).expect("a valid JSON patch");
@@ -61,20 +64,25 @@ async fn patch(ctx: &Context, build: &ImageBuild, patch: Value) -> Result<()> {
         )
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(patched) => Ok(Some(patched)),
         // Gone already: nothing is held.
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
         Err(source) => Err(ReconcileError::Finalizer { source }),
     }
 }
 
-/// Adds the finalizer to `build` unless it has it.
-pub async fn hold(ctx: &Context, build: &ImageBuild) -> Result<()> {
-    if has_finalizer(build) {
-        return Ok(());
+/// Adds the finalizer to `build` unless it has it; returns the ImageBuild as it now is
+/// (the status written next is written over that version, see `WrittenStatuses`).
+pub async fn hold(ctx: &Context, build: Arc<ImageBuild>) -> Result<Arc<ImageBuild>> {
+    if has_finalizer(&build) {
+        return Ok(build);
     }
     let finalizers = build.meta().finalizers.as_deref();
-    patch(ctx, build, add_patch(finalizers)).await
+    let patched = patch(ctx, &build, add_patch(finalizers)).await?;
+    Ok(patched.map_or(build, |mut held| {
+        held.metadata.managed_fields = None;
+        Arc::new(held)
+    }))
 }
 
 /// Deletes what `build` has in the build namespace, then lets it go. An ImageBuild being

@@ -233,6 +233,11 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         ctx.observed_status(&build),
         ctx.config.history_limit,
     );
+    // Before anything exists in the build namespace: what is there goes with the ImageBuild.
+    let build = match ctx.isolated() && !run.is_over() {
+        true => cleanup::hold(&ctx, build).await?,
+        false => build,
+    };
     // The schema and CEL may not have run (Kubernetes 1.24 ignores CEL).
     let valid = match ValidSpec::check(&build) {
         Ok(valid) => valid,
@@ -240,10 +245,6 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
     };
     if run.is_over() {
         return Ok(Action::await_change());
-    }
-    // Before anything exists in the build namespace: what is there goes with the ImageBuild.
-    if ctx.isolated() {
-        cleanup::hold(&ctx, &build).await?;
     }
     let (current, stale) = observe::jobs(&ctx, &build).await?;
     let commit = match observe::pin_commit(&ctx, &build, &run.status, &current).await {
