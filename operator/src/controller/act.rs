@@ -211,7 +211,7 @@ async fn create(
 ) -> Result<Action> {
     match start_jobs(ctx, build, plan, platforms).await {
         Ok(created) => {
-            record_job_uids(ctx, build, &mut run.status.platforms);
+            record_job_uids(ctx, build, &mut run.status.platforms, platforms);
             if created == plan.platforms.len() {
                 ctx.metrics.runs_started.inc();
                 notes.insert(0, run_started(plan));
@@ -234,11 +234,18 @@ async fn create(
     }
 }
 
-/// Records in each platform's status the UID of the Job just created for it: a Job of that
-/// name with another UID is not this run's ([`crate::status::replaced`]).
-fn record_job_uids(ctx: &Context, build: &ImageBuild, platforms: &mut [PlatformStatus]) {
+/// Records in the status of each platform of `created` the UID of the Job just created for
+/// it (in place of one gone since): a Job of that name with another UID is not this run's
+/// ([`crate::status::replaced`]).
+fn record_job_uids(
+    ctx: &Context,
+    build: &ImageBuild,
+    platforms: &mut [PlatformStatus],
+    created: &[(String, Placement)],
+) {
     let namespace = ctx.jobs_namespace(build);
-    for p in platforms.iter_mut().filter(|p| p.job_uid.is_none()) {
+    let is_created = |p: &PlatformStatus| created.iter().any(|(name, _)| *name == p.platform);
+    for p in platforms.iter_mut().filter(|p| is_created(p)) {
         let job = p
             .job
             .as_deref()

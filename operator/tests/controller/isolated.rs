@@ -407,3 +407,50 @@ async fn a_pod_missing_its_secret_copy_gets_it_written_again() {
     };
     reconciled(&build, ctx, verify).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_job_gone_mid_run_is_created_again_and_its_new_uid_recorded() {
+    let names = current_job_names(&isolated_build(Value::Null, json!({})));
+    let recorded = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA},
+        "platforms": [
+            {"platform": "linux/amd64", "job": names[0], "jobUid": "uid-amd64", "phase": "Building"},
+            {"platform": "linux/arm64", "job": names[1], "jobUid": "gone", "phase": "Building"}]});
+    let mut build = serde_json::to_value(isolated_build(json!([FINALIZER]), json!({}))).unwrap();
+    build["status"] = recorded;
+    let build: ImageBuild = serde_json::from_value(build).unwrap();
+    let (ctx, mut server) = setup_isolated(&build);
+    let jobs = vec![isolated_job(
+        &build,
+        &names[0],
+        "uid-amd64",
+        json!({"active": 1}),
+    )];
+    let arm64 = names[1].clone();
+    let verify = async move {
+        server.store_jobs(jobs).await;
+        server.store_pods(vec![]).await;
+        server.store_nodes(&["amd64", "arm64"]).await;
+        let secret = "/api/v1/namespaces/default/secrets/push";
+        server.expect(Method::GET, secret, &[], push_secret()).await;
+        let path = format!("/apis/batch/v1/namespaces/{BUILDS}/jobs");
+        let job = server
+            .expect_with(Method::POST, &path, &[], |body| {
+                let mut stored = body.clone();
+                stored["metadata"]["uid"] = json!("uid-arm64-again");
+                stored
+            })
+            .await;
+        assert_eq!(job["metadata"]["name"], arm64.as_str());
+        let path = format!("/api/v1/namespaces/{BUILDS}/secrets");
+        server.expect(Method::POST, &path, &[], json!({})).await;
+        let status = server.patch_status().await;
+        let arm = &status["platforms"][1];
+        assert_eq!(
+            arm["jobUid"], "uid-arm64-again",
+            "the Job created now is the run's"
+        );
+        assert_eq!(arm["phase"], "Pending");
+        server.done().await;
+    };
+    reconciled(&build, ctx, verify).await.unwrap();
+}
