@@ -129,7 +129,7 @@ pub struct RbacArgs {
 
     /// The isolated build namespace: the Jobs, pods and Secret copies get a Role there
     /// only, instead of joining the watched namespaces' rules.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::validation::build_namespace)]
     pub build_namespace: Option<String>,
 
     /// Print the Helm chart's generated rules template (templates/_rbac-rules.tpl) instead.
@@ -244,7 +244,7 @@ pub struct RunArgs {
     /// The isolated build namespace: every ImageBuild's Jobs, builder pods and per-run
     /// Secret copies are made there, where tenants have no rights, and mapped back to their
     /// ImageBuild by labels. Empty or unset: each ImageBuild builds in its own namespace.
-    #[arg(long, env = "ARCHFORGE_BUILD_NAMESPACE")]
+    #[arg(long, env = "ARCHFORGE_BUILD_NAMESPACE", value_parser = crate::validation::build_namespace)]
     pub build_namespace: Option<String>,
 
     /// Sign with the operator-wide key also the builds that run in their ImageBuild's own
