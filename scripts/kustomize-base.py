@@ -30,6 +30,7 @@ FILES = {
     "templates/rbac.yaml": "rbac/role.yaml",
     "templates/deployment.yaml": "manager/deployment.yaml",
     "templates/service.yaml": "manager/service.yaml",
+    "templates/build-namespace.yaml": "manager/build-namespace.yaml",
 }
 
 # Opt-in parts: directory -> (values that switch them on, template -> file).

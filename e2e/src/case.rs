@@ -33,25 +33,29 @@ pub const AMD64: &str = "linux/amd64";
 /// See [`AMD64`].
 pub const ARM64: &str = "linux/arm64";
 
-/// One scenario's world: a fresh namespace, an operator watching it, the simulated kubelet
-/// (with simulated nodes), and a record of every Job that ever existed there.
+/// One scenario's world: a fresh tenant namespace, its own isolated build namespace, an
+/// operator watching the one and building in the other, the simulated kubelet (with
+/// simulated nodes), and a record of every Job that ever existed.
 pub struct Case {
     /// What all scenarios share.
     pub suite: Arc<Suite>,
     /// The scenario's name.
     pub test: String,
-    /// The scenario's fresh namespace.
+    /// The scenario's fresh namespace, where its ImageBuilds and Secrets are (a tenant's).
     pub namespace: String,
+    /// The isolated build namespace of this Case's operator: its Jobs, pods and Secret
+    /// copies.
+    pub build_namespace: String,
     /// The operator watching `namespace`; scenarios kill and restart it.
     pub operator: Mutex<Operator>,
     kubelet: Option<Kubelet>,
     /// The ImageBuilds of `namespace`.
     pub builds: Api<ImageBuild>,
-    /// The Jobs of `namespace`.
+    /// The Jobs of `build_namespace`.
     pub jobs: Api<Job>,
     pods: Api<Pod>,
     /// (ImageBuild, platform label, uid) of every Job seen in the namespace.
-    seen_jobs: Arc<Mutex<BTreeSet<(String, String, String)>>>,
+    seen_jobs: SeenJobs,
     job_watch: tokio::task::JoinHandle<()>,
 }
 
@@ -68,51 +72,34 @@ impl Case {
             .subsec_nanos()
             ^ std::process::id();
         let namespace = namespace_name(test, nonce & 0xfffff);
+        let build_namespace = format!("{namespace}-b");
         create_namespace(&suite.client, &namespace).await?;
+        create_namespace(&suite.client, &build_namespace).await?;
         let log = suite.logs.join(format!("{namespace}.log"));
         let extra_insecure: Vec<String> = proxy.map(|p| vec![p.host()]).unwrap_or_default();
-        let operator = Operator::start_with(
-            &suite.settings,
-            &namespace,
-            &log,
-            &extra_insecure,
-            operator_args,
-        )?;
+        let mut args = vec![format!("--build-namespace={build_namespace}")];
+        args.extend(operator_args.iter().cloned());
+        let operator =
+            Operator::start_with(&suite.settings, &namespace, &log, &extra_insecure, &args)?;
         let kubelet = suite.settings.simulate_nodes.then(|| {
             Kubelet::start(
                 suite.client.clone(),
-                &namespace,
+                &build_namespace,
                 suite.registry.clone(),
                 proxy.map(|p| (p.host(), suite.settings.registry.clone())),
                 suite.settings.registry.clone(),
             )
         });
-        let jobs: Api<Job> = Api::namespaced(suite.client.clone(), &namespace);
-        let seen_jobs: Arc<Mutex<BTreeSet<(String, String, String)>>> = Arc::default();
-        let seen = seen_jobs.clone();
-        let job_watch = tokio::spawn(
-            watcher(jobs.clone(), watcher::Config::default())
-                .default_backoff()
-                .applied_objects()
-                .for_each(move |job| {
-                    if let Ok(job) = job {
-                        let label = |key: &str| job.labels().get(key).cloned().unwrap_or_default();
-                        seen.lock().unwrap().insert((
-                            label(LABEL_IMAGEBUILD),
-                            label(LABEL_PLATFORM),
-                            job.uid().unwrap_or_default(),
-                        ));
-                    }
-                    async {}
-                }),
-        );
+        let jobs: Api<Job> = Api::namespaced(suite.client.clone(), &build_namespace);
+        let (seen_jobs, job_watch) = record_jobs(jobs.clone());
         Ok(Case {
             suite: suite.clone(),
             builds: Api::namespaced(suite.client.clone(), &namespace),
-            pods: Api::namespaced(suite.client.clone(), &namespace),
+            pods: Api::namespaced(suite.client.clone(), &build_namespace),
             jobs,
             test: test.to_string(),
             namespace,
+            build_namespace,
             operator: Mutex::new(operator),
             kubelet,
             seen_jobs,
@@ -130,10 +117,16 @@ impl Case {
             vec![]
         };
         let log = self.operator.lock().unwrap().log().display().to_string();
+        let keep = outcome.is_err() && self.suite.settings.keep_namespaces;
+        if !keep {
+            // While the operator runs: it removes the finalizers of the ImageBuilds.
+            release_imagebuilds(&self.builds).await?;
+        }
         drop(self.operator);
         drop(self.kubelet);
-        if outcome.is_ok() || !self.suite.settings.keep_namespaces {
+        if !keep {
             delete_namespace(&self.suite.client, &self.namespace).await?;
+            delete_namespace(&self.suite.client, &self.build_namespace).await?;
         }
         outcome.with_context(|| {
             let mut context = format!("namespace {}, operator log {log}", self.namespace);
@@ -151,7 +144,7 @@ impl Case {
     /// builder pod that violates the namespace's Pod Security level: a scenario that then
     /// times out waiting for pods says so.
     async fn refused_pods(&self) -> Vec<String> {
-        let events: Api<Event> = Api::namespaced(self.suite.client.clone(), &self.namespace);
+        let events: Api<Event> = Api::namespaced(self.suite.client.clone(), &self.build_namespace);
         let Ok(list) = events.list(&ListParams::default()).await else {
             return vec![];
         };
@@ -382,6 +375,64 @@ impl Case {
         }
         by_platform
     }
+}
+
+/// (ImageBuild, platform label, uid) of every Job `jobs` ever shows, kept by a watch.
+type SeenJobs = Arc<Mutex<BTreeSet<(String, String, String)>>>;
+
+/// Records every Job of `jobs` from now on, until the returned task is aborted.
+fn record_jobs(jobs: Api<Job>) -> (SeenJobs, tokio::task::JoinHandle<()>) {
+    let seen_jobs: SeenJobs = Arc::default();
+    let seen = seen_jobs.clone();
+    let job_watch = tokio::spawn(
+        watcher(jobs, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .for_each(move |job| {
+                if let Ok(job) = job {
+                    let label = |key: &str| job.labels().get(key).cloned().unwrap_or_default();
+                    seen.lock().unwrap().insert((
+                        label(LABEL_IMAGEBUILD),
+                        label(LABEL_PLATFORM),
+                        job.uid().unwrap_or_default(),
+                    ));
+                }
+                async {}
+            }),
+    );
+    (seen_jobs, job_watch)
+}
+
+/// Deletes every ImageBuild of `builds` and waits (30 s) for them to go, which they do once
+/// the operator has cleaned their build namespace up; then takes off the finalizers of any
+/// left (an operator a scenario stopped), so that their namespace can go.
+async fn release_imagebuilds(builds: &Api<ImageBuild>) -> anyhow::Result<()> {
+    builds
+        .delete_collection(&Default::default(), &ListParams::default())
+        .await?;
+    let gone = wait_for(
+        "the ImageBuilds to be deleted",
+        Duration::from_secs(30),
+        || async {
+            Ok(builds
+                .list(&ListParams::default())
+                .await?
+                .items
+                .is_empty()
+                .then_some(()))
+        },
+    )
+    .await;
+    if gone.is_err() {
+        let unheld = serde_json::json!({"metadata": {"finalizers": null}});
+        for build in builds.list(&ListParams::default()).await?.items {
+            let patch = Patch::Merge(&unheld);
+            let _ = builds
+                .patch(&build.name_any(), &PatchParams::default(), &patch)
+                .await;
+        }
+    }
+    Ok(())
 }
 
 /// The conditions of `status` on one line, for failure messages.

@@ -22,7 +22,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::case::{Case, with_case};
 use crate::scenarios::{
-    buildkit, failures, happy, invalid, lifecycle, placement, registry, signing, stuck,
+    buildkit, failures, happy, invalid, isolation, lifecycle, placement, registry, signing, stuck,
 };
 use crate::suite::{Suite, workspace_root};
 
@@ -134,6 +134,8 @@ fn scenarios() -> Vec<Scenario> {
         own stuck::missing_builder_image_says_why;
         own stuck::missing_push_secret_says_why;
         own stuck::kubelet_refusal_says_why;
+        in_case isolation::a_tenant_cannot_forge_or_touch_an_isolated_build;
+        in_case isolation::deleting_an_imagebuild_cleans_the_build_namespace;
     }
 }
 
@@ -222,6 +224,8 @@ mod tests {
                 ("missing_builder_image_says_why", false),
                 ("missing_push_secret_says_why", false),
                 ("kubelet_refusal_says_why", false),
+                ("a_tenant_cannot_forge_or_touch_an_isolated_build", false),
+                ("deleting_an_imagebuild_cleans_the_build_namespace", false),
             ]
         );
     }

@@ -82,8 +82,13 @@ pub struct RbacArgs {
     #[arg(long, default_value = "archforge-system")]
     pub service_account_namespace: String,
 
+    /// The isolated build namespace: the Jobs, pods and Secret copies get a Role there
+    /// only, instead of joining the watched namespaces' rules.
+    #[arg(long, value_parser = crate::validation::build_namespace)]
+    pub build_namespace: Option<String>,
+
     /// Print the Helm chart's generated rules template (templates/_rbac-rules.tpl) instead.
-    #[arg(long, conflicts_with_all = ["name", "namespaces", "leader_election_namespace", "service_account", "service_account_namespace"])]
+    #[arg(long, conflicts_with_all = ["name", "namespaces", "leader_election_namespace", "service_account", "service_account_namespace", "build_namespace"])]
     pub chart_rules: bool,
 }
 
@@ -97,6 +102,7 @@ fn rbac(args: &RbacArgs) -> crate::Result<String> {
         service_account_namespace: args.service_account_namespace.clone(),
         watched_namespaces: args.namespaces.clone(),
         leader_election_namespace: args.leader_election_namespace.clone(),
+        build_namespace: args.build_namespace.clone(),
     })
 }
 
@@ -193,7 +199,7 @@ pub struct RunArgs {
     /// The isolated build namespace: every ImageBuild's Jobs, builder pods and per-run
     /// Secret copies are made there, where tenants have no rights, and mapped back to their
     /// ImageBuild by labels. Empty or unset: each ImageBuild builds in its own namespace.
-    #[arg(long, env = "ARCHFORGE_BUILD_NAMESPACE")]
+    #[arg(long, env = "ARCHFORGE_BUILD_NAMESPACE", value_parser = crate::validation::build_namespace)]
     pub build_namespace: Option<String>,
 
     /// Sign with the operator-wide key also the builds that run in their ImageBuild's own

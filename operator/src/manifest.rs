@@ -151,7 +151,10 @@ pub fn crd_yaml() -> String {
 pub fn rbac_yaml(install: &Install) -> Result<String> {
     let mut out = String::new();
     for grant in rbac::grants(install) {
-        let whys: Vec<&str> = rbac::permissions(grant.scope).map(|p| p.why).collect();
+        let whys: Vec<&str> = (grant.scopes.iter())
+            .flat_map(|s| rbac::permissions(*s))
+            .map(|p| p.why)
+            .collect();
         out.push_str("---\n");
         out.push_str(&explain_rules(
             to_yaml(grant.role.kind(), &grant.role)?,
@@ -191,6 +194,8 @@ pub fn chart_rules() -> Result<String> {
 pub fn chart_rules_template(scope: Scope) -> &'static str {
     match scope {
         Scope::Watched => "archforge.rules.watched",
+        Scope::Builds => "archforge.rules.builds",
+        Scope::BuildSecrets => "archforge.rules.buildSecrets",
         Scope::Cluster => "archforge.rules.cluster",
         Scope::LeaderElection => "archforge.rules.leaderElection",
     }

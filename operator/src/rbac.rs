@@ -14,6 +14,11 @@ pub enum Scope {
     /// In every namespace whose ImageBuilds are watched: a ClusterRole by default, a Role in
     /// each namespace when the operator watches a fixed list of them.
     Watched,
+    /// Where the runs' Jobs and builder pods live: with the watched ImageBuilds (in the same
+    /// roles), or, with an isolated build namespace, a Role in that namespace only.
+    Builds,
+    /// Only with an isolated build namespace, a Role there: the runs' per-run Secret copies.
+    BuildSecrets,
     /// Cluster-scoped resources: always a ClusterRole.
     Cluster,
     /// The operator's own namespace, only when leader election is on.
@@ -37,8 +42,8 @@ pub const PERMISSIONS: &[Permission] = &[
         scope: Scope::Watched,
         group: "archforge.dev",
         resource: "imagebuilds",
-        verbs: &["list", "watch"],
-        why: "the controller's watch on ImageBuilds",
+        verbs: &["list", "watch", "patch"],
+        why: "the controller's watch on ImageBuilds; patch adds and removes the build-cleanup finalizer (isolated build namespace only)",
     },
     Permission {
         scope: Scope::Watched,
@@ -56,24 +61,10 @@ pub const PERMISSIONS: &[Permission] = &[
     },
     Permission {
         scope: Scope::Watched,
-        group: "batch",
-        resource: "jobs",
-        verbs: &["get", "list", "watch", "create", "delete"],
-        why: "one builder Job per platform, created (never applied over an existing object, so a Job of the same name that is not this ImageBuild's is left alone), read back by name when the name is taken, deleted when a run fails or is superseded",
-    },
-    Permission {
-        scope: Scope::Watched,
-        group: "",
-        resource: "pods",
-        verbs: &["list", "watch"],
-        why: "read-only: builder pods' termination messages carry the pushed digest or the log tail",
-    },
-    Permission {
-        scope: Scope::Watched,
         group: "",
         resource: "secrets",
         verbs: &["get"],
-        why: "read-only, by name: the push secret for index assembly and the git credentials for pinning the commit",
+        why: "read-only, by name, in the ImageBuild's own namespace: the push secret for index assembly, the git credentials for pinning the commit, and the Secrets copied per run into an isolated build namespace",
     },
     Permission {
         scope: Scope::Watched,
@@ -83,11 +74,39 @@ pub const PERMISSIONS: &[Permission] = &[
         why: "Events on ImageBuilds; repeats are patched into a series",
     },
     Permission {
-        scope: Scope::Watched,
+        scope: Scope::Builds,
+        group: "batch",
+        resource: "jobs",
+        verbs: &[
+            "get",
+            "list",
+            "watch",
+            "create",
+            "delete",
+            "deletecollection",
+        ],
+        why: "one builder Job per platform, created (never applied over an existing object, so a Job of the same name that is not this ImageBuild's is left alone), read back by name when the name is taken, deleted when a run fails or is superseded, and by label when its ImageBuild is deleted (isolated build namespace)",
+    },
+    Permission {
+        scope: Scope::Builds,
+        group: "",
+        resource: "pods",
+        verbs: &["list", "watch"],
+        why: "read-only: builder pods' termination messages carry the pushed digest or the log tail",
+    },
+    Permission {
+        scope: Scope::Builds,
         group: "",
         resource: "events",
         verbs: &["list", "watch"],
         why: "read-only, narrowed by field selectors to the Job controller's FailedCreate on Jobs and the kubelet's FailedMount on pods: why a builder pod was never created or cannot mount its Secret, which no status says",
+    },
+    Permission {
+        scope: Scope::BuildSecrets,
+        group: "",
+        resource: "secrets",
+        verbs: &["create", "deletecollection"],
+        why: "per-run copies of an ImageBuild's Secrets, owned by the run's Job, in the isolated build namespace only; deleted by label with their ImageBuild",
     },
     Permission {
         scope: Scope::Cluster,
@@ -107,7 +126,13 @@ pub const PERMISSIONS: &[Permission] = &[
 
 impl Scope {
     /// Every scope, in the order the RBAC objects are written.
-    pub const ALL: [Scope; 3] = [Scope::Watched, Scope::Cluster, Scope::LeaderElection];
+    pub const ALL: [Scope; 5] = [
+        Scope::Watched,
+        Scope::Builds,
+        Scope::BuildSecrets,
+        Scope::Cluster,
+        Scope::LeaderElection,
+    ];
 }
 
 impl Permission {
@@ -142,6 +167,9 @@ pub struct Install {
     pub watched_namespaces: Vec<String>,
     /// The namespace of the leader election Lease; `None` without leader election.
     pub leader_election_namespace: Option<String>,
+    /// The isolated build namespace, whose Role (`<name>-builds`) alone may create Jobs and
+    /// Secrets; `None` when each ImageBuild builds in its own namespace.
+    pub build_namespace: Option<String>,
 }
 
 /// One role or binding of the operator's RBAC.
@@ -166,10 +194,10 @@ impl RbacObject {
     }
 }
 
-/// A role and its binding, with the scope whose permissions the role grants.
+/// A role and its binding, with the scopes whose permissions the role grants.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Grant {
-    pub scope: Scope,
+    pub scopes: Vec<Scope>,
     pub role: RbacObject,
     pub binding: RbacObject,
 }
@@ -188,12 +216,14 @@ pub fn grants(install: &Install) -> Vec<Grant> {
         namespace: namespace.map(str::to_string),
         ..Default::default()
     };
-    let rules = |scope| Some(permissions(scope).map(Permission::rule).collect());
-    let cluster_wide = |scope, name: String| Grant {
-        scope,
+    let rules = |scopes: &[Scope]| {
+        let all = scopes.iter().flat_map(|s| permissions(*s));
+        Some(all.map(Permission::rule).collect())
+    };
+    let cluster_wide = |scopes: Vec<Scope>, name: String| Grant {
         role: RbacObject::ClusterRole(ClusterRole {
             metadata: meta(&name, None),
-            rules: rules(scope),
+            rules: rules(&scopes),
             ..Default::default()
         }),
         binding: RbacObject::ClusterRoleBinding(ClusterRoleBinding {
@@ -205,12 +235,12 @@ pub fn grants(install: &Install) -> Vec<Grant> {
             },
             subjects: subjects.clone(),
         }),
+        scopes,
     };
-    let namespaced = |scope, name: String, namespace: &str| Grant {
-        scope,
+    let namespaced = |scopes: Vec<Scope>, name: String, namespace: &str| Grant {
         role: RbacObject::Role(Role {
             metadata: meta(&name, Some(namespace)),
-            rules: rules(scope),
+            rules: rules(&scopes),
         }),
         binding: RbacObject::RoleBinding(RoleBinding {
             metadata: meta(&name, Some(namespace)),
@@ -221,21 +251,34 @@ pub fn grants(install: &Install) -> Vec<Grant> {
             },
             subjects: subjects.clone(),
         }),
+        scopes,
+    };
+    let watched = match install.build_namespace {
+        Some(_) => vec![Scope::Watched],
+        None => vec![Scope::Watched, Scope::Builds],
     };
     let mut grants = Vec::new();
     if install.watched_namespaces.is_empty() {
-        grants.push(cluster_wide(Scope::Watched, install.name.clone()));
+        grants.push(cluster_wide(watched.clone(), install.name.clone()));
     }
     for namespace in &install.watched_namespaces {
-        grants.push(namespaced(Scope::Watched, install.name.clone(), namespace));
+        grants.push(namespaced(watched.clone(), install.name.clone(), namespace));
+    }
+    if let Some(namespace) = &install.build_namespace {
+        let scopes = vec![Scope::Builds, Scope::BuildSecrets];
+        grants.push(namespaced(
+            scopes,
+            format!("{}-builds", install.name),
+            namespace,
+        ));
     }
     grants.push(cluster_wide(
-        Scope::Cluster,
+        vec![Scope::Cluster],
         format!("{}-nodes", install.name),
     ));
     if let Some(namespace) = &install.leader_election_namespace {
         grants.push(namespaced(
-            Scope::LeaderElection,
+            vec![Scope::LeaderElection],
             format!("{}-leader-election", install.name),
             namespace,
         ));

@@ -27,6 +27,8 @@ use serde_json::{Value, json};
 const CHART: &str = "charts/archforge";
 const CUSTOM_VALUES: &str = "charts/archforge/ci/custom-values.yaml";
 const NAMESPACE: &str = "archforge-system";
+/// The chart's default isolated build namespace.
+const BUILDS: &str = "archforge-builds";
 
 fn run(command: &mut Command, what: &str) -> String {
     let output = command
@@ -280,6 +282,9 @@ fn default_render_is_typed_and_secure() {
             "ClusterRoleBinding",
             "CustomResourceDefinition",
             "Deployment",
+            "Namespace",
+            "Role",
+            "RoleBinding",
             "Service",
             "ServiceAccount"
         ])
@@ -399,9 +404,8 @@ fn custom_values_render_roles_leader_election_and_service_monitor() {
     assert_eq!(monitor["metadata"]["labels"]["release"], "kube-prometheus");
 }
 
-/// The operator's rules, per scope (a watched namespace's Role counts as `Watched` once per
-/// namespace), as (scope, namespace, group, resource) -> verbs.
-type Grants = BTreeMap<(Scope, String, String, String), BTreeSet<String>>;
+/// The operator's rules, as (namespace, group, resource) -> verbs ("*" for a ClusterRole's).
+type Grants = BTreeMap<(String, String, String), BTreeSet<String>>;
 
 fn operator_grants(objects: &[Value], fullname: &str, service_account: &str) -> Grants {
     let mut grants = Grants::new();
@@ -412,10 +416,8 @@ fn operator_grants(objects: &[Value], fullname: &str, service_account: &str) -> 
         }
         let name = object["metadata"]["name"].as_str().unwrap();
         let namespace = object["metadata"]["namespace"].as_str().unwrap_or("*");
-        let scope = match name.strip_prefix(fullname) {
-            Some("") => Scope::Watched,
-            Some("-nodes") => Scope::Cluster,
-            Some("-leader-election") => Scope::LeaderElection,
+        match name.strip_prefix(fullname) {
+            Some("" | "-nodes" | "-leader-election" | "-builds") => {}
             // Aggregated into the built-in roles for people, never bound to the operator.
             Some("-imagebuilds-edit" | "-imagebuilds-view") => {
                 assert!(
@@ -459,7 +461,7 @@ fn operator_grants(objects: &[Value], fullname: &str, service_account: &str) -> 
             for group in strings("apiGroups") {
                 for resource in strings("resources") {
                     let verbs = grants
-                        .entry((scope, namespace.to_string(), group.clone(), resource))
+                        .entry((namespace.to_string(), group.clone(), resource))
                         .or_default();
                     verbs.extend(strings("verbs"));
                 }
@@ -469,21 +471,28 @@ fn operator_grants(objects: &[Value], fullname: &str, service_account: &str) -> 
     grants
 }
 
-fn expected_grants(watched: &[&str], leader_election: bool) -> Grants {
+/// What `rbac::PERMISSIONS` grants for ImageBuilds watched in `watched` (all when empty),
+/// building in `builds` (each ImageBuild's own namespace when `None`).
+fn expected_grants(watched: &[&str], leader_election: bool, builds: Option<&str>) -> Grants {
     let mut grants = Grants::new();
+    let watched: Vec<String> = match watched.is_empty() {
+        true => vec!["*".into()],
+        false => watched.iter().map(|n| n.to_string()).collect(),
+    };
     for p in PERMISSIONS {
-        let namespaces: Vec<String> = match p.scope {
-            Scope::Watched if watched.is_empty() => vec!["*".into()],
-            Scope::Watched => watched.iter().map(|n| n.to_string()).collect(),
-            Scope::Cluster => vec!["*".into()],
-            Scope::LeaderElection if leader_election => vec![NAMESPACE.into()],
-            Scope::LeaderElection => vec![],
+        let namespaces: Vec<String> = match (p.scope, builds) {
+            (Scope::Watched, _) | (Scope::Builds, None) => watched.clone(),
+            (Scope::Builds | Scope::BuildSecrets, Some(ns)) => vec![ns.into()],
+            (Scope::BuildSecrets, None) => vec![],
+            (Scope::Cluster, _) => vec!["*".into()],
+            (Scope::LeaderElection, _) if leader_election => vec![NAMESPACE.into()],
+            (Scope::LeaderElection, _) => vec![],
         };
         for namespace in namespaces {
-            grants.insert(
-                (p.scope, namespace, p.group.into(), p.resource.into()),
-                p.verbs.iter().map(|v| v.to_string()).collect(),
-            );
+            grants
+                .entry((namespace, p.group.into(), p.resource.into()))
+                .or_default()
+                .extend(p.verbs.iter().map(|v| v.to_string()));
         }
     }
     grants
@@ -520,14 +529,14 @@ fn chart_rbac_is_exactly_what_the_controller_uses() {
     let (text, objects) = render_chart(None);
     pretty_assertions::assert_eq!(
         operator_grants(&objects, "archforge", "archforge"),
-        expected_grants(&[], false)
+        expected_grants(&[], false, Some(BUILDS))
     );
     assert_rules_explained(&text);
 
     let (text, objects) = render_chart(Some(CUSTOM_VALUES));
     pretty_assertions::assert_eq!(
         operator_grants(&objects, "archforge", "builds-operator"),
-        expected_grants(&["team-a", "team-b"], true)
+        expected_grants(&["team-a", "team-b"], true, None)
     );
     assert_rules_explained(&text);
     assert_no_wildcards(&objects);
@@ -566,10 +575,19 @@ fn archforge_rbac_prints_exactly_the_permissions() {
     check_types(&objects);
     pretty_assertions::assert_eq!(
         operator_grants(&objects, "archforge", "archforge"),
-        expected_grants(&[], false)
+        expected_grants(&[], false, None)
     );
     assert_rules_explained(&text);
     assert_no_wildcards(&objects);
+
+    let text = archforge(&["rbac", "--build-namespace", BUILDS]);
+    let objects = parse(&text);
+    check_types(&objects);
+    pretty_assertions::assert_eq!(
+        operator_grants(&objects, "archforge", "archforge"),
+        expected_grants(&[], false, Some(BUILDS))
+    );
+    assert_rules_explained(&text);
 
     let text = archforge(&[
         "rbac",
@@ -588,7 +606,7 @@ fn archforge_rbac_prints_exactly_the_permissions() {
     check_types(&objects);
     pretty_assertions::assert_eq!(
         operator_grants(&objects, "archforge", "builds-operator"),
-        expected_grants(&["team-a", "team-b"], true)
+        expected_grants(&["team-a", "team-b"], true, None)
     );
     assert!(
         !objects
@@ -679,6 +697,8 @@ fn chart_values_reach_the_operator() {
     assert_eq!(config["stuckGrace"], "2m");
     assert_eq!(config["leaderElect"], false);
     assert_eq!(config["watchNamespaces"], json!([]));
+    assert_eq!(config["buildNamespace"], BUILDS);
+    assert_eq!(config["allowInNamespaceSigning"], false);
     assert_eq!(
         config["signingKeyFile"],
         Value::Null,
@@ -827,7 +847,7 @@ fn kustomize_base_is_the_same_install_as_the_chart() {
     pretty_assertions::assert_eq!(keys(&base), expected);
     pretty_assertions::assert_eq!(
         operator_grants(&base, "archforge", "archforge"),
-        expected_grants(&[], false)
+        expected_grants(&[], false, Some(BUILDS))
     );
 }
 
@@ -1202,4 +1222,80 @@ fn the_binfmt_daemonset_is_opt_in_and_registers_what_it_is_told() {
         archforge::plan::emulation_label("arm64"),
         "emulation.archforge.dev/arm64"
     );
+}
+
+#[test]
+fn the_default_install_builds_in_its_own_baseline_namespace_no_tenant_is_bound_in() {
+    let (_, objects) = render_chart(None);
+    let namespace = find(&objects, "Namespace", BUILDS);
+    let labels = &namespace["metadata"]["labels"];
+    for mode in ["enforce", "audit", "warn"] {
+        assert_eq!(
+            labels[format!("pod-security.kubernetes.io/{mode}")],
+            "baseline"
+        );
+    }
+    // The only binding there is the operator's.
+    let bindings: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "RoleBinding" && o["metadata"]["namespace"] == BUILDS)
+        .collect();
+    assert_eq!(bindings.len(), 1);
+    assert_eq!(bindings[0]["subjects"][0]["kind"], "ServiceAccount");
+    let container =
+        &find(&objects, "Deployment", "archforge")["spec"]["template"]["spec"]["containers"][0];
+    let env = container["env"].as_array().unwrap();
+    assert!(env.contains(&json!({"name": "ARCHFORGE_BUILD_NAMESPACE", "value": BUILDS})));
+    // The ClusterRole over the tenants' namespaces may not create Jobs, pods or Secrets.
+    let watched = find(&objects, "ClusterRole", "archforge");
+    for rule in watched["rules"].as_array().unwrap() {
+        let resources = rule["resources"].to_string();
+        assert!(
+            !resources.contains("jobs") && !resources.contains("pods"),
+            "{rule}"
+        );
+        if resources.contains("secrets") {
+            assert_eq!(rule["verbs"], json!(["get"]), "{rule}");
+        }
+    }
+}
+
+#[test]
+fn the_build_namespace_is_not_created_when_asked_not_to_and_absent_when_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("values.yaml");
+    for (text, namespace, role) in [
+        ("builds:\n  createNamespace: false\n", false, true),
+        ("builds:\n  namespace: \"\"\n", false, false),
+    ] {
+        std::fs::write(&values, text).unwrap();
+        let (_, objects) = render_chart(Some(values.to_str().unwrap()));
+        assert_eq!(
+            objects.iter().any(|o| o["kind"] == "Namespace"),
+            namespace,
+            "{text}"
+        );
+        let builds_role = objects
+            .iter()
+            .any(|o| o["metadata"]["name"] == "archforge-builds");
+        assert_eq!(builds_role, role, "{text}");
+        let env =
+            objects.iter().find(|o| o["kind"] == "Deployment").unwrap()["spec"]["template"]["spec"]
+                ["containers"][0]["env"]
+                .to_string();
+        assert_eq!(env.contains("ARCHFORGE_BUILD_NAMESPACE"), role, "{text}");
+    }
+}
+
+#[test]
+fn a_build_namespace_that_is_no_namespace_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("values.yaml");
+    std::fs::write(&values, "builds:\n  namespace: \"Builds; rm -rf /\"\n").unwrap();
+    let path = values.to_str().unwrap();
+    let output = helm(&["render", CHART, "--namespace", NAMESPACE, "--values", path])
+        .current_dir(common::repo_root())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "the schema let it through");
 }

@@ -30,6 +30,9 @@ use serde_json::{Value, json};
 #[path = "controller/stuck.rs"]
 mod stuck;
 
+/// An isolated build namespace: Jobs and Secret copies there, the finalizer.
+#[path = "controller/isolated.rs"]
+mod isolated;
 /// Signing only what is trustworthy, and pushing only with the ImageBuild's own rights.
 #[path = "controller/trust.rs"]
 mod trust;
@@ -518,6 +521,11 @@ async fn a_new_imagebuild_pins_its_commit_and_creates_one_job_per_platform() {
         assert_eq!(status["source"]["commit"], sha.as_str());
         assert_eq!(status["progress"], "0/2");
         assert_eq!(status["platforms"][1]["job"], "app-1-linux-arm64");
+        // Recorded at creation: a Job of that name with another UID is not this run's.
+        assert_eq!(
+            status["platforms"][1]["jobUid"],
+            job_uid("app-1-linux-arm64")
+        );
         assert_eq!(condition(&status, "Reconciling")["status"], "True");
         assert_eq!(condition(&status, "Ready")["status"], "False");
         server.done().await;

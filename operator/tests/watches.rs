@@ -32,14 +32,18 @@ fn start(metrics: &Arc<Metrics>) -> (tokio::task::JoinHandle<()>, Handle) {
     (controller, handle)
 }
 
-#[tokio::test]
-async fn at_start_each_reflector_lists_once_and_watches_once() {
-    let metrics = Arc::new(Metrics::default());
-    let (controller, mut handle) = start(&metrics);
+/// (watch?, path, selectors) of a request the reflectors make at start.
+type Asked = BTreeSet<(bool, String, String)>;
+
+/// Answers the first `count` requests of a starting controller: its lists (empty) and its
+/// watches (left pending, as a quiet server's are, in the second value).
+async fn serve_start(
+    handle: &mut Handle,
+    count: usize,
+) -> (Asked, Vec<tower_test::mock::SendResponse<Response<Body>>>) {
     let mut seen = BTreeSet::new();
-    // Watches are left pending, as a quiet server's would be.
     let mut open_watches = Vec::new();
-    for _ in 0..12 {
+    for _ in 0..count {
         let (request, send) =
             tokio::time::timeout(common::controller::HANG_GUARD, handle.next_request())
                 .await
@@ -75,48 +79,78 @@ async fn at_start_each_reflector_lists_once_and_watches_once() {
             }
         }
     }
+    (seen, open_watches)
+}
+
+/// What a controller asks at start: nodes, the ImageBuilds of `watched`, and the run
+/// objects (Jobs, pods, two kinds of Events) of `builds`, each a list and a watch.
+fn expected_at_start(watched: &[&str], builds: &str) -> Asked {
     let managed = "app.kubernetes.io/managed-by=archforge".to_string();
-    let expected: BTreeSet<(bool, String, String)> = [false, true]
+    let mut objects = vec![("/api/v1/nodes".to_string(), String::new())];
+    for ns in watched {
+        let path = format!("/apis/archforge.dev/v1alpha1/namespaces/{ns}/imagebuilds");
+        objects.push((path, String::new()));
+    }
+    objects.extend([
+        (
+            format!("/apis/batch/v1/namespaces/{builds}/jobs"),
+            managed.clone(),
+        ),
+        (format!("/api/v1/namespaces/{builds}/pods"), managed),
+        (
+            format!("/api/v1/namespaces/{builds}/events"),
+            "involvedObject.kind=Job,reason=FailedCreate".to_string(),
+        ),
+        (
+            format!("/api/v1/namespaces/{builds}/events"),
+            "involvedObject.kind=Pod,reason=FailedMount".to_string(),
+        ),
+    ]);
+    [false, true]
         .into_iter()
         .flat_map(|watch| {
-            [
-                (watch, "/api/v1/nodes".to_string(), String::new()),
-                (
-                    watch,
-                    "/apis/archforge.dev/v1alpha1/namespaces/team-a/imagebuilds".to_string(),
-                    String::new(),
-                ),
-                (
-                    watch,
-                    "/apis/batch/v1/namespaces/team-a/jobs".to_string(),
-                    managed.clone(),
-                ),
-                (
-                    watch,
-                    "/api/v1/namespaces/team-a/pods".to_string(),
-                    managed.clone(),
-                ),
-                (
-                    watch,
-                    "/api/v1/namespaces/team-a/events".to_string(),
-                    "involvedObject.kind=Job,reason=FailedCreate".to_string(),
-                ),
-                (
-                    watch,
-                    "/api/v1/namespaces/team-a/events".to_string(),
-                    "involvedObject.kind=Pod,reason=FailedMount".to_string(),
-                ),
-            ]
+            objects
+                .iter()
+                .map(move |(p, s)| (watch, p.clone(), s.clone()))
         })
-        .collect();
-    pretty_assertions::assert_eq!(seen, expected);
-    // Nothing else while nothing changes.
+        .collect()
+}
+
+/// Fails on any request within half a second: nothing is asked while nothing changes.
+async fn quiet(handle: &mut Handle) {
     if let Ok(Some((request, _))) =
         tokio::time::timeout(Duration::from_millis(500), handle.next_request()).await
     {
         panic!("unexpected request {} {}", request.method(), request.uri());
     }
+}
+
+#[tokio::test]
+async fn at_start_each_reflector_lists_once_and_watches_once() {
+    let metrics = Arc::new(Metrics::default());
+    let (controller, mut handle) = start(&metrics);
+    let (seen, open_watches) = serve_start(&mut handle, 12).await;
+    pretty_assertions::assert_eq!(seen, expected_at_start(&["team-a"], "team-a"));
+    quiet(&mut handle).await;
     assert_eq!(metrics.api_requests_total(), 12);
+    assert!(metrics.is_ready());
+    controller.abort();
+    drop(open_watches);
+}
+
+#[tokio::test]
+async fn with_a_build_namespace_its_run_objects_are_watched_once_for_all_watched_namespaces() {
+    let metrics = Arc::new(Metrics::default());
+    let (client, mut handle) = mock_client(&metrics);
+    let mut config = config(BuilderSettings::default(), RegistryOptions::default(), None);
+    config.build_namespace = Some("builds".into());
+    let namespaces = vec!["team-a".into(), "team-b".into()];
+    let controller = tokio::spawn(run(client, namespaces, config, metrics.clone()));
+    // Nodes, two namespaces' ImageBuilds, and the build namespace's four kinds: once each.
+    let (seen, open_watches) = serve_start(&mut handle, 14).await;
+    pretty_assertions::assert_eq!(seen, expected_at_start(&["team-a", "team-b"], "builds"));
+    quiet(&mut handle).await;
+    assert_eq!(metrics.api_requests_total(), 14);
     assert!(metrics.is_ready());
     controller.abort();
     drop(open_watches);

@@ -5,7 +5,7 @@ its reason; templates/rbac.yaml puts them into the roles.
 */}}
 
 {{- define "archforge.rules.watched" -}}
-# the controller's watch on ImageBuilds
+# the controller's watch on ImageBuilds; patch adds and removes the build-cleanup finalizer (isolated build namespace only)
 - apiGroups:
   - archforge.dev
   resources:
@@ -13,6 +13,7 @@ its reason; templates/rbac.yaml puts them into the roles.
   verbs:
   - list
   - watch
+  - patch
 # status is written with server-side apply
 - apiGroups:
   - archforge.dev
@@ -27,26 +28,7 @@ its reason; templates/rbac.yaml puts them into the roles.
   - imagebuilds/finalizers
   verbs:
   - update
-# one builder Job per platform, created (never applied over an existing object, so a Job of the same name that is not this ImageBuild's is left alone), read back by name when the name is taken, deleted when a run fails or is superseded
-- apiGroups:
-  - batch
-  resources:
-  - jobs
-  verbs:
-  - get
-  - list
-  - watch
-  - create
-  - delete
-# read-only: builder pods' termination messages carry the pushed digest or the log tail
-- apiGroups:
-  - ""
-  resources:
-  - pods
-  verbs:
-  - list
-  - watch
-# read-only, by name: the push secret for index assembly and the git credentials for pinning the commit
+# read-only, by name, in the ImageBuild's own namespace: the push secret for index assembly, the git credentials for pinning the commit, and the Secrets copied per run into an isolated build namespace
 - apiGroups:
   - ""
   resources:
@@ -61,6 +43,29 @@ its reason; templates/rbac.yaml puts them into the roles.
   verbs:
   - create
   - patch
+{{- end -}}
+
+{{- define "archforge.rules.builds" -}}
+# one builder Job per platform, created (never applied over an existing object, so a Job of the same name that is not this ImageBuild's is left alone), read back by name when the name is taken, deleted when a run fails or is superseded, and by label when its ImageBuild is deleted (isolated build namespace)
+- apiGroups:
+  - batch
+  resources:
+  - jobs
+  verbs:
+  - get
+  - list
+  - watch
+  - create
+  - delete
+  - deletecollection
+# read-only: builder pods' termination messages carry the pushed digest or the log tail
+- apiGroups:
+  - ""
+  resources:
+  - pods
+  verbs:
+  - list
+  - watch
 # read-only, narrowed by field selectors to the Job controller's FailedCreate on Jobs and the kubelet's FailedMount on pods: why a builder pod was never created or cannot mount its Secret, which no status says
 - apiGroups:
   - ""
@@ -69,6 +74,17 @@ its reason; templates/rbac.yaml puts them into the roles.
   verbs:
   - list
   - watch
+{{- end -}}
+
+{{- define "archforge.rules.buildSecrets" -}}
+# per-run copies of an ImageBuild's Secrets, owned by the run's Job, in the isolated build namespace only; deleted by label with their ImageBuild
+- apiGroups:
+  - ""
+  resources:
+  - secrets
+  verbs:
+  - create
+  - deletecollection
 {{- end -}}
 
 {{- define "archforge.rules.cluster" -}}

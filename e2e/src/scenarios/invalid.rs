@@ -83,7 +83,8 @@ pub async fn invalid_job_fields_stall_with_a_reason(case: &Case) -> anyhow::Resu
     let suite = &case.suite;
     // An admission rule every API server has refuses the Job the operator creates; the
     // refusal must stall the run with the server's reason instead of a retry loop.
-    let quotas: Api<ResourceQuota> = Api::namespaced(suite.client.clone(), &case.namespace);
+    // Where the operator creates the Jobs: the build namespace.
+    let quotas: Api<ResourceQuota> = Api::namespaced(suite.client.clone(), &case.build_namespace);
     quotas
         .create(&PostParams::default(), &job_quota(QUOTA, 0))
         .await?;

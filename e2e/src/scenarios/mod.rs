@@ -5,6 +5,7 @@ pub mod checks;
 pub mod failures;
 pub mod happy;
 pub mod invalid;
+pub mod isolation;
 pub mod lifecycle;
 pub mod placement;
 pub mod registry;

@@ -125,10 +125,10 @@ pub async fn missing_builder_image_says_why(
     .await
 }
 
-/// An ImageBuild whose pushSecret does not exist. The controller reads it only at
-/// assembly, so the builder pod is created and the kubelet cannot mount the Secret: it says
-/// so only in `FailedMount` Events on the pod, which the operator watches. The platform
-/// fails after the grace period.
+/// An ImageBuild whose pushSecret does not exist. The operator copies it into the build
+/// namespace before it creates any Job, so it says so at once: the run fails with reason
+/// `Secret` and one Warning Event, within seconds rather than at the stuck grace period,
+/// and no Job is ever created.
 pub async fn missing_push_secret_says_why(
     suite: Arc<Suite>,
     test: &'static str,
@@ -137,13 +137,26 @@ pub async fn missing_push_secret_says_why(
         let mut manifest = case.manifest("app", &[AMD64]);
         manifest["spec"]["output"]["pushSecret"] = json!("archforge-e2e-missing");
         case.apply(&manifest).await?;
-        let amd = says(case, AMD64, &["FailedMount"]).await?;
-        ensure!(
-            message(&amd).contains("secret \"archforge-e2e-missing\" not found"),
-            "the kubelet's mount error should name the Secret: {amd:?}"
+        let status = case
+            .wait_phase("app", Phase::Failed, Duration::from_secs(30))
+            .await?;
+        let stalled = condition(&status, "Stalled")?;
+        let missing = format!(
+            "secret {}/archforge-e2e-missing does not exist",
+            case.namespace
         );
-        case.expect_event("app", "FailedMount", "Warning").await?;
-        fails_of(case, AMD64, "FailedMount").await
+        ensure!(
+            stalled.reason == "Secret" && stalled.message.contains(&missing),
+            "the run should say the Secret is missing: {}",
+            describe(&status)
+        );
+        case.expect_event("app", "Secret", "Warning").await?;
+        ensure!(
+            case.jobs_ever("app").is_empty(),
+            "no Job should exist: {:?}",
+            case.jobs_ever("app")
+        );
+        Ok(())
     })
     .await
 }

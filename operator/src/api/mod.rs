@@ -507,6 +507,11 @@ pub struct PlatformStatus {
     /// Name of the builder Job of this platform.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// UID of the builder Job the operator created for this platform, recorded when it
+    /// was created: a Job of the same name with another UID (deleted and created again by
+    /// someone else) is not this run's, and fails the platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_uid: Option<String>,
     /// Pending, Building, Succeeded or Failed.
     pub phase: Phase,
     /// Digest of this platform's pushed image manifest.

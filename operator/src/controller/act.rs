@@ -1,7 +1,7 @@
 //! Carrying out a run's step, and reporting it: [`report`] is the only place that publishes
 //! Events and patches the status.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use kube::ResourceExt;
@@ -11,19 +11,13 @@ use super::decide::Step;
 use super::error::{ReconcileError, Result};
 use super::jobs::{create_jobs, delete_jobs, unfinished};
 use super::notes::{newly_failed_optional, newly_stuck, newly_succeeded};
-use super::observe::{read_secret, secret_value};
 use super::report::{Note, report};
-use super::signing::{build_facts, signing_key};
-use super::{Context, Run, now};
+use super::signing::signing_key;
+use super::{Context, Run, copies, now, publish};
 use crate::api::Emulation;
-use crate::api::{ImageBuild, ImageBuildStatus, Phase, PlatformStatus};
+use crate::api::{ImageBuild, Phase, PlatformStatus};
 use crate::plan::{BuildPlan, Placement};
-use crate::registry::{
-    DockerConfig, PlatformImage, Published, Registry, RegistryOptions, run_annotations,
-};
-use crate::source::redact_url;
 use crate::status::{self, progress, record_run, set_phase_conditions};
-use crate::supply::Signer;
 use crate::telemetry::ResultLabels;
 use crate::validation::InvalidSpec;
 
@@ -93,10 +87,10 @@ pub async fn pin_failed(
 }
 
 /// The reason of a run that pushed its index without platforms that were allowed to fail.
-const PARTIAL: &str = "IndexPushedWithoutOptionalPlatforms";
+pub(super) const PARTIAL: &str = "IndexPushedWithoutOptionalPlatforms";
 
 /// Ends the current run: conditions, history and metrics agree on the result.
-fn finish_run(ctx: &Context, run: &mut Run, result: Phase, reason: &str, message: &str) {
+pub(super) fn finish_run(ctx: &Context, run: &mut Run, result: Phase, reason: &str, message: &str) {
     let generation = run.id.generation;
     set_phase_conditions(&mut run.status, result, reason, message, generation, now());
     // History keeps why a run failed, and what a run that succeeded went without.
@@ -130,172 +124,168 @@ pub async fn take(
     platforms: Vec<PlatformStatus>,
     step: Step,
 ) -> Result<Action> {
-    let generation = plan.generation;
     let mut notes = newly_succeeded(ctx, &run, &platforms);
     notes.extend(newly_failed_optional(&run, plan, &platforms));
     notes.extend(newly_stuck(&run, &platforms));
     run.status.progress = Some(progress(&platforms));
     run.status.platforms = platforms;
     let action = match step {
-        Step::WaitForNodes {
-            platforms: _,
-            retry_in,
-            why,
-        } => {
-            let when = match (plan.emulation, retry_in) {
-                // A fixed time, not a countdown: the message (and so the status and the
-                // Event) stays the same on every look until something changes.
-                (_, Some(_)) => format!(
-                    "one qualifies, or under emulation from {} (emulationAfter {} after the run's start)",
-                    emulation_starts(run.status.start_time.as_deref(), plan.emulation_after),
-                    humantime::format_duration(plan.emulation_after)
-                ),
-                (Emulation::Never, None) => "one qualifies".to_string(),
-                (Emulation::Fallback, None) => "either qualifies".to_string(),
-                (Emulation::Always, None) => "there is one".to_string(),
-            };
-            let message = format!("{why}; the run starts when {when}");
-            let already = run
-                .previous
-                .conditions
-                .iter()
-                .any(|c| c.reason == "NoNodeForPlatform" && c.message == message);
-            set_phase_conditions(
-                &mut run.status,
-                Phase::Pending,
-                "NoNodeForPlatform",
-                &message,
-                generation,
-                now(),
-            );
-            run.status.progress = Some(progress(&[]));
-            if !already {
-                notes.push(Note::warning(
-                    "NoNodeForPlatform",
-                    "CheckPlacement",
-                    message,
-                    None,
-                ));
-            }
-            let look_again = Duration::from_secs(30);
-            Action::requeue(retry_in.map_or(look_again, |left| left.min(look_again)))
+        Step::WaitForNodes { retry_in, why, .. } => {
+            wait_for_nodes(&mut run, plan, retry_in, &why, &mut notes)
         }
-        Step::CreateJobs { platforms } => match start_jobs(ctx, build, plan, &platforms).await {
-            Ok(created) => {
-                if created == plan.platforms.len() {
-                    ctx.metrics.runs_started.inc();
-                    let all: Vec<String> = plan
-                        .platforms
-                        .iter()
-                        .map(|p| p.platform.to_string())
-                        .collect();
-                    let text = format!("building {} at {}", all.join(", "), plan.revision);
-                    notes.insert(0, Note::normal("RunStarted", "CreateJobs", text, None));
-                }
-                for (platform, placement) in &platforms {
-                    if let Placement::Emulated { host } = placement {
-                        let text = match plan.emulation {
-                            Emulation::Always => format!(
-                                "{platform} builds under QEMU emulation on an {host} node: emulation is Always, so every platform builds on {host} nodes (slower than native)"
-                            ),
-                            _ => format!(
-                                "{platform} builds under QEMU emulation on an {host} node: no node of its own architecture qualifies and emulation is Fallback (slower than native)"
-                            ),
-                        };
-                        notes.push(Note::normal("Emulated", "CreateJobs", text, None));
-                    }
-                }
-                building(ctx, &mut run, plan)
+        Step::CreateJobs { platforms } => {
+            let step = (current, &platforms[..]);
+            create(ctx, build, plan, &mut run, step, &mut notes).await?
+        }
+        Step::Building => {
+            if ctx.isolated() && copies::mounts_missing(&run.status.platforms) {
+                copies::restore(ctx, build, plan, current).await?;
             }
-            Err((e, exist)) if e.stops_the_run() => {
-                // Nothing of a run that cannot start is left running.
-                let own: Vec<String> = current.iter().map(|j| j.name_any()).chain(exist).collect();
-                delete_jobs(ctx, build, &own).await?;
-                let message = e.to_string();
-                run.status.platforms.clear();
-                run.status.progress = Some(progress(&[]));
-                finish_run(ctx, &mut run, Phase::Failed, e.reason(), &message);
-                notes.push(Note::warning(e.reason(), "CreateJobs", message, None));
-                Action::await_change()
-            }
-            Err((e, _)) => return Err(e),
-        },
-        Step::Building => building(ctx, &mut run, plan),
-        Step::Fail {
-            platform: _,
-            job,
-            message,
-        } => {
+            building(ctx, &mut run, plan)
+        }
+        Step::Fail { job, message, .. } => {
             delete_jobs(ctx, build, &unfinished(current)).await?;
             finish_run(ctx, &mut run, Phase::Failed, "PlatformFailed", &message);
             notes.push(Note::warning("PlatformFailed", "Build", message, job));
             Action::await_change()
         }
-        Step::Assemble => match assemble(ctx, build, &run.status, plan).await {
-            Ok(published) => {
-                let digest = published.index.digest.clone();
-                record_attachments(&mut run.status, &published);
-                let mut message = format!("pushed {} ({digest})", build.spec.output.image);
-                if published.index_attachments.is_some() {
-                    message.push_str(&format!(
-                        "; the index and its {} platform images are signed, with SLSA provenance attested",
-                        published.platforms.len()
-                    ));
-                }
-                let missing: Vec<&str> = run
-                    .status
-                    .platforms
-                    .iter()
-                    .filter(|p| p.phase == Phase::Failed)
-                    .map(|p| p.platform.as_str())
-                    .collect();
-                let reason = match missing.is_empty() {
-                    true => "IndexPushed",
-                    false => {
-                        message.push_str(&format!(
-                            " without {}, which may fail and failed (see status.platforms)",
-                            missing.join(", ")
-                        ));
-                        notes.push(Note::warning(
-                            "PlatformsMissing",
-                            "Assemble",
-                            message.clone(),
-                            None,
-                        ));
-                        PARTIAL
-                    }
-                };
-                run.status.image = Some(build.spec.output.image.clone());
-                run.status.digest = Some(digest);
-                finish_run(ctx, &mut run, Phase::Succeeded, reason, &message);
-                notes.push(Note::normal("IndexPushed", "Assemble", message, None));
-                Action::await_change()
-            }
-            Err(ReconcileError::Assemble(e)) if e.is_transient() => {
-                // The digests are in status: the retry only repeats the assembly.
-                set_phase_conditions(
-                    &mut run.status,
-                    Phase::Assembling,
-                    e.reason(),
-                    &e.to_string(),
-                    generation,
-                    now(),
-                );
-                notes.push(Note::warning(e.reason(), "Assemble", e.to_string(), None));
-                report(ctx, build, &run.status, notes).await?;
-                return Err(ReconcileError::Assemble(e));
-            }
-            Err(e @ ReconcileError::ReadSecret { .. }) => return Err(e),
-            Err(e) => {
-                let message = e.to_string();
-                finish_run(ctx, &mut run, Phase::Failed, e.reason(), &message);
-                notes.push(Note::warning(e.reason(), "Assemble", message, None));
-                Action::await_change()
-            }
-        },
+        Step::Assemble => publish::assemble_step(ctx, build, plan, &mut run, &mut notes).await?,
     };
     report(ctx, build, &run.status, notes).await?;
     Ok(action)
+}
+
+/// No node qualifies for some platform: the run waits, saying why (once per message).
+fn wait_for_nodes(
+    run: &mut Run,
+    plan: &BuildPlan,
+    retry_in: Option<Duration>,
+    why: &str,
+    notes: &mut Vec<Note>,
+) -> Action {
+    let when = match (plan.emulation, retry_in) {
+        // A fixed time, not a countdown: the message (and so the status and the Event)
+        // stays the same on every look until something changes.
+        (_, Some(_)) => format!(
+            "one qualifies, or under emulation from {} (emulationAfter {} after the run's start)",
+            emulation_starts(run.status.start_time.as_deref(), plan.emulation_after),
+            humantime::format_duration(plan.emulation_after)
+        ),
+        (Emulation::Never, None) => "one qualifies".to_string(),
+        (Emulation::Fallback, None) => "either qualifies".to_string(),
+        (Emulation::Always, None) => "there is one".to_string(),
+    };
+    let message = format!("{why}; the run starts when {when}");
+    let already = run
+        .previous
+        .conditions
+        .iter()
+        .any(|c| c.reason == "NoNodeForPlatform" && c.message == message);
+    let generation = plan.generation;
+    let reason = "NoNodeForPlatform";
+    set_phase_conditions(
+        &mut run.status,
+        Phase::Pending,
+        reason,
+        &message,
+        generation,
+        now(),
+    );
+    run.status.progress = Some(progress(&[]));
+    if !already {
+        notes.push(Note::warning(reason, "CheckPlacement", message, None));
+    }
+    let look_again = Duration::from_secs(30);
+    Action::requeue(retry_in.map_or(look_again, |left| left.min(look_again)))
+}
+
+/// Creates the Jobs of `platforms` (the run's `current` Jobs exist already); a run that
+/// cannot start fails with none of its Jobs left.
+async fn create(
+    ctx: &Context,
+    build: &ImageBuild,
+    plan: &BuildPlan,
+    run: &mut Run,
+    (current, platforms): (&[Job], &[(String, Placement)]),
+    notes: &mut Vec<Note>,
+) -> Result<Action> {
+    match start_jobs(ctx, build, plan, platforms).await {
+        Ok(created) => {
+            record_job_uids(ctx, build, &mut run.status.platforms, platforms);
+            if created == plan.platforms.len() {
+                ctx.metrics.runs_started.inc();
+                notes.insert(0, run_started(plan));
+            }
+            notes.extend(emulated(plan, platforms));
+            Ok(building(ctx, run, plan))
+        }
+        Err((e, exist)) if e.stops_the_run() => {
+            // Nothing of a run that cannot start is left running.
+            let own: Vec<String> = current.iter().map(|j| j.name_any()).chain(exist).collect();
+            delete_jobs(ctx, build, &own).await?;
+            let message = e.to_string();
+            run.status.platforms.clear();
+            run.status.progress = Some(progress(&[]));
+            finish_run(ctx, run, Phase::Failed, e.reason(), &message);
+            notes.push(Note::warning(e.reason(), "CreateJobs", message, None));
+            Ok(Action::await_change())
+        }
+        Err((e, _)) => Err(e),
+    }
+}
+
+/// Records in the status of each platform of `created` the UID of the Job just created for
+/// it (in place of one gone since): a Job of that name with another UID is not this run's
+/// ([`crate::status::replaced`]).
+fn record_job_uids(
+    ctx: &Context,
+    build: &ImageBuild,
+    platforms: &mut [PlatformStatus],
+    created: &[(String, Placement)],
+) {
+    let namespace = ctx.jobs_namespace(build);
+    let is_created = |p: &PlatformStatus| created.iter().any(|(name, _)| *name == p.platform);
+    for p in platforms.iter_mut().filter(|p| is_created(p)) {
+        let job = p
+            .job
+            .as_deref()
+            .and_then(|name| ctx.stores.job(&namespace, name));
+        p.job_uid = job.and_then(|j| j.metadata.uid.clone());
+    }
+}
+
+/// The Event of a run whose every Job was just created.
+fn run_started(plan: &BuildPlan) -> Note {
+    let all: Vec<String> = plan
+        .platforms
+        .iter()
+        .map(|p| p.platform.to_string())
+        .collect();
+    let text = format!("building {} at {}", all.join(", "), plan.revision);
+    Note::normal("RunStarted", "CreateJobs", text, None)
+}
+
+/// The Events of the platforms placed under emulation.
+fn emulated(plan: &BuildPlan, platforms: &[(String, Placement)]) -> Vec<Note> {
+    let emulated = platforms
+        .iter()
+        .filter_map(|(platform, placement)| match placement {
+            Placement::Emulated { host } => Some((platform, host)),
+            Placement::Native => None,
+        });
+    emulated
+        .map(|(platform, host)| {
+            let text = match plan.emulation {
+                Emulation::Always => format!(
+                    "{platform} builds under QEMU emulation on an {host} node: emulation is Always, so every platform builds on {host} nodes (slower than native)"
+                ),
+                _ => format!(
+                    "{platform} builds under QEMU emulation on an {host} node: no node of its own architecture qualifies and emulation is Fallback (slower than native)"
+                ),
+            };
+            Note::normal("Emulated", "CreateJobs", text, None)
+        })
+        .collect()
 }
 
 /// Creates the Jobs of `platforms` once the run's signing key (when it asks for one) is
@@ -308,26 +298,6 @@ async fn start_jobs(
 ) -> std::result::Result<usize, (ReconcileError, Vec<String>)> {
     signing_key(ctx, build).await.map_err(|e| (e, vec![]))?;
     create_jobs(ctx, build, plan, platforms).await
-}
-
-/// Writes the digests of the signatures and attestations `published` attached into status:
-/// each platform's, and the index's.
-fn record_attachments(status: &mut ImageBuildStatus, published: &Published) {
-    for (platform, attached) in &published.platforms {
-        let name = platform.to_string();
-        if let Some(p) = status.platforms.iter_mut().find(|p| p.platform == name) {
-            p.signature = Some(attached.signature.clone());
-            p.attestation = Some(attached.attestation.clone());
-        }
-    }
-    status.signature = published
-        .index_attachments
-        .as_ref()
-        .map(|a| a.signature.clone());
-    status.attestation = published
-        .index_attachments
-        .as_ref()
-        .map(|a| a.attestation.clone());
 }
 
 /// The run is under way: every Job of it exists, even when no pod has started yet (a
@@ -359,73 +329,6 @@ fn building(ctx: &Context, run: &mut Run, plan: &BuildPlan) -> Action {
     );
     let resync = ctx.config.resync;
     Action::requeue(run.look_again.map_or(resync, |at| at.min(resync)))
-}
-
-/// Publishes the index of a run whose platforms all succeeded: signed and attested, each
-/// child and the index, when the run asks for it.
-async fn assemble(
-    ctx: &Context,
-    build: &ImageBuild,
-    status: &ImageBuildStatus,
-    plan: &BuildPlan,
-) -> Result<Published> {
-    // Before any push: a key that went missing since the Jobs started publishes nothing.
-    let key = signing_key(ctx, build).await?;
-    // Only the ImageBuild's own push credentials, anonymous without: the operator never
-    // writes into a repository with more rights than the ImageBuild grants. Registry trust
-    // (CAs, plain-HTTP hosts) and retries stay the operator's.
-    let mut options = RegistryOptions {
-        credentials: DockerConfig::default(),
-        ..ctx.config.registry.clone()
-    };
-    if let Some(name) = &build.spec.output.push_secret {
-        let secret = read_secret(ctx, build, name).await?;
-        let config =
-            secret_value(&secret, ".dockerconfigjson").ok_or(ReconcileError::SecretKeys {
-                name: name.clone(),
-                keys: ".dockerconfigjson",
-            })?;
-        options.credentials = DockerConfig::from_json(name, &config)?;
-    }
-    // Only what succeeded: a platform allowed to fail that failed is left out.
-    let images: Vec<PlatformImage> = plan
-        .platforms
-        .iter()
-        .zip(&status.platforms)
-        .filter(|(_, s)| s.phase == Phase::Succeeded)
-        .map(|(p, s)| PlatformImage {
-            platform: p.platform.clone(),
-            digest: s.digest.clone().unwrap_or_default(),
-        })
-        .collect();
-    // Taken from the run, not the clock, so a retried assembly pushes identical bytes.
-    let created = status
-        .platforms
-        .iter()
-        .filter_map(|p| p.completion_time.clone())
-        .max()
-        .unwrap_or_default();
-    let annotations = run_annotations(
-        &redact_url(&build.spec.source.git.url),
-        &plan.revision,
-        &created,
-    );
-    let facts = build_facts(&ctx.config, build, plan, status, &created);
-    let signer = key.as_deref().map(|key| Signer { key, facts: &facts });
-    let started = Instant::now();
-    let published = Registry::new(options)
-        .publish(
-            &build.spec.output.image,
-            &images,
-            plan.media_type,
-            &annotations,
-            signer.as_ref(),
-        )
-        .await?;
-    ctx.metrics
-        .assembly_duration
-        .observe(started.elapsed().as_secs_f64());
-    Ok(published)
 }
 
 /// When a run that started at `start_time` may fall back to emulation, as RFC 3339.

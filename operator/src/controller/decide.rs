@@ -138,6 +138,7 @@ mod tests {
             message: Some("exit status 2".into()),
             reason: None,
             emulated: None,
+            job_uid: None,
         }
     }
 

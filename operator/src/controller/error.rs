@@ -71,6 +71,26 @@ pub enum ReconcileError {
     #[error("assembling the index: {0}")]
     Assemble(#[from] RegistryError),
 
+    #[error("updating the finalizer: {source}")]
+    Finalizer {
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("deleting the {kind}s of this ImageBuild in the build namespace: {source}")]
+    CleanUp {
+        kind: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("copying secret {name} into the build namespace: {source}")]
+    CopySecret {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
     #[error("updating the status: {0}")]
     PatchStatus(#[source] kube::Error),
 }
@@ -91,6 +111,9 @@ impl ReconcileError {
             ReconcileError::PodSecurity(_) => "PodSecurity",
             ReconcileError::SigningKey(e) => e.reason(),
             ReconcileError::Assemble(e) => e.reason(),
+            ReconcileError::Finalizer { .. } => "Finalizer",
+            ReconcileError::CleanUp { .. } => "CleanUp",
+            ReconcileError::CopySecret { .. } => "CopySecret",
             ReconcileError::PatchStatus(_) => "PatchStatus",
         }
     }
@@ -112,6 +135,8 @@ impl ReconcileError {
                 | ReconcileError::JobNameConflict { .. }
                 | ReconcileError::PodSecurity(_)
                 | ReconcileError::SigningKey(_)
+                | ReconcileError::SecretMissing { .. }
+                | ReconcileError::SecretKeys { .. }
         )
     }
 }

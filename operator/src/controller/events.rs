@@ -102,12 +102,20 @@ pub fn about(store: &Store<Event>, namespace: &str, uid: &str) -> Vec<Arc<Event>
     })
 }
 
-/// The ImageBuild a `FailedCreate` Event concerns: the controller of the Job it is about,
-/// when the Job store holds that Job (archforge's Jobs only).
-pub fn imagebuild_of_job_event(event: &Event, jobs: &Store<Job>) -> Option<ObjectRef<ImageBuild>> {
+/// The ImageBuild a `FailedCreate` Event concerns: the controller of the Job it is about
+/// (in an isolated build namespace, the ImageBuild its annotations name), when the Job
+/// store holds that Job (archforge's Jobs only).
+pub fn imagebuild_of_job_event(
+    event: &Event,
+    jobs: &Store<Job>,
+    isolated: bool,
+) -> Option<ObjectRef<ImageBuild>> {
     let namespace = own_namespace(event)?;
     let name = event.involved_object.name.as_deref()?;
     let job = jobs.get(&ObjectRef::new(name).within(&namespace))?;
+    if isolated {
+        return crate::plan::isolated::imagebuild_ref(&job.metadata);
+    }
     let owner = job
         .owner_references()
         .iter()
@@ -117,10 +125,17 @@ pub fn imagebuild_of_job_event(event: &Event, jobs: &Store<Job>) -> Option<Objec
 
 /// The ImageBuild a `FailedMount` Event concerns: the one named by the builder pod it is
 /// about, when the pod store holds that pod (archforge's builder pods only).
-pub fn imagebuild_of_pod_event(event: &Event, pods: &Store<Pod>) -> Option<ObjectRef<ImageBuild>> {
+pub fn imagebuild_of_pod_event(
+    event: &Event,
+    pods: &Store<Pod>,
+    isolated: bool,
+) -> Option<ObjectRef<ImageBuild>> {
     let namespace = own_namespace(event)?;
     let name = event.involved_object.name.as_deref()?;
     let pod = pods.get(&ObjectRef::new(name).within(&namespace))?;
+    if isolated {
+        return crate::plan::isolated::imagebuild_ref(&pod.metadata);
+    }
     let build = pod.annotations().get(ANNOTATION_IMAGEBUILD)?;
     Some(ObjectRef::new(build).within(&namespace))
 }
@@ -200,5 +215,25 @@ mod tests {
             "{}",
             message.capacity()
         );
+    }
+
+    #[test]
+    fn in_the_build_namespace_an_event_wakes_the_imagebuild_its_job_names() {
+        let job: Job = serde_json::from_value(json!({
+            "metadata": {"name": "app-1-linux-amd64", "namespace": "builds",
+                         "annotations": {"archforge.dev/imagebuild": "app",
+                                         "archforge.dev/imagebuild-namespace": "team-a"}}
+        }))
+        .unwrap();
+        let (store, mut writer) = kube::runtime::reflector::store::<Job>();
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(job));
+        let event = trim_event(failed_create("builds", "builds", "quota".into()));
+        let woken = imagebuild_of_job_event(&event, &store, true).unwrap();
+        assert_eq!(
+            (woken.name.as_str(), woken.namespace.as_deref()),
+            ("app", Some("team-a"))
+        );
+        // Without a build namespace, only an owner reference names the ImageBuild.
+        assert_eq!(imagebuild_of_job_event(&event, &store, false), None);
     }
 }

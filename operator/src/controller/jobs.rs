@@ -5,20 +5,21 @@ use kube::api::{DeleteParams, PostParams, PropagationPolicy};
 use kube::{Api, ResourceExt};
 
 use super::Context;
+use super::copies;
 use super::error::{ReconcileError, Result};
-use super::observe::owned_by;
+use super::observe::owns;
 use crate::api::ImageBuild;
-use crate::plan::{BuildPlan, Placement};
+use crate::plan::{BuildPlan, Placement, PlatformPlan, isolated};
 use crate::render::{MANAGER, render_job};
 
 /// Deletes `names` (background propagation: their pods go with them); gone already is fine.
 pub async fn delete_jobs(ctx: &Context, build: &ImageBuild, names: &[String]) -> Result<()> {
-    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &build.namespace().unwrap_or_default());
+    let namespace = ctx.jobs_namespace(build);
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let params = DeleteParams {
         propagation_policy: Some(PropagationPolicy::Background),
         ..Default::default()
     };
-    let namespace = build.namespace().unwrap_or_default();
     for name in names {
         ctx.stores.deleted(&namespace, name);
         match api.delete(name, &params).await {
@@ -63,11 +64,16 @@ fn is_rejection(code: u16) -> bool {
     (400..500).contains(&code) && !matches!(code, 404 | 408 | 409 | 429)
 }
 
-/// Creates one Job of the run; `Ok(false)` when it exists already. It never changes an
-/// existing object: a taken name is this ImageBuild's own Job (created by an earlier
-/// reconcile the watch has not shown yet) or someone else's, which is a conflict.
-async fn create_job(ctx: &Context, build: &ImageBuild, job: &Job, platform: &str) -> Result<bool> {
-    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &build.namespace().unwrap_or_default());
+/// Creates one Job of the run: the Job as created (with its UID), and whether it is new. It
+/// never changes an existing object: a taken name is this ImageBuild's own Job (created by
+/// an earlier reconcile the watch has not shown yet) or someone else's, which is a conflict.
+async fn create_job(
+    ctx: &Context,
+    build: &ImageBuild,
+    job: &Job,
+    platform: &str,
+) -> Result<(Job, bool)> {
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ctx.jobs_namespace(build));
     let name = job.name_any();
     let params = PostParams {
         field_manager: Some(MANAGER.into()),
@@ -75,8 +81,8 @@ async fn create_job(ctx: &Context, build: &ImageBuild, job: &Job, platform: &str
     };
     match api.create(&params, job).await {
         Ok(created) => {
-            ctx.stores.created(super::trim_job(created));
-            Ok(true)
+            ctx.stores.created(super::trim_job(created.clone()));
+            Ok((created, true))
         }
         Err(kube::Error::Api(s)) if s.code == 409 => {
             let existing = api
@@ -86,10 +92,10 @@ async fn create_job(ctx: &Context, build: &ImageBuild, job: &Job, platform: &str
                     name: name.clone(),
                     source,
                 })?;
-            match owned_by(&existing, build) {
+            match owns(ctx, &existing, build) {
                 true => {
-                    ctx.stores.created(super::trim_job(existing));
-                    Ok(false)
+                    ctx.stores.created(super::trim_job(existing.clone()));
+                    Ok((existing, false))
                 }
                 false => Err(ReconcileError::JobNameConflict { name }),
             }
@@ -105,10 +111,32 @@ async fn create_job(ctx: &Context, build: &ImageBuild, job: &Job, platform: &str
     }
 }
 
+/// The Job of one platform, as it is created here: in the build namespace, it mounts the
+/// run's Secret copies and names its ImageBuild by labels instead of an owner reference.
+fn job_for(
+    ctx: &Context,
+    build: &ImageBuild,
+    plan: &BuildPlan,
+    platform: &PlatformPlan,
+    placement: &Placement,
+) -> Job {
+    let settings = &ctx.config.builder;
+    let version = ctx.config.version;
+    let Some(namespace) = &ctx.config.build_namespace else {
+        return render_job(build, plan, platform, placement, settings, version);
+    };
+    let mut own = plan.clone();
+    own.secrets = isolated::copies_for(&plan.secrets, &platform.job_name);
+    let job = render_job(build, &own, platform, placement, settings, version);
+    isolated::isolate_job(job, build, namespace)
+}
+
 /// Creates the Jobs of `platforms`, each first checked against the Pod Security level:
 /// admission refuses pods, not Jobs, and a Job whose pods are refused only says so in the
-/// Job controller's Events. Returns how many were created; on an error, also the names of
-/// this run's Jobs that exist, so that a run that cannot start can be taken down.
+/// Job controller's Events. In the build namespace, the tenant's Secrets are read first
+/// and each Job's copies written once it exists. Returns how many were created; on an
+/// error, also the names of this run's Jobs that exist, so that a run that cannot start
+/// can be taken down.
 pub async fn create_jobs(
     ctx: &Context,
     build: &ImageBuild,
@@ -123,8 +151,7 @@ pub async fn create_jobs(
             let (name, placement) = platforms
                 .iter()
                 .find(|(n, _)| n == &p.platform.to_string())?;
-            let job = render_job(build, plan, p, placement, settings, ctx.config.version);
-            Some((name.clone(), job))
+            Some((name.clone(), job_for(ctx, build, plan, p, placement)))
         })
         .collect();
     for (_, job) in &jobs {
@@ -132,10 +159,25 @@ pub async fn create_jobs(
         crate::podsecurity::check_job_at(job, settings.pod_security_level, ctx.config.version)
             .map_err(|v| (v.into(), vec![]))?;
     }
+    let sources = match ctx.isolated() {
+        true => Some(
+            copies::read(ctx, build, &plan.secrets)
+                .await
+                .map_err(|e| (e, vec![]))?,
+        ),
+        false => None,
+    };
     let mut created = 0;
     let mut exist = Vec::new();
     for (platform, job) in &jobs {
-        match create_job(ctx, build, job, platform).await {
+        let made = create_job(ctx, build, job, platform).await;
+        let made = match (made, &sources) {
+            (Ok((job, new)), Some(sources)) => {
+                copies::write(ctx, build, &job, sources).await.map(|()| new)
+            }
+            (made, _) => made.map(|(_, new)| new),
+        };
+        match made {
             Ok(new) => {
                 created += usize::from(new);
                 exist.push(job.name_any());

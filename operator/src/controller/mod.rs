@@ -10,7 +10,9 @@
 //! resumes the run.
 
 mod act;
+mod cleanup;
 pub mod client;
+mod copies;
 pub mod decide;
 mod error;
 mod events;
@@ -18,33 +20,31 @@ mod jobs;
 mod notes;
 mod observe;
 pub mod placement;
+mod publish;
 mod report;
 pub mod signing;
 mod stores;
+mod watch;
 mod written;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Client, ResourceExt};
 
 pub use error::{ReconcileError, Result};
 pub use events::{EventStores, trim_event};
 pub use observe::trim_node;
 pub use stores::{StoreWriters, Stores, trim_job, trim_pod};
+pub use watch::{NodeChanges, run, shutdown_signal, waits_for_nodes};
 pub use written::WrittenStatuses;
 
 use crate::api::{ImageBuild, ImageBuildStatus, SourceStatus};
-use crate::plan::{RunId, plan};
+use crate::plan::{BuildPlan, RunId, plan};
 use crate::registry::RegistryOptions;
-use crate::render::{ANNOTATION_IMAGEBUILD, MANAGER, auth_file};
+use crate::render::{MANAGER, auth_file};
 use crate::settings::{BuilderSettings, KubeVersion};
 use crate::status::{Patience, platform_statuses, start_run, stuck};
 use crate::telemetry::{Metrics, ReasonLabels};
@@ -111,6 +111,36 @@ impl Context {
     /// step the earlier status already records).
     pub fn observed_status(&self, build: &ImageBuild) -> ImageBuildStatus {
         self.written.observed(build)
+    }
+
+    /// Whether runs build in the isolated build namespace.
+    pub fn isolated(&self) -> bool {
+        self.config.build_namespace.is_some()
+    }
+
+    /// The namespace `build`'s Jobs, pods and Secret copies live in: the build namespace,
+    /// or the ImageBuild's own.
+    pub fn jobs_namespace(&self, build: &ImageBuild) -> String {
+        match &self.config.build_namespace {
+            Some(ns) => ns.clone(),
+            None => build.namespace().unwrap_or_default(),
+        }
+    }
+
+    /// The Job names of `build`'s current run.
+    fn current_job_names(&self, build: &ImageBuild) -> Vec<String> {
+        match self.isolated() {
+            true => crate::plan::isolated::current_job_names(build),
+            false => crate::plan::current_job_names(build),
+        }
+    }
+
+    /// `plan` as it runs here: in the build namespace, with Jobs named for it.
+    fn placed(&self, plan: BuildPlan, build: &ImageBuild) -> BuildPlan {
+        match self.isolated() {
+            true => crate::plan::isolated::isolate(plan, build),
+            false => plan,
+        }
     }
 
     /// Remembers that `status` was written over `build` (as reconciled), making version
@@ -195,11 +225,19 @@ impl Run {
 /// Reconciles one ImageBuild: one step of its current run.
 pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics.reconciles.inc();
+    if cleanup::is_deleted(&build) {
+        return cleanup::clean_up(&ctx, &build).await;
+    }
     let mut run = Run::begin(
         &build,
         ctx.observed_status(&build),
         ctx.config.history_limit,
     );
+    // Before anything exists in the build namespace: what is there goes with the ImageBuild.
+    let build = match ctx.isolated() && !run.is_over() {
+        true => cleanup::hold(&ctx, build).await?,
+        false => build,
+    };
     // The schema and CEL may not have run (Kubernetes 1.24 ignores CEL).
     let valid = match ValidSpec::check(&build) {
         Ok(valid) => valid,
@@ -216,7 +254,10 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
     run.status.source = Some(SourceStatus {
         commit: commit.clone(),
     });
-    let plan = plan(&valid, &ctx.config.builder, &commit, auth_file(&build));
+    let plan = ctx.placed(
+        plan(&valid, &ctx.config.builder, &commit, auth_file(&build)),
+        &build,
+    );
     jobs::stop_earlier_runs(&ctx, &build, &stale).await?;
     let reports = observe::pod_reports(&ctx, &build, plan.generation, &current).await?;
     let blocked = observe::blocked(&ctx, &current, &reports);
@@ -281,233 +322,6 @@ pub fn error_policy(build: Arc<ImageBuild>, error: &ReconcileError, ctx: Arc<Con
     Action::requeue(Duration::from_secs(15))
 }
 
-/// How many watch events a reflector holds for a slow controller before it waits.
-const SUBSCRIBER_BUFFER: usize = 1024;
-
-/// Objects per page of a reflector's list. Each page is held whole, untrimmed, until its
-/// objects are stored, and four reflectors list at once at start: kube's default of 500
-/// full pods or Jobs (managed fields, pod templates) is most of the operator's peak memory.
-const LIST_PAGE: u32 = 50;
-
-/// Events that arrive within this window of each other start one reconcile: a Job's and
-/// its pod's updates, two platforms finishing together.
-const DEBOUNCE: Duration = Duration::from_millis(500);
-
-/// Watches `api` into a shared store (objects trimmed by `trim`), on a task of its own so
-/// the store fills whatever the controllers are doing. Returns the store and one event
-/// stream per `subscribers`.
-fn shared_reflector<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    trim: fn(&mut K),
-    subscribers: usize,
-) -> (Store<K>, Vec<impl Stream<Item = Arc<K>> + Send + 'static>)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store_shared::<K>(SUBSCRIBER_BUFFER);
-    let events = (0..subscribers)
-        .map(|_| writer.subscribe().expect("a shared store has subscribers"))
-        .collect();
-    let kind = K::kind(&()).to_string();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(trim)
-        .reflect_shared(writer)
-        .for_each(move |event| {
-            if let Err(e) = event {
-                tracing::warn!(kind, error = %e, "watch failed; retrying with backoff");
-            }
-            futures::future::ready(())
-        });
-    tokio::spawn(stream);
-    (store, events)
-}
-
-/// Drops what no step reads from a stored ImageBuild: its managed fields.
-fn trim_imagebuild(build: &mut ImageBuild) {
-    build.metadata.managed_fields = None;
-}
-
-/// Whether an ImageBuild waits for a node (of an architecture, or one that can emulate it):
-/// only these are looked at again when a node changes.
-pub fn waits_for_nodes(build: &ImageBuild) -> bool {
-    build.status.as_ref().is_some_and(|s| {
-        s.phase == Some(crate::api::Phase::Pending)
-            && s.conditions
-                .iter()
-                .any(|c| c.type_ == crate::status::RECONCILING && c.reason == "NoNodeForPlatform")
-    })
-}
-
-/// Which ImageBuilds a node event wakes: those waiting for a node, and only when the node
-/// changed in what placement reads (labels, cordon, taints, Ready). A trimmed node has no heartbeat
-/// times, but the watch still delivers every heartbeat update.
-#[derive(Default)]
-pub struct NodeChanges {
-    seen: std::sync::Mutex<std::collections::HashMap<String, serde_json::Value>>,
-}
-
-impl NodeChanges {
-    pub fn wakes(&self, node: &Node, builds: &[Arc<ImageBuild>]) -> Vec<ObjectRef<ImageBuild>> {
-        let what = serde_json::to_value((&node.metadata.labels, &node.spec, &node.status))
-            .unwrap_or_default();
-        let changed = self
-            .seen
-            .lock()
-            .expect("seen nodes lock")
-            .insert(node.name_any(), what.clone())
-            .is_none_or(|before| before != what);
-        if !changed {
-            return Vec::new();
-        }
-        builds
-            .iter()
-            .filter(|b| waits_for_nodes(b))
-            .map(|b| ObjectRef::from_obj(&**b))
-            .collect()
-    }
-}
-
-/// Runs the controller until SIGTERM/SIGINT, over all namespaces or the given ones. Jobs,
-/// builder pods and nodes come from reflectors (one watch each per scope, nodes one for
-/// all), so a reconcile reads stores and makes requests only to change something.
-pub async fn run(client: Client, namespaces: Vec<String>, config: Config, metrics: Arc<Metrics>) {
-    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
-        vec![None]
-    } else {
-        namespaces.into_iter().map(Some).collect()
-    };
-    let (nodes, node_events) = shared_reflector(
-        Api::<Node>::all(client.clone()),
-        watcher::Config::default().page_size(LIST_PAGE),
-        |n| *n = trim_node(std::mem::take(n)),
-        scopes.len(),
-    );
-    let managed = watcher::Config::default()
-        .page_size(LIST_PAGE)
-        .labels(&format!("{}={MANAGER}", crate::render::LABEL_MANAGED_BY));
-    let mut all_stores = Vec::new();
-    let controller_config = kube::runtime::controller::Config::default()
-        .concurrency(config.concurrency.max(1))
-        .debounce(DEBOUNCE);
-    let controllers = scopes
-        .into_iter()
-        .zip(node_events)
-        .map(|(namespace, node_events)| {
-            fn api<K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>>(
-                client: &Client,
-                namespace: &Option<String>,
-            ) -> Api<K>
-            where
-                K::DynamicType: Default,
-            {
-                match namespace {
-                    Some(ns) => Api::namespaced(client.clone(), ns),
-                    None => Api::all(client.clone()),
-                }
-            }
-            let (builds, mut build_events) = shared_reflector(
-                api::<ImageBuild>(&client, &namespace),
-                watcher::Config::default().page_size(LIST_PAGE),
-                trim_imagebuild,
-                1,
-            );
-            let (jobs, mut job_events) = shared_reflector(
-                api::<Job>(&client, &namespace),
-                managed.clone(),
-                |j| *j = trim_job(std::mem::take(j)),
-                1,
-            );
-            let (pods, mut pod_events) = shared_reflector(
-                api::<Pod>(&client, &namespace),
-                managed.clone(),
-                |p| *p = trim_pod(std::mem::take(p)),
-                1,
-            );
-            // Why a builder pod does not start, where its status cannot say (`events.rs`).
-            let event_watch = |fields| {
-                let config = watcher::Config::default()
-                    .page_size(LIST_PAGE)
-                    .fields(fields);
-                let trim = |e: &mut Event| *e = trim_event(std::mem::take(e));
-                shared_reflector(api::<Event>(&client, &namespace), config, trim, 1)
-            };
-            let ((failed_create, mut create_events), (failed_mount, mut mount_events)) = (
-                event_watch(events::FAILED_CREATE),
-                event_watch(events::FAILED_MOUNT),
-            );
-            let events = EventStores {
-                failed_create,
-                failed_mount,
-            };
-            let stores = Stores::new(jobs.clone(), pods.clone(), nodes.clone(), events);
-            all_stores.push(stores.clone());
-            let ctx = Arc::new(Context::new(
-                client.clone(),
-                config.clone(),
-                metrics.clone(),
-                stores,
-            ));
-            let waiting = builds.clone();
-            let node_changes = NodeChanges::default();
-            Controller::for_shared_stream(build_events.remove(0), builds)
-                .with_config(controller_config.clone())
-                .owns_shared_stream(job_events.remove(0))
-                // A builder pod's termination message arrives with a pod update.
-                .watches_shared_stream(pod_events.remove(0), |pod: Arc<Pod>| {
-                    let name = pod.annotations().get(ANNOTATION_IMAGEBUILD)?.clone();
-                    Some(ObjectRef::<ImageBuild>::new(&name).within(&pod.namespace()?))
-                })
-                .watches_shared_stream(create_events.remove(0), move |e: Arc<Event>| {
-                    events::imagebuild_of_job_event(&e, &jobs)
-                })
-                .watches_shared_stream(mount_events.remove(0), move |e: Arc<Event>| {
-                    events::imagebuild_of_pod_event(&e, &pods)
-                })
-                // A node that changes in what placement reads wakes the builds waiting for one.
-                .watches_shared_stream(node_events, move |node: Arc<Node>| {
-                    node_changes.wakes(&node, &waiting.state())
-                })
-                .shutdown_on_signal()
-                .run(reconcile, error_policy, ctx)
-                .for_each(|result| async move {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "reconcile result");
-                    }
-                })
-        });
-    let controllers: Vec<_> = controllers.collect();
-    // Before any reconcile: see `Stores::wait_until_ready`.
-    tokio::select! {
-        () = async {
-            for stores in &all_stores {
-                stores.wait_until_ready().await;
-            }
-        } => {}
-        () = shutdown_signal() => return,
-    }
-    metrics.set_ready(true);
-    futures::future::join_all(controllers).await;
-}
-
-/// Resolves on SIGTERM or SIGINT: what `Controller::shutdown_on_signal` listens for, for the
-/// waits before the controller starts.
-pub async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,83 +347,6 @@ mod tests {
         let past = (now() - jiff::SignedDuration::from_mins(10)).to_string();
         let waited = started_at(&past).waited();
         assert!(waited >= Duration::from_secs(599), "{waited:?}");
-    }
-
-    fn build_in(name: &str, status: serde_json::Value) -> Arc<ImageBuild> {
-        Arc::new(
-            serde_json::from_value(serde_json::json!({
-                "apiVersion": "archforge.dev/v1alpha1", "kind": "ImageBuild",
-                "metadata": {"name": name, "namespace": "ns", "generation": 1},
-                "spec": {"source": {"git": {"url": "https://g.example.com/a.git"}},
-                         "platforms": ["linux/arm64"],
-                         "output": {"image": "r.example.com/a:v1"}},
-                "status": status
-            }))
-            .unwrap(),
-        )
-    }
-
-    fn node(arch: &str, ready: &str, heartbeat: &str) -> Node {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "n1", "labels": {"kubernetes.io/arch": arch},
-                         "managedFields": [{"manager": "kubelet"}]},
-            "spec": {"podCIDR": "10.0.0.0/24", "providerID": "cloud://n1",
-                     "taints": [{"key": "dedicated", "value": "arm", "effect": "NoSchedule"},
-                                {"key": "spot", "effect": "NoExecute", "timeAdded": format!("2026-11-23T{heartbeat}:00Z")}]},
-            "status": {"conditions": [
-                {"type": "Ready", "status": ready, "lastHeartbeatTime": format!("2026-11-23T{heartbeat}:00Z")},
-                {"type": "MemoryPressure", "status": "False", "lastHeartbeatTime": format!("2026-11-23T{heartbeat}:00Z")}],
-                "images": [{"names": ["registry.example.com/big:1"], "sizeBytes": 1}]}
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn a_node_change_wakes_only_the_builds_waiting_for_a_node() {
-        let waiting = build_in(
-            "waiting",
-            serde_json::json!({"phase": "Pending", "conditions": [
-                {"type": "Reconciling", "status": "True", "reason": "NoNodeForPlatform", "message": "m",
-                 "lastTransitionTime": "2026-11-23T10:00:00Z"}]}),
-        );
-        let building = build_in(
-            "building",
-            serde_json::json!({"phase": "Building", "conditions": [
-                {"type": "Reconciling", "status": "True", "reason": "Building", "message": "m",
-                 "lastTransitionTime": "2026-11-23T10:00:00Z"}]}),
-        );
-        let fresh = build_in("fresh", serde_json::Value::Null);
-        let builds = vec![waiting, building, fresh];
-        let changes = NodeChanges::default();
-        let woken = |n: Node| {
-            changes
-                .wakes(&trim_node(n), &builds)
-                .into_iter()
-                .map(|r| r.name)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(woken(node("arm64", "False", "10:00")), vec!["waiting"]);
-        // Only the heartbeat moved: nothing placement reads changed.
-        assert_eq!(woken(node("arm64", "False", "10:01")), Vec::<String>::new());
-        assert_eq!(woken(node("arm64", "True", "10:02")), vec!["waiting"]);
-        assert_eq!(woken(node("amd64", "True", "10:03")), vec!["waiting"]);
-        // A taint removed: a build waiting for a node that tolerates it may start now.
-        let mut untainted = node("amd64", "True", "10:04");
-        untainted.spec.as_mut().unwrap().taints = None;
-        assert_eq!(woken(untainted), vec!["waiting"]);
-    }
-
-    #[test]
-    fn stored_nodes_keep_only_what_placement_reads() {
-        let trimmed = serde_json::to_value(trim_node(node("arm64", "True", "10:00"))).unwrap();
-        assert_eq!(
-            trimmed,
-            serde_json::json!({"apiVersion": "v1", "kind": "Node",
-                               "metadata": {"name": "n1", "labels": {"kubernetes.io/arch": "arm64"}},
-                               "spec": {"taints": [{"key": "dedicated", "value": "arm", "effect": "NoSchedule"},
-                                                   {"key": "spot", "effect": "NoExecute"}]},
-                               "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
-        );
     }
 
     #[test]

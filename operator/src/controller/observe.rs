@@ -10,11 +10,12 @@ use super::error::{ReconcileError, Result};
 use super::events;
 use super::placement::{Nodes, PodConstraints};
 use crate::api::{ImageBuild, ImageBuildStatus};
-use crate::plan::BuildPlan;
+use crate::plan::{BuildPlan, isolated};
 use crate::render::{ANNOTATION_REVISION, LABEL_GENERATION, LABEL_IMAGEBUILD};
 use crate::source::{GitCredentials, resolve_commit};
 use crate::status::stuck::{self, Stuck};
 use crate::status::{PodReport, owning_job, pod_report};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// Keeps of a node its name, labels, whether it is cordoned, its taints (without the time
 /// a NoExecute one was added) and its Ready condition (without heartbeat times): the
@@ -81,31 +82,52 @@ where
 /// store: no request.
 pub async fn jobs(ctx: &Context, build: &ImageBuild) -> Result<(Vec<Job>, Vec<Job>)> {
     ready(&ctx.stores.jobs).await?;
-    let namespace = build.namespace().unwrap_or_default();
-    let label = crate::plan::dns_label(&build.name_any(), 63);
-    let names = crate::plan::current_job_names(build);
+    let namespace = ctx.jobs_namespace(build);
+    let names = ctx.current_job_names(build);
     let current: Vec<Job> = names
         .iter()
         .filter_map(|name| ctx.stores.job(&namespace, name))
-        .filter(|j| owned_by(j, build))
+        .filter(|j| owns(ctx, j, build))
         .map(|j| (*j).clone())
         .collect();
-    let stale = ctx
+    let mut stale = ctx
         .stores
         .jobs
         .state_filter(|j| {
             j.metadata.namespace.as_deref() == Some(namespace.as_str())
-                && j.labels().get(LABEL_IMAGEBUILD) == Some(&label)
+                && is_labelled_for(ctx, &j.metadata, build)
                 && !names.iter().any(|n| j.metadata.name.as_deref() == Some(n))
-                && owned_by(j, build)
+                && owns(ctx, j, build)
         })
         .into_iter()
         .map(|j| (*j).clone())
         .collect::<Vec<Job>>();
     // The store has no order; earlier runs' Jobs are stopped in name order.
-    let mut stale = stale;
     stale.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     Ok((current, stale))
+}
+
+/// Whether an object of the Jobs' namespace is labelled as `build`'s: by name in the
+/// ImageBuild's own namespace, by namespace and UID in the build namespace.
+fn is_labelled_for(ctx: &Context, meta: &ObjectMeta, build: &ImageBuild) -> bool {
+    match ctx.isolated() {
+        true => isolated::belongs_to(meta, build),
+        false => {
+            let label = crate::plan::dns_label(&build.name_any(), 63);
+            meta.labels.as_ref().and_then(|l| l.get(LABEL_IMAGEBUILD)) == Some(&label)
+        }
+    }
+}
+
+/// Whether `job` is `build`'s. In the ImageBuild's own namespace, by its controller
+/// reference's UID (labels and names can be copied there); in the build namespace, where
+/// only the operator creates Jobs and owner references cannot reach the ImageBuild, by the
+/// namespace and UID labels.
+pub fn owns(ctx: &Context, job: &Job, build: &ImageBuild) -> bool {
+    match ctx.isolated() {
+        true => isolated::belongs_to(&job.metadata, build),
+        false => owned_by(job, build),
+    }
 }
 
 /// Whether `build` is `job`'s controller (by UID: labels and names can be copied).
@@ -115,8 +137,8 @@ pub fn owned_by(job: &Job, build: &ImageBuild) -> bool {
         .any(|o| o.controller == Some(true) && Some(&o.uid) == build.metadata.uid.as_ref())
 }
 
-/// What the builder pods of `jobs` (this run's) reported, by Job name. Read from the pod
-/// store: no request.
+/// What the builder pods of `jobs` (this run's) reported, by Job name: only pods whose
+/// controller is one of `jobs` (by UID). Read from the pod store: no request.
 pub async fn pod_reports(
     ctx: &Context,
     build: &ImageBuild,
@@ -128,12 +150,11 @@ pub async fn pod_reports(
         return Ok(Vec::new());
     }
     ready(&ctx.stores.pods).await?;
-    let namespace = build.namespace().unwrap_or_default();
-    let label = crate::plan::dns_label(&build.name_any(), 63);
+    let namespace = ctx.jobs_namespace(build);
     let generation = generation.to_string();
     let mut pods = ctx.stores.pods.state_filter(|pod| {
         pod.metadata.namespace.as_deref() == Some(namespace.as_str())
-            && pod.labels().get(LABEL_IMAGEBUILD) == Some(&label)
+            && is_labelled_for(ctx, &pod.metadata, build)
             && pod.labels().get(LABEL_GENERATION) == Some(&generation)
     });
     // The store has no order; a list had the API server's (by name).

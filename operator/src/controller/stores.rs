@@ -13,6 +13,7 @@ use kube::runtime::watcher;
 
 use super::events::{self, EventStores, MAX_STORED_MESSAGE, trim_event};
 use super::observe::trim_node;
+use crate::plan::isolated::ANNOTATION_IMAGEBUILD_NAMESPACE;
 use crate::render::{ANNOTATION_IMAGEBUILD, LABEL_MANAGED_BY};
 
 /// What the reflectors have seen of archforge's Jobs and builder pods (of one watched scope)
@@ -199,7 +200,8 @@ pub fn trim_pod(mut pod: Pod) -> Pod {
         labels.retain(|k, _| ours(k));
     }
     if let Some(annotations) = pod.metadata.annotations.as_mut() {
-        annotations.retain(|k, _| k == ANNOTATION_IMAGEBUILD);
+        annotations
+            .retain(|k, _| k == ANNOTATION_IMAGEBUILD || k == ANNOTATION_IMAGEBUILD_NAMESPACE);
     }
     if let Some(status) = pod.status.as_mut() {
         let scheduled = status

@@ -13,9 +13,11 @@ use crate::settings::BuilderSettings;
 use crate::validation::{ValidSpec, parse_timeout};
 
 mod buildkit;
+pub mod isolated;
 pub mod trust;
 
 pub use buildkit::{buildkit_argv, buildkit_handoff_output, cache_ref};
+pub use isolated::secret_copy_name;
 
 /// Annotation whose new value starts a new run of an unchanged spec.
 pub const REBUILD_ANNOTATION: &str = "archforge.dev/rebuild";

@@ -171,6 +171,20 @@ fn time(t: &Option<Time>) -> Option<String> {
     t.as_ref().map(|t| t.0.to_string())
 }
 
+/// Why `job` is not the Job the operator created for the platform (whose UID it recorded
+/// as `recorded`): someone deleted that Job and created another of the same name, whose
+/// pods' digests vouch for nothing. `None` when it is the recorded one, or none is recorded.
+pub fn replaced(job: &Job, recorded: Option<&str>) -> Option<String> {
+    let recorded = recorded?;
+    let uid = job.metadata.uid.as_deref().unwrap_or_default();
+    (uid != recorded).then(|| {
+        format!(
+            "its Job {} was replaced: it is not the Job archforge created (UID {recorded}), so nothing it reports is trusted",
+            job.metadata.name.as_deref().unwrap_or_default()
+        )
+    })
+}
+
 /// One platform's state, from its Job (if it exists), the reports of its pods, what holds
 /// it up (`stuck`: its newest pod's, or why its Job has none), and what the status already
 /// recorded (a digest survives the Job's deletion by its TTL).
@@ -195,6 +209,7 @@ pub fn platform_status(
         message: None,
         reason: None,
         emulated: None,
+        job_uid: previous.and_then(|p| p.job_uid.clone()),
     };
     if let Some(previous) = previous
         && matches!(previous.phase, Phase::Succeeded | Phase::Failed)
@@ -208,6 +223,14 @@ pub fn platform_status(
         entry.message = Some("waiting for its Job to be created".to_string());
         return entry;
     };
+    if let Some(replaced) = replaced(job, entry.job_uid.as_deref()) {
+        entry.phase = Phase::Failed;
+        entry.reason = Some("JobReplaced".to_string());
+        entry.message = Some(replaced);
+        entry.completion_time = Some(patience.now.to_string());
+        return entry;
+    }
+    entry.job_uid = job.metadata.uid.clone();
     let job_status = job.status.clone().unwrap_or_default();
     entry.start_time = time(&job_status.start_time).or(entry.start_time);
     entry.emulated = job

@@ -210,6 +210,7 @@ fn a_recorded_result_survives_the_jobs_deletion() {
         message: None,
         reason: None,
         emulated: None,
+        job_uid: None,
     };
     let s = platform_status(
         "linux/amd64",
@@ -237,6 +238,7 @@ fn phases_of_a_run() {
         message: None,
         reason: None,
         emulated: None,
+        job_uid: None,
     };
     assert_eq!(
         run_phase(&[p(Phase::Pending), p(Phase::Pending)]),
@@ -355,4 +357,60 @@ fn a_superseded_run_goes_into_history() {
         start_run(&finished, 2, None, 10, now).history.is_empty(),
         "finished runs are recorded when they finish"
     );
+}
+
+#[test]
+fn a_job_recreated_under_the_recorded_name_fails_its_platform_and_reports_nothing() {
+    let recreated: Job = serde_json::from_value(json!({
+        "metadata": {"name": "app-1-linux-arm64", "uid": "someone-elses"},
+        "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+    }))
+    .unwrap();
+    let before = PlatformStatus {
+        platform: "linux/arm64".into(),
+        job: Some("app-1-linux-arm64".into()),
+        job_uid: Some("created-by-archforge".into()),
+        phase: Phase::Building,
+        digest: None,
+        signature: None,
+        attestation: None,
+        start_time: None,
+        completion_time: None,
+        message: None,
+        reason: None,
+        emulated: None,
+    };
+    let forged = PodReport {
+        digest: Some(DIGEST.into()),
+        ..PodReport::default()
+    };
+    let status = platform_status(
+        "linux/arm64",
+        "app-1-linux-arm64",
+        Some(&recreated),
+        &[forged],
+        None,
+        Some(&before),
+        patience(),
+    );
+    assert_eq!(status.phase, Phase::Failed);
+    assert_eq!(status.reason.as_deref(), Some("JobReplaced"));
+    assert_eq!(status.digest, None);
+    assert_eq!(status.job_uid.as_deref(), Some("created-by-archforge"));
+    assert!(status.message.unwrap().contains("was replaced"));
+    // The recorded Job itself is the run's; with none recorded, the Job found is recorded.
+    let mut own = recreated.clone();
+    own.metadata.uid = Some("created-by-archforge".into());
+    assert_eq!(replaced(&own, Some("created-by-archforge")), None);
+    assert_eq!(replaced(&own, None), None);
+    let first = platform_status(
+        "linux/arm64",
+        "app-1-linux-arm64",
+        Some(&own),
+        &[],
+        None,
+        None,
+        patience(),
+    );
+    assert_eq!(first.job_uid.as_deref(), Some("created-by-archforge"));
 }

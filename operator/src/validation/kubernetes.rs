@@ -35,6 +35,24 @@ pub fn is_label_value(value: &str) -> bool {
     value.len() <= 63 && LABEL_VALUE.is_match(value)
 }
 
+/// `--build-namespace`: empty (no build namespace) or a namespace name, a DNS-1123 label
+/// of at most 63 characters. It becomes a path segment of every Job, pod and Secret request.
+pub fn build_namespace(text: &str) -> Result<String, String> {
+    let label = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = text.as_bytes();
+    let ok = text.is_empty()
+        || (text.len() <= 63
+            && bytes.iter().all(|&b| label(b) || b == b'-')
+            && bytes.first().copied().is_some_and(label)
+            && bytes.last().copied().is_some_and(label));
+    match ok {
+        true => Ok(text.to_string()),
+        false => Err(format!(
+            "{text:?} is not a namespace name (lowercase letters, digits and '-', at most 63, starting and ending alphanumeric)"
+        )),
+    }
+}
+
 /// Whether `name` is a resource name Kubernetes accepts in a container's requests or limits.
 pub fn is_resource_name(name: &str) -> bool {
     RESOURCE_NAME.is_match(name) && !LABEL_PREFIX_TOO_LONG.is_match(name)
@@ -221,6 +239,31 @@ impl Problems {
                 "spec.resources",
                 "hugepages require a cpu or memory request or limit",
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod build_namespace_tests {
+    use super::build_namespace;
+
+    #[test]
+    fn a_build_namespace_is_a_namespace_name_or_nothing() {
+        for good in ["", "archforge-builds", "b", "a1"] {
+            assert_eq!(build_namespace(good).as_deref(), Ok(good));
+        }
+        let long = "a".repeat(64);
+        for bad in [
+            "Builds",
+            "-b",
+            "b-",
+            "a/b",
+            "../kube-system",
+            "a.b",
+            &long,
+            "b\n",
+        ] {
+            assert!(build_namespace(bad).is_err(), "{bad:?}");
         }
     }
 }

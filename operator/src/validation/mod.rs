@@ -127,7 +127,7 @@ struct Problems(Vec<Invalid>);
 mod kubernetes;
 mod quantity;
 
-pub use kubernetes::{is_label_key, is_label_value, is_resource_name};
+pub use kubernetes::{build_namespace, is_label_key, is_label_value, is_resource_name};
 pub use quantity::parse_quantity;
 
 impl Problems {
