@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::ResourceExt;
 
-use super::{BuildPlan, Platform, RunId, SecretNames, dns_label_hashing, job_name, short_hash};
+use super::{BuildPlan, RunId, SecretNames, dns_label_hashing, job_name, short_hash};
 use crate::api::ImageBuild;
 use crate::render::{ANNOTATION_IMAGEBUILD, LABEL_MANAGED_BY, MANAGER};
 
@@ -57,14 +57,7 @@ pub fn run_name(build: &ImageBuild) -> String {
 
 /// The Job names of `build`'s current run in the build namespace, one per valid platform.
 pub fn current_job_names(build: &ImageBuild) -> Vec<String> {
-    let run = run_name(build);
-    build
-        .spec
-        .platforms
-        .iter()
-        .filter_map(|p| p.parse::<Platform>().ok())
-        .map(|p| job_name(&run, &p))
-        .collect()
+    super::job_names(build, &run_name(build))
 }
 
 /// `plan` as it runs in the build namespace: its Jobs named by [`run_name`].

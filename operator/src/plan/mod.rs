@@ -434,13 +434,17 @@ impl RunId {
 /// The Job names of `build`'s current run, one per valid platform. They do not depend on
 /// the commit, so the controller can find the run's Jobs before the commit is pinned.
 pub fn current_job_names(build: &ImageBuild) -> Vec<String> {
-    let run = RunId::of(build).name(build);
+    job_names(build, &RunId::of(build).name(build))
+}
+
+/// The Job names of the run named `run`, one per valid platform of `build`.
+pub(crate) fn job_names(build: &ImageBuild, run: &str) -> Vec<String> {
     build
         .spec
         .platforms
         .iter()
         .filter_map(|p| p.parse::<Platform>().ok())
-        .map(|p| job_name(&run, &p))
+        .map(|p| job_name(run, &p))
         .collect()
 }
 

@@ -115,26 +115,16 @@ fn git_sync_container(build: &ImageBuild, plan: &BuildPlan, settings: &BuilderSe
             }
         }
     }
+    let (security, resources) = security::helper_confinement(GIT_SYNC_UID);
     json!({
         "name": GIT_SYNC_CONTAINER,
         "image": settings.git_sync_image,
         "args": args,
         "env": env,
         "volumeMounts": mounts,
-        "securityContext": {
-            "runAsUser": GIT_SYNC_UID,
-            "runAsGroup": GIT_SYNC_UID,
-            "runAsNonRoot": true,
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "capabilities": {"drop": ["ALL"]},
-            // Its own profile, whatever the builder's: git-sync needs no unusual syscalls.
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "resources": {
-            "requests": {"cpu": "50m", "memory": "64Mi"},
-            "limits": {"memory": "256Mi"},
-        },
+        // Its own profile, whatever the builder's: git-sync needs no unusual syscalls.
+        "securityContext": security,
+        "resources": resources,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     })
 }

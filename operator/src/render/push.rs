@@ -87,26 +87,15 @@ pub(super) fn push_container(
             json!({"name": "push-credentials", "mountPath": PUSH_AUTH_DIR, "readOnly": true}),
         );
     }
-    let uid = pusher_uid(platform, settings);
+    let (security, resources) = super::security::helper_confinement(pusher_uid(platform, settings));
     json!({
         "name": PUSH_CONTAINER,
         "image": settings.pusher_image,
         "command": command,
         "env": env,
         "volumeMounts": mounts,
-        "securityContext": {
-            "runAsUser": uid,
-            "runAsGroup": uid,
-            "runAsNonRoot": true,
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "resources": {
-            "requests": {"cpu": "50m", "memory": "64Mi"},
-            "limits": {"memory": "256Mi"},
-        },
+        "securityContext": security,
+        "resources": resources,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     })

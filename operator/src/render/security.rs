@@ -95,3 +95,23 @@ pub(super) fn builder_security(
     }
     security
 }
+
+/// The confinement of the containers that run no user code and need no privilege (git-sync
+/// and the push container): non-root as `uid`, read-only root, no capabilities, the
+/// runtime's default seccomp profile whatever the builder's; and their small resources.
+pub(super) fn helper_confinement(uid: i64) -> (Value, Value) {
+    let security = json!({
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "runAsNonRoot": true,
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    });
+    let resources = json!({
+        "requests": {"cpu": "50m", "memory": "64Mi"},
+        "limits": {"memory": "256Mi"},
+    });
+    (security, resources)
+}
