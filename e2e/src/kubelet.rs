@@ -201,13 +201,8 @@ async fn blocked(
             )));
         }
     }
-    let image = pod
-        .spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .find(|c| c.name == archforge::render::BUILDER_CONTAINER)
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default();
+    // The builder is an init container (the push container runs after it).
+    let image = pod_status::image_of(pod, archforge::render::BUILDER_CONTAINER);
     if pulls.missing(&image).await {
         return Ok(Some(admit::pull_failed_status(pod, now)));
     }

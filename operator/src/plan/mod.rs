@@ -14,10 +14,12 @@ use crate::validation::{ValidSpec, parse_timeout};
 
 mod buildkit;
 pub mod isolated;
+mod pod;
 pub mod trust;
 
 pub use buildkit::{buildkit_argv, buildkit_handoff_output, cache_ref};
 pub use isolated::secret_copy_name;
+pub use pod::{PodPlan, SecretNames};
 
 /// Annotation whose new value starts a new run of an unchanged spec.
 pub const REBUILD_ANNOTATION: &str = "archforge.dev/rebuild";
@@ -165,28 +167,6 @@ impl PlatformPlan {
     }
 }
 
-/// The Secrets one run mounts, by name: each in one container only (git credentials in
-/// git-sync, pull credentials in the builder, push credentials in the push container).
-/// Render reads Secret names from here alone, never from the spec, so that where they come
-/// from (the ImageBuild's namespace, or per-run copies) is decided in one place.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SecretNames {
-    pub git: Option<String>,
-    pub push: Option<String>,
-    pub pull: Option<String>,
-}
-
-impl SecretNames {
-    /// The Secrets `spec` names.
-    pub fn of(spec: &ImageBuildSpec) -> Self {
-        SecretNames {
-            git: spec.source.git.credentials_secret.clone(),
-            push: spec.output.push_secret.clone(),
-            pull: spec.pull_secret.clone(),
-        }
-    }
-}
-
 /// Everything one run of an ImageBuild does, per platform.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BuildPlan {
@@ -203,6 +183,8 @@ pub struct BuildPlan {
     pub platforms: Vec<PlatformPlan>,
     /// The Secrets the run's pods mount.
     pub secrets: SecretNames,
+    /// Where the pods fetch the source from, and where they may run.
+    pub pod: PodPlan,
     /// The build context, relative to the repository root (`.` for the root itself).
     pub context_dir: String,
     /// The Dockerfile, relative to the repository root.
@@ -508,6 +490,7 @@ pub fn plan(
             .unwrap_or_default(),
         platforms,
         secrets: SecretNames::of(spec),
+        pod: PodPlan::of(spec),
         context_dir: context_dir(spec),
         dockerfile: dockerfile_path(spec),
     }

@@ -74,12 +74,11 @@ pub fn run_labels(imagebuild: &str, generation: i64) -> BTreeMap<String, String>
     ])
 }
 
-fn git_sync_container(build: &ImageBuild, plan: &BuildPlan, settings: &BuilderSettings) -> Value {
-    let ssh = is_ssh_git(build);
-    let git = &build.spec.source.git;
+fn git_sync_container(plan: &BuildPlan, settings: &BuilderSettings) -> Value {
+    let ssh = plan.pod.ssh;
     // `--flag=value` keeps every value bound to its flag, whatever it starts with.
     let mut args = vec![
-        format!("--repo={}", git.url),
+        format!("--repo={}", plan.pod.git_url),
         format!("--ref={}", plan.revision),
         format!("--root={WORKSPACE}"),
         format!("--link={SOURCE_LINK}"),
@@ -87,7 +86,7 @@ fn git_sync_container(build: &ImageBuild, plan: &BuildPlan, settings: &BuilderSe
         // The tree that was pinned, nothing more: submodules would fetch from servers no
         // one validated, and `build --local` builds without them too.
         "--submodules=off".to_string(),
-        format!("--depth={}", git.depth.unwrap_or(1)),
+        format!("--depth={}", plan.pod.git_depth),
     ];
     let mut env = vec![json!({"name": "HOME", "value": "/tmp"})];
     let mut mounts = vec![
@@ -140,11 +139,6 @@ pub fn auth_file(build: &ImageBuild) -> AuthFile<'static> {
     }
 }
 
-/// Whether the source is fetched over SSH (its credentials are then a mounted key).
-fn is_ssh_git(build: &ImageBuild) -> bool {
-    is_ssh_url(&build.spec.source.git.url)
-}
-
 /// Whether git would reach this URL over SSH (ssh:// or the scp-like user@host:path form).
 pub fn is_ssh_url(url: &str) -> bool {
     url.starts_with("ssh://") || !url.contains("://")
@@ -153,7 +147,6 @@ pub fn is_ssh_url(url: &str) -> bool {
 /// What the builder containers of both strategies share: the pod's build, the run's plan
 /// and this platform's part of it.
 struct Builder<'a> {
-    build: &'a ImageBuild,
     plan: &'a BuildPlan,
     platform: &'a PlatformPlan,
     settings: &'a BuilderSettings,
@@ -238,7 +231,7 @@ fn buildkit_container(b: &Builder<'_>) -> Value {
         "env": env,
         "volumeMounts": mounts,
         "resources": builder_resources(
-            b.build,
+            b.plan,
             settings,
             settings.buildkit_snapshotter.needs_fuse(),
         ),
@@ -288,7 +281,7 @@ fn buildah_container(b: &Builder<'_>) -> Value {
         "env": env,
         "volumeMounts": mounts,
         // buildah's overlay storage mounts with fuse-overlayfs.
-        "resources": builder_resources(b.build, settings, true),
+        "resources": builder_resources(b.plan, settings, true),
         "securityContext": builder_security(
             settings.builder_uid,
             &settings.seccomp_profile,
@@ -310,7 +303,6 @@ pub fn render_job(
     version: KubeVersion,
 ) -> Job {
     let name = build.metadata.name.as_deref().unwrap_or("imagebuild");
-    let spec = &build.spec;
     let mut labels = run_labels(name, plan.generation);
     labels.insert(LABEL_PLATFORM.to_string(), platform.platform.slug());
     let mut annotations = BTreeMap::from([
@@ -322,8 +314,7 @@ pub fn render_job(
         (ANNOTATION_IMAGEBUILD.to_string(), name.to_string()),
     ]);
 
-    let mut node_selector: BTreeMap<String, String> =
-        spec.node_selector.clone().unwrap_or_default();
+    let mut node_selector = plan.pod.node_selector.clone();
     let node_architecture = match placement {
         Placement::Native => platform.platform.architecture.clone(),
         Placement::Emulated { host } => {
@@ -348,7 +339,7 @@ pub fn render_job(
         Strategy::Buildkit => volumes.push(json!({"name": "buildkit", "emptyDir": {}})),
     }
     volumes.extend(trust_volumes(&settings.registry_trust, platform.strategy));
-    let ssh_git = is_ssh_git(build);
+    let ssh_git = plan.pod.ssh;
     volumes.extend(handoff_and_secret_volumes(plan, ssh_git));
 
     // The runtime's default for the pod; the builder container states its own profile.
@@ -370,7 +361,6 @@ pub fn render_job(
     }
 
     let builder = Builder {
-        build,
         plan,
         platform,
         settings,
@@ -403,11 +393,11 @@ pub fn render_job(
                     "automountServiceAccountToken": false,
                     "enableServiceLinks": false,
                     "nodeSelector": node_selector,
-                    "tolerations": spec.tolerations,
+                    "tolerations": plan.pod.tolerations,
                     "securityContext": pod_security,
                     // git-sync, then the builder; the push container starts only after both
                     // have exited, so nothing a RUN step started is left running beside it.
-                    "initContainers": [git_sync_container(build, plan, settings), builder],
+                    "initContainers": [git_sync_container(plan, settings), builder],
                     "containers": [push_container(plan, platform, settings)],
                     "volumes": volumes,
                 },

@@ -3,8 +3,8 @@
 
 use serde_json::{Value, json};
 
-use crate::api::{ImageBuild, Strategy};
-use crate::plan::PlatformPlan;
+use crate::api::Strategy;
+use crate::plan::{BuildPlan, PlatformPlan};
 use crate::settings::{AppArmorMode, BuilderSettings, KubeVersion, SeccompProfile};
 
 fn seccomp(profile: &SeccompProfile) -> Value {
@@ -17,13 +17,9 @@ fn seccomp(profile: &SeccompProfile) -> Value {
 
 /// The builder container's resources: the spec's, with the fuse device as a limit when the
 /// builder's storage needs it (`fuse`).
-pub(super) fn builder_resources(
-    build: &ImageBuild,
-    settings: &BuilderSettings,
-    fuse: bool,
-) -> Value {
-    let mut resources = build
-        .spec
+pub(super) fn builder_resources(plan: &BuildPlan, settings: &BuilderSettings, fuse: bool) -> Value {
+    let mut resources = plan
+        .pod
         .resources
         .as_ref()
         .map(|r| serde_json::to_value(r).expect("resources serialize"))
