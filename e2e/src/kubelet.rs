@@ -298,7 +298,7 @@ mod tests {
                 "containers": [{
                     "name": PUSH_CONTAINER,
                     "image": "archforge:v1",
-                    "command": ["archforge", "push-image", "--dir", "/var/run/archforge/handoff/image",
+                    "command": ["/usr/local/bin/archforge", "push-image", "--dir", "/var/run/archforge/handoff/image",
                                 "--to", "127.0.0.1:5000/e2e/app:v1-linux-arm64",
                                 "--termination-log", "/dev/termination-log"],
                 }],

@@ -501,7 +501,7 @@ fn run_push_container(job: &Job, handoff: &Path, termination: &Path) -> std::pro
         .find(|c| c.name == archforge::render::PUSH_CONTAINER)
         .unwrap();
     let command = push.command.as_ref().unwrap();
-    assert_eq!(command[0], "archforge");
+    assert_eq!(command[0], archforge::render::PUSHER_BINARY);
     let moved = handoff.display().to_string();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_archforge"));
     for arg in &command[1..] {

@@ -128,7 +128,7 @@ pub fn build_of(pod: &Pod) -> Option<Build> {
     let platform = platform_of(pod)?;
     let media_type = handoff_media_type(pod)?;
     let push = command_of(pod, PUSH_CONTAINER)?;
-    if push.get(..2)? != ["archforge", "push-image"] {
+    if push.get(..2)? != [archforge::render::PUSHER_BINARY, "push-image"] {
         return None;
     }
     let value = |flag: &str| push.windows(2).find(|w| w[0] == flag).map(|w| w[1].clone());

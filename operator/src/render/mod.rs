@@ -19,7 +19,7 @@ mod trust;
 
 pub use push::{
     HANDOFF_DIR, HANDOFF_IMAGE, PULL_AUTH_DIR, PULL_AUTH_FILE, PUSH_AUTH_DIR, PUSH_AUTH_FILE,
-    PUSH_CONTAINER,
+    PUSH_CONTAINER, PUSHER_BINARY,
 };
 use push::{builder_mounts, handoff_and_secret_volumes, push_container};
 pub use scripts::{BUILDER_SCRIPT, BUILDKIT_SCRIPT};

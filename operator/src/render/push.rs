@@ -26,6 +26,9 @@ pub const PUSH_AUTH_FILE: &str = "/var/run/archforge/push/config.json";
 /// Where the pull Secret's docker config is mounted, in the builder only.
 pub const PULL_AUTH_DIR: &str = "/var/run/archforge/pull";
 pub const PULL_AUTH_FILE: &str = "/var/run/archforge/pull/config.json";
+/// Where the operator image (Containerfile) holds the binary: named in full, so that the
+/// command does not depend on the image's PATH.
+pub const PUSHER_BINARY: &str = "/usr/local/bin/archforge";
 /// The push container's termination message: the pushed digest.
 const TERMINATION_LOG: &str = "/dev/termination-log";
 
@@ -46,7 +49,7 @@ fn push_command(
     settings: &BuilderSettings,
 ) -> (Vec<String>, Vec<Value>) {
     let mut command: Vec<String> = [
-        "archforge",
+        PUSHER_BINARY,
         "push-image",
         "--dir",
         HANDOFF_IMAGE,
