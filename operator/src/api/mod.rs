@@ -448,6 +448,13 @@ pub struct ImageBuildStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuild: Option<String>,
 
+    /// Where the current run's builder Jobs run: the operator's isolated build namespace,
+    /// or unset for the ImageBuild's own namespace. Recorded when the run starts; a run
+    /// whose operator changes this setting before it ends starts again in the new place,
+    /// so that every digest a run signs was built where its provenance says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_namespace: Option<String>,
+
     /// One entry per requested platform of the current run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["platform"]))]
@@ -489,6 +496,13 @@ pub enum Phase {
     Succeeded,
     /// A platform failed or the spec is invalid.
     Failed,
+}
+
+impl Phase {
+    /// Whether a run in this phase has ended: only a change to the ImageBuild starts another.
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
 }
 
 /// The exact source revision of a run.

@@ -41,7 +41,7 @@ pub use stores::{StoreWriters, Stores, trim_job, trim_pod};
 pub use watch::{NodeChanges, run, shutdown_signal, waits_for_nodes};
 pub use written::WrittenStatuses;
 
-use crate::api::{ImageBuild, ImageBuildStatus, SourceStatus};
+use crate::api::{ImageBuild, ImageBuildStatus, Phase, SourceStatus};
 use crate::plan::{BuildPlan, RunId, plan};
 use crate::registry::RegistryOptions;
 use crate::render::{MANAGER, auth_file};
@@ -156,6 +156,16 @@ fn now() -> jiff::Timestamp {
         .expect("whole seconds")
 }
 
+/// Whether the unfinished run `previous` describes was started where the operator no
+/// longer builds (`build_namespace`): its digests came from Jobs whose trust differs from
+/// what this run's provenance would claim, so the run starts again. A finished run stays
+/// as it is: it is not signed again.
+fn moved(previous: &ImageBuildStatus, build_namespace: Option<&str>) -> bool {
+    previous.observed_generation.is_some()
+        && !previous.phase.is_some_and(Phase::is_final)
+        && previous.build_namespace.as_deref() != build_namespace
+}
+
 /// The run an ImageBuild asks for, with the status it had and the status being written.
 pub struct Run {
     id: RunId,
@@ -171,10 +181,16 @@ pub struct Run {
 impl Run {
     /// The run `build` asks for; `previous` is its status as it stands
     /// ([`Context::observed_status`]).
-    fn begin(build: &ImageBuild, previous: ImageBuildStatus, history_limit: usize) -> Run {
+    fn begin(
+        build: &ImageBuild,
+        previous: ImageBuildStatus,
+        history_limit: usize,
+        build_namespace: Option<&str>,
+    ) -> Run {
         let id = RunId::of(build);
-        let same = id.is_described_by(&previous);
-        let status = match same {
+        let moved = moved(&previous, build_namespace);
+        let same = id.is_described_by(&previous) && !moved;
+        let mut status = match same {
             true => previous.clone(),
             false => start_run(
                 &previous,
@@ -184,7 +200,15 @@ impl Run {
                 now(),
             ),
         };
-        let mut status = status;
+        if moved && let Some(record) = status.history.first_mut() {
+            record.message = Some(format!(
+                "started again in {}: the operator's build namespace changed mid-run",
+                build_namespace.unwrap_or("the ImageBuild's own namespace")
+            ));
+        }
+        if !(same && previous.phase.is_some_and(Phase::is_final)) {
+            status.build_namespace = build_namespace.map(str::to_string);
+        }
         // A run that started under an older operator (or whose start time does not parse)
         // gets its start time now, so an emulation grace period always ends.
         if status
@@ -217,8 +241,7 @@ impl Run {
 
     /// Whether this run has ended; only a change to the ImageBuild starts another.
     fn is_over(&self) -> bool {
-        use crate::api::Phase;
-        self.same && matches!(self.previous.phase, Some(Phase::Succeeded | Phase::Failed))
+        self.same && self.previous.phase.is_some_and(Phase::is_final)
     }
 }
 
@@ -232,6 +255,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         &build,
         ctx.observed_status(&build),
         ctx.config.history_limit,
+        ctx.config.build_namespace.as_deref(),
     );
     // Before anything exists in the build namespace: what is there goes with the ImageBuild.
     let build = match ctx.isolated() && !run.is_over() {
@@ -337,7 +361,7 @@ mod tests {
         }))
         .unwrap();
         let previous = build.status.clone().unwrap_or_default();
-        Run::begin(&build, previous, 10)
+        Run::begin(&build, previous, 10, None)
     }
 
     #[test]
@@ -347,6 +371,49 @@ mod tests {
         let past = (now() - jiff::SignedDuration::from_mins(10)).to_string();
         let waited = started_at(&past).waited();
         assert!(waited >= Duration::from_secs(599), "{waited:?}");
+    }
+
+    fn begun_in(phase: &str, recorded: Option<&str>, now_in: Option<&str>) -> Run {
+        let build: ImageBuild = serde_json::from_value(serde_json::json!({
+            "apiVersion": "archforge.dev/v1alpha1", "kind": "ImageBuild",
+            "metadata": {"name": "app", "generation": 1},
+            "spec": {"source": {"git": {"url": "https://g.example.com/a.git"}},
+                     "platforms": ["linux/amd64"],
+                     "output": {"image": "r.example.com/a:v1"}},
+            "status": {"observedGeneration": 1, "phase": phase, "buildNamespace": recorded,
+                       "startTime": "2026-11-23T10:00:00Z", "source": {"commit": "c"},
+                       "platforms": [{"platform": "linux/amd64", "phase": "Succeeded",
+                                      "digest": format!("sha256:{}", "a".repeat(64))}]}
+        }))
+        .unwrap();
+        let previous = build.status.clone().unwrap_or_default();
+        Run::begin(&build, previous, 10, now_in)
+    }
+
+    #[test]
+    fn an_unfinished_run_starts_again_where_the_operator_now_builds() {
+        let run = begun_in("Building", None, Some("builds"));
+        assert!(!run.same);
+        assert!(run.status.platforms.is_empty(), "{:?}", run.status);
+        assert_eq!(run.status.build_namespace.as_deref(), Some("builds"));
+        let why = run.status.history[0].message.as_deref().unwrap_or_default();
+        assert!(why.contains("started again in builds"), "{why}");
+        // And back: isolated to in-namespace.
+        let run = begun_in("Assembling", Some("builds"), None);
+        assert!(!run.same);
+        assert_eq!(run.status.build_namespace, None);
+    }
+
+    #[test]
+    fn a_run_in_the_same_place_or_already_over_stays_as_it_is() {
+        let run = begun_in("Building", Some("builds"), Some("builds"));
+        assert!(run.same && run.status.platforms.len() == 1);
+        let run = begun_in("Building", None, None);
+        assert!(run.same && run.status.platforms.len() == 1);
+        // A finished run is not built (nor signed) again, and keeps where it was built.
+        let run = begun_in("Succeeded", None, Some("builds"));
+        assert!(run.is_over());
+        assert_eq!(run.status.build_namespace, None);
     }
 
     #[test]

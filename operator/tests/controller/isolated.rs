@@ -30,7 +30,7 @@ fn setup_isolated(build: &ImageBuild) -> (Arc<Context>, ApiServer) {
 /// The ImageBuild of these tests: pushing with Secret `push`, its commit pinned, holding
 /// `finalizers`, with `metadata` merged in.
 fn isolated_build(finalizers: Value, metadata: Value) -> ImageBuild {
-    let status = json!({"observedGeneration": 1, "phase": "Pending", "source": {"commit": SHA}});
+    let status = json!({"observedGeneration": 1, "buildNamespace": BUILDS, "phase": "Pending", "source": {"commit": SHA}});
     let mut build = serde_json::to_value(imagebuild(
         "https://git.example.com/app.git",
         "main",
@@ -299,7 +299,7 @@ fn isolated_pod(job: &str, namespace: &str, owner_uid: &str, digest: &str) -> Va
 #[tokio::test]
 async fn a_replaced_job_fails_its_platform_and_a_forged_pod_is_ignored() {
     let names = current_job_names(&isolated_build(Value::Null, json!({})));
-    let recorded = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA},
+    let recorded = json!({"observedGeneration": 1, "buildNamespace": BUILDS, "phase": "Building", "source": {"commit": SHA},
         "platforms": [
             {"platform": "linux/amd64", "job": names[0], "jobUid": "recorded-amd64", "phase": "Building"},
             {"platform": "linux/arm64", "job": names[1], "jobUid": "recorded-arm64", "phase": "Building"}]});
@@ -363,7 +363,7 @@ async fn a_pod_missing_its_secret_copy_gets_it_written_again() {
     // the copy is missing, and the next look writes the copies again (an existing one is
     // left as it is).
     let names = current_job_names(&isolated_build(Value::Null, json!({})));
-    let recorded = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA},
+    let recorded = json!({"observedGeneration": 1, "buildNamespace": BUILDS, "phase": "Building", "source": {"commit": SHA},
         "platforms": [
             {"platform": "linux/amd64", "job": names[0], "jobUid": "uid-amd64", "phase": "Building"},
             {"platform": "linux/arm64", "job": names[1], "jobUid": "uid-arm64", "phase": "Building"}]});
@@ -411,7 +411,7 @@ async fn a_pod_missing_its_secret_copy_gets_it_written_again() {
 #[tokio::test]
 async fn a_job_gone_mid_run_is_created_again_and_its_new_uid_recorded() {
     let names = current_job_names(&isolated_build(Value::Null, json!({})));
-    let recorded = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA},
+    let recorded = json!({"observedGeneration": 1, "buildNamespace": BUILDS, "phase": "Building", "source": {"commit": SHA},
         "platforms": [
             {"platform": "linux/amd64", "job": names[0], "jobUid": "uid-amd64", "phase": "Building"},
             {"platform": "linux/arm64", "job": names[1], "jobUid": "gone", "phase": "Building"}]});
@@ -453,4 +453,66 @@ async fn a_job_gone_mid_run_is_created_again_and_its_new_uid_recorded() {
         server.done().await;
     };
     reconciled(&build, ctx, verify).await.unwrap();
+}
+
+/// A run that an in-namespace operator started (its digests read from pods a tenant with
+/// `edit` could forge) is not finished by an operator that now builds in a build
+/// namespace: it starts again there, so no digest of it is ever attested as isolated. Its
+/// recorded digests are dropped with nothing pushed or signed (the mock answers nothing
+/// else), and the status records where the new run builds.
+#[tokio::test]
+async fn a_run_started_in_namespace_starts_again_when_the_operator_isolates_builds() {
+    let digest = |n: u8| format!("sha256:{}", format!("{n:x}").repeat(64));
+    let platform = |p: &str, job: &str, d: String| {
+        json!({"platform": p, "job": job, "phase": "Succeeded", "digest": d,
+               "startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:04:00Z"})
+    };
+    let status = json!({"observedGeneration": 1, "phase": "Building", "source": {"commit": SHA},
+        "startTime": "2026-11-23T09:59:00Z",
+        "platforms": [platform("linux/amd64", "app-1-linux-amd64", digest(1)),
+                      platform("linux/arm64", "app-1-linux-arm64", digest(2))]});
+    let mut build = serde_json::to_value(imagebuild(
+        "https://git.example.com/app.git",
+        SHA,
+        "registry.example.com/team/app:v1",
+        1,
+        status,
+    ))
+    .unwrap();
+    build["metadata"]["finalizers"] = json!([FINALIZER]);
+    let build: ImageBuild = serde_json::from_value(build).unwrap();
+    let names = current_job_names(&build);
+    let (ctx, mut server) = setup_isolated(&build);
+    let verify = async {
+        server.store_nothing_started().await;
+        for name in &names {
+            let path = format!("/apis/batch/v1/namespaces/{BUILDS}/jobs");
+            let uid = job_uid(name);
+            let job = server
+                .expect_with(Method::POST, &path, &["fieldManager=archforge"], |body| {
+                    let mut stored = body.clone();
+                    stored["metadata"]["uid"] = json!(uid);
+                    stored
+                })
+                .await;
+            assert_eq!(job["metadata"]["namespace"], BUILDS);
+        }
+        server.event("RunStarted", "Normal").await;
+        server.patch_status().await
+    };
+    let (action, status) = tokio::join!(reconcile(Arc::new(build), ctx), verify);
+    action.unwrap();
+    assert_eq!(status["buildNamespace"], BUILDS, "{status}");
+    assert_eq!(status["phase"], "Building", "{status}");
+    for p in status["platforms"].as_array().unwrap() {
+        assert_eq!(p["phase"], "Pending", "{status}");
+        assert_eq!(
+            p["digest"],
+            Value::Null,
+            "no digest of the earlier run: {status}"
+        );
+    }
+    let message = status["history"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("build namespace changed"), "{status}");
+    server.done().await;
 }
