@@ -193,12 +193,21 @@ impl Wire {
     }
 }
 
+/// Opens `path` for reading, never through a symlink: the handoff reader hashed the
+/// regular file at this path, and a link swapped in since must not send what it points at
+/// (credentials) anywhere.
+async fn open_no_follow(path: std::path::PathBuf) -> std::io::Result<tokio::fs::File> {
+    let mut options = tokio::fs::OpenOptions::new();
+    options.read(true).custom_flags(libc::O_NOFOLLOW);
+    options.open(path).await
+}
+
 /// The file at `path` as a request body, read a chunk at a time as it is sent.
 fn file_body(path: &std::path::Path) -> reqwest::Body {
     use futures::{StreamExt, TryStreamExt};
     use tokio::io::AsyncReadExt;
     let path = path.to_path_buf();
-    let chunks = futures::stream::once(tokio::fs::File::open(path))
+    let chunks = futures::stream::once(open_no_follow(path))
         .map_ok(|file| {
             futures::stream::try_unfold(file, |mut file| async move {
                 let mut chunk = vec![0u8; 256 << 10];
@@ -210,4 +219,21 @@ fn file_body(path: &std::path::Path) -> reqwest::Body {
         .try_flatten()
         .boxed();
     reqwest::Body::wrap_stream(chunks)
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn a_blob_swapped_for_a_symlink_is_not_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("config.json");
+        std::fs::write(&secret, "credentials").unwrap();
+        let blob = dir.path().join("blob");
+        std::fs::write(&blob, "layer").unwrap();
+        assert!(super::open_no_follow(blob.clone()).await.is_ok());
+        std::fs::remove_file(&blob).unwrap();
+        std::os::unix::fs::symlink(&secret, &blob).unwrap();
+        let refused = super::open_no_follow(blob).await.unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::ELOOP), "{refused}");
+    }
 }
