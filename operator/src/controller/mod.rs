@@ -24,6 +24,7 @@ mod publish;
 mod report;
 pub mod signing;
 mod stores;
+mod sweep;
 mod watch;
 mod written;
 

@@ -235,7 +235,10 @@ fn controller(
     nodes: (Store<Node>, Events<Node>),
     config: &Config,
     metrics: &Arc<Metrics>,
-) -> (Stores, impl std::future::Future<Output = ()>) {
+) -> (
+    (Stores, Store<ImageBuild>),
+    impl std::future::Future<Output = ()>,
+) {
     let (builds, mut build_events) = shared_reflector(
         api::<ImageBuild>(client, &namespace),
         watcher::Config::default().page_size(LIST_PAGE),
@@ -252,6 +255,7 @@ fn controller(
         stores.clone(),
     ));
     let waiting = builds.clone();
+    let all_builds = builds.clone();
     let node_changes = NodeChanges::default();
     let controller_config = kube::runtime::controller::Config::default()
         .concurrency(config.concurrency.max(1))
@@ -282,7 +286,7 @@ fn controller(
                 tracing::debug!(error = %e, "reconcile result");
             }
         });
-    (stores, run)
+    ((stores, all_builds), run)
 }
 
 /// Runs the controller until SIGTERM/SIGINT, over all namespaces or the given ones. Jobs,
@@ -309,6 +313,7 @@ pub async fn run(client: Client, namespaces: Vec<String>, config: Config, metric
             .collect(),
     };
     let (all_stores, controllers): (Vec<_>, Vec<_>) = scopes
+        .clone()
         .into_iter()
         .zip(children)
         .zip(node_events)
@@ -318,14 +323,32 @@ pub async fn run(client: Client, namespaces: Vec<String>, config: Config, metric
             controller(&client, namespace, children, nodes, &config, &metrics)
         })
         .unzip();
+    let (all_stores, builds): (Vec<Stores>, Vec<Store<ImageBuild>>) =
+        all_stores.into_iter().unzip();
     // Before any reconcile: see `Stores::wait_until_ready`.
     tokio::select! {
         () = async {
             for stores in &all_stores {
                 stores.wait_until_ready().await;
             }
+            for builds in &builds {
+                let _ = builds.wait_until_ready().await;
+            }
         } => {}
         () = shutdown_signal() => return,
+    }
+    if let (Some(namespace), Some(stores)) = (&config.build_namespace, all_stores.first()) {
+        let jobs = stores.jobs.clone();
+        let every = config.resync.min(Duration::from_secs(300));
+        let sweep = sweep::sweep(
+            client.clone(),
+            namespace.clone(),
+            jobs,
+            builds,
+            scopes,
+            every,
+        );
+        tokio::spawn(sweep);
     }
     metrics.set_ready(true);
     futures::future::join_all(controllers).await;
