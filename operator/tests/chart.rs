@@ -1299,3 +1299,36 @@ fn a_build_namespace_that_is_no_namespace_name_is_refused() {
         .unwrap();
     assert!(!output.status.success(), "the schema let it through");
 }
+
+#[test]
+fn the_build_namespace_gets_the_quota_and_limits_the_values_give_and_none_by_default() {
+    let (_, objects) = render_chart(None);
+    assert!(
+        !objects
+            .iter()
+            .any(|o| o["kind"] == "ResourceQuota" || o["kind"] == "LimitRange"),
+        "none by default"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("values.yaml");
+    let text = "builds:\n  resourceQuota:\n    pods: \"40\"\n    limits.memory: 160Gi\n  limitRange:\n    - type: Container\n      max: {memory: 8Gi}\n";
+    std::fs::write(&values, text).unwrap();
+    let (_, objects) = render_chart(Some(values.to_str().unwrap()));
+    let quota = find(&objects, "ResourceQuota", "archforge-builds");
+    assert_eq!(quota["metadata"]["namespace"], BUILDS);
+    assert_eq!(
+        quota["spec"]["hard"],
+        json!({"pods": "40", "limits.memory": "160Gi"})
+    );
+    let limits = find(&objects, "LimitRange", "archforge-builds");
+    assert_eq!(limits["metadata"]["namespace"], BUILDS);
+    assert_eq!(
+        limits["spec"]["limits"],
+        json!([{"type": "Container", "max": {"memory": "8Gi"}}])
+    );
+    // Without a build namespace there is nowhere to put them: the tenants' own apply.
+    let text = format!("{text}  namespace: \"\"\n");
+    std::fs::write(&values, text).unwrap();
+    let (_, objects) = render_chart(Some(values.to_str().unwrap()));
+    assert!(!objects.iter().any(|o| o["kind"] == "ResourceQuota"));
+}
