@@ -934,10 +934,13 @@ fn kustomize_base_refuses_a_template_it_has_no_file_for() {
 
 #[test]
 fn crd_copies_are_generated() {
-    let generated = archforge::manifest::crd_yaml();
-    for copy in [
-        "charts/archforge/crds/imagebuilds.archforge.dev.yaml",
-        "config/crd/imagebuilds.archforge.dev.yaml",
+    let imagebuild = archforge::manifest::crd_yaml();
+    let policy = archforge::manifest::policy_crd_yaml();
+    for (copy, generated) in [
+        ("charts/archforge/crds/imagebuilds.archforge.dev.yaml", &imagebuild),
+        ("config/crd/imagebuilds.archforge.dev.yaml", &imagebuild),
+        ("charts/archforge/crds/buildpolicies.archforge.dev.yaml", &policy),
+        ("config/crd/buildpolicies.archforge.dev.yaml", &policy),
     ] {
         let committed = std::fs::read_to_string(common::repo_root().join(copy)).unwrap();
         assert!(

@@ -47,12 +47,14 @@ pub struct BuildPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 3))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(extend("items" = {"type": "string", "maxLength": 8, "enum": ["Never", "Fallback", "Always"]}))]
     pub allowed_emulation: Option<Vec<Emulation>>,
 
     /// Build strategies an ImageBuild may use (buildah, buildkit). Omitted: any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(extend("items" = {"type": "string", "maxLength": 8, "enum": ["buildah", "buildkit"]}))]
     pub allowed_strategies: Option<Vec<Strategy>>,
 
     /// Longest timeout a platform's build may have (spec.timeout and each
@@ -133,9 +135,11 @@ pub struct PolicyDefaults {
     pub timeout: Option<String>,
     /// Emulation mode when spec.emulation is unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 8))]
     pub emulation: Option<Emulation>,
     /// Build strategy when spec.strategy is unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 8))]
     pub strategy: Option<Strategy>,
     /// Retries when neither spec.retries nor its platformSettings set them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
