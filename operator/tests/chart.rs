@@ -937,9 +937,15 @@ fn crd_copies_are_generated() {
     let imagebuild = archforge::manifest::crd_yaml();
     let policy = archforge::manifest::policy_crd_yaml();
     for (copy, generated) in [
-        ("charts/archforge/crds/imagebuilds.archforge.dev.yaml", &imagebuild),
+        (
+            "charts/archforge/crds/imagebuilds.archforge.dev.yaml",
+            &imagebuild,
+        ),
         ("config/crd/imagebuilds.archforge.dev.yaml", &imagebuild),
-        ("charts/archforge/crds/buildpolicies.archforge.dev.yaml", &policy),
+        (
+            "charts/archforge/crds/buildpolicies.archforge.dev.yaml",
+            &policy,
+        ),
         ("config/crd/buildpolicies.archforge.dev.yaml", &policy),
     ] {
         let committed = std::fs::read_to_string(common::repo_root().join(copy)).unwrap();

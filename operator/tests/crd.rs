@@ -320,7 +320,11 @@ fn every_string_and_list_of_the_policy_is_bounded() {
         }
     }
     let mut found = Vec::new();
-    walk(&common::policy_crd_schema()["properties"]["spec"], ".spec", &mut found);
+    walk(
+        &common::policy_crd_schema()["properties"]["spec"],
+        ".spec",
+        &mut found,
+    );
     assert_eq!(found, Vec::<String>::new());
 }
 
@@ -333,7 +337,10 @@ fn committed_policy_crd_matches_the_code_and_is_cluster_scoped() {
         "{path} is out of date with operator/src/api/policy.rs; regenerate it with `make manifests`"
     );
     let crd = archforge::api::BuildPolicy::crd();
-    assert_eq!(crd.metadata.name.as_deref(), Some("buildpolicies.archforge.dev"));
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some("buildpolicies.archforge.dev")
+    );
     assert_eq!(crd.spec.scope, "Cluster");
 }
 

@@ -81,7 +81,9 @@ pub fn policy_crd_schema() -> Value {
     schema_of(archforge::api::BuildPolicy::crd())
 }
 
-fn schema_of(crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition) -> Value {
+fn schema_of(
+    crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> Value {
     serde_json::to_value(
         crd.spec.versions[0]
             .schema
