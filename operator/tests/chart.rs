@@ -950,7 +950,7 @@ fn crd_copies_are_generated() {
     ] {
         let committed = std::fs::read_to_string(common::repo_root().join(copy)).unwrap();
         assert!(
-            committed == generated,
+            committed == *generated,
             "{copy} is out of date: `make manifests`"
         );
     }
