@@ -370,3 +370,98 @@ fn the_bound_check_sees_an_enum_only_string_a_rule_compares() {
         "{found:?}"
     );
 }
+
+/// The BuildPolicy of docs/multi-tenant.md.
+fn documented_policy() -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "archforge.dev/v1alpha1", "kind": "BuildPolicy",
+        "metadata": {"name": "team-limits"},
+        "spec": {
+            "namespaceSelector": {
+                "matchLabels": {"archforge.dev/tier": "shared"},
+                "matchExpressions": [{"key": "team", "operator": "NotIn", "values": ["platform"]}]
+            },
+            "allowedEmulation": ["Never"],
+            "allowedStrategies": ["buildah", "buildkit"],
+            "maxTimeout": "1h", "maxRetries": 2,
+            "maxResources": {"cpu": "4", "memory": "8Gi"},
+            "maxConcurrentBuilds": 10,
+            "signing": {"allowed": false},
+            "allowedRepositories": ["registry.example.com/team-a"],
+            "defaults": {"timeout": "30m", "emulation": "Never", "strategy": "buildah", "retries": 1}
+        }
+    })
+}
+
+#[test]
+fn the_policy_schema_admits_the_documented_policy_and_refuses_hostile_ones() {
+    let schema = common::policy_crd_schema();
+    let good = documented_policy();
+    assert_eq!(
+        common::schema_errors(&schema, &good, ""),
+        Vec::<String>::new()
+    );
+    assert_eq!(common::cel_errors(&schema, &good), Vec::<String>::new());
+    let with = |field: &str, value: serde_json::Value| {
+        let mut policy = documented_policy();
+        policy["spec"][field] = value;
+        policy
+    };
+    // Refused by the structural schema, which every API server enforces.
+    for (field, value) in [
+        ("maxRetries", serde_json::json!(11)),
+        ("maxConcurrentBuilds", serde_json::json!(-1)),
+        ("maxTimeout", serde_json::json!("1d")),
+        ("maxResources", serde_json::json!({"cpu": "-1"})),
+        (
+            "maxResources",
+            serde_json::json!({"memory": "1e4294967296"}),
+        ),
+        (
+            "allowedRepositories",
+            serde_json::json!(["registry.example.com/team-a@evil.com"]),
+        ),
+        (
+            "allowedRepositories",
+            serde_json::json!(["https://registry.example.com"]),
+        ),
+        (
+            "allowedRepositories",
+            serde_json::json!([format!("r.example.com/{}", "a".repeat(300))]),
+        ),
+        ("allowedEmulation", serde_json::json!(["Sometimes"])),
+        ("allowedEmulation", serde_json::json!([])),
+        (
+            "namespaceSelector",
+            serde_json::json!({"matchLabels": {"team": "has space"}}),
+        ),
+        (
+            "namespaceSelector",
+            serde_json::json!({"matchExpressions": [{"key": "team", "operator": "Gt", "values": ["1"]}]}),
+        ),
+    ] {
+        let policy = with(field, value.clone());
+        assert!(
+            !common::schema_errors(&schema, &policy, "").is_empty(),
+            "{field}: {value} was admitted"
+        );
+    }
+    // Refused by CEL where the API server runs it (the operator refuses or widens the rest).
+    for (field, value) in [
+        ("maxTimeout", serde_json::json!("25h")),
+        (
+            "namespaceSelector",
+            serde_json::json!({"matchExpressions": [{"key": "team", "operator": "In"}]}),
+        ),
+        (
+            "namespaceSelector",
+            serde_json::json!({"matchExpressions": [{"key": "team", "operator": "Exists", "values": ["a"]}]}),
+        ),
+    ] {
+        let policy = with(field, value.clone());
+        assert!(
+            !common::cel_errors(&schema, &policy).is_empty(),
+            "{field}: {value} passed CEL"
+        );
+    }
+}
