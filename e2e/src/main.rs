@@ -228,6 +228,10 @@ mod tests {
                 ("kubelet_refusal_says_why", false),
                 ("a_tenant_cannot_forge_or_touch_an_isolated_build", false),
                 ("deleting_an_imagebuild_cleans_the_build_namespace", false),
+                (
+                    "emulation_refused_by_policy_in_one_namespace_allowed_in_another",
+                    false,
+                ),
             ]
         );
     }
