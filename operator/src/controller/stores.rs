@@ -313,6 +313,22 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn a_stored_namespace_keeps_only_its_name_and_labels() {
+        let ns: Namespace = serde_json::from_value(json!({
+            "metadata": {"name": "team-a", "labels": {"team": "a"},
+                         "annotations": {"filler": "f".repeat(200_000)}},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}
+        }))
+        .unwrap();
+        let kept = trim_namespace(ns);
+        assert_eq!(kept.metadata.name.as_deref(), Some("team-a"));
+        assert_eq!(kept.metadata.labels.unwrap()["team"], "a");
+        assert!(
+            kept.metadata.annotations.is_none() && kept.spec.is_none() && kept.status.is_none()
+        );
+    }
+
+    #[test]
     fn a_stored_pod_keeps_only_archforges_labels_and_annotation_and_bounded_messages() {
         // A pod anyone in the namespace could create with archforge's label.
         let pod: Pod = serde_json::from_value(json!({
