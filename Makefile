@@ -46,6 +46,9 @@ manifests:
 	$(ARCHFORGE) crd > crds/imagebuilds.archforge.dev.yaml
 	cp crds/imagebuilds.archforge.dev.yaml charts/archforge/crds/
 	cp crds/imagebuilds.archforge.dev.yaml config/crd/
+	$(ARCHFORGE) crd --kind BuildPolicy > crds/buildpolicies.archforge.dev.yaml
+	cp crds/buildpolicies.archforge.dev.yaml charts/archforge/crds/
+	cp crds/buildpolicies.archforge.dev.yaml config/crd/
 	$(ARCHFORGE) rbac --chart-rules > charts/archforge/templates/_rbac-rules.tpl
 	cp config/apparmor/archforge-builder config/apparmor/archforge-buildkit \
 	  config/seccomp/archforge-builder.json config/seccomp/archforge-buildkit.json charts/archforge/files/

@@ -20,10 +20,15 @@ use crate::nodes::{POOL_LABEL, SIMULATED_LABEL};
 
 pub const FIELD_MANAGER: &str = "archforge-e2e";
 
-/// Applies the CRD with server-side apply and waits until it is Established.
+/// Applies the CRDs (ImageBuild, BuildPolicy: the operator waits for both watches) with
+/// server-side apply and waits until each is Established.
 pub async fn install_crd(client: &Client) -> anyhow::Result<()> {
+    install_one_crd(client, ImageBuild::crd()).await?;
+    install_one_crd(client, archforge::api::BuildPolicy::crd()).await
+}
+
+async fn install_one_crd(client: &Client, crd: CustomResourceDefinition) -> anyhow::Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = ImageBuild::crd();
     let name = crd.metadata.name.clone().expect("the CRD has a name");
     crds.patch(
         &name,
@@ -32,7 +37,7 @@ pub async fn install_crd(client: &Client) -> anyhow::Result<()> {
     )
     .await?;
     wait_for(
-        "the ImageBuild CRD to be Established",
+        &format!("the CRD {name} to be Established"),
         Duration::from_secs(60),
         || async {
             let crd = crds.get(&name).await?;

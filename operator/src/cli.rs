@@ -33,10 +33,28 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Which CRD `archforge crd` prints.
+#[derive(clap::Args, Debug)]
+pub struct CrdArgs {
+    /// ImageBuild or BuildPolicy.
+    #[arg(long, default_value = "ImageBuild")]
+    pub kind: CrdKind,
+}
+
+/// The custom resources archforge defines.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrdKind {
+    #[value(name = "ImageBuild")]
+    ImageBuild,
+    #[value(name = "BuildPolicy")]
+    BuildPolicy,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Print the ImageBuild CustomResourceDefinition as YAML.
-    Crd,
+    /// Print a CustomResourceDefinition as YAML: ImageBuild's, or with --kind BuildPolicy
+    /// the cluster-scoped policy's.
+    Crd(CrdArgs),
     /// Print the RBAC objects the operator needs (from its own list of permissions) as YAML.
     Rbac(RbacArgs),
     /// Print the Jobs an ImageBuild would create, without a cluster (a dry run).
@@ -548,8 +566,11 @@ pub async fn run(cli: Cli) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        Command::Crd => {
-            print!("{}", manifest::crd_yaml());
+        Command::Crd(args) => {
+            match args.kind {
+                CrdKind::ImageBuild => print!("{}", manifest::crd_yaml()),
+                CrdKind::BuildPolicy => print!("{}", manifest::policy_crd_yaml()),
+            }
             Ok(())
         }
         Command::Rbac(args) => rbac(&args).map(|yaml| print!("{yaml}")),

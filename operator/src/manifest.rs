@@ -146,6 +146,12 @@ pub fn crd_yaml() -> String {
     to_yaml("CustomResourceDefinition", &ImageBuild::crd()).expect("the CRD serializes")
 }
 
+/// The BuildPolicy CRD, exactly as committed under `crds/`.
+pub fn policy_crd_yaml() -> String {
+    to_yaml("CustomResourceDefinition", &crate::api::BuildPolicy::crd())
+        .expect("the CRD serializes")
+}
+
 /// The operator's RBAC for `install` (`archforge rbac`), as a YAML stream: each role before
 /// its binding, and each rule under a comment saying why the operator needs it.
 pub fn rbac_yaml(install: &Install) -> Result<String> {

@@ -116,6 +116,20 @@ pub const PERMISSIONS: &[Permission] = &[
         why: "read-only placement check, from a watched store: is there a schedulable node of each requested architecture",
     },
     Permission {
+        scope: Scope::Cluster,
+        group: "archforge.dev",
+        resource: "buildpolicies",
+        verbs: &["list", "watch"],
+        why: "read-only, from a watched store: the platform team's BuildPolicies every ImageBuild is checked against before any Job",
+    },
+    Permission {
+        scope: Scope::Cluster,
+        group: "",
+        resource: "namespaces",
+        verbs: &["list", "watch"],
+        why: "read-only, from a watched store trimmed to names and labels: which BuildPolicies select an ImageBuild's namespace",
+    },
+    Permission {
         scope: Scope::LeaderElection,
         group: "coordination.k8s.io",
         resource: "leases",

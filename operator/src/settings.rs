@@ -203,6 +203,12 @@ pub struct BuilderSettings {
     #[serde(serialize_with = "as_humantime")]
     pub default_timeout: Duration,
 
+    /// Retries of ImageBuilds that set none (spec.retries, platformSettings[].retries).
+    /// Not a flag: 1, or a BuildPolicy's defaults.retries for its namespaces.
+    #[arg(skip = 1)]
+    #[serde(skip)]
+    pub default_retries: i32,
+
     /// How long finished builder Jobs are kept before Kubernetes deletes them.
     #[arg(long, env = "ARCHFORGE_JOB_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     #[serde(rename = "jobTTL", serialize_with = "as_humantime")]

@@ -419,6 +419,17 @@ fn operator_grants(objects: &[Value], fullname: &str, service_account: &str) -> 
         match name.strip_prefix(fullname) {
             Some("" | "-nodes" | "-leader-election" | "-builds") => {}
             // Aggregated into the built-in roles for people, never bound to the operator.
+            // For platform teams: bound by hand, never aggregated (tenants cannot override).
+            Some("-buildpolicies-admin") => {
+                let labels = object["metadata"]["labels"].as_object().unwrap();
+                assert!(
+                    !labels
+                        .keys()
+                        .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-")),
+                    "{name} must not be aggregated"
+                );
+                continue;
+            }
             Some("-imagebuilds-edit" | "-imagebuilds-view") => {
                 assert!(
                     object["metadata"]["labels"]
@@ -513,7 +524,10 @@ fn assert_rules_explained(rendered: &str) {
                 "rule without a why-comment: {line}"
             );
             // The aggregated roles for people explain themselves in their own words.
-            if !lines[i + 1].contains("\"imagebuilds\"") || !lines[i + 2].contains("\"get\"") {
+            let for_people = ["\"imagebuilds\"", "\"buildpolicies\""]
+                .iter()
+                .any(|r| lines[i + 1].contains(r));
+            if !for_people || !lines[i + 2].contains("\"get\"") {
                 assert!(
                     reasons.contains(comment),
                     "{comment:?} is not a reason in rbac.rs"
@@ -933,15 +947,59 @@ fn kustomize_base_refuses_a_template_it_has_no_file_for() {
 }
 
 #[test]
+fn no_aggregated_role_lets_tenants_touch_buildpolicies() {
+    let (_, objects) = render_chart(None);
+    let aggregated: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRole")
+        .filter(|o| {
+            o["metadata"]["labels"].as_object().is_some_and(|l| {
+                l.keys()
+                    .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+            })
+        })
+        .collect();
+    assert_eq!(aggregated.len(), 2, "the edit and view roles are rendered");
+    for role in aggregated {
+        for rule in role["rules"].as_array().unwrap() {
+            let resources = rule["resources"].as_array().unwrap();
+            assert!(
+                resources.iter().all(|r| r != "buildpolicies" && r != "*"),
+                "{}: {rule}",
+                role["metadata"]["name"]
+            );
+        }
+    }
+    let platform = objects
+        .iter()
+        .find(|o| {
+            o["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("-buildpolicies-admin"))
+        })
+        .expect("the platform team's BuildPolicy role");
+    assert_eq!(platform["rules"][0]["resources"][0], "buildpolicies");
+}
+
+#[test]
 fn crd_copies_are_generated() {
-    let generated = archforge::manifest::crd_yaml();
-    for copy in [
-        "charts/archforge/crds/imagebuilds.archforge.dev.yaml",
-        "config/crd/imagebuilds.archforge.dev.yaml",
+    let imagebuild = archforge::manifest::crd_yaml();
+    let policy = archforge::manifest::policy_crd_yaml();
+    for (copy, generated) in [
+        (
+            "charts/archforge/crds/imagebuilds.archforge.dev.yaml",
+            &imagebuild,
+        ),
+        ("config/crd/imagebuilds.archforge.dev.yaml", &imagebuild),
+        (
+            "charts/archforge/crds/buildpolicies.archforge.dev.yaml",
+            &policy,
+        ),
+        ("config/crd/buildpolicies.archforge.dev.yaml", &policy),
     ] {
         let committed = std::fs::read_to_string(common::repo_root().join(copy)).unwrap();
         assert!(
-            committed == generated,
+            committed == *generated,
             "{copy} is out of date: `make manifests`"
         );
     }

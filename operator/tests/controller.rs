@@ -33,6 +33,9 @@ mod stuck;
 /// An isolated build namespace: Jobs and Secret copies there, the finalizer.
 #[path = "controller/isolated.rs"]
 mod isolated;
+/// BuildPolicies: refused specs, policy defaults, re-evaluation.
+#[path = "controller/policy.rs"]
+mod policy;
 /// Signing only what is trustworthy, and pushing only with the ImageBuild's own rights.
 #[path = "controller/trust.rs"]
 mod trust;

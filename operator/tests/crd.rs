@@ -70,10 +70,11 @@ fn every_field_is_documented() {
             walk(items, &format!("{path}[]"), missing);
         }
     }
-    let schema = common::crd_schema();
     let mut missing = Vec::new();
-    for top in ["spec", "status"] {
-        walk(&schema["properties"][top], &format!(".{top}"), &mut missing);
+    for schema in [common::crd_schema(), common::policy_crd_schema()] {
+        for top in ["spec", "status"] {
+            walk(&schema["properties"][top], &format!(".{top}"), &mut missing);
+        }
     }
     assert_eq!(
         missing,
@@ -84,13 +85,15 @@ fn every_field_is_documented() {
 
 #[test]
 fn cel_rules_compile_within_budget() {
-    let compiled = kube::core::cel::compile_schema(&common::crd_schema());
-    let errors: Vec<String> = compiled
-        .compilation_errors()
-        .iter()
-        .map(|e| e.to_string())
-        .collect();
-    assert_eq!(errors, Vec::<String>::new());
+    for schema in [common::crd_schema(), common::policy_crd_schema()] {
+        let compiled = kube::core::cel::compile_schema(&schema);
+        let errors: Vec<String> = compiled
+            .compilation_errors()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(errors, Vec::<String>::new());
+    }
 }
 
 /// Every CEL rule in the schema, with the path of the node that carries it.
@@ -136,6 +139,7 @@ fn cel_rules_use_only_what_kubernetes_1_25_has() {
     let mut rules = Vec::new();
     cel_rules(&common::crd_schema(), "", &mut rules);
     assert!(rules.len() >= 14, "{rules:?}");
+    cel_rules(&common::policy_crd_schema(), ".policy", &mut rules);
     for (path, rule) in &rules {
         for later in LATER {
             assert!(!rule.contains(later), "{path}: {rule} uses {later}");
@@ -189,6 +193,9 @@ fn patterns_and_cel_regexes_avoid_classes_that_differ_between_rust_and_re2() {
     patterns(&schema, "", &mut found);
     cel_rules(&schema, "", &mut found);
     assert!(found.len() >= 20, "{found:?}");
+    let policy = common::policy_crd_schema();
+    patterns(&policy, ".policy", &mut found);
+    cel_rules(&policy, ".policy", &mut found);
     for (path, text) in &found {
         for class in [
             r"\s", r"\S", r"\d", r"\D", r"\w", r"\W", r"\b", r"\B", r"\p", r"\P",
@@ -284,11 +291,57 @@ fn every_field_a_cel_rule_reaches_is_bounded() {
     // platform strings that had an enum but no maxLength ("estimated rule cost exceeds
     // budget by factor of 2.0x"). The estimator multiplies the declared bounds of what a
     // rule reads, so every such field must declare one.
-    assert_eq!(
-        cel_fields_without_bounds(&common::crd_schema()),
-        Vec::<(String, String, &str)>::new(),
-        "(rule at, field it reaches, why its cost is unbounded)"
+    for schema in [common::crd_schema(), common::policy_crd_schema()] {
+        assert_eq!(
+            cel_fields_without_bounds(&schema),
+            Vec::<(String, String, &str)>::new(),
+            "(rule at, field it reaches, why its cost is unbounded)"
+        );
+    }
+}
+
+#[test]
+fn every_string_and_list_of_the_policy_is_bounded() {
+    // BuildPolicy's rules are few today; every field is bounded so that any later rule
+    // stays within the cost budget.
+    fn walk(node: &serde_json::Value, path: &str, found: &mut Vec<String>) {
+        if let Some(why) = unbounded(node) {
+            found.push(format!("{path}: {why}"));
+        }
+        if let Some(properties) = node.get("properties").and_then(|p| p.as_object()) {
+            for (name, child) in properties {
+                walk(child, &format!("{path}.{name}"), found);
+            }
+        }
+        for key in ["items", "additionalProperties"] {
+            if let Some(child) = node.get(key).filter(|c| c.is_object()) {
+                walk(child, &format!("{path}[]"), found);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(
+        &common::policy_crd_schema()["properties"]["spec"],
+        ".spec",
+        &mut found,
     );
+    assert_eq!(found, Vec::<String>::new());
+}
+
+#[test]
+fn committed_policy_crd_matches_the_code_and_is_cluster_scoped() {
+    let path = "crds/buildpolicies.archforge.dev.yaml";
+    let committed = std::fs::read_to_string(common::repo_root().join(path)).expect("committed CRD");
+    assert!(
+        committed == archforge::manifest::policy_crd_yaml(),
+        "{path} is out of date with operator/src/api/policy.rs; regenerate it with `make manifests`"
+    );
+    let crd = archforge::api::BuildPolicy::crd();
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some("buildpolicies.archforge.dev")
+    );
+    assert_eq!(crd.spec.scope, "Cluster");
 }
 
 #[test]
@@ -316,4 +369,99 @@ fn the_bound_check_sees_an_enum_only_string_a_rule_compares() {
         ]),
         "{found:?}"
     );
+}
+
+/// The BuildPolicy of docs/multi-tenant.md.
+fn documented_policy() -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "archforge.dev/v1alpha1", "kind": "BuildPolicy",
+        "metadata": {"name": "team-limits"},
+        "spec": {
+            "namespaceSelector": {
+                "matchLabels": {"archforge.dev/tier": "shared"},
+                "matchExpressions": [{"key": "team", "operator": "NotIn", "values": ["platform"]}]
+            },
+            "allowedEmulation": ["Never"],
+            "allowedStrategies": ["buildah", "buildkit"],
+            "maxTimeout": "1h", "maxRetries": 2,
+            "maxResources": {"cpu": "4", "memory": "8Gi"},
+            "maxConcurrentBuilds": 10,
+            "signing": {"allowed": false},
+            "allowedRepositories": ["registry.example.com/team-a"],
+            "defaults": {"timeout": "30m", "emulation": "Never", "strategy": "buildah", "retries": 1}
+        }
+    })
+}
+
+#[test]
+fn the_policy_schema_admits_the_documented_policy_and_refuses_hostile_ones() {
+    let schema = common::policy_crd_schema();
+    let good = documented_policy();
+    assert_eq!(
+        common::schema_errors(&schema, &good, ""),
+        Vec::<String>::new()
+    );
+    assert_eq!(common::cel_errors(&schema, &good), Vec::<String>::new());
+    let with = |field: &str, value: serde_json::Value| {
+        let mut policy = documented_policy();
+        policy["spec"][field] = value;
+        policy
+    };
+    // Refused by the structural schema, which every API server enforces.
+    for (field, value) in [
+        ("maxRetries", serde_json::json!(11)),
+        ("maxConcurrentBuilds", serde_json::json!(-1)),
+        ("maxTimeout", serde_json::json!("1d")),
+        ("maxResources", serde_json::json!({"cpu": "-1"})),
+        (
+            "maxResources",
+            serde_json::json!({"memory": "1e4294967296"}),
+        ),
+        (
+            "allowedRepositories",
+            serde_json::json!(["registry.example.com/team-a@evil.com"]),
+        ),
+        (
+            "allowedRepositories",
+            serde_json::json!(["https://registry.example.com"]),
+        ),
+        (
+            "allowedRepositories",
+            serde_json::json!([format!("r.example.com/{}", "a".repeat(300))]),
+        ),
+        ("allowedEmulation", serde_json::json!(["Sometimes"])),
+        ("allowedEmulation", serde_json::json!([])),
+        (
+            "namespaceSelector",
+            serde_json::json!({"matchLabels": {"team": "has space"}}),
+        ),
+        (
+            "namespaceSelector",
+            serde_json::json!({"matchExpressions": [{"key": "team", "operator": "Gt", "values": ["1"]}]}),
+        ),
+    ] {
+        let policy = with(field, value.clone());
+        assert!(
+            !common::schema_errors(&schema, &policy, "").is_empty(),
+            "{field}: {value} was admitted"
+        );
+    }
+    // Refused by CEL where the API server runs it (the operator refuses or widens the rest).
+    for (field, value) in [
+        ("maxTimeout", serde_json::json!("25h")),
+        (
+            "namespaceSelector",
+            serde_json::json!({"matchExpressions": [{"key": "team", "operator": "In"}]}),
+        ),
+        (
+            "namespaceSelector",
+            serde_json::json!({"matchExpressions": [{"key": "team", "operator": "Exists", "values": ["a"]}]}),
+        ),
+    ] {
+        let policy = with(field, value.clone());
+        assert!(
+            !common::cel_errors(&schema, &policy).is_empty(),
+            "{field}: {value} passed CEL"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! The controller's start against kube's `tower-test` mock API server: what its reflectors
 //! ask for (one list and one watch each for ImageBuilds, archforge's Jobs and builder pods by
-//! label, nodes, and the two kinds of Events that explain stuck pods by field selector) and
+//! label, nodes, BuildPolicies, namespaces, and the two kinds of Events that explain stuck
+//! pods by field selector) and
 //! that nothing else is asked while nothing changes.
 
 use std::collections::BTreeSet;
@@ -73,6 +74,8 @@ async fn serve_start(
                     "jobs" => "JobList",
                     "pods" => "PodList",
                     "events" => "EventList",
+                    "buildpolicies" => "BuildPolicyList",
+                    "namespaces" => "NamespaceList",
                     _ => "ImageBuildList",
                 };
                 send.send_response(Response::new(Body::from(list(kind, &[]))));
@@ -86,7 +89,15 @@ async fn serve_start(
 /// objects (Jobs, pods, two kinds of Events) of `builds`, each a list and a watch.
 fn expected_at_start(watched: &[&str], builds: &str) -> Asked {
     let managed = "app.kubernetes.io/managed-by=archforge".to_string();
-    let mut objects = vec![("/api/v1/nodes".to_string(), String::new())];
+    let mut objects = vec![
+        ("/api/v1/nodes".to_string(), String::new()),
+        // What BuildPolicies select namespaces by: every policy and namespace, once.
+        (
+            "/apis/archforge.dev/v1alpha1/buildpolicies".to_string(),
+            String::new(),
+        ),
+        ("/api/v1/namespaces".to_string(), String::new()),
+    ];
     for ns in watched {
         let path = format!("/apis/archforge.dev/v1alpha1/namespaces/{ns}/imagebuilds");
         objects.push((path, String::new()));
@@ -129,10 +140,10 @@ async fn quiet(handle: &mut Handle) {
 async fn at_start_each_reflector_lists_once_and_watches_once() {
     let metrics = Arc::new(Metrics::default());
     let (controller, mut handle) = start(&metrics);
-    let (seen, open_watches) = serve_start(&mut handle, 12).await;
+    let (seen, open_watches) = serve_start(&mut handle, 16).await;
     pretty_assertions::assert_eq!(seen, expected_at_start(&["team-a"], "team-a"));
     quiet(&mut handle).await;
-    assert_eq!(metrics.api_requests_total(), 12);
+    assert_eq!(metrics.api_requests_total(), 16);
     assert!(metrics.is_ready());
     controller.abort();
     drop(open_watches);
@@ -147,10 +158,10 @@ async fn with_a_build_namespace_its_run_objects_are_watched_once_for_all_watched
     let namespaces = vec!["team-a".into(), "team-b".into()];
     let controller = tokio::spawn(run(client, namespaces, config, metrics.clone()));
     // Nodes, two namespaces' ImageBuilds, and the build namespace's four kinds: once each.
-    let (seen, open_watches) = serve_start(&mut handle, 14).await;
+    let (seen, open_watches) = serve_start(&mut handle, 18).await;
     pretty_assertions::assert_eq!(seen, expected_at_start(&["team-a", "team-b"], "builds"));
     quiet(&mut handle).await;
-    assert_eq!(metrics.api_requests_total(), 14);
+    assert_eq!(metrics.api_requests_total(), 18);
     assert!(metrics.is_ready());
     controller.abort();
     drop(open_watches);
@@ -217,6 +228,12 @@ async fn every_imagebuild_is_reconciled_when_the_job_list_comes_last() {
             ("GET", "nodes") => {
                 send.send_response(Response::new(Body::from(list("NodeList", &[]))))
             }
+            ("GET", "buildpolicies") => {
+                send.send_response(Response::new(Body::from(list("BuildPolicyList", &[]))))
+            }
+            ("GET", "namespaces") => {
+                send.send_response(Response::new(Body::from(list("NamespaceList", &[]))))
+            }
             ("PATCH", "status") => {
                 let name = path.rsplit('/').nth(1).unwrap().to_string();
                 let mut stored = building(&name);
@@ -231,7 +248,7 @@ async fn every_imagebuild_is_reconciled_when_the_job_list_comes_last() {
             other => panic!("unexpected {other:?} {path}"),
         }
         // The Job list is answered once everything else has been asked for.
-        if open.len() == 5 && job_list.is_some() {
+        if open.len() == 7 && job_list.is_some() {
             // Longer than the controller's debounce, so the reconciles have started.
             tokio::time::sleep(Duration::from_millis(1500)).await;
             job_list

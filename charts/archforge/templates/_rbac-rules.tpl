@@ -96,6 +96,22 @@ its reason; templates/rbac.yaml puts them into the roles.
   verbs:
   - list
   - watch
+# read-only, from a watched store: the platform team's BuildPolicies every ImageBuild is checked against before any Job
+- apiGroups:
+  - archforge.dev
+  resources:
+  - buildpolicies
+  verbs:
+  - list
+  - watch
+# read-only, from a watched store trimmed to names and labels: which BuildPolicies select an ImageBuild's namespace
+- apiGroups:
+  - ""
+  resources:
+  - namespaces
+  verbs:
+  - list
+  - watch
 {{- end -}}
 
 {{- define "archforge.rules.leaderElection" -}}

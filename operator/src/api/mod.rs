@@ -13,10 +13,12 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod policy;
 mod rules;
 mod schema;
 mod strategy;
 
+pub use policy::*;
 pub use rules::*;
 use schema::{node_selector_schema, resources_schema, tolerations_schema};
 pub use strategy::*;

@@ -11,12 +11,14 @@ use super::decide::Step;
 use super::error::{ReconcileError, Result};
 use super::jobs::{create_jobs, delete_jobs, unfinished};
 use super::notes::{newly_failed_optional, newly_stuck, newly_succeeded};
+use super::policy_watch::POLICY_VIOLATION;
 use super::report::{Note, report};
 use super::signing::signing_key;
 use super::{Context, Run, copies, now, publish};
 use crate::api::Emulation;
 use crate::api::{ImageBuild, Phase, PlatformStatus};
 use crate::plan::{BuildPlan, Placement};
+use crate::policy::Violations;
 use crate::status::{self, progress, record_run, set_phase_conditions};
 use crate::telemetry::ResultLabels;
 use crate::validation::InvalidSpec;
@@ -25,33 +27,58 @@ use crate::validation::InvalidSpec;
 pub async fn refuse_invalid(
     ctx: &Context,
     build: &ImageBuild,
-    mut run: Run,
+    run: Run,
     invalid: InvalidSpec,
 ) -> Result<Action> {
+    let refusal = ("InvalidSpec", "Validate", invalid.to_string());
+    refuse(ctx, build, run, refusal).await?;
+    Err(invalid.into())
+}
+
+/// A spec over a BuildPolicy of its namespace: Stalled with every violation (each naming
+/// its policy), one Warning Event, no Jobs. Never clamped.
+pub async fn refuse_by_policy(
+    ctx: &Context,
+    build: &ImageBuild,
+    run: Run,
+    violations: Violations,
+) -> Result<Action> {
+    let refusal = (POLICY_VIOLATION, "Admit", violations.to_string());
+    refuse(ctx, build, run, refusal).await?;
+    Err(violations.into())
+}
+
+/// Reports a run that may not start: Stalled with `(reason, action, message)`, and one
+/// Warning Event unless the status already says so.
+async fn refuse(
+    ctx: &Context,
+    build: &ImageBuild,
+    mut run: Run,
+    (reason, action, message): (&str, &'static str, String),
+) -> Result<()> {
     let generation = run.id.generation;
     let already = run.previous.conditions.iter().any(|c| {
         c.type_ == status::STALLED
             && c.status == "True"
-            && c.reason == "InvalidSpec"
+            && c.reason == reason
+            && c.message == message
             && c.observed_generation == Some(generation)
     });
     run.status.platforms.clear();
     run.status.progress = None;
-    let message = invalid.to_string();
     set_phase_conditions(
         &mut run.status,
         Phase::Failed,
-        "InvalidSpec",
+        reason,
         &message,
         generation,
         now(),
     );
     let notes = match already {
         true => vec![],
-        false => vec![Note::warning("InvalidSpec", "Validate", message, None)],
+        false => vec![Note::warning(reason, action, message, None)],
     };
-    report(ctx, build, &run.status, notes).await?;
-    Err(invalid.into())
+    report(ctx, build, &run.status, notes).await
 }
 
 /// The commit could not be pinned: wait while the git server is unreachable, fail otherwise.

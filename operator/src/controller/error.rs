@@ -11,6 +11,14 @@ pub enum ReconcileError {
     #[error("invalid spec: {0}")]
     InvalidSpec(#[from] InvalidSpec),
 
+    #[error("refused by policy: {0}")]
+    PolicyViolation(#[from] crate::policy::Violations),
+
+    #[error(
+        "namespace {namespace} is not in the namespace store yet: its BuildPolicies are not known"
+    )]
+    NamespaceNotSeen { namespace: String },
+
     #[error("reading secret {name}: {source}")]
     ReadSecret {
         name: String,
@@ -100,6 +108,8 @@ impl ReconcileError {
     pub fn reason(&self) -> &'static str {
         match self {
             ReconcileError::InvalidSpec(_) => "InvalidSpec",
+            ReconcileError::PolicyViolation(_) => "PolicyViolation",
+            ReconcileError::NamespaceNotSeen { .. } => "NamespaceNotSeen",
             ReconcileError::ReadSecret { .. } => "ReadSecret",
             ReconcileError::SecretMissing { .. } | ReconcileError::SecretKeys { .. } => "Secret",
             ReconcileError::PinCommit(e) => e.reason(),
@@ -121,7 +131,8 @@ impl ReconcileError {
     /// Whether only a change to the ImageBuild can help, so the controller waits for one.
     pub fn waits_for_change(&self) -> bool {
         match self {
-            ReconcileError::InvalidSpec(_) => true,
+            // A BuildPolicy or namespace label change wakes the ImageBuild (`watch.rs`).
+            ReconcileError::InvalidSpec(_) | ReconcileError::PolicyViolation(_) => true,
             ReconcileError::PinCommit(e) => !e.is_transient(),
             _ => false,
         }

@@ -20,6 +20,7 @@ mod jobs;
 mod notes;
 mod observe;
 pub mod placement;
+pub mod policy_watch;
 mod publish;
 mod report;
 pub mod signing;
@@ -38,7 +39,7 @@ use kube::{Client, ResourceExt};
 pub use error::{ReconcileError, Result};
 pub use events::{EventStores, trim_event};
 pub use observe::trim_node;
-pub use stores::{StoreWriters, Stores, trim_job, trim_pod};
+pub use stores::{PolicyStores, StoreWriters, Stores, trim_job, trim_namespace, trim_pod};
 pub use watch::{NodeChanges, run, shutdown_signal, waits_for_nodes};
 pub use written::WrittenStatuses;
 
@@ -240,9 +241,15 @@ impl Run {
             .unwrap_or_default()
     }
 
-    /// Whether this run has ended; only a change to the ImageBuild starts another.
+    /// Whether this run has ended; only a change to the ImageBuild starts another. A run a
+    /// BuildPolicy refused has not: a policy or namespace change may let it start.
     fn is_over(&self) -> bool {
-        self.same && self.previous.phase.is_some_and(Phase::is_final)
+        let refused_by_policy = self.previous.conditions.iter().any(|c| {
+            c.type_ == crate::status::STALLED
+                && c.status == "True"
+                && c.reason == policy_watch::POLICY_VIOLATION
+        });
+        self.same && self.previous.phase.is_some_and(Phase::is_final) && !refused_by_policy
     }
 }
 
@@ -271,6 +278,13 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
     if run.is_over() {
         return Ok(Action::await_change());
     }
+    let settings = match admitted_settings(&ctx, &build) {
+        Ok(settings) => settings,
+        Err(ReconcileError::PolicyViolation(v)) => {
+            return act::refuse_by_policy(&ctx, &build, run, v).await;
+        }
+        Err(e) => return Err(e),
+    };
     let (current, stale) = observe::jobs(&ctx, &build).await?;
     let commit = match observe::pin_commit(&ctx, &build, &run.status, &current).await {
         Ok(commit) => commit,
@@ -279,10 +293,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
     run.status.source = Some(SourceStatus {
         commit: commit.clone(),
     });
-    let plan = ctx.placed(
-        plan(&valid, &ctx.config.builder, &commit, auth_file(&build)),
-        &build,
-    );
+    let plan = ctx.placed(plan(&valid, &settings, &commit, auth_file(&build)), &build);
     jobs::stop_earlier_runs(&ctx, &build, &stale).await?;
     let reports = observe::pod_reports(&ctx, &build, plan.generation, &current).await?;
     let blocked = observe::blocked(&ctx, &current, &reports);
@@ -306,6 +317,23 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         _ => platforms,
     };
     act::take(&ctx, &build, &plan, run, &current, platforms, step).await
+}
+
+/// The operator's settings with the defaults of the BuildPolicies selecting `build`'s
+/// namespace ([`crate::policy::evaluate`]), or every violation. Reads the stores only.
+fn admitted_settings(ctx: &Context, build: &ImageBuild) -> Result<BuilderSettings> {
+    let policies = ctx.stores.policies.policies.state();
+    if policies.is_empty() {
+        return Ok(ctx.config.builder.clone());
+    }
+    let namespace = build.namespace().unwrap_or_default();
+    let Some(labels) = ctx.stores.policies.labels(&namespace) else {
+        return Err(ReconcileError::NamespaceNotSeen { namespace });
+    };
+    let policies: Vec<&crate::api::BuildPolicy> = policies.iter().map(|p| &**p).collect();
+    let operator = &ctx.config.builder;
+    let defaults = crate::policy::evaluate(&build.spec, &labels, &policies, operator)?;
+    Ok(defaults.settings(operator))
 }
 
 /// The platforms whose Jobs this step creates are reported as Pending with no "waiting for

@@ -6,13 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
 use super::events::{self, EventStores, MAX_STORED_MESSAGE, trim_event};
 use super::observe::trim_node;
+use crate::api::BuildPolicy;
 use crate::plan::isolated::ANNOTATION_IMAGEBUILD_NAMESPACE;
 use crate::render::{ANNOTATION_IMAGEBUILD, LABEL_MANAGED_BY};
 
@@ -26,10 +27,40 @@ pub struct Stores {
     pub nodes: Store<Node>,
     /// The Events that say why a builder pod does not start ([`super::events`]).
     pub events: EventStores,
+    /// The BuildPolicies and the namespaces' labels they select by ([`crate::policy`]).
+    pub policies: PolicyStores,
     /// Jobs this process created that the Job store may not show yet (the watch event can
     /// come after the ImageBuild's): without it a quick second reconcile would create them
     /// again, get 409 and read them back.
     created: Arc<Mutex<CreatedJobs>>,
+}
+
+/// The cluster's BuildPolicies and namespaces (trimmed to name and labels, [`trim_namespace`]).
+#[derive(Clone)]
+pub struct PolicyStores {
+    pub policies: Store<BuildPolicy>,
+    pub namespaces: Store<Namespace>,
+}
+
+impl PolicyStores {
+    /// The labels of `namespace`; `None` when the store has not seen it yet.
+    pub fn labels(&self, namespace: &str) -> Option<std::collections::BTreeMap<String, String>> {
+        let ns = self.namespaces.get(&ObjectRef::new(namespace))?;
+        Some(ns.metadata.labels.clone().unwrap_or_default())
+    }
+}
+
+/// Keeps of a namespace only what policies select by: its name and labels.
+pub fn trim_namespace(ns: Namespace) -> Namespace {
+    Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: ns.metadata.name,
+            labels: ns.metadata.labels,
+            resource_version: ns.metadata.resource_version,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
 }
 
 /// Jobs created by this process, with when.
@@ -43,6 +74,8 @@ pub struct StoreWriters {
     nodes: Writer<Node>,
     failed_create: Writer<Event>,
     failed_mount: Writer<Event>,
+    policies: Writer<BuildPolicy>,
+    namespaces: Writer<Namespace>,
 }
 
 /// How long a created Job stands in for the store's copy: far longer than a watch event
@@ -56,12 +89,14 @@ impl Stores {
         pods: Store<Pod>,
         nodes: Store<Node>,
         events: EventStores,
+        policies: PolicyStores,
     ) -> Stores {
         Stores {
             jobs,
             pods,
             nodes,
             events,
+            policies,
             created: Arc::default(),
         }
     }
@@ -75,8 +110,11 @@ impl Stores {
             nodes: Writer::default(),
             failed_create: Writer::default(),
             failed_mount: Writer::default(),
+            policies: Writer::default(),
+            namespaces: Writer::default(),
         };
         writers.set_events([]);
+        writers.set_policies([]);
         let stores = Stores::new(
             writers.jobs.as_reader(),
             writers.pods.as_reader(),
@@ -84,6 +122,10 @@ impl Stores {
             EventStores {
                 failed_create: writers.failed_create.as_reader(),
                 failed_mount: writers.failed_mount.as_reader(),
+            },
+            PolicyStores {
+                policies: writers.policies.as_reader(),
+                namespaces: writers.namespaces.as_reader(),
             },
         );
         (stores, writers)
@@ -99,6 +141,9 @@ impl Stores {
         let _ = self.jobs.wait_until_ready().await;
         let _ = self.pods.wait_until_ready().await;
         let _ = self.nodes.wait_until_ready().await;
+        // Without them a build could start that a policy forbids.
+        let _ = self.policies.policies.wait_until_ready().await;
+        let _ = self.policies.namespaces.wait_until_ready().await;
     }
 
     /// Remembers a Job this process just created, until the store shows it.
@@ -157,6 +202,19 @@ impl StoreWriters {
     /// Replaces the nodes (trimmed); the node store is ready.
     pub fn set_nodes(&mut self, nodes: impl IntoIterator<Item = Node>) {
         replace(&mut self.nodes, nodes.into_iter().map(trim_node));
+    }
+
+    /// Replaces the BuildPolicies; the policy store is ready.
+    pub fn set_policies(&mut self, policies: impl IntoIterator<Item = BuildPolicy>) {
+        replace(&mut self.policies, policies);
+    }
+
+    /// Replaces the namespaces (trimmed); the namespace store is ready.
+    pub fn set_namespaces(&mut self, namespaces: impl IntoIterator<Item = Namespace>) {
+        replace(
+            &mut self.namespaces,
+            namespaces.into_iter().map(trim_namespace),
+        );
     }
 
     /// Replaces the Events (trimmed), each into the store whose field selector it matches.
@@ -253,6 +311,22 @@ pub fn trim_pod(mut pod: Pod) -> Pod {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_stored_namespace_keeps_only_its_name_and_labels() {
+        let ns: Namespace = serde_json::from_value(json!({
+            "metadata": {"name": "team-a", "labels": {"team": "a"},
+                         "annotations": {"filler": "f".repeat(200_000)}},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}
+        }))
+        .unwrap();
+        let kept = trim_namespace(ns);
+        assert_eq!(kept.metadata.name.as_deref(), Some("team-a"));
+        assert_eq!(kept.metadata.labels.unwrap()["team"], "a");
+        assert!(
+            kept.metadata.annotations.is_none() && kept.spec.is_none() && kept.status.is_none()
+        );
+    }
 
     #[test]
     fn a_stored_pod_keeps_only_archforges_labels_and_annotation_and_bounded_messages() {

@@ -5,12 +5,15 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
+use super::policy_watch::{NamespaceChanges, woken_by_policy};
+use super::stores::{PolicyStores, trim_namespace};
 use super::*;
+use crate::api::BuildPolicy;
 use crate::render::ANNOTATION_IMAGEBUILD;
 use crate::telemetry::Metrics;
 
@@ -227,11 +230,67 @@ fn watch_jobs_and_pods(
     }
 }
 
+/// The watches of BuildPolicies and namespaces, for one controller.
+struct PolicyWatch {
+    stores: PolicyStores,
+    policy_events: Events<BuildPolicy>,
+    namespace_events: Events<Namespace>,
+}
+
+/// Watches the cluster's BuildPolicies and namespaces (trimmed to name and labels) for
+/// `controllers` controllers, which share the stores.
+fn watch_policies(client: &Client, controllers: usize) -> Vec<PolicyWatch> {
+    let config = watcher::Config::default().page_size(LIST_PAGE);
+    let (policies, policy_events) = shared_reflector(
+        Api::<BuildPolicy>::all(client.clone()),
+        config.clone(),
+        |p| p.metadata.managed_fields = None,
+        controllers,
+    );
+    let (namespaces, namespace_events) = shared_reflector(
+        Api::<Namespace>::all(client.clone()),
+        config,
+        |n| *n = trim_namespace(std::mem::take(n)),
+        controllers,
+    );
+    let stores = PolicyStores {
+        policies,
+        namespaces,
+    };
+    boxed(policy_events)
+        .into_iter()
+        .zip(boxed(namespace_events))
+        .map(|(policy_events, namespace_events)| PolicyWatch {
+            stores: stores.clone(),
+            policy_events,
+            namespace_events,
+        })
+        .collect()
+}
+
+/// `controller` woken by BuildPolicy changes and namespace label changes (`policy_watch.rs`).
+fn watch_policy_changes(
+    controller: Controller<ImageBuild>,
+    watch: PolicyWatch,
+    builds: &Store<ImageBuild>,
+) -> Controller<ImageBuild> {
+    let (by_policy, by_namespace) = (builds.clone(), builds.clone());
+    let stores = watch.stores;
+    let namespace_changes = NamespaceChanges::default();
+    controller
+        .watches_shared_stream(watch.policy_events, move |p: Arc<BuildPolicy>| {
+            woken_by_policy(&p, &by_policy.state(), |ns| stores.labels(ns))
+        })
+        .watches_shared_stream(watch.namespace_events, move |ns: Arc<Namespace>| {
+            namespace_changes.wakes(&ns, &by_namespace.state())
+        })
+}
+
 /// One controller over the ImageBuilds of `namespace` (all when `None`).
 fn controller(
     client: &Client,
     namespace: Option<String>,
-    children: Children,
+    (children, policy): (Children, PolicyWatch),
     nodes: (Store<Node>, Events<Node>),
     config: &Config,
     metrics: &Arc<Metrics>,
@@ -247,7 +306,13 @@ fn controller(
     );
     let isolated = config.build_namespace.is_some();
     let (jobs, pods) = (children.jobs.clone(), children.pods.clone());
-    let stores = Stores::new(children.jobs, children.pods, nodes.0, children.events);
+    let stores = Stores::new(
+        children.jobs,
+        children.pods,
+        nodes.0,
+        children.events,
+        policy.stores.clone(),
+    );
     let ctx = Arc::new(Context::new(
         client.clone(),
         config.clone(),
@@ -268,6 +333,7 @@ fn controller(
         children.pod_events,
         isolated,
     );
+    let controller = watch_policy_changes(controller, policy, &waiting);
     let run = controller
         .watches_shared_stream(children.create_events, move |e: Arc<Event>| {
             events::imagebuild_of_job_event(&e, &jobs, isolated)
@@ -312,10 +378,11 @@ pub async fn run(client: Client, namespaces: Vec<String>, config: Config, metric
             .flat_map(|scope| watch_children(&client, scope, 1))
             .collect(),
     };
+    let policies = watch_policies(&client, scopes.len());
     let (all_stores, controllers): (Vec<_>, Vec<_>) = scopes
         .clone()
         .into_iter()
-        .zip(children)
+        .zip(children.into_iter().zip(policies))
         .zip(node_events)
         .map(|((namespace, children), node_events)| {
             let node_events = Box::pin(node_events) as Events<Node>;

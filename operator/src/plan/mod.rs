@@ -461,7 +461,10 @@ pub fn plan(
             };
             PlatformPlan {
                 allow_failure: own.and_then(|s| s.allow_failure).unwrap_or(false),
-                retries: own.and_then(|s| s.retries).or(spec.retries).unwrap_or(1),
+                retries: own
+                    .and_then(|s| s.retries)
+                    .or(spec.retries)
+                    .unwrap_or(settings.default_retries),
                 timeout,
                 job_name: job_name(&run_name, &platform),
                 push_target,

@@ -73,7 +73,17 @@ pub fn sample() -> ImageBuild {
 
 /// The openAPIV3Schema of the generated CRD.
 pub fn crd_schema() -> Value {
-    let crd = ImageBuild::crd();
+    schema_of(ImageBuild::crd())
+}
+
+/// The BuildPolicy CRD's OpenAPI schema.
+pub fn policy_crd_schema() -> Value {
+    schema_of(archforge::api::BuildPolicy::crd())
+}
+
+fn schema_of(
+    crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> Value {
     serde_json::to_value(
         crd.spec.versions[0]
             .schema
