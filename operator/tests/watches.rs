@@ -68,6 +68,9 @@ async fn serve_start(
         seen.insert((watch, path.clone(), selectors));
         match watch {
             true => open_watches.push(send),
+            false if path == GROUP_VERSION => {
+                send.send_response(Response::new(Body::from(discovery(true))));
+            }
             false => {
                 let kind = match path.rsplit('/').next().unwrap() {
                     "nodes" => "NodeList",
@@ -83,6 +86,29 @@ async fn serve_start(
         }
     }
     (seen, open_watches)
+}
+
+/// The API group's discovery document, which checks whether BuildPolicies are served.
+const GROUP_VERSION: &str = "/apis/archforge.dev/v1alpha1";
+
+/// The discovery answer of a server with the ImageBuild CRD, and the BuildPolicy CRD when
+/// `policies`.
+fn discovery(policies: bool) -> Vec<u8> {
+    let mut resources = vec![
+        serde_json::json!({"name": "imagebuilds", "singularName": "imagebuild",
+        "namespaced": true, "kind": "ImageBuild", "verbs": ["get", "list", "watch"]}),
+    ];
+    if policies {
+        resources.push(
+            serde_json::json!({"name": "buildpolicies", "singularName": "buildpolicy",
+            "namespaced": false, "kind": "BuildPolicy", "verbs": ["get", "list", "watch"]}),
+        );
+    }
+    serde_json::to_vec(
+        &serde_json::json!({"kind": "APIResourceList", "apiVersion": "v1",
+        "groupVersion": "archforge.dev/v1alpha1", "resources": resources}),
+    )
+    .unwrap()
 }
 
 /// What a controller asks at start: nodes, the ImageBuilds of `watched`, and the run
@@ -117,14 +143,17 @@ fn expected_at_start(watched: &[&str], builds: &str) -> Asked {
             "involvedObject.kind=Pod,reason=FailedMount".to_string(),
         ),
     ]);
-    [false, true]
+    let mut asked: Asked = [false, true]
         .into_iter()
         .flat_map(|watch| {
             objects
                 .iter()
                 .map(move |(p, s)| (watch, p.clone(), s.clone()))
         })
-        .collect()
+        .collect();
+    // Once, before the watches: whether BuildPolicies are served at all.
+    asked.insert((false, GROUP_VERSION.to_string(), String::new()));
+    asked
 }
 
 /// Fails on any request within half a second: nothing is asked while nothing changes.
@@ -140,10 +169,10 @@ async fn quiet(handle: &mut Handle) {
 async fn at_start_each_reflector_lists_once_and_watches_once() {
     let metrics = Arc::new(Metrics::default());
     let (controller, mut handle) = start(&metrics);
-    let (seen, open_watches) = serve_start(&mut handle, 16).await;
+    let (seen, open_watches) = serve_start(&mut handle, 17).await;
     pretty_assertions::assert_eq!(seen, expected_at_start(&["team-a"], "team-a"));
     quiet(&mut handle).await;
-    assert_eq!(metrics.api_requests_total(), 16);
+    assert_eq!(metrics.api_requests_total(), 17);
     assert!(metrics.is_ready());
     controller.abort();
     drop(open_watches);
@@ -158,10 +187,10 @@ async fn with_a_build_namespace_its_run_objects_are_watched_once_for_all_watched
     let namespaces = vec!["team-a".into(), "team-b".into()];
     let controller = tokio::spawn(run(client, namespaces, config, metrics.clone()));
     // Nodes, two namespaces' ImageBuilds, and the build namespace's four kinds: once each.
-    let (seen, open_watches) = serve_start(&mut handle, 18).await;
+    let (seen, open_watches) = serve_start(&mut handle, 19).await;
     pretty_assertions::assert_eq!(seen, expected_at_start(&["team-a", "team-b"], "builds"));
     quiet(&mut handle).await;
-    assert_eq!(metrics.api_requests_total(), 18);
+    assert_eq!(metrics.api_requests_total(), 19);
     assert!(metrics.is_ready());
     controller.abort();
     drop(open_watches);
@@ -217,6 +246,9 @@ async fn every_imagebuild_is_reconciled_when_the_job_list_comes_last() {
         let watch = query.contains("watch=true");
         match (request.method().as_str(), path.rsplit('/').next().unwrap()) {
             _ if watch => open.push(send),
+            _ if path == GROUP_VERSION => {
+                send.send_response(Response::new(Body::from(discovery(true))))
+            }
             ("GET", "jobs") => job_list = Some(send),
             ("GET", "imagebuilds") => {
                 send.send_response(Response::new(Body::from(list("ImageBuildList", &builds))));
@@ -258,6 +290,57 @@ async fn every_imagebuild_is_reconciled_when_the_job_list_comes_last() {
         }
     }
     assert_eq!(patched, ["a", "b", "c"].map(String::from).into());
+    controller.abort();
+    drop(open);
+}
+
+/// A cluster upgraded with Helm has no BuildPolicy CRD (Helm installs CRDs on install
+/// only): the operator neither lists nor watches BuildPolicies, runs without policies
+/// (none can exist) and becomes ready, instead of waiting for a list that cannot succeed.
+#[tokio::test]
+async fn without_the_buildpolicy_crd_the_operator_runs_without_policies() {
+    let metrics = Arc::new(Metrics::default());
+    let (controller, mut handle) = start(&metrics);
+    let mut seen = BTreeSet::new();
+    let mut open = Vec::new();
+    for _ in 0..15 {
+        let (request, send) =
+            tokio::time::timeout(common::controller::HANG_GUARD, handle.next_request())
+                .await
+                .expect("the reflectors' lists and watches")
+                .expect("a request");
+        let path = request.uri().path().to_string();
+        let watch = request
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .contains("watch=true");
+        seen.insert(path.clone());
+        match (watch, path.rsplit('/').next().unwrap()) {
+            (true, _) => open.push(send),
+            _ if path == GROUP_VERSION => {
+                send.send_response(Response::new(Body::from(discovery(false))))
+            }
+            (false, "buildpolicies") => panic!("BuildPolicies listed though not served"),
+            (false, resource) => {
+                let kind = match resource {
+                    "nodes" => "NodeList",
+                    "jobs" => "JobList",
+                    "pods" => "PodList",
+                    "events" => "EventList",
+                    "namespaces" => "NamespaceList",
+                    _ => "ImageBuildList",
+                };
+                send.send_response(Response::new(Body::from(list(kind, &[]))));
+            }
+        }
+    }
+    quiet(&mut handle).await;
+    assert!(
+        !seen.iter().any(|p| p.ends_with("buildpolicies")),
+        "{seen:?}"
+    );
+    assert!(metrics.is_ready());
     controller.abort();
     drop(open);
 }

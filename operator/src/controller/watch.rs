@@ -239,14 +239,20 @@ struct PolicyWatch {
 
 /// Watches the cluster's BuildPolicies and namespaces (trimmed to name and labels) for
 /// `controllers` controllers, which share the stores.
-fn watch_policies(client: &Client, controllers: usize) -> Vec<PolicyWatch> {
+fn watch_policies(client: &Client, controllers: usize, served: bool) -> Vec<PolicyWatch> {
     let config = watcher::Config::default().page_size(LIST_PAGE);
-    let (policies, policy_events) = shared_reflector(
-        Api::<BuildPolicy>::all(client.clone()),
-        config.clone(),
-        |p| p.metadata.managed_fields = None,
-        controllers,
-    );
+    let (policies, policy_events) = match served {
+        true => {
+            let (store, events) = shared_reflector(
+                Api::<BuildPolicy>::all(client.clone()),
+                config.clone(),
+                |p| p.metadata.managed_fields = None,
+                controllers,
+            );
+            (store, boxed(events))
+        }
+        false => no_policies(controllers),
+    };
     let (namespaces, namespace_events) = shared_reflector(
         Api::<Namespace>::all(client.clone()),
         config,
@@ -257,7 +263,7 @@ fn watch_policies(client: &Client, controllers: usize) -> Vec<PolicyWatch> {
         policies,
         namespaces,
     };
-    boxed(policy_events)
+    policy_events
         .into_iter()
         .zip(boxed(namespace_events))
         .map(|(policy_events, namespace_events)| PolicyWatch {
@@ -266,6 +272,41 @@ fn watch_policies(client: &Client, controllers: usize) -> Vec<PolicyWatch> {
             namespace_events,
         })
         .collect()
+}
+
+/// An empty, ready BuildPolicy store and event streams that never yield: for a cluster
+/// that does not serve the BuildPolicy CRD, where no policy can exist.
+fn no_policies(controllers: usize) -> (Store<BuildPolicy>, Vec<Events<BuildPolicy>>) {
+    let mut writer = reflector::store::Writer::<BuildPolicy>::default();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    let never = || Box::pin(futures::stream::pending()) as Events<BuildPolicy>;
+    (
+        writer.as_reader(),
+        (0..controllers).map(|_| never()).collect(),
+    )
+}
+
+/// Whether the API server serves BuildPolicies. Helm installs a chart's CRDs on install,
+/// not on upgrade, so an upgraded install may lack the CRD: the operator then runs without
+/// policies (none can exist) instead of waiting forever for a list that cannot succeed.
+/// When discovery itself fails the answer is yes: the watch retries, and nothing starts
+/// before it has listed, so no policy is ever skipped.
+async fn serves_build_policies(client: &Client) -> bool {
+    use kube::Resource;
+    let version = BuildPolicy::api_version(&()).to_string();
+    match client.list_api_group_resources(&version).await {
+        Ok(list) => {
+            let served = list.resources.iter().any(|r| r.name == "buildpolicies");
+            if !served {
+                tracing::warn!(
+                    "the API server does not serve BuildPolicies (apply crds/buildpolicies.archforge.dev.yaml: Helm upgrades do not install new CRDs); running without policies"
+                );
+            }
+            served
+        }
+        Err(_) => true,
+    }
 }
 
 /// `controller` woken by BuildPolicy changes and namespace label changes (`policy_watch.rs`).
@@ -378,7 +419,8 @@ pub async fn run(client: Client, namespaces: Vec<String>, config: Config, metric
             .flat_map(|scope| watch_children(&client, scope, 1))
             .collect(),
     };
-    let policies = watch_policies(&client, scopes.len());
+    let served = serves_build_policies(&client).await;
+    let policies = watch_policies(&client, scopes.len(), served);
     let (all_stores, controllers): (Vec<_>, Vec<_>) = scopes
         .clone()
         .into_iter()
