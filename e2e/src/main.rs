@@ -22,7 +22,8 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::case::{Case, with_case};
 use crate::scenarios::{
-    buildkit, failures, happy, invalid, isolation, lifecycle, placement, registry, signing, stuck,
+    buildkit, failures, happy, invalid, isolation, lifecycle, placement, queue, registry, signing,
+    stuck,
 };
 use crate::suite::{Suite, workspace_root};
 
@@ -136,6 +137,7 @@ fn scenarios() -> Vec<Scenario> {
         own stuck::kubelet_refusal_says_why;
         in_case isolation::a_tenant_cannot_forge_or_touch_an_isolated_build;
         in_case isolation::deleting_an_imagebuild_cleans_the_build_namespace;
+        own queue::fair_order_across_two_namespaces;
     }
 }
 
@@ -226,6 +228,7 @@ mod tests {
                 ("kubelet_refusal_says_why", false),
                 ("a_tenant_cannot_forge_or_touch_an_isolated_build", false),
                 ("deleting_an_imagebuild_cleans_the_build_namespace", false),
+                ("fair_order_across_two_namespaces", false),
             ]
         );
     }

@@ -10,6 +10,7 @@ pub mod local;
 pub mod manifest;
 pub mod plan;
 pub mod podsecurity;
+pub mod queue;
 pub mod rbac;
 pub mod registry;
 pub mod render;

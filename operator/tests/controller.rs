@@ -33,6 +33,9 @@ mod stuck;
 /// An isolated build namespace: Jobs and Secret copies there, the finalizer.
 #[path = "controller/isolated.rs"]
 mod isolated;
+/// Concurrency limits and the queue.
+#[path = "controller/queue.rs"]
+mod queue;
 /// Signing only what is trustworthy, and pushing only with the ImageBuild's own rights.
 #[path = "controller/trust.rs"]
 mod trust;

@@ -8,6 +8,7 @@ pub mod invalid;
 pub mod isolation;
 pub mod lifecycle;
 pub mod placement;
+pub mod queue;
 pub mod registry;
 pub mod signing;
 pub mod stuck;

@@ -13,6 +13,7 @@ use kube::runtime::watcher;
 
 use super::events::{self, EventStores, MAX_STORED_MESSAGE, trim_event};
 use super::observe::trim_node;
+use crate::api::ImageBuild;
 use crate::plan::isolated::ANNOTATION_IMAGEBUILD_NAMESPACE;
 use crate::render::{ANNOTATION_IMAGEBUILD, LABEL_MANAGED_BY};
 
@@ -26,6 +27,8 @@ pub struct Stores {
     pub nodes: Store<Node>,
     /// The Events that say why a builder pod does not start ([`super::events`]).
     pub events: EventStores,
+    /// The watched scope's ImageBuilds: where the queue finds the runs that wait.
+    pub builds: Store<ImageBuild>,
     /// Jobs this process created that the Job store may not show yet (the watch event can
     /// come after the ImageBuild's): without it a quick second reconcile would create them
     /// again, get 409 and read them back.
@@ -41,6 +44,7 @@ pub struct StoreWriters {
     jobs: Writer<Job>,
     pods: Writer<Pod>,
     nodes: Writer<Node>,
+    builds: Writer<ImageBuild>,
     failed_create: Writer<Event>,
     failed_mount: Writer<Event>,
 }
@@ -56,12 +60,14 @@ impl Stores {
         pods: Store<Pod>,
         nodes: Store<Node>,
         events: EventStores,
+        builds: Store<ImageBuild>,
     ) -> Stores {
         Stores {
             jobs,
             pods,
             nodes,
             events,
+            builds,
             created: Arc::default(),
         }
     }
@@ -73,6 +79,7 @@ impl Stores {
             jobs: Writer::default(),
             pods: Writer::default(),
             nodes: Writer::default(),
+            builds: Writer::default(),
             failed_create: Writer::default(),
             failed_mount: Writer::default(),
         };
@@ -85,6 +92,7 @@ impl Stores {
                 failed_create: writers.failed_create.as_reader(),
                 failed_mount: writers.failed_mount.as_reader(),
             },
+            writers.builds.as_reader(),
         );
         (stores, writers)
     }
@@ -114,6 +122,17 @@ impl Stores {
     pub fn deleted(&self, namespace: &str, name: &str) {
         let key = ObjectRef::new(name).within(namespace);
         self.created.lock().expect("created jobs lock").remove(&key);
+    }
+
+    /// Every Job of the store, and those this process created that it does not show yet.
+    pub(super) fn all_jobs(&self) -> Vec<Arc<Job>> {
+        let mut jobs = self.jobs.state();
+        let created = self.created.lock().expect("created jobs lock");
+        let unseen = created
+            .iter()
+            .filter(|(key, (at, _))| at.elapsed() < CREATED_TTL && self.jobs.get(key).is_none());
+        jobs.extend(unseen.map(|(_, (_, job))| job.clone()));
+        jobs
     }
 
     /// The Job named `name` in `namespace`: the store's, or the one this process created.
@@ -147,6 +166,11 @@ impl StoreWriters {
     /// Replaces the Jobs (trimmed as the reflector trims them); the Job store is ready.
     pub fn set_jobs(&mut self, jobs: impl IntoIterator<Item = Job>) {
         replace(&mut self.jobs, jobs.into_iter().map(trim_job));
+    }
+
+    /// Replaces the ImageBuilds; the ImageBuild store is ready.
+    pub fn set_builds(&mut self, builds: impl IntoIterator<Item = ImageBuild>) {
+        replace(&mut self.builds, builds);
     }
 
     /// Replaces the builder pods (trimmed); the pod store is ready.

@@ -235,6 +235,7 @@ fn controller(
     nodes: (Store<Node>, Events<Node>),
     config: &Config,
     metrics: &Arc<Metrics>,
+    queue: &Arc<queued::Queue>,
 ) -> (Stores, impl std::future::Future<Output = ()>) {
     let (builds, mut build_events) = shared_reflector(
         api::<ImageBuild>(client, &namespace),
@@ -244,13 +245,23 @@ fn controller(
     );
     let isolated = config.build_namespace.is_some();
     let (jobs, pods) = (children.jobs.clone(), children.pods.clone());
-    let stores = Stores::new(children.jobs, children.pods, nodes.0, children.events);
-    let ctx = Arc::new(Context::new(
+    let stores = Stores::new(
+        children.jobs,
+        children.pods,
+        nodes.0,
+        children.events,
+        builds.clone(),
+    );
+    let ctx = Context::new(
         client.clone(),
         config.clone(),
         metrics.clone(),
         stores.clone(),
-    ));
+    );
+    let ctx = Arc::new(ctx.sharing(queue.clone()));
+    // A queued run that may start, because another finished, is reconciled at once.
+    let (waker, woken) = futures::channel::mpsc::unbounded();
+    queue.add_waker(waker);
     let waiting = builds.clone();
     let node_changes = NodeChanges::default();
     let controller_config = kube::runtime::controller::Config::default()
@@ -275,6 +286,7 @@ fn controller(
         .watches_shared_stream(nodes.1, move |node: Arc<Node>| {
             node_changes.wakes(&node, &waiting.state())
         })
+        .reconcile_on(woken)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -308,6 +320,8 @@ pub async fn run(client: Client, namespaces: Vec<String>, config: Config, metric
             .flat_map(|scope| watch_children(&client, scope, 1))
             .collect(),
     };
+    // One queue for the whole process: the limits are the cluster's, not a scope's.
+    let queue = Arc::new(queued::Queue::default());
     let (all_stores, controllers): (Vec<_>, Vec<_>) = scopes
         .into_iter()
         .zip(children)
@@ -315,7 +329,9 @@ pub async fn run(client: Client, namespaces: Vec<String>, config: Config, metric
         .map(|((namespace, children), node_events)| {
             let node_events = Box::pin(node_events) as Events<Node>;
             let nodes = (nodes.clone(), node_events);
-            controller(&client, namespace, children, nodes, &config, &metrics)
+            controller(
+                &client, namespace, children, nodes, &config, &metrics, &queue,
+            )
         })
         .unzip();
     // Before any reconcile: see `Stores::wait_until_ready`.
