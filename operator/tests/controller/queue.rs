@@ -113,3 +113,33 @@ async fn without_limits_nothing_is_queued() {
     assert!(action.is_ok());
     assert_eq!(status["phase"], "Building");
 }
+
+#[tokio::test]
+async fn after_a_restart_a_run_whose_jobs_exist_is_not_started_again() {
+    // The operator admitted this run and created its Jobs, then stopped before the status
+    // said so: a new process (a fresh context) finds it Queued, with its Jobs.
+    let queued = json!({"observedGeneration": 1, "phase": "Queued", "source": {"commit": SHA},
+                        "startTime": "2026-11-23T09:00:00Z"});
+    let build = imagebuild(
+        "https://git.example.com/app.git",
+        SHA,
+        "registry.example.com/team/app:v1",
+        1,
+        queued,
+    );
+    let (ctx, mut server) = setup_config(&build, one_at_a_time());
+    let running = json!({"active": 1});
+    let jobs = building_jobs(&build, running.clone(), running);
+    let verify = async {
+        server.stores.set_builds([build.clone()]);
+        server.store_jobs(jobs).await;
+        server.store_pods(vec![]).await;
+        server.store_nodes(&["amd64", "arm64"]).await;
+        // No Job created, no RunStarted: only the status catches up.
+        server.writes_status(&[]).await
+    };
+    let (action, status) = tokio::join!(reconcile(Arc::new(build.clone()), ctx.clone()), verify);
+    assert!(action.is_ok());
+    assert_eq!(status["phase"], "Building");
+    assert_eq!(queue_length(&ctx), 0);
+}
