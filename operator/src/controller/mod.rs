@@ -299,18 +299,11 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
     };
     let step = decide(&plan, &current, &platforms, nodes.as_ref(), run.waited());
     // Held until the Jobs are created: the queue counts them meanwhile.
-    let _admitted = match &step {
-        decide::Step::CreateJobs {
-            platforms: creating,
-        } if queued::applies(&ctx, &run, &current) => {
-            match queued::admit(&ctx, &build, &run, creating) {
-                queued::Admission::Start(admitted) => Some(admitted),
-                queued::Admission::Wait(place) => {
-                    return queued::wait(&ctx, &build, run, &plan, platforms, place).await;
-                }
-            }
+    let _admitted = match queued::gate(&ctx, &build, &run, &current, &step) {
+        queued::Gate::Open(admitted) => admitted,
+        queued::Gate::Closed(place) => {
+            return queued::wait(&ctx, &build, run, &plan, platforms, place).await;
         }
-        _ => None,
     };
     let platforms = match &step {
         decide::Step::CreateJobs {

@@ -16,6 +16,7 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 
+use super::decide::Step;
 use super::report::{Note, report};
 use super::{Context, Run, Stores, now};
 use crate::api::{ImageBuild, Phase, PlatformStatus};
@@ -111,13 +112,40 @@ impl Drop for Admitted<'_> {
 
 /// Whether the queue decides if `run` may start: limits are set, and its run has no Job
 /// yet and never had (a run whose Job went mid-run was admitted before).
-pub fn applies(ctx: &Context, run: &Run, current: &[Job]) -> bool {
+fn applies(ctx: &Context, run: &Run, current: &[Job]) -> bool {
     let started = run.same
         && matches!(
             run.previous.phase,
             Some(Phase::Building | Phase::Assembling)
         );
     !ctx.config.limits.is_unlimited() && current.is_empty() && !started
+}
+
+/// What the queue says about a run's next step.
+pub enum Gate<'a> {
+    /// The step goes ahead; a run admitted now holds its admission until its Jobs exist.
+    Open(Option<Admitted<'a>>),
+    /// The run waits in the queue.
+    Closed(Queued),
+}
+
+/// Whether `step` may be taken now: only the creation of a new run's Jobs is gated.
+pub fn gate<'a>(
+    ctx: &'a Context,
+    build: &ImageBuild,
+    run: &Run,
+    current: &[Job],
+    step: &Step,
+) -> Gate<'a> {
+    match step {
+        Step::CreateJobs { platforms } if applies(ctx, run, current) => {
+            match admit(ctx, build, run, platforms) {
+                Ok(admitted) => Gate::Open(Some(admitted)),
+                Err(place) => Gate::Closed(place),
+            }
+        }
+        _ => Gate::Open(None),
+    }
 }
 
 /// The node architecture of each Job `creating` makes.
@@ -131,19 +159,14 @@ fn arches(creating: &[(String, Placement)]) -> Vec<String> {
         .collect()
 }
 
-/// What the queue says about a run that wants to start.
-pub enum Admission<'a> {
-    Start(Admitted<'a>),
-    Wait(Queued),
-}
-
-/// Decides whether `build`'s run, about to create the Jobs of `creating`, may start now.
-pub fn admit<'a>(
+/// Decides whether `build`'s run, about to create the Jobs of `creating`, may start now;
+/// if not, its place in the queue.
+fn admit<'a>(
     ctx: &'a Context,
     build: &ImageBuild,
     run: &Run,
     creating: &[(String, Placement)],
-) -> Admission<'a> {
+) -> Result<Admitted<'a>, Queued> {
     let queue = &*ctx.queue;
     let me = Waiting {
         namespace: build.namespace().unwrap_or_default(),
@@ -176,9 +199,9 @@ pub fn admit<'a>(
         });
         admitted.insert(key.clone(), jobs.collect());
         observe_wait(ctx, run, &me.namespace);
-        return Admission::Start(Admitted { queue, key });
+        return Ok(Admitted { queue, key });
     };
-    Admission::Wait(place.clone())
+    Err(place.clone())
 }
 
 /// The queue wait of a run that leaves the queue.
