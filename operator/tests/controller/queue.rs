@@ -143,3 +143,54 @@ async fn after_a_restart_a_run_whose_jobs_exist_is_not_started_again() {
     assert_eq!(status["phase"], "Building");
     assert_eq!(queue_length(&ctx), 0);
 }
+
+/// An ImageBuild of `namespace` that waits Queued since `start`.
+fn queued_build(namespace: &str, name: &str, start: &str) -> ImageBuild {
+    let mut build = serde_json::to_value(imagebuild(
+        "https://git.example.com/app.git",
+        SHA,
+        "registry.example.com/team/app:v1",
+        1,
+        json!({"observedGeneration": 1, "phase": "Queued", "startTime": start}),
+    ))
+    .unwrap();
+    build["metadata"]["name"] = json!(name);
+    build["metadata"]["namespace"] = json!(namespace);
+    serde_json::from_value(build).unwrap()
+}
+
+#[tokio::test]
+async fn a_job_that_finishes_wakes_the_queued_run_that_goes_next_and_no_other() {
+    use archforge::controller::queued::wake_next;
+    let build = imagebuild(
+        "https://git.example.com/app.git",
+        SHA,
+        "registry.example.com/team/app:v1",
+        1,
+        Value::Null,
+    );
+    let (ctx, mut server) = setup_config(&build, one_at_a_time());
+    let (waker, mut woken) = futures::channel::mpsc::unbounded();
+    ctx.queue().add_waker(waker);
+    // Namespace "default" just ran a build; "team-b" has not had a turn.
+    server.stores.set_builds([
+        queued_build("default", "a1", "2026-11-23T09:00:00Z"),
+        queued_build("team-b", "b1", "2026-11-23T09:10:00Z"),
+    ]);
+    let running: k8s_openapi::api::batch::v1::Job =
+        serde_json::from_value(other_job(false)).unwrap();
+    server.store_jobs(vec![other_job(false)]).await;
+    // A reconcile whose Jobs are all running frees no slot: nothing is woken.
+    wake_next(&ctx, std::slice::from_ref(&running));
+    assert!(woken.try_recv().is_err(), "nothing to wake");
+    let done: k8s_openapi::api::batch::v1::Job = serde_json::from_value(other_job(true)).unwrap();
+    server.store_jobs(vec![other_job(true)]).await;
+    wake_next(&ctx, &[done]);
+    let next = woken.try_recv().unwrap();
+    assert_eq!(
+        (next.namespace.as_deref(), next.name.as_str()),
+        (Some("team-b"), "b1")
+    );
+    assert!(woken.try_recv().is_err(), "one slot, one run woken");
+    assert_eq!(queue_length(&ctx), 1, "a1 still waits");
+}
