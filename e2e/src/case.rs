@@ -406,7 +406,7 @@ fn record_jobs(jobs: Api<Job>) -> (SeenJobs, tokio::task::JoinHandle<()>) {
 /// Deletes every ImageBuild of `builds` and waits (30 s) for them to go, which they do once
 /// the operator has cleaned their build namespace up; then takes off the finalizers of any
 /// left (an operator a scenario stopped), so that their namespace can go.
-async fn release_imagebuilds(builds: &Api<ImageBuild>) -> anyhow::Result<()> {
+pub async fn release_imagebuilds(builds: &Api<ImageBuild>) -> anyhow::Result<()> {
     builds
         .delete_collection(&Default::default(), &ListParams::default())
         .await?;

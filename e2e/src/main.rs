@@ -22,8 +22,8 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::case::{Case, with_case};
 use crate::scenarios::{
-    buildkit, failures, happy, invalid, isolation, lifecycle, placement, policy, registry, signing,
-    stuck,
+    buildkit, failures, happy, invalid, isolation, lifecycle, placement, policy, queue, registry,
+    signing, stuck,
 };
 use crate::suite::{Suite, workspace_root};
 
@@ -138,6 +138,7 @@ fn scenarios() -> Vec<Scenario> {
         in_case isolation::a_tenant_cannot_forge_or_touch_an_isolated_build;
         in_case isolation::deleting_an_imagebuild_cleans_the_build_namespace;
         in_case policy::emulation_refused_by_policy_in_one_namespace_allowed_in_another;
+        own queue::fair_order_across_two_namespaces;
     }
 }
 
@@ -232,6 +233,7 @@ mod tests {
                     "emulation_refused_by_policy_in_one_namespace_allowed_in_another",
                     false,
                 ),
+                ("fair_order_across_two_namespaces", false),
             ]
         );
     }

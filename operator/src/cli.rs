@@ -225,6 +225,21 @@ pub struct RunArgs {
     #[arg(long, env = "ARCHFORGE_ALLOW_IN_NAMESPACE_SIGNING")]
     pub allow_in_namespace_signing: bool,
 
+    /// Builder Jobs running at once in the whole cluster; a run that would pass the limit
+    /// waits, Queued, and queued runs start in turn across namespaces. 0: no limit.
+    #[arg(long, env = "ARCHFORGE_MAX_RUNNING_BUILDS", default_value_t = 0)]
+    pub max_running_builds: u32,
+
+    /// Builder Jobs running at once per node architecture, as `arch=N` pairs
+    /// (`arm64=4,amd64=8`); an emulated build counts against the architecture of the node
+    /// that emulates it. An architecture left out has no limit.
+    #[arg(long, env = "ARCHFORGE_MAX_RUNNING_PER_ARCH", default_value = "", value_parser = crate::queue::parse_per_arch)]
+    pub max_running_per_arch: std::collections::BTreeMap<String, u32>,
+
+    /// Builder Jobs running at once per ImageBuild namespace. 0: no limit.
+    #[arg(long, env = "ARCHFORGE_MAX_RUNNING_PER_NAMESPACE", default_value_t = 0)]
+    pub max_running_per_namespace: u32,
+
     /// Print the effective configuration (flags, environment, defaults) as JSON and exit.
     #[arg(long)]
     #[serde(skip)]
@@ -360,6 +375,12 @@ async fn run_controller(args: &RunArgs) -> crate::Result<()> {
         stuck_grace: args.stuck_grace,
         build_namespace: args.build_namespace.clone().filter(|ns| !ns.is_empty()),
         allow_in_namespace_signing: args.allow_in_namespace_signing,
+        limits: crate::queue::Limits {
+            total: args.max_running_builds,
+            per_arch: args.max_running_per_arch.clone(),
+            per_namespace: args.max_running_per_namespace,
+            from_policies: Default::default(),
+        },
     };
     crate::controller::run(client, args.namespaces.clone(), config, metrics).await;
     server.abort();

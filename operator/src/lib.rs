@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod plan;
 pub mod podsecurity;
 pub mod policy;
+pub mod queue;
 pub mod rbac;
 pub mod registry;
 pub mod render;

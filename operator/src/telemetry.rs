@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -19,6 +20,11 @@ pub struct ResultLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PlatformLabels {
     pub platform: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    pub namespace: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -96,6 +102,10 @@ pub struct Metrics {
     pub index_pushed_latency: Histogram,
     pub reconciles: Counter,
     pub reconcile_errors: Family<ReasonLabels, Counter>,
+    /// Runs waiting in the queue, per ImageBuild namespace (as of the last queue decision).
+    pub queue_length: Family<NamespaceLabels, Gauge>,
+    /// Per run that went through the queue: from its start to its admission.
+    pub queue_wait: Family<NamespaceLabels, Histogram>,
     /// Kubernetes API requests, counted by [`CountRequests`] on the client.
     pub api_requests: Family<RequestLabels, Counter>,
     /// The label sets `api_requests` has seen (a Family cannot be iterated).
@@ -118,6 +128,21 @@ impl Default for Metrics {
         let reconciles = Counter::default();
         let reconcile_errors = Family::<ReasonLabels, Counter>::default();
         let api_requests = Family::<RequestLabels, Counter>::default();
+        let queue_length = Family::<NamespaceLabels, Gauge>::default();
+        // 1 s to about 9 h: a run starts at once on an idle cluster, after hours in a backlog.
+        let queue_wait = Family::<NamespaceLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(1.0, 2.0, 16))
+        });
+        registry.register(
+            "queue_length",
+            "Runs waiting for their turn under the concurrency limits, by ImageBuild namespace",
+            queue_length.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "Per run, time from its start until the concurrency limits let it start its Jobs, by ImageBuild namespace",
+            queue_wait.clone(),
+        );
         registry.register("runs_started", "Build runs started", runs_started.clone());
         registry.register(
             "runs_finished",
@@ -169,6 +194,8 @@ impl Default for Metrics {
             index_pushed_latency,
             reconciles,
             reconcile_errors,
+            queue_length,
+            queue_wait,
             api_requests,
             api_request_kinds: Mutex::default(),
             ready: AtomicBool::new(false),
@@ -206,6 +233,19 @@ impl Metrics {
             .lock()
             .expect("request kinds lock")
             .insert(labels);
+    }
+
+    /// Sets the queue length of every namespace to `lengths` (namespaces left out: 0).
+    pub fn set_queue_lengths(&self, lengths: &std::collections::BTreeMap<String, usize>) {
+        self.queue_length.clear();
+        for (namespace, n) in lengths {
+            let labels = NamespaceLabels {
+                namespace: namespace.clone(),
+            };
+            self.queue_length
+                .get_or_create(&labels)
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -726,9 +726,31 @@ fn chart_values_reach_the_operator() {
         ),
         (&json!(16), &json!(50.0), &json!(100))
     );
+    // No limit by default: every run starts at once, as before the queue.
+    assert_eq!(
+        (
+            &config["maxRunningBuilds"],
+            &config["maxRunningPerArch"],
+            &config["maxRunningPerNamespace"]
+        ),
+        (&json!(0), &json!({}), &json!(0))
+    );
 
     let (_, objects) = render_chart(Some(CUSTOM_VALUES));
-    let config = operator_config(find(&objects, "Deployment", "archforge"));
+    let mut config = operator_config(find(&objects, "Deployment", "archforge"));
+    // The queue's limits (apart: one json! of every setting passes the macro's recursion).
+    let limits: Vec<Value> = [
+        "maxRunningBuilds",
+        "maxRunningPerArch",
+        "maxRunningPerNamespace",
+    ]
+    .iter()
+    .map(|k| config.as_object_mut().unwrap().remove(*k).unwrap())
+    .collect();
+    assert_eq!(
+        limits,
+        [json!(12), json!({"amd64": 8, "arm64": 4}), json!(3)]
+    );
     pretty_assertions::assert_eq!(
         config,
         json!({

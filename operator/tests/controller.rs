@@ -36,6 +36,9 @@ mod isolated;
 /// BuildPolicies: refused specs, policy defaults, re-evaluation.
 #[path = "controller/policy.rs"]
 mod policy;
+/// Concurrency limits and the queue.
+#[path = "controller/queue.rs"]
+mod queue;
 /// Signing only what is trustworthy, and pushing only with the ImageBuild's own rights.
 #[path = "controller/trust.rs"]
 mod trust;

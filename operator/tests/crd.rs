@@ -47,7 +47,32 @@ fn crd_names_and_columns() {
         .flatten()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(columns, ["Phase", "Platforms", "Image", "Digest", "Age"]);
+    assert_eq!(
+        columns,
+        ["Phase", "Platforms", "Waiting", "Image", "Digest", "Age"]
+    );
+    // `kubectl get ib -o wide` says why a Queued run waits.
+    let waiting = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .find(|c| c.name == "Waiting")
+        .unwrap();
+    assert_eq!(
+        waiting.json_path,
+        ".status.conditions[?(@.type==\"Reconciling\")].message"
+    );
+    let phase = &crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .unwrap()
+        .open_api_v3_schema;
+    let phase = serde_json::to_value(phase).unwrap();
+    let phases = &phase["properties"]["status"]["properties"]["phase"]["enum"];
+    assert!(
+        phases.as_array().unwrap().iter().any(|p| p == "Queued"),
+        "{phases}"
+    );
 }
 
 #[test]

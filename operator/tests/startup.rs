@@ -47,3 +47,48 @@ fn run_does_not_read_a_docker_config_and_says_so() {
     );
     assert!(!stderr.contains("b3BlcmF0b3I6czNjcmV0"), "{stderr}");
 }
+
+/// `archforge run --print-config` with `args` and `env` added.
+fn print_config(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_archforge"));
+    command.arg("run").args(args).arg("--print-config");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+// The queue's limits: bad values stop the operator before anything starts, naming them.
+#[test]
+fn bad_concurrency_limits_are_refused_at_start() {
+    for bad in ["arm64=-1", "=3", "arm64=x", "arm64=0", "arm64=1,arm64=2"] {
+        let flag = format!("--max-running-per-arch={bad}");
+        let output = print_config(&[&flag], &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("--max-running-per-arch"), "{stderr}");
+        let output = print_config(&[], &[("ARCHFORGE_MAX_RUNNING_PER_ARCH", bad)]);
+        assert_eq!(output.status.code(), Some(2), "{bad} from the environment");
+    }
+    for bad in ["-1", "x", "4294967296"] {
+        for flag in ["--max-running-builds", "--max-running-per-namespace"] {
+            let output = print_config(&[&format!("{flag}={bad}")], &[]);
+            assert_eq!(output.status.code(), Some(2), "{flag}={bad}");
+        }
+    }
+    let output = print_config(
+        &[
+            "--max-running-per-arch=arm64=4,amd64=8",
+            "--max-running-builds=10",
+        ],
+        &[("ARCHFORGE_MAX_RUNNING_PER_NAMESPACE", "2")],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let config: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        config["maxRunningPerArch"],
+        serde_json::json!({"amd64": 8, "arm64": 4})
+    );
+    assert_eq!(config["maxRunningBuilds"], 10);
+    assert_eq!(config["maxRunningPerNamespace"], 2);
+}

@@ -9,6 +9,7 @@ pub mod isolation;
 pub mod lifecycle;
 pub mod placement;
 pub mod policy;
+pub mod queue;
 pub mod registry;
 pub mod signing;
 pub mod stuck;

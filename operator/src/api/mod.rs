@@ -49,6 +49,13 @@ pub use strategy::*;
         description = "Platforms built out of platforms requested"
     ),
     printcolumn(
+        name = "Waiting",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Reconciling\")].message",
+        description = "What the run waits for: its place in the queue, a node, its builds",
+        priority = "1"
+    ),
+    printcolumn(
         name = "Image",
         type_ = "string",
         json_path = ".spec.output.image",
@@ -490,6 +497,10 @@ pub struct ImageBuildStatus {
 pub enum Phase {
     /// Waiting to start: resolving the commit or waiting for a node of each architecture.
     Pending,
+    /// Waiting for its turn under the operator's concurrency limits: no Job of the run
+    /// exists yet; the Reconciling condition gives its place in the queue and what it
+    /// waits for.
+    Queued,
     /// Builder Jobs are running.
     Building,
     /// Every platform is built; the image index is being assembled and pushed.

@@ -10,6 +10,7 @@ use super::error::{ReconcileError, Result};
 use super::observe::owns;
 use crate::api::ImageBuild;
 use crate::plan::{BuildPlan, Placement, PlatformPlan, isolated};
+use crate::queue::seen::job_finished as is_finished;
 use crate::render::{MANAGER, render_job};
 
 /// Deletes `names` (background propagation: their pods go with them); gone already is fine.
@@ -34,16 +35,6 @@ pub async fn delete_jobs(ctx: &Context, build: &ImageBuild, names: &[String]) ->
         }
     }
     Ok(())
-}
-
-fn is_finished(job: &Job) -> bool {
-    job.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| {
-            cs.iter()
-                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
-        })
 }
 
 pub fn unfinished(jobs: &[Job]) -> Vec<String> {

@@ -22,6 +22,7 @@ mod observe;
 pub mod placement;
 pub mod policy_watch;
 mod publish;
+pub mod queued;
 mod report;
 pub mod signing;
 mod stores;
@@ -77,6 +78,8 @@ pub struct Config {
     /// Sign with the operator-wide key builds that run in their ImageBuild's own namespace
     /// (where a tenant can reach them). Off by default: such a run is Stalled.
     pub allow_in_namespace_signing: bool,
+    /// How many builder Jobs may run at once; a run beyond them waits, Queued.
+    pub limits: crate::queue::Limits,
 }
 
 /// What every reconcile shares: the client, the Event recorder, settings, metrics and the
@@ -89,6 +92,8 @@ pub struct Context {
     pub stores: Stores,
     /// The status this process last wrote to each ImageBuild: see [`WrittenStatuses`].
     written: WrittenStatuses,
+    /// The queue every controller of the process shares ([`queued::Queue`]).
+    queue: Arc<queued::Queue>,
 }
 
 impl Context {
@@ -102,9 +107,27 @@ impl Context {
             client,
             config,
             metrics,
-            stores,
+            stores: stores.clone(),
             written: Default::default(),
+            queue: {
+                let queue = queued::Queue::default();
+                queue.add_scope(stores);
+                Arc::new(queue)
+            },
         }
+    }
+
+    /// This context with `queue`, shared with the controllers of other watched scopes
+    /// (its stores join it).
+    pub fn sharing(mut self, queue: Arc<queued::Queue>) -> Self {
+        queue.add_scope(self.stores.clone());
+        self.queue = queue;
+        self
+    }
+
+    /// The queue this context decides with.
+    pub fn queue(&self) -> &Arc<queued::Queue> {
+        &self.queue
     }
 
     /// The ImageBuild's status as it stands ([`WrittenStatuses::observed`]). A reconcile
@@ -286,6 +309,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         Err(e) => return Err(e),
     };
     let (current, stale) = observe::jobs(&ctx, &build).await?;
+    queued::wake_next(&ctx, &current);
     let commit = match observe::pin_commit(&ctx, &build, &run.status, &current).await {
         Ok(commit) => commit,
         Err(e) => return act::pin_failed(&ctx, &build, run, e).await,
@@ -310,6 +334,13 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         false => None,
     };
     let step = decide(&plan, &current, &platforms, nodes.as_ref(), run.waited());
+    // Held until the Jobs are created: the queue counts them meanwhile.
+    let _admitted = match queued::gate(&ctx, &build, &run, &current, &step) {
+        queued::Gate::Open(admitted) => admitted,
+        queued::Gate::Closed(place) => {
+            return queued::wait(&ctx, &build, run, &plan, platforms, place).await;
+        }
+    };
     let platforms = match &step {
         decide::Step::CreateJobs {
             platforms: creating,

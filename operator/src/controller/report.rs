@@ -131,7 +131,7 @@ pub fn observe_latencies(
         .then_some(observed.phase)
         .flatten();
     match (was, status.phase) {
-        (None | Some(Phase::Pending), Some(Phase::Building)) => {
+        (None | Some(Phase::Pending | Phase::Queued), Some(Phase::Building)) => {
             // A first run started when the ImageBuild was created (the first reconcile may
             // come later under load); a later one when its reconcile began it.
             let first = build.metadata.generation == Some(1) && status.history.is_empty();

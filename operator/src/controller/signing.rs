@@ -318,6 +318,7 @@ mod tests {
             stuck_grace: std::time::Duration::from_secs(120),
             build_namespace: build_namespace.map(str::to_string),
             allow_in_namespace_signing: true,
+            limits: Default::default(),
         }
     }
 

@@ -13,7 +13,7 @@ use kube::runtime::watcher;
 
 use super::events::{self, EventStores, MAX_STORED_MESSAGE, trim_event};
 use super::observe::trim_node;
-use crate::api::BuildPolicy;
+use crate::api::{BuildPolicy, ImageBuild};
 use crate::plan::isolated::ANNOTATION_IMAGEBUILD_NAMESPACE;
 use crate::render::{ANNOTATION_IMAGEBUILD, LABEL_MANAGED_BY};
 
@@ -29,6 +29,8 @@ pub struct Stores {
     pub events: EventStores,
     /// The BuildPolicies and the namespaces' labels they select by ([`crate::policy`]).
     pub policies: PolicyStores,
+    /// The watched scope's ImageBuilds: where the queue finds the runs that wait.
+    pub builds: Store<ImageBuild>,
     /// Jobs this process created that the Job store may not show yet (the watch event can
     /// come after the ImageBuild's): without it a quick second reconcile would create them
     /// again, get 409 and read them back.
@@ -72,6 +74,7 @@ pub struct StoreWriters {
     jobs: Writer<Job>,
     pods: Writer<Pod>,
     nodes: Writer<Node>,
+    builds: Writer<ImageBuild>,
     failed_create: Writer<Event>,
     failed_mount: Writer<Event>,
     policies: Writer<BuildPolicy>,
@@ -90,6 +93,7 @@ impl Stores {
         nodes: Store<Node>,
         events: EventStores,
         policies: PolicyStores,
+        builds: Store<ImageBuild>,
     ) -> Stores {
         Stores {
             jobs,
@@ -97,6 +101,7 @@ impl Stores {
             nodes,
             events,
             policies,
+            builds,
             created: Arc::default(),
         }
     }
@@ -108,6 +113,7 @@ impl Stores {
             jobs: Writer::default(),
             pods: Writer::default(),
             nodes: Writer::default(),
+            builds: Writer::default(),
             failed_create: Writer::default(),
             failed_mount: Writer::default(),
             policies: Writer::default(),
@@ -127,6 +133,7 @@ impl Stores {
                 policies: writers.policies.as_reader(),
                 namespaces: writers.namespaces.as_reader(),
             },
+            writers.builds.as_reader(),
         );
         (stores, writers)
     }
@@ -161,6 +168,17 @@ impl Stores {
         self.created.lock().expect("created jobs lock").remove(&key);
     }
 
+    /// Every Job of the store, and those this process created that it does not show yet.
+    pub(super) fn all_jobs(&self) -> Vec<Arc<Job>> {
+        let mut jobs = self.jobs.state();
+        let created = self.created.lock().expect("created jobs lock");
+        let unseen = created
+            .iter()
+            .filter(|(key, (at, _))| at.elapsed() < CREATED_TTL && self.jobs.get(key).is_none());
+        jobs.extend(unseen.map(|(_, (_, job))| job.clone()));
+        jobs
+    }
+
     /// The Job named `name` in `namespace`: the store's, or the one this process created.
     pub(super) fn job(&self, namespace: &str, name: &str) -> Option<Arc<Job>> {
         let key = ObjectRef::new(name).within(namespace);
@@ -192,6 +210,11 @@ impl StoreWriters {
     /// Replaces the Jobs (trimmed as the reflector trims them); the Job store is ready.
     pub fn set_jobs(&mut self, jobs: impl IntoIterator<Item = Job>) {
         replace(&mut self.jobs, jobs.into_iter().map(trim_job));
+    }
+
+    /// Replaces the ImageBuilds; the ImageBuild store is ready.
+    pub fn set_builds(&mut self, builds: impl IntoIterator<Item = ImageBuild>) {
+        replace(&mut self.builds, builds);
     }
 
     /// Replaces the builder pods (trimmed); the pod store is ready.

@@ -335,6 +335,7 @@ fn controller(
     nodes: (Store<Node>, Events<Node>),
     config: &Config,
     metrics: &Arc<Metrics>,
+    queue: &Arc<queued::Queue>,
 ) -> (
     (Stores, Store<ImageBuild>),
     impl std::future::Future<Output = ()>,
@@ -353,13 +354,18 @@ fn controller(
         nodes.0,
         children.events,
         policy.stores.clone(),
+        builds.clone(),
     );
-    let ctx = Arc::new(Context::new(
+    let ctx = Context::new(
         client.clone(),
         config.clone(),
         metrics.clone(),
         stores.clone(),
-    ));
+    );
+    let ctx = Arc::new(ctx.sharing(queue.clone()));
+    // A queued run that may start, because another finished, is reconciled at once.
+    let (waker, woken) = futures::channel::mpsc::unbounded();
+    queue.add_waker(waker);
     let waiting = builds.clone();
     let all_builds = builds.clone();
     let node_changes = NodeChanges::default();
@@ -386,6 +392,7 @@ fn controller(
         .watches_shared_stream(nodes.1, move |node: Arc<Node>| {
             node_changes.wakes(&node, &waiting.state())
         })
+        .reconcile_on(woken)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -421,6 +428,8 @@ pub async fn run(client: Client, namespaces: Vec<String>, config: Config, metric
     };
     let served = serves_build_policies(&client).await;
     let policies = watch_policies(&client, scopes.len(), served);
+    // One queue for the whole process: the limits are the cluster's, not a scope's.
+    let queue = Arc::new(queued::Queue::default());
     let (all_stores, controllers): (Vec<_>, Vec<_>) = scopes
         .clone()
         .into_iter()
@@ -429,7 +438,9 @@ pub async fn run(client: Client, namespaces: Vec<String>, config: Config, metric
         .map(|((namespace, children), node_events)| {
             let node_events = Box::pin(node_events) as Events<Node>;
             let nodes = (nodes.clone(), node_events);
-            controller(&client, namespace, children, nodes, &config, &metrics)
+            controller(
+                &client, namespace, children, nodes, &config, &metrics, &queue,
+            )
         })
         .unzip();
     let (all_stores, builds): (Vec<Stores>, Vec<Store<ImageBuild>>) =

@@ -50,6 +50,7 @@ pub fn config(
         stuck_grace: Duration::from_secs(120),
         build_namespace: None,
         allow_in_namespace_signing: false,
+        limits: Default::default(),
     }
 }
 
