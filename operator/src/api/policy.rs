@@ -74,10 +74,10 @@ pub struct BuildPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_resources: Option<MaxResources>,
 
-    /// Most builds running at once in each selected namespace. Omitted: the operator's
-    /// limits alone.
+    /// Most builder Jobs running at once in each selected namespace (at least 1).
+    /// Omitted: the operator's limits alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 100000))]
+    #[schemars(range(min = 1, max = 100000))]
     pub max_concurrent_builds: Option<u32>,
 
     /// Whether ImageBuilds may sign their images (spec.output.signing). Omitted: allowed.

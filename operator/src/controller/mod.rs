@@ -264,6 +264,15 @@ impl Run {
             .unwrap_or_default()
     }
 
+    /// Whether this run's Jobs were created (it is building or assembling).
+    fn is_under_way(&self) -> bool {
+        self.same
+            && matches!(
+                self.previous.phase,
+                Some(Phase::Building | Phase::Assembling)
+            )
+    }
+
     /// Whether this run has ended; only a change to the ImageBuild starts another. A run a
     /// BuildPolicy refused has not: a policy or namespace change may let it start.
     fn is_over(&self) -> bool {
@@ -301,7 +310,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
     if run.is_over() {
         return Ok(Action::await_change());
     }
-    let settings = match admitted_settings(&ctx, &build) {
+    let settings = match admitted_settings(&ctx, &build, run.is_under_way()) {
         Ok(settings) => settings,
         Err(ReconcileError::PolicyViolation(v)) => {
             return act::refuse_by_policy(&ctx, &build, run, v).await;
@@ -351,8 +360,14 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
 }
 
 /// The operator's settings with the defaults of the BuildPolicies selecting `build`'s
-/// namespace ([`crate::policy::evaluate`]), or every violation. Reads the stores only.
-fn admitted_settings(ctx: &Context, build: &ImageBuild) -> Result<BuilderSettings> {
+/// namespace ([`crate::policy::evaluate`]), or every violation. A run `under_way` (its Jobs
+/// were created) was admitted: a policy changed since applies from its next run, so it is
+/// not refused half-built with its Jobs still running. Reads the stores only.
+fn admitted_settings(
+    ctx: &Context,
+    build: &ImageBuild,
+    under_way: bool,
+) -> Result<BuilderSettings> {
     let policies = ctx.stores.policies.policies.state();
     if policies.is_empty() {
         return Ok(ctx.config.builder.clone());
@@ -363,7 +378,14 @@ fn admitted_settings(ctx: &Context, build: &ImageBuild) -> Result<BuilderSetting
     };
     let policies: Vec<&crate::api::BuildPolicy> = policies.iter().map(|p| &**p).collect();
     let operator = &ctx.config.builder;
-    let defaults = crate::policy::evaluate(&build.spec, &labels, &policies, operator)?;
+    let defaults = match crate::policy::evaluate(&build.spec, &labels, &policies, operator) {
+        Ok(defaults) => defaults,
+        Err(_) if under_way => {
+            let applying = crate::policy::selecting(policies.iter().copied(), &labels);
+            crate::policy::defaults(&applying, operator)
+        }
+        Err(violations) => return Err(violations.into()),
+    };
     Ok(defaults.settings(operator))
 }
 

@@ -293,20 +293,40 @@ fn no_policies(controllers: usize) -> (Store<BuildPolicy>, Vec<Events<BuildPolic
 /// When discovery itself fails the answer is yes: the watch retries, and nothing starts
 /// before it has listed, so no policy is ever skipped.
 async fn serves_build_policies(client: &Client) -> bool {
+    match crd_served(client).await {
+        Some(false) => {
+            tracing::warn!(
+                "the API server does not serve BuildPolicies (apply crds/buildpolicies.archforge.dev.yaml: Helm upgrades do not install new CRDs); running without policies until it does, then restarting"
+            );
+            false
+        }
+        _ => true,
+    }
+}
+
+/// While the BuildPolicy CRD is not served, looks again every `every`; once it is, stops
+/// the operator gracefully (SIGTERM to itself), so that its Deployment starts it again with
+/// the policies watched: a policy created after the CRD is applied is then enforced.
+async fn restart_when_policies_are_served(client: Client, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        if crd_served(&client).await == Some(true) {
+            tracing::warn!("the API server serves BuildPolicies now; restarting to enforce them");
+            // SAFETY: kill(2) on this process with a signal it handles (graceful shutdown).
+            unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+            return;
+        }
+    }
+}
+
+/// Whether the API server serves BuildPolicies; `None` when discovery failed.
+async fn crd_served(client: &Client) -> Option<bool> {
     use kube::Resource;
     let version = BuildPolicy::api_version(&()).to_string();
-    match client.list_api_group_resources(&version).await {
-        Ok(list) => {
-            let served = list.resources.iter().any(|r| r.name == "buildpolicies");
-            if !served {
-                tracing::warn!(
-                    "the API server does not serve BuildPolicies (apply crds/buildpolicies.archforge.dev.yaml: Helm upgrades do not install new CRDs); running without policies"
-                );
-            }
-            served
-        }
-        Err(_) => true,
-    }
+    let list = client.list_api_group_resources(&version).await.ok()?;
+    Some(list.resources.iter().any(|r| r.name == "buildpolicies"))
 }
 
 /// `controller` woken by BuildPolicy changes and namespace label changes (`policy_watch.rs`).
@@ -427,6 +447,12 @@ pub async fn run(client: Client, namespaces: Vec<String>, config: Config, metric
             .collect(),
     };
     let served = serves_build_policies(&client).await;
+    if !served {
+        tokio::spawn(restart_when_policies_are_served(
+            client.clone(),
+            config.resync.min(Duration::from_secs(300)),
+        ));
+    }
     let policies = watch_policies(&client, scopes.len(), served);
     // One queue for the whole process: the limits are the cluster's, not a scope's.
     let queue = Arc::new(queued::Queue::default());

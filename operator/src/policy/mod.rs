@@ -165,7 +165,9 @@ pub fn evaluate(
 
 /// The most builds one policy lets run at once in each namespace it selects.
 pub fn namespace_limit(policy: &BuildPolicy) -> Option<u32> {
-    policy.spec.max_concurrent_builds
+    // The schema says at least 1; a 0 that got past it holds as tightly as it can, never
+    // as "no limit".
+    policy.spec.max_concurrent_builds.map(|n| n.max(1))
 }
 
 /// The most builds the policies selecting a namespace let run at once there: the smallest.

@@ -290,4 +290,8 @@ fn the_namespace_limit_is_the_smallest_of_the_policies() {
     assert_eq!(namespace_limit(&c), None);
     assert_eq!(namespace_limit_of(&[&a, &b, &c]), Some(2));
     assert_eq!(namespace_limit_of(&[&c]), None);
+    // A 0 the schema would refuse is the tightest limit, not none.
+    let mut zero = a.clone();
+    zero.spec.max_concurrent_builds = Some(0);
+    assert_eq!(namespace_limit(&zero), Some(1));
 }

@@ -153,3 +153,31 @@ async fn a_namespace_not_seen_yet_is_retried_not_built_unchecked() {
         format!("{:?}", Action::await_change())
     );
 }
+
+/// A policy tightened while a run builds applies from the next run: the run it admitted is
+/// neither refused half-built nor left Failed with its Jobs still running; it goes on, and
+/// no PolicyViolation is reported (hostile review: it was marked Failed, Jobs running).
+#[tokio::test]
+async fn a_policy_tightened_mid_run_applies_from_the_next_run() {
+    let mut build = building_since_old();
+    build.spec.retries = Some(3);
+    let (ctx, mut server) = setup(&build, RegistryOptions::default());
+    store_policies(
+        &mut server,
+        vec![policy("team-limits", json!({"maxRetries": 2}))],
+    );
+    let running = json!({"active": 1, "startTime": OLD});
+    server
+        .store_jobs(building_jobs(&build, running.clone(), running))
+        .await;
+    let verify = async move {
+        server.store_pods(vec![]).await;
+        let status = server.patch_status().await;
+        server.done().await;
+        status
+    };
+    let (result, status) = tokio::join!(reconcile(Arc::new(build.clone()), ctx.clone()), verify);
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(status["phase"], "Building", "{status}");
+    assert!(!status.to_string().contains("PolicyViolation"), "{status}");
+}
