@@ -102,6 +102,7 @@ impl Context {
             controller: MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        let builds = config.build_namespace.clone();
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -110,7 +111,7 @@ impl Context {
             stores: stores.clone(),
             written: Default::default(),
             queue: {
-                let queue = queued::Queue::default();
+                let queue = queued::Queue::new(builds);
                 queue.add_scope(stores);
                 Arc::new(queue)
             },

@@ -44,9 +44,20 @@ pub struct Queue {
     admitted: Mutex<HashMap<Key, Vec<SeenJob>>>,
     /// Each controller's trigger: a queued run that may start is reconciled at once.
     wakers: Mutex<Vec<UnboundedSender<ObjectRef<ImageBuild>>>>,
+    /// The isolated build namespace, where the Jobs that count are (see [`seen_job`]).
+    build_namespace: Option<String>,
 }
 
 impl Queue {
+    /// The queue of an operator whose builds run in `build_namespace` (`None`: in their
+    /// ImageBuild's own namespace).
+    pub fn new(build_namespace: Option<String>) -> Self {
+        Queue {
+            build_namespace,
+            ..Default::default()
+        }
+    }
+
     /// Adds the stores of one watched scope.
     pub fn add_scope(&self, stores: Stores) {
         self.scopes.lock().expect("queue scopes lock").push(stores);
@@ -67,7 +78,8 @@ impl Queue {
                 jobs.insert(ObjectRef::from_obj(&*job), job);
             }
         }
-        let mut seen: Vec<SeenJob> = jobs.values().filter_map(|j| seen_job(j)).collect();
+        let builds = self.build_namespace.as_deref();
+        let mut seen: Vec<SeenJob> = jobs.values().filter_map(|j| seen_job(j, builds)).collect();
         seen.extend(admitted.values().flatten().cloned());
         seen
     }

@@ -455,7 +455,7 @@ pub async fn run(client: Client, namespaces: Vec<String>, config: Config, metric
     }
     let policies = watch_policies(&client, scopes.len(), served);
     // One queue for the whole process: the limits are the cluster's, not a scope's.
-    let queue = Arc::new(queued::Queue::default());
+    let queue = Arc::new(queued::Queue::new(config.build_namespace.clone()));
     let (all_stores, controllers): (Vec<_>, Vec<_>) = scopes
         .clone()
         .into_iter()

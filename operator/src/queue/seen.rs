@@ -27,17 +27,31 @@ fn architecture(platform: &str) -> Option<String> {
     platform.parse::<Platform>().ok().map(|p| p.architecture)
 }
 
-/// A builder Job as the queue counts it: against its ImageBuild's namespace (named by
-/// annotation in the build namespace, its own otherwise) and against the architecture of
-/// the node it runs on (the emulating host's under emulation). `None` for a Job that names
-/// no ImageBuild or platform.
-pub fn seen_job(job: &Job) -> Option<SeenJob> {
-    let (namespace, build) = match imagebuild_of(&job.metadata) {
-        Some(of) => of,
-        None => (
-            job.namespace()?,
-            job.annotations().get(ANNOTATION_IMAGEBUILD)?.clone(),
-        ),
+/// A builder Job as the queue counts it: against its ImageBuild's namespace and against the
+/// architecture of the node it runs on (the emulating host's under emulation). In the
+/// isolated build namespace (`build_namespace`), where only the operator creates Jobs, the
+/// ImageBuild's namespace is the one its labels name; anywhere else a Job counts only
+/// against its own namespace, and only when an ImageBuild controls it: a tenant's Job that
+/// copies the labels and annotations charges no one else's namespace. `None` for a Job
+/// that names no ImageBuild or platform.
+pub fn seen_job(job: &Job, build_namespace: Option<&str>) -> Option<SeenJob> {
+    let (namespace, build) = match build_namespace {
+        Some(builds) if job.namespace().as_deref() == Some(builds) => imagebuild_of(&job.metadata)?,
+        Some(_) => return None,
+        None => {
+            let owned = job.owner_references().iter().any(|o| {
+                o.controller == Some(true)
+                    && o.kind == "ImageBuild"
+                    && o.api_version.starts_with("archforge.dev/")
+            });
+            if !owned {
+                return None;
+            }
+            (
+                job.namespace()?,
+                job.annotations().get(ANNOTATION_IMAGEBUILD)?.clone(),
+            )
+        }
     };
     let annotations = job.annotations();
     let arch = match annotations.get(ANNOTATION_EMULATED_ON) {

@@ -142,10 +142,12 @@ fn an_emulated_build_counts_against_its_host_architecture() {
     let emulated: k8s_openapi::api::batch::v1::Job = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "e-1-linux-arm64", "namespace": "ns", "annotations": {
             "archforge.dev/imagebuild": "e", "archforge.dev/platform": "linux/arm64",
-            "archforge.dev/emulated-on": "amd64"}}
+            "archforge.dev/emulated-on": "amd64"},
+            "ownerReferences": [{"apiVersion": "archforge.dev/v1alpha1", "kind": "ImageBuild",
+                                 "name": "e", "uid": "u", "controller": true}]}
     }))
     .unwrap();
-    let jobs = [seen::seen_job(&emulated).unwrap()];
+    let jobs = [seen::seen_job(&emulated, None).unwrap()];
     assert_eq!(jobs[0].arch, "amd64");
     let waiting = [
         run("ns", "x86", 1, &["amd64"]),
@@ -261,4 +263,31 @@ fn ordinals_read_as_english() {
             "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "103rd"
         ]
     );
+}
+
+/// A tenant's Job that copies a builder Job's labels and annotations, naming another
+/// namespace's ImageBuild, charges no one (hostile review: it queued the victim's builds).
+#[test]
+fn a_forged_job_charges_no_other_namespace() {
+    let forged = |namespace: &str, owned: bool| -> k8s_openapi::api::batch::v1::Job {
+        let mut job = serde_json::json!({"metadata": {"name": "x-1-linux-amd64", "namespace": namespace,
+            "labels": {"archforge.dev/imagebuild-namespace": "victim",
+                       "archforge.dev/imagebuild-uid": "u"},
+            "annotations": {"archforge.dev/imagebuild": "app", "archforge.dev/platform": "linux/amd64",
+                            "archforge.dev/imagebuild-namespace": "victim"}}});
+        if owned {
+            job["metadata"]["ownerReferences"] = serde_json::json!([{"apiVersion": "archforge.dev/v1alpha1",
+                "kind": "ImageBuild", "name": "mine", "uid": "m", "controller": true}]);
+        }
+        serde_json::from_value(job).unwrap()
+    };
+    // Isolated: only the build namespace's Jobs count.
+    assert!(seen::seen_job(&forged("evil", true), Some("builds")).is_none());
+    let real = seen::seen_job(&forged("builds", false), Some("builds")).unwrap();
+    assert_eq!(real.namespace, "victim");
+    // In-namespace: a Job no ImageBuild controls is not counted, and an owned one counts
+    // against its own namespace only, whatever its labels say.
+    assert!(seen::seen_job(&forged("evil", false), None).is_none());
+    let own = seen::seen_job(&forged("evil", true), None).unwrap();
+    assert_eq!(own.namespace, "evil");
 }

@@ -17,7 +17,9 @@ fn other_job(done: bool) -> Value {
                      "creationTimestamp": "2026-11-23T09:30:00Z",
                      "labels": {"app.kubernetes.io/managed-by": "archforge", "archforge.dev/imagebuild": "other",
                                 "archforge.dev/generation": "1"},
-                     "annotations": {"archforge.dev/imagebuild": "other", "archforge.dev/platform": "linux/amd64"}},
+                     "annotations": {"archforge.dev/imagebuild": "other", "archforge.dev/platform": "linux/amd64"},
+                     "ownerReferences": [{"apiVersion": "archforge.dev/v1alpha1", "kind": "ImageBuild",
+                                          "name": "other", "uid": "uid-of-other", "controller": true}]},
         "status": status
     })
 }
